@@ -1,0 +1,628 @@
+//! Validates a [`ConfigFile`] and builds the immutable [`Plan`]. Every error is
+//! reported at once, with the key's path; nothing is checked at request time that
+//! could have been checked here.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{ConfigErrors, ConfigFile, IntegrationFile, Workers};
+use crate::plan::{
+    BaseMapping, Integration, Limits, ListenerPlan, MockResponse, PathPart, Plan, PoolLimits,
+    ProxyTarget, RoutePlan, StagePlan,
+};
+use crate::route::{RouteKey, Router};
+
+/// AWS's default integration timeout (REST; the config contract picks it for all APIs).
+const DEFAULT_TIMEOUT_MS: u64 = 29_000;
+/// AWS's integration timeout bounds: 50 ms to 30 s (HTTP APIs).
+const TIMEOUT_RANGE_MS: std::ops::RangeInclusive<u64> = 50..=30_000;
+const DEFAULT_DRAIN_MS: u64 = 30_000;
+
+/// Compiles the file into a plan. `workers_override` is the `--workers` flag.
+pub fn compile(cfg: &ConfigFile, workers_override: Option<usize>) -> Result<Plan, ConfigErrors> {
+    let mut errs = ConfigErrors::default();
+    for key in &cfg.unsupported {
+        errs.not_supported(key.clone());
+    }
+    let workers = match workers_override.map(Workers::Count).unwrap_or(cfg.workers) {
+        Workers::Auto => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        Workers::Count(n) => n,
+    };
+
+    // APIs and their stages.
+    let mut api_index: HashMap<&str, usize> = HashMap::new();
+    let mut stages: Vec<StagePlan> = Vec::new();
+    // (api index, stage name) → stage id
+    let mut stage_ids: HashMap<(usize, &str), usize> = HashMap::new();
+    let mut api_stages: Vec<Vec<usize>> = Vec::new();
+    for (ai, api) in cfg.apis.iter().enumerate() {
+        let path = format!("apis[{ai}]");
+        if api_index.insert(api.name.as_str(), ai).is_some() {
+            errs.push(format!("{path}.name"), format!("duplicate API name {:?}", api.name));
+        }
+        match api.kind.as_str() {
+            "http" => {}
+            "rest" | "websocket" => errs.not_supported(format!("{path}.type ({})", api.kind)),
+            other => errs.push(
+                format!("{path}.type"),
+                format!("unknown API type {other:?}: expected http, rest or websocket"),
+            ),
+        }
+        let keys = route_keys(api, &path, &mut errs);
+        let router = match Router::build(&keys) {
+            Ok(r) => Arc::new(r),
+            Err(conflicts) => {
+                for (ri, msg) in conflicts {
+                    errs.push(
+                        format!("{path}.routes[{ri}].route"),
+                        format!("{:?} {msg}", api.routes[ri].route),
+                    );
+                }
+                Arc::new(empty_router())
+            }
+        };
+        if api.stages.is_empty() {
+            errs.push(format!("{path}.stages"), "an API needs at least one stage");
+        }
+        let mut mine = Vec::new();
+        for (si, stage) in api.stages.iter().enumerate() {
+            let spath = format!("{path}.stages[{si}]");
+            check_stage_name(&stage.name, &format!("{spath}.name"), &mut errs);
+            for (key, present) in [
+                ("throttle", stage.throttle.is_some()),
+                ("cache", stage.cache.is_some()),
+                ("access_log", stage.access_log.is_some()),
+                ("routes", stage.routes.is_some()),
+            ] {
+                if present {
+                    errs.not_supported(format!("{spath}.{key}"));
+                }
+            }
+            if stage_ids.insert((ai, stage.name.as_str()), stages.len()).is_some() {
+                errs.push(
+                    format!("{spath}.name"),
+                    format!("duplicate stage {:?} in API {:?}", stage.name, api.name),
+                );
+            }
+            let mut routes = Vec::with_capacity(api.routes.len());
+            for (ri, route) in api.routes.iter().enumerate() {
+                let rpath = format!("{path}.routes[{ri}].integration");
+                let integration = compile_integration(
+                    &route.integration,
+                    keys.get(ri),
+                    &stage.variables,
+                    &rpath,
+                    &stage.name,
+                    &mut errs,
+                );
+                if let Some(integration) = integration {
+                    routes.push(RoutePlan {
+                        key: route.route.clone(),
+                        integration,
+                    });
+                }
+            }
+            mine.push(stages.len());
+            stages.push(StagePlan {
+                api: api.name.clone(),
+                stage: stage.name.clone(),
+                // Stages of one API share the tree; they differ in integrations.
+                router: Arc::clone(&router),
+                routes,
+            });
+        }
+        api_stages.push(mine);
+    }
+
+    // Listeners.
+    let mut listeners = Vec::new();
+    let mut binds = HashSet::new();
+    for (li, l) in cfg.listeners.iter().enumerate() {
+        let path = format!("listeners[{li}]");
+        if l.tls.is_some() {
+            errs.not_supported(format!("{path}.tls"));
+        }
+        let bind: Option<SocketAddr> = match l.bind.parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                errs.push(
+                    format!("{path}.bind"),
+                    format!("{:?} is not an address:port such as 0.0.0.0:8080", l.bind),
+                );
+                None
+            }
+        };
+        if let Some(b) = bind {
+            if b.port() != 0 && !binds.insert(b) {
+                errs.push(format!("{path}.bind"), format!("{b} is bound by another listener"));
+            }
+        }
+        let limits = compile_limits(&l.limits, &format!("{path}.limits"), &mut errs);
+        let served: Vec<usize> = match &l.apis {
+            None => (0..cfg.apis.len()).collect(),
+            Some(names) => names
+                .iter()
+                .enumerate()
+                .filter_map(|(i, n)| {
+                    let found = api_index.get(n.as_str()).copied();
+                    if found.is_none() {
+                        errs.push(format!("{path}.apis[{i}]"), format!("no API named {n:?}"));
+                    }
+                    found
+                })
+                .collect(),
+        };
+        let mut stage_by_name: HashMap<Box<str>, usize> = HashMap::new();
+        let mut default_stage = None;
+        for &ai in &served {
+            for &sid in api_stages.get(ai).map(Vec::as_slice).unwrap_or(&[]) {
+                let name = stages[sid].stage.as_str();
+                if name == "$default" {
+                    if let Some(prev) = default_stage.replace(sid) {
+                        let prev: &StagePlan = &stages[prev];
+                        errs.push(
+                            path.clone(),
+                            format!(
+                                "two `$default` stages on one listener: APIs {:?} and {:?}",
+                                prev.api, stages[sid].api
+                            ),
+                        );
+                    }
+                } else if let Some(prev) = stage_by_name.insert(name.into(), sid) {
+                    errs.push(
+                        path.clone(),
+                        format!(
+                            "stage name {name:?} is used by APIs {:?} and {:?} on this listener",
+                            stages[prev].api, stages[sid].api
+                        ),
+                    );
+                }
+            }
+        }
+        let domains = compile_domains(cfg, &api_index, &stage_ids, &served, &mut errs);
+        if let Some(bind) = bind {
+            listeners.push(ListenerPlan {
+                name: l.name.clone(),
+                bind,
+                limits,
+                stage_by_name,
+                default_stage,
+                domains,
+            });
+        }
+    }
+    if cfg.listeners.is_empty() {
+        errs.push("listeners", "at least one listener is required");
+    }
+    let drain_ms = cfg.drain_timeout_ms.unwrap_or(DEFAULT_DRAIN_MS);
+    if errs.is_empty() {
+        Ok(Plan {
+            workers,
+            runtime: cfg.runtime,
+            drain_timeout: Duration::from_millis(drain_ms),
+            listeners,
+            stages,
+            pool: PoolLimits::default(),
+        })
+    } else {
+        Err(errs)
+    }
+}
+
+fn empty_router() -> Router {
+    Router::build(&[]).unwrap_or_else(|_| unreachable!("an empty router has no conflicts"))
+}
+
+fn route_keys(api: &super::ApiFile, path: &str, errs: &mut ConfigErrors) -> Vec<RouteKey> {
+    let mut keys = Vec::with_capacity(api.routes.len());
+    for (ri, route) in api.routes.iter().enumerate() {
+        let rpath = format!("{path}.routes[{ri}]");
+        if route.api_key_required == Some(true) {
+            errs.not_supported(format!("{rpath}.api_key_required"));
+        }
+        for (key, present) in [
+            ("authorizer", route.authorizer.is_some()),
+            ("scopes", route.scopes.is_some()),
+            ("validate", route.validate.is_some()),
+        ] {
+            if present {
+                errs.not_supported(format!("{rpath}.{key}"));
+            }
+        }
+        match RouteKey::parse(&route.route) {
+            Ok(k) => keys.push(k),
+            Err(e) => {
+                errs.push(format!("{rpath}.route"), e);
+                // Keep indexes aligned with `api.routes`; never matched.
+                keys.push(RouteKey::Path {
+                    method: Some("GET".into()),
+                    segments: vec![crate::route::Segment::Literal(format!("\u{0}invalid{ri}"))],
+                });
+            }
+        }
+    }
+    keys
+}
+
+fn check_stage_name(name: &str, path: &str, errs: &mut ConfigErrors) {
+    let ok = name == "$default"
+        || (!name.is_empty()
+            && name.len() <= 128
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+    if !ok {
+        errs.push(
+            path,
+            format!("stage name {name:?}: letters, digits, `-` and `_`, at most 128, or `$default`"),
+        );
+    }
+}
+
+fn compile_limits(l: &super::LimitsFile, path: &str, errs: &mut ConfigErrors) -> Limits {
+    let d = Limits::default();
+    let limits = Limits {
+        max_header_bytes: l.max_header_bytes.unwrap_or(d.max_header_bytes),
+        max_body_bytes: l.max_body_bytes.unwrap_or(d.max_body_bytes),
+        header_timeout: l.header_timeout_ms.map_or(d.header_timeout, Duration::from_millis),
+        idle_timeout: l.idle_timeout_ms.map_or(d.idle_timeout, Duration::from_millis),
+    };
+    // 1 KiB..1 MiB: below 1 KiB ordinary browsers fail; above 1 MiB one connection
+    // could pin megabytes of buffer.
+    if !(1024..=1024 * 1024).contains(&limits.max_header_bytes) {
+        errs.push(format!("{path}.max_header_bytes"), "must be from 1024 to 1048576");
+    }
+    if limits.header_timeout.is_zero() {
+        errs.push(format!("{path}.header_timeout_ms"), "must be above 0");
+    }
+    if limits.idle_timeout.is_zero() {
+        errs.push(format!("{path}.idle_timeout_ms"), "must be above 0");
+    }
+    limits
+}
+
+fn compile_domains(
+    cfg: &ConfigFile,
+    api_index: &HashMap<&str, usize>,
+    stage_ids: &HashMap<(usize, &str), usize>,
+    served: &[usize],
+    errs: &mut ConfigErrors,
+) -> HashMap<Box<str>, Vec<BaseMapping>> {
+    let mut out: HashMap<Box<str>, Vec<BaseMapping>> = HashMap::new();
+    for (di, d) in cfg.domains.iter().enumerate() {
+        let path = format!("domains[{di}]");
+        let name = d.name.to_ascii_lowercase();
+        if name.is_empty() || name.len() > 253 || name.contains(['/', ':', ' ']) {
+            errs.push(format!("{path}.name"), format!("{:?} is not a host name", d.name));
+        }
+        let mut seen = HashSet::new();
+        let mut mappings = Vec::new();
+        for (mi, m) in d.mappings.iter().enumerate() {
+            let mpath = format!("{path}.mappings[{mi}]");
+            let base = m.base_path.trim_matches('/').to_owned();
+            let ok = base.len() <= 300
+                && !base.contains("//")
+                && base.bytes().all(|b| b.is_ascii_alphanumeric() || b"$-_.+!*'()/".contains(&b));
+            if !ok {
+                errs.push(
+                    format!("{mpath}.base_path"),
+                    "letters, digits and $-_.+!*'()/ only, at most 300",
+                );
+            }
+            if !seen.insert(base.clone()) {
+                errs.push(format!("{mpath}.base_path"), format!("duplicate base path {base:?}"));
+            }
+            let Some(&ai) = api_index.get(m.api.as_str()) else {
+                errs.push(format!("{mpath}.api"), format!("no API named {:?}", m.api));
+                continue;
+            };
+            let Some(&sid) = stage_ids.get(&(ai, m.stage.as_str())) else {
+                errs.push(
+                    format!("{mpath}.stage"),
+                    format!("API {:?} has no stage {:?}", m.api, m.stage),
+                );
+                continue;
+            };
+            if served.contains(&ai) {
+                mappings.push(BaseMapping {
+                    base_path: base.into(),
+                    stage: sid,
+                });
+            }
+        }
+        // Longest base path first: the first whole-segment match wins.
+        mappings.sort_by(|a, b| b.base_path.len().cmp(&a.base_path.len()));
+        if !mappings.is_empty() && out.insert(name.clone().into(), mappings).is_some() {
+            errs.push(format!("{path}.name"), format!("duplicate domain {name:?}"));
+        }
+    }
+    out
+}
+
+fn compile_integration(
+    i: &IntegrationFile,
+    key: Option<&RouteKey>,
+    vars: &BTreeMap<String, String>,
+    path: &str,
+    stage: &str,
+    errs: &mut ConfigErrors,
+) -> Option<Integration> {
+    match i {
+        IntegrationFile::Mock {
+            status,
+            headers,
+            body,
+        } => {
+            if !(100..=599).contains(status) || (100..200).contains(status) {
+                errs.push(format!("{path}.status"), "must be from 200 to 599");
+                return None;
+            }
+            let mut lines = Vec::new();
+            for (name, value) in headers {
+                let lname = name.to_ascii_lowercase();
+                let valid_name = !name.is_empty()
+                    && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+                let valid_value = value.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f));
+                if !valid_name || !valid_value {
+                    errs.push(format!("{path}.headers.{name}"), "not a valid header name and value");
+                    continue;
+                }
+                if matches!(
+                    lname.as_str(),
+                    "content-length" | "transfer-encoding" | "connection" | "apigw-requestid"
+                ) {
+                    errs.push(
+                        format!("{path}.headers.{name}"),
+                        "set by the gateway; remove it from the mock",
+                    );
+                    continue;
+                }
+                lines.extend_from_slice(lname.as_bytes());
+                lines.extend_from_slice(b": ");
+                lines.extend_from_slice(value.as_bytes());
+                lines.extend_from_slice(b"\r\n");
+            }
+            Some(Integration::Mock(MockResponse {
+                status: *status,
+                header_lines: lines.into(),
+                body: body.as_bytes().into(),
+            }))
+        }
+        IntegrationFile::HttpProxy { uri, timeout_ms } => {
+            let timeout_ms = timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
+            if !TIMEOUT_RANGE_MS.contains(&timeout_ms) {
+                errs.push(format!("{path}.timeout_ms"), "must be from 50 to 30000");
+            }
+            let uri_path = format!("{path}.uri");
+            let expanded = match expand_stage_variables(uri, vars) {
+                Ok(u) => u,
+                Err(var) => {
+                    errs.push(
+                        uri_path,
+                        format!("stage {stage:?} has no variable {var:?} used in {uri:?}"),
+                    );
+                    return None;
+                }
+            };
+            let params = key.map(RouteKey::params).unwrap_or_default();
+            match parse_http_uri(&expanded, &params) {
+                Ok(mut target) => {
+                    target.append_request_path = matches!(key, Some(RouteKey::Default));
+                    target.timeout = Duration::from_millis(timeout_ms);
+                    Some(Integration::HttpProxy(target))
+                }
+                Err(UriError::NotSupported(what)) => {
+                    errs.not_supported(format!("{uri_path} ({what})"));
+                    None
+                }
+                Err(UriError::Invalid(msg)) => {
+                    errs.push(uri_path, format!("{expanded:?} (stage {stage:?}): {msg}"));
+                    None
+                }
+            }
+        }
+    }
+}
+
+/// Replaces `${stage_variables.name}` (and AWS's `${stageVariables.name}`);
+/// returns the name of a missing variable.
+fn expand_stage_variables(uri: &str, vars: &BTreeMap<String, String>) -> Result<String, String> {
+    let mut out = String::with_capacity(uri.len());
+    let mut rest = uri;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            return Err(after.to_owned());
+        };
+        let inner = &after[..end];
+        let name = inner
+            .strip_prefix("stage_variables.")
+            .or_else(|| inner.strip_prefix("stageVariables."))
+            .ok_or_else(|| inner.to_owned())?;
+        out.push_str(vars.get(name).ok_or_else(|| name.to_owned())?);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+enum UriError {
+    NotSupported(&'static str),
+    Invalid(String),
+}
+
+/// Parses `http://host[:port][/path][?query]`, resolving the host now (the control
+/// plane) so workers never do DNS.
+fn parse_http_uri(uri: &str, params: &[&str]) -> Result<ProxyTarget, UriError> {
+    let rest = if let Some(r) = uri.strip_prefix("http://") {
+        r
+    } else if uri.starts_with("https://") {
+        return Err(UriError::NotSupported("https upstreams"));
+    } else {
+        return Err(UriError::Invalid("must start with http://".into()));
+    };
+    let split = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(split);
+    if authority.is_empty() || authority.contains(['{', '}', '@', ' ']) {
+        return Err(UriError::Invalid(format!(
+            "host {authority:?} must be a fixed host[:port] (parameters belong in the path)"
+        )));
+    }
+    let with_port = if authority.rsplit_once(':').is_some_and(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()) && !authority.ends_with(']')) {
+        authority.to_owned()
+    } else {
+        format!("{authority}:80")
+    };
+    let addr = with_port
+        .to_socket_addrs()
+        .map_err(|e| UriError::Invalid(format!("cannot resolve {authority:?}: {e}")))?
+        .next()
+        .ok_or_else(|| UriError::Invalid(format!("{authority:?} resolves to no address")))?;
+    let (path, query) = match tail.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (tail, None),
+    };
+    if path.bytes().any(|b| b <= b' ' || b == 0x7f || b == b'#') {
+        return Err(UriError::Invalid("the path has characters not allowed in a URI".into()));
+    }
+    let mut parts = Vec::new();
+    let mut rest = path;
+    while let Some(open) = rest.find('{') {
+        let close = rest[open..]
+            .find('}')
+            .ok_or_else(|| UriError::Invalid("unclosed `{` in the path".into()))?
+            + open;
+        if open > 0 {
+            parts.push(PathPart::Literal(rest[..open].into()));
+        }
+        let name = rest[open + 1..close].trim_end_matches('+');
+        if !params.contains(&name) {
+            return Err(UriError::Invalid(format!(
+                "`{{{name}}}` is not a parameter of this route (it has: {})",
+                if params.is_empty() { "none".to_owned() } else { params.join(", ") }
+            )));
+        }
+        parts.push(PathPart::Param(name.into()));
+        rest = &rest[close + 1..];
+    }
+    if rest.contains('}') {
+        return Err(UriError::Invalid("unmatched `}` in the path".into()));
+    }
+    if !rest.is_empty() {
+        parts.push(PathPart::Literal(rest.into()));
+    }
+    Ok(ProxyTarget {
+        addr,
+        host_header: authority.into(),
+        path: parts,
+        append_request_path: false,
+        query: query.filter(|q| !q.is_empty()).map(Into::into),
+        timeout: Duration::from_millis(DEFAULT_TIMEOUT_MS),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse;
+
+    fn errors_of(text: &str) -> Vec<String> {
+        match parse(text) {
+            Err(e) => e.0.iter().map(ToString::to_string).collect(),
+            Ok(cfg) => match compile(&cfg, None) {
+                Ok(_) => Vec::new(),
+                Err(e) => e.0.iter().map(ToString::to_string).collect(),
+            },
+        }
+    }
+
+    const BASE: &str = "listeners: [ { name: l, bind: \"127.0.0.1:0\" } ]\n";
+
+    #[test]
+    fn later_features_are_refused_by_name() {
+        let text = format!(
+            "{BASE}throttle: {{ rate: 1, burst: 1 }}
+apis:
+  - name: p
+    routes:
+      - route: POST /orders
+        api_key_required: true
+        integration: {{ type: mock }}
+    stages: [ {{ name: prod, cache: {{ ttl_s: 1 }} }} ]
+"
+        );
+        let errs = errors_of(&text);
+        for key in ["throttle", "apis[0].routes[0].api_key_required", "apis[0].stages[0].cache"] {
+            assert!(
+                errs.iter().any(|e| e.contains(&format!("not supported yet: {key}"))),
+                "{key}: {errs:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn uri_errors_name_the_key() {
+        let text = format!(
+            "{BASE}apis:
+  - name: p
+    routes:
+      - route: GET /a/{{id}}
+        integration: {{ type: http_proxy, uri: \"${{stage_variables.nope}}/a\" }}
+      - route: GET /b
+        integration: {{ type: http_proxy, uri: \"http://127.0.0.1:9/b/{{id}}\" }}
+      - route: GET /c
+        integration: {{ type: http_proxy, uri: \"ftp://x/c\" }}
+    stages: [ {{ name: prod }} ]
+"
+        );
+        let errs = errors_of(&text);
+        assert_eq!(errs.len(), 3, "{errs:?}");
+        assert!(errs[0].starts_with("apis[0].routes[0].integration.uri"), "{errs:?}");
+        assert!(errs[1].starts_with("apis[0].routes[1].integration.uri"), "{errs:?}");
+        assert!(errs[2].starts_with("apis[0].routes[2].integration.uri"), "{errs:?}");
+    }
+
+    #[test]
+    fn stage_names_unique_per_listener_and_one_default() {
+        let text = format!(
+            "{BASE}apis:
+  - name: a
+    routes: [ {{ route: $default, integration: {{ type: mock }} }} ]
+    stages: [ {{ name: prod }}, {{ name: $default }} ]
+  - name: b
+    routes: [ {{ route: $default, integration: {{ type: mock }} }} ]
+    stages: [ {{ name: prod }}, {{ name: $default }} ]
+"
+        );
+        let errs = errors_of(&text);
+        assert!(errs.iter().any(|e| e.contains("stage name \"prod\"")), "{errs:?}");
+        assert!(errs.iter().any(|e| e.contains("two `$default` stages")), "{errs:?}");
+    }
+
+    #[test]
+    fn stage_variables_and_params_compile() {
+        let text = format!(
+            "{BASE}apis:
+  - name: p
+    routes:
+      - route: GET /pets/{{id}}
+        integration: {{ type: http_proxy, uri: \"${{stage_variables.backend}}/v1/pets/{{id}}?src=gw\" }}
+    stages: [ {{ name: prod, variables: {{ backend: \"http://127.0.0.1:9001\" }} }} ]
+"
+        );
+        let cfg = parse(&text).unwrap();
+        let plan = compile(&cfg, Some(2)).unwrap();
+        assert_eq!(plan.workers, 2);
+        let Integration::HttpProxy(t) = &plan.stages[0].routes[0].integration else {
+            panic!("not a proxy")
+        };
+        assert_eq!(t.addr, "127.0.0.1:9001".parse().unwrap());
+        assert_eq!(&*t.host_header, "127.0.0.1:9001");
+        assert_eq!(
+            t.path,
+            vec![PathPart::Literal("/v1/pets/".into()), PathPart::Param("id".into())]
+        );
+        assert_eq!(t.query.as_deref(), Some("src=gw"));
+    }
+}

@@ -1,0 +1,442 @@
+//! The config file as users write it (`../shared/spec/config.md`): serde types that keep
+//! human units, and the loader that reports every structural error at once with the
+//! key's path. `compile` turns these into a [`crate::plan::Plan`].
+
+pub mod compile;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_yaml_ng::{Mapping, Value};
+
+/// One problem in a config file, with the path of the key it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every error found in one file, in file order.
+#[derive(Debug, Default)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl ConfigErrors {
+    pub fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+    pub fn not_supported(&mut self, path: impl Into<String>) {
+        let path = path.into();
+        let message = format!("not supported yet: {path}");
+        self.push(path, message);
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for e in &self.0 {
+            writeln!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Workers {
+    #[default]
+    Auto,
+    Count(usize),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeKind {
+    /// The driver measured fastest for this kind of host (see `tuning/drivers.md`).
+    #[default]
+    Auto,
+    IoUring,
+    Epoll,
+}
+
+impl std::str::FromStr for RuntimeKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "io_uring" => Ok(Self::IoUring),
+            "epoll" => Ok(Self::Epoll),
+            other => Err(format!(
+                "unknown runtime {other:?}: expected auto, io_uring or epoll"
+            )),
+        }
+    }
+}
+
+/// The whole file. Sections owned by later features are kept as raw values so that
+/// `compile` can refuse them by name instead of silently ignoring them.
+#[derive(Debug, Default)]
+pub struct ConfigFile {
+    pub workers: Workers,
+    pub runtime: RuntimeKind,
+    /// How long SIGTERM waits for in-flight requests before exiting.
+    pub drain_timeout_ms: Option<u64>,
+    pub listeners: Vec<ListenerFile>,
+    pub apis: Vec<ApiFile>,
+    pub domains: Vec<DomainFile>,
+    /// Present but not yet served: (key path, value).
+    pub unsupported: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerFile {
+    pub name: String,
+    pub bind: String,
+    #[serde(default)]
+    pub tls: Option<Value>,
+    #[serde(default)]
+    pub limits: LimitsFile,
+    /// The APIs this listener serves; all when absent.
+    #[serde(default)]
+    pub apis: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    pub max_header_bytes: Option<usize>,
+    pub max_body_bytes: Option<u64>,
+    pub header_timeout_ms: Option<u64>,
+    pub idle_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiFile {
+    pub name: String,
+    pub kind: String,
+    pub routes: Vec<RouteFile>,
+    pub stages: Vec<StageFile>,
+}
+
+/// The keys of an API besides `routes` and `stages`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApiHead {
+    name: String,
+    #[serde(rename = "type", default = "default_api_type")]
+    kind: String,
+    #[serde(default)]
+    cors: Option<Value>,
+    #[serde(default)]
+    authorizers: Option<Value>,
+    #[serde(default)]
+    resource_policy: Option<Value>,
+    #[serde(default)]
+    trusted_proxies: Option<Value>,
+    #[serde(default)]
+    gateway_responses: Option<Value>,
+}
+
+fn default_api_type() -> String {
+    "http".to_owned()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    pub route: String,
+    pub integration: IntegrationFile,
+    #[serde(default)]
+    pub api_key_required: Option<bool>,
+    #[serde(default)]
+    pub authorizer: Option<Value>,
+    #[serde(default)]
+    pub scopes: Option<Value>,
+    #[serde(default)]
+    pub validate: Option<Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum IntegrationFile {
+    HttpProxy {
+        uri: String,
+        #[serde(default)]
+        timeout_ms: Option<u64>,
+    },
+    Mock {
+        #[serde(default = "default_mock_status")]
+        status: u16,
+        #[serde(default)]
+        headers: BTreeMap<String, String>,
+        #[serde(default)]
+        body: String,
+    },
+}
+
+fn default_mock_status() -> u16 {
+    200
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageFile {
+    pub name: String,
+    #[serde(default)]
+    pub variables: BTreeMap<String, String>,
+    #[serde(default)]
+    pub throttle: Option<Value>,
+    #[serde(default)]
+    pub cache: Option<Value>,
+    #[serde(default)]
+    pub access_log: Option<Value>,
+    #[serde(default)]
+    pub routes: Option<Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainFile {
+    pub name: String,
+    pub mappings: Vec<MappingFile>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MappingFile {
+    #[serde(default)]
+    pub base_path: String,
+    pub api: String,
+    pub stage: String,
+}
+
+/// Reads and parses a config file; every structural error at once.
+pub fn load(path: &Path) -> Result<ConfigFile, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        let mut errs = ConfigErrors::default();
+        errs.push("", format!("cannot read {}: {e}", path.display()));
+        errs
+    })?;
+    parse(&text)
+}
+
+/// Parses config text; every structural error at once.
+pub fn parse(text: &str) -> Result<ConfigFile, ConfigErrors> {
+    let mut errs = ConfigErrors::default();
+    let root: Value = match serde_yaml_ng::from_str(text) {
+        Ok(v) => v,
+        Err(e) => {
+            errs.push("", format!("not valid YAML: {e}"));
+            return Err(errs);
+        }
+    };
+    let Value::Mapping(root) = root else {
+        errs.push("", "the config must be a mapping of keys");
+        return Err(errs);
+    };
+    let mut cfg = ConfigFile::default();
+    let mut saw_listeners = false;
+    let mut saw_apis = false;
+    for (k, v) in root {
+        let Some(key) = k.as_str().map(str::to_owned) else {
+            errs.push("", format!("keys must be strings, found {k:?}"));
+            continue;
+        };
+        match key.as_str() {
+            "workers" => cfg.workers = parse_workers(&v, &mut errs),
+            "runtime" => {
+                if let Some(r) = de::<RuntimeKind>(v, "runtime", &mut errs) {
+                    cfg.runtime = r
+                }
+            }
+            "drain_timeout_ms" => cfg.drain_timeout_ms = de(v, "drain_timeout_ms", &mut errs),
+            "listeners" => {
+                saw_listeners = true;
+                cfg.listeners = de_list(v, "listeners", &mut errs, de);
+            }
+            "apis" => {
+                saw_apis = true;
+                cfg.apis = de_list(v, "apis", &mut errs, parse_api);
+            }
+            "domains" => cfg.domains = de_list(v, "domains", &mut errs, de),
+            "admin" | "store" | "usage_plans" | "api_keys" | "throttle" => {
+                if !v.is_null() {
+                    cfg.unsupported.push(key)
+                }
+            }
+            other => errs.push(
+                other,
+                "unknown key: expected one of workers, runtime, drain_timeout_ms, listeners, \
+                 admin, store, apis, domains, usage_plans, api_keys, throttle",
+            ),
+        }
+    }
+    if !saw_listeners {
+        errs.push("listeners", "missing: at least one listener is required");
+    }
+    if !saw_apis {
+        errs.push("apis", "missing: at least one API is required");
+    }
+    if errs.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(errs)
+    }
+}
+
+fn parse_workers(v: &Value, errs: &mut ConfigErrors) -> Workers {
+    match v {
+        Value::String(s) if s == "auto" => Workers::Auto,
+        Value::Number(n) if n.as_u64().is_some_and(|n| (1..=1024).contains(&n)) => {
+            Workers::Count(n.as_u64().unwrap_or(1) as usize)
+        }
+        _ => {
+            errs.push("workers", "expected `auto` or a number from 1 to 1024");
+            Workers::Auto
+        }
+    }
+}
+
+/// Deserializes one value, recording the error (with its full key path) on failure.
+fn de<T: DeserializeOwned>(v: Value, path: &str, errs: &mut ConfigErrors) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(v) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            let inner = e.path().to_string();
+            let full = if inner == "." || inner.is_empty() {
+                path.to_owned()
+            } else if inner.starts_with('[') {
+                format!("{path}{inner}")
+            } else {
+                format!("{path}.{inner}")
+            };
+            errs.push(full, e.into_inner().to_string());
+            None
+        }
+    }
+}
+
+/// Deserializes a list element by element, so one bad element does not hide the next.
+fn de_list<T>(
+    v: Value,
+    path: &str,
+    errs: &mut ConfigErrors,
+    each: impl Fn(Value, &str, &mut ConfigErrors) -> Option<T>,
+) -> Vec<T> {
+    let Value::Sequence(items) = v else {
+        errs.push(path, "expected a list");
+        return Vec::new();
+    };
+    items
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, item)| each(item, &format!("{path}[{i}]"), errs))
+        .collect()
+}
+
+fn parse_api(v: Value, path: &str, errs: &mut ConfigErrors) -> Option<ApiFile> {
+    let Value::Mapping(mut m) = v else {
+        errs.push(path, "expected a mapping");
+        return None;
+    };
+    let routes = take(&mut m, "routes");
+    let stages = take(&mut m, "stages");
+    let head: Option<ApiHead> = de(Value::Mapping(m), path, errs);
+    let routes = match routes {
+        Some(r) => de_list(r, &format!("{path}.routes"), errs, de),
+        None => {
+            errs.push(format!("{path}.routes"), "missing: an API needs routes");
+            Vec::new()
+        }
+    };
+    let stages = match stages {
+        Some(s) => de_list(s, &format!("{path}.stages"), errs, de),
+        None => {
+            errs.push(format!("{path}.stages"), "missing: an API needs stages");
+            Vec::new()
+        }
+    };
+    let head = head?;
+    let unsupported = [
+        ("cors", head.cors.is_some()),
+        ("authorizers", head.authorizers.is_some()),
+        ("resource_policy", head.resource_policy.is_some()),
+        ("trusted_proxies", head.trusted_proxies.is_some()),
+        ("gateway_responses", head.gateway_responses.is_some()),
+    ];
+    for (key, present) in unsupported {
+        if present {
+            errs.not_supported(format!("{path}.{key}"));
+        }
+    }
+    Some(ApiFile {
+        name: head.name,
+        kind: head.kind,
+        routes,
+        stages,
+    })
+}
+
+fn take(m: &mut Mapping, key: &str) -> Option<Value> {
+    m.remove(Value::String(key.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_every_error_with_its_path() {
+        let text = r#"
+listeners:
+  - { name: a, bind: "127.0.0.1:1", colour: red }
+apis:
+  - name: p
+    routes:
+      - route: GET /x
+        integration: { type: mock, stauts: 200 }
+      - route: GET /y
+        integration: { type: carrier_pigeon }
+    stages: [ { name: prod, variabels: {} } ]
+bogus: 1
+"#;
+        let errs = parse(text).unwrap_err();
+        let paths: Vec<&str> = errs.0.iter().map(|e| e.path.as_str()).collect();
+        assert!(paths.contains(&"listeners[0].colour"), "{errs}");
+        assert!(paths.iter().any(|p| p.starts_with("apis[0].routes[0]")), "{errs}");
+        assert!(paths.iter().any(|p| p.starts_with("apis[0].routes[1]")), "{errs}");
+        assert!(paths.iter().any(|p| p.starts_with("apis[0].stages[0]")), "{errs}");
+        assert!(paths.contains(&"bogus"), "{errs}");
+        assert!(errs.0.len() >= 5);
+    }
+
+    #[test]
+    fn workers_accepts_auto_or_count() {
+        let base = "listeners: []\napis: []\n";
+        let c = parse(&format!("workers: 3\n{base}")).unwrap();
+        assert_eq!(c.workers, Workers::Count(3));
+        let c = parse(&format!("workers: auto\n{base}")).unwrap();
+        assert_eq!(c.workers, Workers::Auto);
+        assert!(parse(&format!("workers: 0\n{base}")).is_err());
+        assert!(parse(&format!("workers: many\n{base}")).is_err());
+    }
+}

@@ -1,0 +1,317 @@
+//! One client connection: read a head, then parse → route → integration → respond, in
+//! order, for each request on the connection (keep-alive and pipelining).
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use monoio::net::TcpStream;
+
+use crate::body::{self, Encode, PumpError, Source};
+use crate::error::GatewayError;
+use crate::parse::{self, Framing, MAX_HEADERS};
+use crate::plan::{Integration, ListenerPlan, Plan, RouteId, StageId};
+use crate::respond::{self, Persist};
+use crate::route;
+use crate::shard::{InFlight, RequestId, Shard};
+use crate::upstream::forward;
+
+/// First read buffer of a connection; grows up to `max_header_bytes` for a head and
+/// to `body::BODY_READ` of spare room while streaming a body.
+const CONN_BUF: usize = 4 * 1024;
+
+/// A client connection's socket and reused buffers.
+pub struct Client {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    /// Bytes read; `pos..` not yet consumed.
+    pub buf: Vec<u8>,
+    pub pos: usize,
+    /// Response heads and chunk framing written to the client.
+    pub out: Vec<u8>,
+    /// The upstream request head.
+    pub up_head: Vec<u8>,
+}
+
+/// What a parsed head asks for, with everything borrowed from the buffer resolved.
+struct Prepared {
+    head_len: usize,
+    framing: Framing,
+    persist: Persist,
+    is_head: bool,
+    expect_continue: bool,
+    idempotent: bool,
+    id: RequestId,
+    action: Action,
+}
+
+enum Action {
+    Refuse(GatewayError),
+    Mock(StageId, RouteId),
+    /// The upstream head is in `Client::up_head`.
+    Proxy(StageId, RouteId),
+}
+
+enum HeadRead {
+    Ready(Prepared),
+    /// Closed or idle: nothing to answer.
+    Gone,
+    /// Refused before a head could be parsed.
+    Refuse(GatewayError),
+}
+
+pub async fn serve(stream: TcpStream, peer: SocketAddr, plan: Arc<Plan>, listener: usize, shard: Rc<Shard>) {
+    let _ = stream.set_nodelay(true);
+    let mut c = Client {
+        stream,
+        peer,
+        buf: Vec::with_capacity(CONN_BUF),
+        pos: 0,
+        out: Vec::new(),
+        up_head: Vec::new(),
+    };
+    let lp = &plan.listeners[listener];
+    loop {
+        if c.pos > 0 {
+            // Keep a pipelined next request at the front of the buffer.
+            c.buf.drain(..c.pos);
+            c.pos = 0;
+        }
+        let prepared = match read_head(&mut c, &plan, lp, &shard).await {
+            HeadRead::Ready(p) => p,
+            HeadRead::Gone => return,
+            HeadRead::Refuse(err) => {
+                tracing::debug!(peer = %c.peer, %err, "request refused");
+                let id = shard.next_request_id();
+                let _ = refuse(&mut c, &shard, err, &id, Persist::Close, false).await;
+                return;
+            }
+        };
+        let _in_flight = InFlight::enter(&shard);
+        let keep = handle(&mut c, &plan, lp, &shard, prepared).await;
+        if !keep || shard.draining.get() {
+            return;
+        }
+    }
+}
+
+async fn read_head(c: &mut Client, plan: &Plan, lp: &ListenerPlan, shard: &Shard) -> HeadRead {
+    let limits = lp.limits;
+    let mut first_byte: Option<Instant> = None;
+    loop {
+        if !c.buf.is_empty() {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            match parse::parse_request(&c.buf, &mut headers, limits.max_header_bytes) {
+                Ok(Some((head, hdrs))) => {
+                    let local_port = lp.bind.port();
+                    let p = prepare(&head, hdrs, plan, lp, shard, c.peer, local_port, &mut c.up_head);
+                    return HeadRead::Ready(p);
+                }
+                Ok(None) => {}
+                Err(e) => return HeadRead::Refuse(GatewayError::BadHead(e)),
+            }
+        }
+        let wait = match first_byte {
+            None => limits.idle_timeout,
+            Some(t) => match limits.header_timeout.checked_sub(t.elapsed()) {
+                Some(d) => d,
+                None => return HeadRead::Refuse(GatewayError::HeaderTimeout),
+            },
+        };
+        let spare = (limits.max_header_bytes - c.buf.len().min(limits.max_header_bytes)).clamp(1, CONN_BUF);
+        match monoio::time::timeout(wait, body::read_more(&mut c.stream, &mut c.buf, spare)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return HeadRead::Gone,
+            Ok(Ok(_)) => {
+                first_byte.get_or_insert_with(Instant::now);
+            }
+            Err(_) if first_byte.is_some() => return HeadRead::Refuse(GatewayError::HeaderTimeout),
+            Err(_) => return HeadRead::Gone,
+        }
+    }
+}
+
+/// Parse → route, synchronously while the head is borrowed from the buffer; for a
+/// proxied route also writes the upstream request head.
+#[allow(clippy::too_many_arguments)]
+fn prepare(
+    head: &parse::RequestHead<'_>,
+    headers: &[httparse::Header<'_>],
+    plan: &Plan,
+    lp: &ListenerPlan,
+    shard: &Shard,
+    peer: SocketAddr,
+    local_port: u16,
+    up_head: &mut Vec<u8>,
+) -> Prepared {
+    let persist = if !head.keep_alive || shard.draining.get() {
+        Persist::Close
+    } else if head.http10 {
+        Persist::KeepAlive10
+    } else {
+        Persist::KeepAlive
+    };
+    let method = head.method;
+    let mut p = Prepared {
+        head_len: head.head_len,
+        framing: head.framing,
+        persist,
+        is_head: method == "HEAD",
+        expect_continue: head.expect_continue,
+        idempotent: matches!(method, "GET" | "HEAD" | "PUT" | "DELETE" | "OPTIONS" | "TRACE"),
+        id: shard.next_request_id(),
+        action: Action::Refuse(GatewayError::RouteNotFound),
+    };
+    if let Framing::Length(n) = head.framing {
+        if n > lp.limits.max_body_bytes {
+            p.action = Action::Refuse(GatewayError::BodyTooLarge);
+            return p;
+        }
+    }
+    let Some((stage_id, path)) = route::dispatch(lp, head.host, head.path) else {
+        return p;
+    };
+    let stage = &plan.stages[stage_id];
+    let Some(m) = stage.router.find(method, path) else {
+        return p;
+    };
+    let route = &stage.routes[m.route];
+    p.action = match &route.integration {
+        Integration::Mock(_) => Action::Mock(stage_id, m.route),
+        Integration::HttpProxy(target) => {
+            forward::write_request_head(up_head, target, head, headers, &m, path, peer, local_port);
+            Action::Proxy(stage_id, m.route)
+        }
+    };
+    p
+}
+
+/// Runs one request to its end; `true` to keep the connection.
+async fn handle(c: &mut Client, plan: &Plan, lp: &ListenerPlan, shard: &Shard, p: Prepared) -> bool {
+    c.pos = p.head_len;
+    let has_body = p.framing != Framing::None;
+    match p.action {
+        Action::Refuse(err) => {
+            // An unread body is still on the wire: close rather than read it.
+            let persist = if has_body { Persist::Close } else { p.persist };
+            tracing::debug!(peer = %c.peer, %err, "request refused");
+            refuse(c, shard, err, &p.id, persist, p.is_head).await
+        }
+        Action::Mock(stage, route) => {
+            let Integration::Mock(mock) = &plan.stages[stage].routes[route].integration else {
+                return false;
+            };
+            if has_body {
+                if p.expect_continue && send_continue(c).await.is_err() {
+                    return false;
+                }
+                let mut src = Source {
+                    stream: &mut c.stream,
+                    buf: &mut c.buf,
+                    pos: &mut c.pos,
+                    read_timeout: lp.limits.idle_timeout,
+                };
+                if let Err(e) = body::pump(&mut src, None, p.framing, Encode::Raw, &mut c.out, lp.limits.max_body_bytes).await {
+                    return match body_error(e) {
+                        Some(err) => refuse(c, shard, err, &p.id, Persist::Close, p.is_head).await,
+                        None => false,
+                    };
+                }
+            }
+            c.out.clear();
+            let date = *shard.date.borrow_mut().now();
+            respond::mock(&mut c.out, mock, &date, &p.id, p.persist, p.is_head);
+            body::write_all(&mut c.stream, &mut c.out).await.is_ok() && !p.persist.closes()
+        }
+        Action::Proxy(stage, route) => {
+            let Integration::HttpProxy(target) = &plan.stages[stage].routes[route].integration else {
+                return false;
+            };
+            let req = forward::Request {
+                framing: p.framing,
+                persist: p.persist,
+                is_head: p.is_head,
+                expect_continue: p.expect_continue,
+                idempotent: p.idempotent,
+                id: p.id,
+            };
+            match forward::proxy(c, shard, target, &req, &lp.limits).await {
+                Ok(keep) => keep,
+                Err(forward::Failed::Answer(err)) => {
+                    let persist = if err.refusal().close { Persist::Close } else { p.persist };
+                    refuse(c, shard, err, &p.id, persist, p.is_head).await
+                }
+                Err(forward::Failed::Abort) => false,
+            }
+        }
+    }
+}
+
+/// Maps a failed client-body read to the answer owed, if any.
+pub fn body_error(e: PumpError) -> Option<GatewayError> {
+    match e {
+        PumpError::TooLarge => Some(GatewayError::BodyTooLarge),
+        PumpError::Framing(c) => Some(GatewayError::BadBody(c.0)),
+        PumpError::ReadTimeout => Some(GatewayError::HeaderTimeout),
+        PumpError::ReadClosed | PumpError::Read(_) | PumpError::Write(_) => None,
+    }
+}
+
+pub async fn send_continue(c: &mut Client) -> std::io::Result<()> {
+    c.out.clear();
+    c.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+    body::write_all(&mut c.stream, &mut c.out).await
+}
+
+/// Answers with a gateway error; `true` when the connection stays open.
+pub async fn refuse(c: &mut Client, shard: &Shard, err: GatewayError, id: &RequestId, persist: Persist, head_only: bool) -> bool {
+    let r = err.refusal();
+    let persist = if r.close { Persist::Close } else { persist };
+    c.out.clear();
+    let date = *shard.date.borrow_mut().now();
+    respond::refusal(&mut c.out, r, &date, id, persist, head_only);
+    let ok = body::write_all(&mut c.stream, &mut c.out).await.is_ok();
+    if persist.closes() {
+        // Half-close so the client reads the answer before the reset a close with
+        // unread input would cause (RFC 9112 §9.6).
+        let _ = c.stream.as_raw_fd_shutdown_write();
+        linger(c).await;
+    }
+    ok && !persist.closes()
+}
+
+/// Lingering close (nginx's `lingering_close`): read and drop what the client still
+/// sends, briefly, so closing with unread input does not reset the connection before
+/// the client has read the answer.
+async fn linger(c: &mut Client) {
+    const LINGER: std::time::Duration = std::time::Duration::from_millis(500);
+    const MAX_DRAIN: usize = 1024 * 1024;
+    let deadline = Instant::now() + LINGER;
+    let mut drained = 0;
+    while drained < MAX_DRAIN {
+        let Some(wait) = deadline.checked_duration_since(Instant::now()) else { return };
+        c.buf.clear();
+        c.pos = 0;
+        match monoio::time::timeout(wait, body::read_more(&mut c.stream, &mut c.buf, CONN_BUF)).await {
+            Ok(Ok(n)) if n > 0 => drained += n,
+            _ => return,
+        }
+    }
+}
+
+trait ShutdownWrite {
+    fn as_raw_fd_shutdown_write(&self) -> std::io::Result<()>;
+}
+
+impl ShutdownWrite for TcpStream {
+    fn as_raw_fd_shutdown_write(&self) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: the fd is owned by `self` and open for the duration of the call.
+        let rc = unsafe { libc::shutdown(self.as_raw_fd(), libc::SHUT_WR) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! shardgate: a thread-per-core API gateway with Amazon API Gateway semantics.
+//!
+//! ```text
+//! control plane (main thread)                     hot path (one worker per core, no locks)
+//! main → config (file types) → compile → Arc<Plan> ──▶ worker → accept → conn → parse → route
+//!                                                         │                                │
+//!                                                     Shard (per core)                     ▼
+//!                                                     └ upstream pools ◀── upstream: pool, forward
+//!                                                                          │
+//!                                                            body (stream) → respond → client
+//! ```
+//!
+//! - `config`: the YAML users write (serde types) and `compile`, which validates it and
+//!   builds the `Plan`.
+//! - `plan`: the immutable compiled config: listeners, stages, routers, integrations.
+//! - `worker`: threads, pinning, the monoio runtime and driver choice, accept, drain.
+//! - `shard`: per-core state (pools, request ids, the Date cache, in-flight count).
+//! - `conn`: the per-connection loop: parse → route → integration → respond.
+//! - `parse`: strict HTTP/1.1 heads on httparse, and the chunked decoder.
+//! - `route`: stage dispatch (domain, stage segment, `$default`) and the radix routers.
+//! - `body`: streaming bodies between sockets, re-framed as needed.
+//! - `upstream`: the `http_proxy` integration: connection pool and forwarding.
+//! - `respond`: response heads; `error`: the one error type and its responses.
+//! - `clock`: the HTTP Date value.
+
+pub mod body;
+pub mod clock;
+pub mod config;
+pub mod conn;
+pub mod error;
+pub mod parse;
+pub mod plan;
+pub mod respond;
+pub mod route;
+pub mod shard;
+pub mod upstream;
+pub mod worker;

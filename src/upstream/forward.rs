@@ -1,0 +1,368 @@
+//! Forwarding one request to an `http_proxy` integration and streaming its response
+//! back: pooled connection (one retry on a fresh connection when a pooled one turns
+//! out dead and the request is idempotent), integration timeout, header rewriting.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use monoio::net::TcpStream;
+
+use super::pool::UpConn;
+use crate::body::{self, Encode, PumpError, Source};
+use crate::conn::{body_error, send_continue, Client};
+use crate::error::GatewayError;
+use crate::parse::{self, Framing, RequestHead, MAX_HEADERS};
+use crate::plan::{Limits, PathPart, ProxyTarget};
+use crate::respond::{self, Persist};
+use crate::route::RouteMatch;
+use crate::shard::{RequestId, Shard};
+
+/// A body up to this size that has arrived with its head is sent in the same write.
+const INLINE_BODY: u64 = 16 * 1024;
+/// A response body up to this size that arrived with its head is sent in the same write.
+const INLINE_RESPONSE: u64 = 64 * 1024;
+
+/// The facts of the client request `proxy` needs.
+pub struct Request {
+    pub framing: Framing,
+    pub persist: Persist,
+    pub is_head: bool,
+    pub expect_continue: bool,
+    pub idempotent: bool,
+    pub id: RequestId,
+}
+
+/// Why no upstream response reached the client.
+pub enum Failed {
+    /// Answer the client with this error.
+    Answer(GatewayError),
+    /// Close the client connection without an answer (it left, or a response had
+    /// already started).
+    Abort,
+}
+
+/// Writes the upstream request head for `target` into `out`.
+#[allow(clippy::too_many_arguments)]
+pub fn write_request_head(
+    out: &mut Vec<u8>,
+    target: &ProxyTarget,
+    head: &RequestHead<'_>,
+    headers: &[httparse::Header<'_>],
+    m: &RouteMatch<'_, '_>,
+    routed_path: &str,
+    peer: SocketAddr,
+    local_port: u16,
+) {
+    out.clear();
+    out.extend_from_slice(head.method.as_bytes());
+    out.push(b' ');
+    let start = out.len();
+    for part in &target.path {
+        match part {
+            PathPart::Literal(l) => {
+                let l = if target.append_request_path { l.trim_end_matches('/') } else { l };
+                out.extend_from_slice(l.as_bytes());
+            }
+            PathPart::Param(name) => out.extend_from_slice(m.param(name).unwrap_or("").as_bytes()),
+        }
+    }
+    if target.append_request_path {
+        out.extend_from_slice(routed_path.as_bytes());
+    }
+    if out.len() == start {
+        out.push(b'/');
+    }
+    match (&target.query, head.query) {
+        (Some(fixed), Some(q)) if !q.is_empty() => {
+            out.push(b'?');
+            out.extend_from_slice(fixed.as_bytes());
+            out.push(b'&');
+            out.extend_from_slice(q.as_bytes());
+        }
+        (Some(fixed), _) => {
+            out.push(b'?');
+            out.extend_from_slice(fixed.as_bytes());
+        }
+        (None, Some(q)) => {
+            out.push(b'?');
+            out.extend_from_slice(q.as_bytes());
+        }
+        (None, None) => {}
+    }
+    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    out.extend_from_slice(target.host_header.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    respond::copy_headers(out, headers, |n| {
+        n.eq_ignore_ascii_case(b"host")
+            || n.eq_ignore_ascii_case(b"expect")
+            || n.eq_ignore_ascii_case(b"x-forwarded-for")
+            || n.eq_ignore_ascii_case(b"x-forwarded-proto")
+            || n.eq_ignore_ascii_case(b"x-forwarded-host")
+            || n.eq_ignore_ascii_case(b"x-forwarded-port")
+    });
+    out.extend_from_slice(b"x-forwarded-for: ");
+    for h in headers.iter().filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for")) {
+        out.extend_from_slice(h.value);
+        out.extend_from_slice(b", ");
+    }
+    let mut ip = [0u8; 64];
+    let n = {
+        use std::io::Write;
+        let mut w = &mut ip[..];
+        let _ = write!(w, "{}", peer.ip());
+        64 - w.len()
+    };
+    out.extend_from_slice(&ip[..n]);
+    out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\nx-forwarded-host: ");
+    out.extend_from_slice(head.host);
+    out.extend_from_slice(b"\r\nx-forwarded-port: ");
+    out.extend_from_slice(itoa::Buffer::new().format(local_port).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    match head.framing {
+        Framing::Length(n) => respond::content_length(out, n),
+        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::None | Framing::UntilClose => {
+            if matches!(head.method, "POST" | "PUT" | "PATCH") {
+                out.extend_from_slice(b"content-length: 0\r\n");
+            }
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// What the upstream answered, once its head is in `Client::out` (already rewritten
+/// for the client).
+struct Answered {
+    framing: Framing,
+    upstream_close: bool,
+    client_persist: Persist,
+}
+
+enum ExchangeError {
+    /// Nothing came back on a pooled connection: it was dead before we used it.
+    Stale,
+    Failed(Failed),
+}
+
+/// Proxies the request whose head is in `c.up_head`; `Ok(true)` keeps the client
+/// connection open.
+pub async fn proxy(c: &mut Client, shard: &Shard, target: &ProxyTarget, req: &Request, limits: &Limits) -> Result<bool, Failed> {
+    let mut inline = false;
+    if let Framing::Length(n) = req.framing {
+        if n <= INLINE_BODY && (c.buf.len() - c.pos) as u64 >= n {
+            let end = c.pos + n as usize;
+            c.up_head.extend_from_slice(&c.buf[c.pos..end]);
+            c.pos = end;
+            inline = true;
+        }
+    }
+    let has_body = req.framing != Framing::None && !inline;
+    let may_retry = req.idempotent && !has_body;
+    let exchange = async {
+        let mut retried = false;
+        loop {
+            let pooled = shard.pool.borrow_mut().take(target.addr, Instant::now());
+            let reused = pooled.is_some();
+            let mut up = match pooled {
+                Some(up) => up,
+                None => connect(shard, target.addr).await?,
+            };
+            let date = *shard.date.borrow_mut().now();
+            match exchange(c, &mut up, req, has_body, limits, date).await {
+                Ok(a) => return Ok((up, a)),
+                Err(ExchangeError::Stale) if reused && may_retry && !retried => {
+                    retried = true;
+                    tracing::debug!(upstream = %target.addr, "pooled connection was closed; retrying on a new one");
+                }
+                Err(ExchangeError::Stale) => {
+                    tracing::warn!(upstream = %target.addr, "upstream closed the connection without a response");
+                    return Err(Failed::Answer(GatewayError::UpstreamFailed("closed without a response")));
+                }
+                Err(ExchangeError::Failed(f)) => return Err(f),
+            }
+        }
+    };
+    let (mut up, answered) = match monoio::time::timeout(target.timeout, exchange).await {
+        Ok(r) => r?,
+        Err(_) => {
+            tracing::warn!(upstream = %target.addr, timeout_ms = target.timeout.as_millis() as u64, "integration timed out");
+            return Err(Failed::Answer(GatewayError::IntegrationTimeout));
+        }
+    };
+    // The head is in `c.out`; a small body that is already here goes in the same write.
+    let body_start = up.pos;
+    if let Framing::Length(n) = answered.framing {
+        if n <= INLINE_RESPONSE && (up.buf.len() - body_start) as u64 >= n {
+            let end = body_start + n as usize;
+            c.out.extend_from_slice(&up.buf[body_start..end]);
+            up.pos = end;
+            if body::write_all(&mut c.stream, &mut c.out).await.is_err() {
+                return Err(Failed::Abort);
+            }
+            return Ok(finish(shard, target, up, &answered));
+        }
+    }
+    if body::write_all(&mut c.stream, &mut c.out).await.is_err() {
+        return Err(Failed::Abort);
+    }
+    let encode = match (answered.framing, answered.client_persist) {
+        (Framing::Chunked | Framing::UntilClose, Persist::KeepAlive) => Encode::Chunked,
+        _ => Encode::Raw,
+    };
+    let mut src = Source {
+        stream: &mut up.stream,
+        buf: &mut up.buf,
+        pos: &mut up.pos,
+        read_timeout: target.timeout,
+    };
+    match body::pump(&mut src, Some(&mut c.stream), answered.framing, encode, &mut c.out, u64::MAX).await {
+        Ok(_) => Ok(finish(shard, target, up, &answered)),
+        Err(e) => {
+            tracing::warn!(upstream = %target.addr, error = %e, "response body failed midway");
+            Err(Failed::Abort)
+        }
+    }
+}
+
+/// Pools the upstream connection if it can carry another request.
+fn finish(shard: &Shard, target: &ProxyTarget, up: UpConn, a: &Answered) -> bool {
+    if !a.upstream_close && a.framing != Framing::UntilClose {
+        shard.pool.borrow_mut().put(target.addr, up, Instant::now());
+    }
+    !a.client_persist.closes()
+}
+
+async fn connect(shard: &Shard, addr: SocketAddr) -> Result<UpConn, Failed> {
+    match TcpStream::connect_addr(addr).await {
+        Ok(s) => {
+            let _ = s.set_nodelay(true);
+            shard.pool.borrow_mut().connects += 1;
+            Ok(UpConn::new(s))
+        }
+        Err(e) => {
+            tracing::warn!(upstream = %addr, error = %e, "cannot connect to integration");
+            Err(Failed::Answer(if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                GatewayError::UpstreamRefused
+            } else {
+                GatewayError::UpstreamFailed("connect failed")
+            }))
+        }
+    }
+}
+
+/// Sends head and body, then reads the response head and writes its client version
+/// into `c.out`.
+async fn exchange(
+    c: &mut Client,
+    up: &mut UpConn,
+    req: &Request,
+    has_body: bool,
+    limits: &Limits,
+    date: [u8; crate::clock::HTTP_DATE_LEN],
+) -> Result<Answered, ExchangeError> {
+    up.buf.clear();
+    up.pos = 0;
+    if body::write_all(&mut up.stream, &mut c.up_head).await.is_err() {
+        return Err(ExchangeError::Stale);
+    }
+    if has_body {
+        if req.expect_continue && send_continue(c).await.is_err() {
+            return Err(ExchangeError::Failed(Failed::Abort));
+        }
+        let encode = if req.framing == Framing::Chunked { Encode::Chunked } else { Encode::Raw };
+        let mut src = Source {
+            stream: &mut c.stream,
+            buf: &mut c.buf,
+            pos: &mut c.pos,
+            read_timeout: limits.idle_timeout,
+        };
+        if let Err(e) = body::pump(&mut src, Some(&mut up.stream), req.framing, encode, &mut c.out, limits.max_body_bytes).await {
+            return Err(ExchangeError::Failed(match e {
+                PumpError::Write(_) => Failed::Answer(GatewayError::UpstreamFailed("request body write failed")),
+                other => body_error(other).map_or(Failed::Abort, Failed::Answer),
+            }));
+        }
+    }
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        if up.pos < up.buf.len() {
+            match parse::parse_response(&up.buf[up.pos..], &mut headers, req.is_head) {
+                Ok(Some((head, hdrs))) => {
+                    if (100..200).contains(&head.status) {
+                        if head.status == 101 {
+                            return Err(fail("protocol switch is not supported"));
+                        }
+                        up.pos += head.head_len;
+                        continue;
+                    }
+                    let a = write_response_head(&mut c.out, &head, hdrs, req, date, &req.id);
+                    up.pos += head.head_len;
+                    return Ok(a);
+                }
+                Ok(None) => {}
+                Err(e) => return Err(fail(e.0)),
+            }
+        }
+        if up.buf.len() - up.pos >= MAX_RESPONSE_HEAD {
+            return Err(fail("response head too large"));
+        }
+        match body::read_more(&mut up.stream, &mut up.buf, super::pool::UPSTREAM_BUF).await {
+            Ok(0) | Err(_) if up.buf.is_empty() => return Err(ExchangeError::Stale),
+            Ok(0) => return Err(fail("closed inside the response head")),
+            Err(_) => return Err(fail("reset inside the response head")),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// An upstream's response head larger than this is refused (nginx's default
+/// `proxy_buffer_size` is 4-8 KiB; 64 KiB leaves room for large cookies).
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+fn fail(why: &'static str) -> ExchangeError {
+    tracing::warn!(reason = why, "invalid response from integration");
+    ExchangeError::Failed(Failed::Answer(GatewayError::UpstreamFailed(why)))
+}
+
+fn write_response_head(
+    out: &mut Vec<u8>,
+    head: &parse::ResponseHead<'_>,
+    headers: &[httparse::Header<'_>],
+    req: &Request,
+    date: [u8; crate::clock::HTTP_DATE_LEN],
+    id: &RequestId,
+) -> Answered {
+    let streamed = matches!(head.framing, Framing::Chunked | Framing::UntilClose);
+    let client_persist = match req.persist {
+        // An HTTP/1.0 client cannot take chunked: delimit by closing.
+        Persist::KeepAlive10 if streamed => Persist::Close,
+        p => p,
+    };
+    out.clear();
+    respond::status_line(out, head.status, head.reason.as_bytes());
+    respond::common_headers(out, &date, id, client_persist);
+    // The upstream's Content-Length stays meaningful where there is no body to frame.
+    let keep_length = req.is_head || head.status == 304;
+    respond::copy_headers(out, headers, |n| n.eq_ignore_ascii_case(b"date") || n.eq_ignore_ascii_case(b"apigw-requestid"));
+    match head.framing {
+        Framing::Length(n) => respond::content_length(out, n),
+        Framing::None if keep_length => {
+            if let Some(n) = head.content_length {
+                respond::content_length(out, n);
+            }
+        }
+        Framing::None if head.status == 204 => {}
+        Framing::None => respond::content_length(out, 0),
+        Framing::Chunked | Framing::UntilClose => {
+            if client_persist == Persist::KeepAlive {
+                out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            }
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    Answered {
+        framing: head.framing,
+        upstream_close: head.close,
+        client_persist,
+    }
+}

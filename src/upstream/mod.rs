@@ -1,0 +1,5 @@
+//! The integration stage (AWS's word): per-core connection pools and forwarding a
+//! request to an HTTP upstream.
+
+pub mod forward;
+pub mod pool;

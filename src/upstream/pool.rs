@@ -1,0 +1,84 @@
+//! Each worker's keep-alive pool of upstream connections: bounded idle per upstream,
+//! idle timeout, most recently used first (the warmest connection is the least likely
+//! to have been closed by the upstream).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use monoio::net::TcpStream;
+
+use crate::plan::PoolLimits;
+
+/// An upstream connection with its own read buffer (kept across requests so a
+/// pooled request allocates nothing).
+pub struct UpConn {
+    pub stream: TcpStream,
+    pub buf: Vec<u8>,
+    /// Bytes of `buf` already consumed.
+    pub pos: usize,
+}
+
+/// Initial capacity of an upstream read buffer: one read takes a typical small
+/// response head and body.
+pub const UPSTREAM_BUF: usize = 16 * 1024;
+
+impl UpConn {
+    pub fn new(stream: TcpStream) -> Self {
+        Self {
+            stream,
+            buf: Vec::with_capacity(UPSTREAM_BUF),
+            pos: 0,
+        }
+    }
+}
+
+struct Idle {
+    conn: UpConn,
+    since: Instant,
+}
+
+pub struct Pool {
+    idle: HashMap<SocketAddr, VecDeque<Idle>>,
+    limits: PoolLimits,
+    /// New upstream connections opened by this worker (a counter for metrics).
+    pub connects: u64,
+}
+
+impl Pool {
+    pub fn new(limits: PoolLimits) -> Self {
+        Self {
+            idle: HashMap::new(),
+            limits,
+            connects: 0,
+        }
+    }
+
+    /// The most recently returned live connection to `addr`, dropping expired ones.
+    pub fn take(&mut self, addr: SocketAddr, now: Instant) -> Option<UpConn> {
+        let list = self.idle.get_mut(&addr)?;
+        // Oldest at the front: drop the expired ones.
+        while list
+            .front()
+            .is_some_and(|i| now.duration_since(i.since) >= self.limits.idle_timeout)
+        {
+            list.pop_front();
+        }
+        list.pop_back().map(|i| i.conn)
+    }
+
+    /// Returns a connection whose last response was read completely.
+    pub fn put(&mut self, addr: SocketAddr, mut conn: UpConn, now: Instant) {
+        if conn.pos < conn.buf.len() {
+            // The upstream sent bytes past the response: the stream is out of step.
+            return;
+        }
+        conn.buf.clear();
+        conn.pos = 0;
+        let list = self.idle.entry(addr).or_default();
+        if list.len() >= self.limits.max_idle_per_upstream {
+            list.pop_front();
+        }
+        list.push_back(Idle { conn, since: now });
+    }
+}
