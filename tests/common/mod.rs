@@ -1,0 +1,512 @@
+//! Test support: the gateway as a child process on an ephemeral port, real upstream
+//! servers on loopback, and a small independent HTTP/1.1 client. Everything is bounded
+//! in time and cleaned up on drop.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Every socket read in the tests gives up after this.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct Gateway {
+    child: Child,
+    pub addr: SocketAddr,
+    pub log: Arc<Mutex<String>>,
+    config_path: std::path::PathBuf,
+}
+
+fn unique(name: &str) -> std::path::PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    std::env::temp_dir().join(format!(
+        "shardgate-test-{}-{}-{name}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_shardgate")
+}
+
+/// Writes `yaml` to a temporary file and returns its path.
+pub fn write_config(yaml: &str) -> std::path::PathBuf {
+    let path = unique("config.yaml");
+    std::fs::write(&path, yaml).expect("write config");
+    path
+}
+
+impl Gateway {
+    /// Starts `shardgate run` on `yaml` (whose listener should bind 127.0.0.1:0) and
+    /// waits for its listening line.
+    pub fn start(yaml: &str) -> Self {
+        Self::start_with(yaml, &[])
+    }
+
+    pub fn start_with(yaml: &str, args: &[&str]) -> Self {
+        let config_path = write_config(yaml);
+        let mut child = Command::new(bin())
+            .arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .args(args)
+            .env("SHARDGATE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn shardgate");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let log2 = Arc::clone(&log);
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(i) = line.find("addr=") {
+                    let addr: String = line[i + 5..].split_whitespace().next().unwrap_or("").to_owned();
+                    if let (Some(t), Ok(a)) = (tx.as_ref(), addr.parse::<SocketAddr>()) {
+                        let _ = t.send(a);
+                        tx = None;
+                    }
+                }
+                let mut l = log2.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(15)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("gateway did not start; log:\n{}", log.lock().unwrap());
+            }
+        };
+        // All workers register their listeners right after the line; give them a moment.
+        wait_until(Duration::from_secs(5), || {
+            log.lock().unwrap().matches("worker started").count() >= 1
+        });
+        Self {
+            child,
+            addr,
+            log,
+            config_path,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn sigterm(&self) {
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+    }
+
+    /// Waits for exit, bounded; returns the exit code.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.config_path);
+    }
+}
+
+pub fn wait_until(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+/// A request as the upstream saw it.
+#[derive(Debug, Clone, Default)]
+pub struct Seen {
+    pub method: String,
+    pub target: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub chunked: bool,
+    /// Which accepted connection (0-based) carried it.
+    pub conn: usize,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// What the upstream answers.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub chunked: bool,
+    pub delay: Duration,
+    /// Close the connection after this reply.
+    pub close: bool,
+}
+
+impl Reply {
+    pub fn ok(body: impl Into<Vec<u8>>) -> Self {
+        Self {
+            status: 200,
+            headers: vec![("content-type".into(), "text/plain".into())],
+            body: body.into(),
+            chunked: false,
+            delay: Duration::ZERO,
+            close: false,
+        }
+    }
+}
+
+type Handler = Arc<dyn Fn(&Seen) -> Reply + Send + Sync>;
+
+/// A real HTTP/1.1 server on loopback, written independently of the gateway's codec.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub connections: Arc<AtomicUsize>,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Upstream {
+    pub fn start(handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let handler: Handler = Arc::new(handler);
+        let (c2, s2) = (Arc::clone(&connections), Arc::clone(&seen));
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let conn = c2.fetch_add(1, Ordering::SeqCst);
+                let (h, s) = (Arc::clone(&handler), Arc::clone(&s2));
+                std::thread::spawn(move || serve_upstream(stream, conn, h, s));
+            }
+        });
+        Self {
+            addr,
+            connections,
+            seen,
+        }
+    }
+
+    /// Echoes what it received as a small text body: method, target, body length.
+    pub fn echo() -> Self {
+        Self::start(|s| {
+            Reply::ok(format!("{} {} body={}", s.method, s.target, s.body.len()))
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen().last().cloned().expect("upstream saw no request")
+    }
+}
+
+fn serve_upstream(stream: TcpStream, conn: usize, handler: Handler, seen: Arc<Mutex<Vec<Seen>>>) {
+    stream.set_read_timeout(Some(IO_TIMEOUT)).ok();
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    loop {
+        let Some(mut req) = read_message_head(&mut reader) else { return };
+        let (method, target) = {
+            let mut parts = req.start.split(' ');
+            (parts.next().unwrap_or("").to_owned(), parts.next().unwrap_or("").to_owned())
+        };
+        let chunked = req
+            .header("transfer-encoding")
+            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+        let body = if chunked {
+            match read_chunked(&mut reader) {
+                Some(b) => b,
+                None => return,
+            }
+        } else {
+            let n: usize = req.header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+            let mut b = vec![0; n];
+            if reader.read_exact(&mut b).is_err() {
+                return;
+            }
+            b
+        };
+        let s = Seen {
+            method: method.clone(),
+            target,
+            headers: std::mem::take(&mut req.headers),
+            body,
+            chunked,
+            conn,
+        };
+        seen.lock().unwrap().push(s.clone());
+        let reply = handler(&s);
+        std::thread::sleep(reply.delay);
+        let mut out = format!("HTTP/1.1 {} X\r\n", reply.status).into_bytes();
+        for (n, v) in &reply.headers {
+            out.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
+        }
+        if reply.close {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
+        let bodyless = method == "HEAD" || reply.status == 204 || reply.status == 304;
+        if reply.chunked {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
+            if !bodyless {
+                for piece in reply.body.chunks(7000) {
+                    out.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+                    out.extend_from_slice(piece);
+                    out.extend_from_slice(b"\r\n");
+                }
+                out.extend_from_slice(b"0\r\n\r\n");
+            }
+        } else {
+            if reply.status != 204 {
+                out.extend_from_slice(format!("content-length: {}\r\n", reply.body.len()).as_bytes());
+            }
+            out.extend_from_slice(b"\r\n");
+            if !bodyless {
+                out.extend_from_slice(&reply.body);
+            }
+        }
+        if writer.write_all(&out).is_err() || reply.close {
+            return;
+        }
+    }
+}
+
+/// A message head read line by line.
+pub struct Head {
+    pub start: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Head {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+pub fn read_message_head(r: &mut impl BufRead) -> Option<Head> {
+    let mut start = String::new();
+    if r.read_line(&mut start).ok()? == 0 {
+        return None;
+    }
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        let line = line.trim_end_matches(['\r', '\n']);
+        if line.is_empty() {
+            break;
+        }
+        let (n, v) = line.split_once(':')?;
+        headers.push((n.to_owned(), v.trim().to_owned()));
+    }
+    Some(Head {
+        start: start.trim_end().to_owned(),
+        headers,
+    })
+}
+
+pub fn read_chunked(r: &mut impl BufRead) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line).ok()?;
+        let size = usize::from_str_radix(line.trim_end().split(';').next()?, 16).ok()?;
+        if size == 0 {
+            // Trailers until the blank line.
+            loop {
+                let mut t = String::new();
+                r.read_line(&mut t).ok()?;
+                if t == "\r\n" || t.is_empty() {
+                    return Some(body);
+                }
+            }
+        }
+        let start = body.len();
+        body.resize(start + size, 0);
+        r.read_exact(&mut body[start..]).ok()?;
+        let mut crlf = [0; 2];
+        r.read_exact(&mut crlf).ok()?;
+        if &crlf != b"\r\n" {
+            return None;
+        }
+    }
+}
+
+/// A response as the client saw it.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A keep-alive client connection.
+pub struct Client {
+    pub reader: BufReader<TcpStream>,
+    pub writer: TcpStream,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Self {
+        let s = TcpStream::connect(addr).expect("connect to gateway");
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        s.set_nodelay(true).unwrap();
+        Self {
+            writer: s.try_clone().unwrap(),
+            reader: BufReader::new(s),
+        }
+    }
+
+    pub fn send(&mut self, raw: &[u8]) {
+        self.writer.write_all(raw).expect("write request");
+    }
+
+    /// Sends `METHOD path` with Host `host` and the given extra header lines and body.
+    pub fn request(&mut self, method: &str, path: &str, host: &str, extra: &[(&str, &str)], body: &[u8]) -> Response {
+        let mut raw = format!("{method} {path} HTTP/1.1\r\nhost: {host}\r\n");
+        for (n, v) in extra {
+            raw.push_str(&format!("{n}: {v}\r\n"));
+        }
+        if !body.is_empty() {
+            raw.push_str(&format!("content-length: {}\r\n", body.len()));
+        }
+        raw.push_str("\r\n");
+        let mut bytes = raw.into_bytes();
+        bytes.extend_from_slice(body);
+        self.send(&bytes);
+        self.read_response(method == "HEAD").expect("a response")
+    }
+
+    pub fn get(&mut self, path: &str) -> Response {
+        self.request("GET", path, "gw.test", &[], b"")
+    }
+
+    pub fn read_response(&mut self, head_request: bool) -> Option<Response> {
+        loop {
+            let head = read_message_head(&mut self.reader)?;
+            let status: u16 = head.start.split(' ').nth(1)?.parse().ok()?;
+            if status == 100 {
+                continue;
+            }
+            let body = if head_request || status == 204 || status == 304 {
+                Vec::new()
+            } else if head
+                .header("transfer-encoding")
+                .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+            {
+                read_chunked(&mut self.reader)?
+            } else if let Some(n) = head.header("content-length") {
+                let mut b = vec![0; n.parse().ok()?];
+                self.reader.read_exact(&mut b).ok()?;
+                b
+            } else {
+                let mut b = Vec::new();
+                self.reader.read_to_end(&mut b).ok()?;
+                b
+            };
+            return Some(Response {
+                status,
+                headers: head.headers,
+                body,
+            });
+        }
+    }
+
+    /// True when the server closed the connection (EOF) within the timeout.
+    pub fn is_closed(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(self.reader.read(&mut b), Ok(0)) || matches!(self.reader.read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+    }
+}
+
+/// One request on a new connection.
+pub fn get(addr: SocketAddr, path: &str) -> Response {
+    Client::connect(addr).get(path)
+}
+
+/// Sends raw bytes, returns everything the gateway wrote until it closed.
+pub fn raw_exchange(addr: SocketAddr, raw: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let _ = s.write_all(raw);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("reading from the gateway: {e} (got {:?})", String::from_utf8_lossy(&out)),
+        }
+    }
+    out
+}
+
+/// A config with one listener on an ephemeral loopback port and the given APIs/extra.
+pub fn config(body: &str) -> String {
+    format!("workers: 2\nlisteners:\n  - name: test\n    bind: 127.0.0.1:0\n{body}")
+}
+
+pub fn headers_map(r: &Response) -> HashMap<String, String> {
+    r.headers.iter().map(|(n, v)| (n.to_ascii_lowercase(), v.clone())).collect()
+}

@@ -1,0 +1,297 @@
+//! The http_proxy integration over real sockets: bodies both ways, keep-alive and
+//! pooling, pipelining, timeouts and failures, header rewriting.
+
+mod common;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn proxy_config(upstream: &str, extra_route: &str) -> String {
+    config(&format!(
+        "apis:
+  - name: p
+    routes:
+      - {{ route: 'ANY /{{proxy+}}', integration: {{ type: http_proxy, uri: \"{upstream}/{{proxy}}\" }} }}
+{extra_route}    stages: [ {{ name: $default }} ]
+"
+    ))
+}
+
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8).collect()
+}
+
+#[test]
+fn large_bodies_stream_both_ways() {
+    let big = pattern(6 * 1024 * 1024);
+    let reply_body = big.clone();
+    let up = Upstream::start(move |s| {
+        let mut r = Reply::ok(reply_body.clone());
+        r.headers.push(("x-received".into(), s.body.len().to_string()));
+        r.headers.push(("x-received-ok".into(), (s.body == pattern(s.body.len())).to_string()));
+        r
+    });
+    let gw = Gateway::start(&proxy_config(&up.url(), ""));
+    let mut c = Client::connect(gw.addr);
+    let r = c.request("POST", "/upload", "gw.test", &[], &big);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-received"), Some("6291456"));
+    assert_eq!(r.header("x-received-ok"), Some("true"));
+    assert!(r.body == big, "response body differs");
+}
+
+#[test]
+fn chunked_bodies_stream_both_ways() {
+    let body = pattern(5 * 1024 * 1024 + 17);
+    let reply_body = body.clone();
+    let up = Upstream::start(move |s| {
+        let mut r = Reply::ok(reply_body.clone());
+        r.chunked = true;
+        r.headers.push(("x-received".into(), s.body.len().to_string()));
+        r.headers.push(("x-received-chunked".into(), s.chunked.to_string()));
+        r.headers.push(("x-received-ok".into(), (s.body == pattern(s.body.len())).to_string()));
+        r
+    });
+    let gw = Gateway::start(&proxy_config(&up.url(), ""));
+    let mut c = Client::connect(gw.addr);
+    let mut raw = b"POST /up HTTP/1.1\r\nhost: gw.test\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+    for piece in body.chunks(100_000) {
+        raw.extend_from_slice(format!("{:x};ext=1\r\n", piece.len()).as_bytes());
+        raw.extend_from_slice(piece);
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(b"0\r\nx-trailer: 1\r\n\r\n");
+    let writer = {
+        let mut w = c.writer.try_clone().unwrap();
+        std::thread::spawn(move || w.write_all(&raw).unwrap())
+    };
+    let r = c.read_response(false).expect("response");
+    writer.join().unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-received"), Some(body.len().to_string().as_str()));
+    assert_eq!(r.header("x-received-chunked"), Some("true"));
+    assert_eq!(r.header("x-received-ok"), Some("true"));
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+    assert!(r.body == body, "response body differs");
+    // Still in step.
+    assert_eq!(c.get("/again").status, 200);
+}
+
+#[test]
+fn close_delimited_upstream_response_is_chunked_to_the_client() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in listener.incoming().take(1) {
+            let mut s = s.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil the end");
+        }
+    });
+    let gw = Gateway::start(&proxy_config(&format!("http://{addr}"), ""));
+    let mut c = Client::connect(gw.addr);
+    let r = c.get("/x");
+    assert_eq!(r.text(), "until the end");
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let up = Upstream::start(|s| {
+        // Later requests answer faster: order must still hold.
+        let n: u64 = s.target.trim_start_matches("/n/").parse().unwrap_or(0);
+        let mut r = Reply::ok(s.target.clone());
+        r.delay = Duration::from_millis(30u64.saturating_sub(n * 3));
+        r
+    });
+    let gw = Gateway::start(&proxy_config(&up.url(), ""));
+    let mut c = Client::connect(gw.addr);
+    let mut raw = Vec::new();
+    for i in 0..10 {
+        raw.extend_from_slice(format!("GET /n/{i} HTTP/1.1\r\nhost: gw.test\r\n\r\n").as_bytes());
+    }
+    c.send(&raw);
+    for i in 0..10 {
+        let r = c.read_response(false).expect("response");
+        assert_eq!(r.text(), format!("/n/{i}"));
+    }
+}
+
+#[test]
+fn upstream_connections_are_reused() {
+    let up = Upstream::echo();
+    let gw = Gateway::start(&proxy_config(&up.url(), ""));
+    let mut c = Client::connect(gw.addr);
+    for _ in 0..200 {
+        assert_eq!(c.get("/r").status, 200);
+    }
+    // One client connection lives on one worker: one upstream connection serves all.
+    assert_eq!(up.connections.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // Several sequential client connections (possibly on both workers) still reuse.
+    for _ in 0..20 {
+        assert_eq!(get(gw.addr, "/r").status, 200);
+    }
+    assert!(up.connections.load(std::sync::atomic::Ordering::SeqCst) <= 2);
+}
+
+#[test]
+fn dead_pooled_connection_is_retried_for_idempotent_requests() {
+    // Every reply closes its connection after writing (without saying so), so each
+    // pooled connection is dead when next used.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let acc = std::sync::Arc::clone(&accepted);
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            acc.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut s = s.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+            // Dropped: closed.
+        }
+    });
+    let gw = Gateway::start(&proxy_config(&format!("http://{addr}"), ""));
+    let mut c = Client::connect(gw.addr);
+    for _ in 0..5 {
+        let r = c.get("/x");
+        assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) >= 5);
+}
+
+#[test]
+fn integration_timeout_is_504() {
+    let up = Upstream::start(|_| {
+        let mut r = Reply::ok("late");
+        r.delay = Duration::from_millis(1500);
+        r
+    });
+    let gw = Gateway::start(&config(&format!(
+        "apis:
+  - name: p
+    routes:
+      - {{ route: 'GET /slow', integration: {{ type: http_proxy, uri: \"{}/slow\", timeout_ms: 200 }} }}
+    stages: [ {{ name: $default }} ]
+",
+        up.url()
+    )));
+    let started = Instant::now();
+    let mut c = Client::connect(gw.addr);
+    let r = c.get("/slow");
+    assert_eq!(r.status, 504);
+    assert_eq!(r.text(), r#"{"message":"Endpoint request timed out"}"#);
+    assert!(started.elapsed() < Duration::from_millis(1400), "waited for the upstream");
+    // The client connection survives a timeout.
+    assert_eq!(c.get("/slow").status, 504);
+}
+
+#[test]
+fn refused_and_reset_upstreams_are_503_and_502() {
+    // A port with nothing listening.
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    // A server that resets the connection without answering.
+    let rude = TcpListener::bind("127.0.0.1:0").unwrap();
+    let rude_addr = rude.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in rude.incoming() {
+            let mut s = s.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"garbage\r\n\r\n");
+        }
+    });
+    let gw = Gateway::start(&config(&format!(
+        "apis:
+  - name: p
+    routes:
+      - {{ route: 'GET /closed', integration: {{ type: http_proxy, uri: \"http://{closed}/\" }} }}
+      - {{ route: 'GET /rude', integration: {{ type: http_proxy, uri: \"http://{rude_addr}/\" }} }}
+    stages: [ {{ name: $default }} ]
+"
+    )));
+    let mut c = Client::connect(gw.addr);
+    let r = c.get("/closed");
+    assert_eq!(r.status, 503);
+    assert_eq!(r.text(), r#"{"message":"Service Unavailable"}"#);
+    let r = c.get("/rude");
+    assert_eq!(r.status, 502);
+    assert_eq!(r.text(), r#"{"message":"Bad Gateway"}"#);
+    assert!(gw.log().contains("WARN"), "upstream failures are logged:\n{}", gw.log());
+}
+
+#[test]
+fn upstream_status_and_headers_pass_through_hop_by_hop_do_not() {
+    let up = Upstream::start(|_| {
+        let mut r = Reply::ok("teapot");
+        r.status = 418;
+        r.headers.push(("x-custom".into(), "kept".into()));
+        r.headers.push(("keep-alive".into(), "timeout=5".into()));
+        r.headers.push(("connection".into(), "x-private".into()));
+        r.headers.push(("x-private".into(), "dropped".into()));
+        r
+    });
+    let gw = Gateway::start(&proxy_config(&up.url(), ""));
+    let mut c = Client::connect(gw.addr);
+    let r = c.request(
+        "GET",
+        "/h",
+        "gw.test",
+        &[
+            ("connection", "x-hop"),
+            ("x-hop", "must not pass"),
+            ("te", "trailers"),
+            ("upgrade", "websocket"),
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-end-to-end", "passes"),
+        ],
+        b"",
+    );
+    assert_eq!(r.status, 418);
+    assert_eq!(r.header("x-custom"), Some("kept"));
+    assert_eq!(r.header("keep-alive"), None);
+    assert_eq!(r.header("x-private"), None);
+    let seen = up.last();
+    assert_eq!(seen.header("x-hop"), None);
+    assert_eq!(seen.header("te"), None);
+    assert_eq!(seen.header("upgrade"), None);
+    assert_eq!(seen.header("x-end-to-end"), Some("passes"));
+    assert_eq!(seen.header("x-forwarded-for"), Some("203.0.113.9, 127.0.0.1"));
+}
+
+#[test]
+fn expect_100_continue_is_answered_before_the_body() {
+    let up = Upstream::echo();
+    let gw = Gateway::start(&proxy_config(&up.url(), ""));
+    let mut c = Client::connect(gw.addr);
+    c.send(b"POST /e HTTP/1.1\r\nhost: gw.test\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut c.reader, &mut line).unwrap();
+    assert_eq!(line, "HTTP/1.1 100 Continue\r\n");
+    let mut blank = String::new();
+    std::io::BufRead::read_line(&mut c.reader, &mut blank).unwrap();
+    c.send(b"hello");
+    let r = c.read_response(false).unwrap();
+    assert_eq!(r.text(), "POST /e body=5");
+    assert_eq!(up.last().header("expect"), None);
+}
+
+#[test]
+fn http10_client_gets_a_close_delimited_answer() {
+    let up = Upstream::start(|_| {
+        let mut r = Reply::ok("chunked upstream");
+        r.chunked = true;
+        r
+    });
+    let gw = Gateway::start(&proxy_config(&up.url(), ""));
+    let out = raw_exchange(gw.addr, b"GET /old HTTP/1.0\r\n\r\n");
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(!text.to_ascii_lowercase().contains("transfer-encoding"), "{text}");
+    assert!(text.ends_with("\r\n\r\nchunked upstream"), "{text}");
+}
