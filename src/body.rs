@@ -41,7 +41,11 @@ pub enum PumpError {
 }
 
 /// Appends what one read returns to `buf`; `Ok(0)` is end of stream.
-pub async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>, min_spare: usize) -> io::Result<usize> {
+pub async fn read_more(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    min_spare: usize,
+) -> io::Result<usize> {
     if buf.capacity() - buf.len() < min_spare {
         buf.reserve(min_spare);
     }
@@ -53,7 +57,12 @@ pub async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>, min_spare: usi
 }
 
 /// Writes `buf[start..end]`.
-pub async fn write_range(stream: &mut TcpStream, buf: &mut Vec<u8>, start: usize, end: usize) -> io::Result<()> {
+pub async fn write_range(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    start: usize,
+    end: usize,
+) -> io::Result<()> {
     if start == end {
         return Ok(());
     }
@@ -83,7 +92,12 @@ impl Source<'_> {
             self.buf.clear();
             *self.pos = 0;
         }
-        match monoio::time::timeout(self.read_timeout, read_more(self.stream, self.buf, BODY_READ)).await {
+        match monoio::time::timeout(
+            self.read_timeout,
+            read_more(self.stream, self.buf, BODY_READ),
+        )
+        .await
+        {
             Err(_) => Err(PumpError::ReadTimeout),
             Ok(Err(e)) => Err(PumpError::Read(e)),
             Ok(Ok(0)) => Err(PumpError::ReadClosed),
@@ -116,7 +130,15 @@ pub async fn pump(
                 }
                 let take = ((src.buf.len() - *src.pos) as u64).min(remaining) as usize;
                 let start = *src.pos;
-                emit(dst.as_deref_mut(), src.buf, start, start + take, encode, scratch).await?;
+                emit(
+                    dst.as_deref_mut(),
+                    src.buf,
+                    start,
+                    start + take,
+                    encode,
+                    scratch,
+                )
+                .await?;
                 *src.pos += take;
                 remaining -= take as u64;
                 total += take as u64;
@@ -143,8 +165,15 @@ pub async fn pump(
                 if *src.pos == src.buf.len() {
                     src.fill().await?;
                 }
-                match decoder.decode(&src.buf[*src.pos..]).map_err(PumpError::Framing)? {
-                    Chunk::Data { consumed, start, len } => {
+                match decoder
+                    .decode(&src.buf[*src.pos..])
+                    .map_err(PumpError::Framing)?
+                {
+                    Chunk::Data {
+                        consumed,
+                        start,
+                        len,
+                    } => {
                         let at = *src.pos + start;
                         total += len as u64;
                         if total > limit {

@@ -61,7 +61,13 @@ enum HeadRead {
     Refuse(GatewayError),
 }
 
-pub async fn serve(stream: TcpStream, peer: SocketAddr, plan: Arc<Plan>, listener: usize, shard: Rc<Shard>) {
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    plan: Arc<Plan>,
+    listener: usize,
+    shard: Rc<Shard>,
+) {
     let _ = stream.set_nodelay(true);
     let mut c = Client {
         stream,
@@ -105,7 +111,16 @@ async fn read_head(c: &mut Client, plan: &Plan, lp: &ListenerPlan, shard: &Shard
             match parse::parse_request(&c.buf, &mut headers, limits.max_header_bytes) {
                 Ok(Some((head, hdrs))) => {
                     let local_port = lp.bind.port();
-                    let p = prepare(&head, hdrs, plan, lp, shard, c.peer, local_port, &mut c.up_head);
+                    let p = prepare(
+                        &head,
+                        hdrs,
+                        plan,
+                        lp,
+                        shard,
+                        c.peer,
+                        local_port,
+                        &mut c.up_head,
+                    );
                     return HeadRead::Ready(p);
                 }
                 Ok(None) => {}
@@ -119,7 +134,8 @@ async fn read_head(c: &mut Client, plan: &Plan, lp: &ListenerPlan, shard: &Shard
                 None => return HeadRead::Refuse(GatewayError::HeaderTimeout),
             },
         };
-        let spare = (limits.max_header_bytes - c.buf.len().min(limits.max_header_bytes)).clamp(1, CONN_BUF);
+        let spare =
+            (limits.max_header_bytes - c.buf.len().min(limits.max_header_bytes)).clamp(1, CONN_BUF);
         match monoio::time::timeout(wait, body::read_more(&mut c.stream, &mut c.buf, spare)).await {
             Ok(Ok(0)) | Ok(Err(_)) => return HeadRead::Gone,
             Ok(Ok(_)) => {
@@ -158,7 +174,10 @@ fn prepare(
         persist,
         is_head: method == "HEAD",
         expect_continue: head.expect_continue,
-        idempotent: matches!(method, "GET" | "HEAD" | "PUT" | "DELETE" | "OPTIONS" | "TRACE"),
+        idempotent: matches!(
+            method,
+            "GET" | "HEAD" | "PUT" | "DELETE" | "OPTIONS" | "TRACE"
+        ),
         id: shard.next_request_id(),
         action: Action::Refuse(GatewayError::RouteNotFound),
     };
@@ -187,8 +206,17 @@ fn prepare(
 }
 
 /// Runs one request to its end; `true` to keep the connection.
-async fn handle(c: &mut Client, plan: &Plan, lp: &ListenerPlan, shard: &Shard, p: Prepared) -> bool {
+async fn handle(
+    c: &mut Client,
+    plan: &Plan,
+    lp: &ListenerPlan,
+    shard: &Shard,
+    mut p: Prepared,
+) -> bool {
     c.pos = p.head_len;
+    if shard.draining.get() {
+        p.persist = Persist::Close;
+    }
     let has_body = p.framing != Framing::None;
     match p.action {
         Action::Refuse(err) => {
@@ -211,7 +239,16 @@ async fn handle(c: &mut Client, plan: &Plan, lp: &ListenerPlan, shard: &Shard, p
                     pos: &mut c.pos,
                     read_timeout: lp.limits.idle_timeout,
                 };
-                if let Err(e) = body::pump(&mut src, None, p.framing, Encode::Raw, &mut c.out, lp.limits.max_body_bytes).await {
+                if let Err(e) = body::pump(
+                    &mut src,
+                    None,
+                    p.framing,
+                    Encode::Raw,
+                    &mut c.out,
+                    lp.limits.max_body_bytes,
+                )
+                .await
+                {
                     return match body_error(e) {
                         Some(err) => refuse(c, shard, err, &p.id, Persist::Close, p.is_head).await,
                         None => false,
@@ -220,11 +257,17 @@ async fn handle(c: &mut Client, plan: &Plan, lp: &ListenerPlan, shard: &Shard, p
             }
             c.out.clear();
             let date = *shard.date.borrow_mut().now();
-            respond::mock(&mut c.out, mock, &date, &p.id, p.persist, p.is_head);
-            body::write_all(&mut c.stream, &mut c.out).await.is_ok() && !p.persist.closes()
+            let persist = if shard.draining.get() {
+                Persist::Close
+            } else {
+                p.persist
+            };
+            respond::mock(&mut c.out, mock, &date, &p.id, persist, p.is_head);
+            body::write_all(&mut c.stream, &mut c.out).await.is_ok() && !persist.closes()
         }
         Action::Proxy(stage, route) => {
-            let Integration::HttpProxy(target) = &plan.stages[stage].routes[route].integration else {
+            let Integration::HttpProxy(target) = &plan.stages[stage].routes[route].integration
+            else {
                 return false;
             };
             let req = forward::Request {
@@ -238,7 +281,11 @@ async fn handle(c: &mut Client, plan: &Plan, lp: &ListenerPlan, shard: &Shard, p
             match forward::proxy(c, shard, target, &req, &lp.limits).await {
                 Ok(keep) => keep,
                 Err(forward::Failed::Answer(err)) => {
-                    let persist = if err.refusal().close { Persist::Close } else { p.persist };
+                    let persist = if err.refusal().close {
+                        Persist::Close
+                    } else {
+                        p.persist
+                    };
                     refuse(c, shard, err, &p.id, persist, p.is_head).await
                 }
                 Err(forward::Failed::Abort) => false,
@@ -264,7 +311,14 @@ pub async fn send_continue(c: &mut Client) -> std::io::Result<()> {
 }
 
 /// Answers with a gateway error; `true` when the connection stays open.
-pub async fn refuse(c: &mut Client, shard: &Shard, err: GatewayError, id: &RequestId, persist: Persist, head_only: bool) -> bool {
+pub async fn refuse(
+    c: &mut Client,
+    shard: &Shard,
+    err: GatewayError,
+    id: &RequestId,
+    persist: Persist,
+    head_only: bool,
+) -> bool {
     let r = err.refusal();
     let persist = if r.close { Persist::Close } else { persist };
     c.out.clear();
@@ -289,10 +343,14 @@ async fn linger(c: &mut Client) {
     let deadline = Instant::now() + LINGER;
     let mut drained = 0;
     while drained < MAX_DRAIN {
-        let Some(wait) = deadline.checked_duration_since(Instant::now()) else { return };
+        let Some(wait) = deadline.checked_duration_since(Instant::now()) else {
+            return;
+        };
         c.buf.clear();
         c.pos = 0;
-        match monoio::time::timeout(wait, body::read_more(&mut c.stream, &mut c.buf, CONN_BUF)).await {
+        match monoio::time::timeout(wait, body::read_more(&mut c.stream, &mut c.buf, CONN_BUF))
+            .await
+        {
             Ok(Ok(n)) if n > 0 => drained += n,
             _ => return,
         }

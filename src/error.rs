@@ -39,9 +39,11 @@ impl GatewayError {
     pub fn refusal(self) -> Refusal {
         let (status, body, close) = match self {
             Self::RouteNotFound => (404, r#"{"message":"Not Found"}"#, false),
-            Self::BadHead(HeadError::TooLarge) => {
-                (431, r#"{"message":"Request Header Fields Too Large"}"#, true)
-            }
+            Self::BadHead(HeadError::TooLarge) => (
+                431,
+                r#"{"message":"Request Header Fields Too Large"}"#,
+                true,
+            ),
             Self::BadHead(HeadError::Version) => {
                 (505, r#"{"message":"HTTP Version Not Supported"}"#, true)
             }
@@ -77,11 +79,23 @@ mod tests {
         let table = [
             (GatewayError::RouteNotFound, 404, "Not Found"),
             (GatewayError::BodyTooLarge, 413, "Request Too Long"),
-            (GatewayError::IntegrationTimeout, 504, "Endpoint request timed out"),
+            (
+                GatewayError::IntegrationTimeout,
+                504,
+                "Endpoint request timed out",
+            ),
             (GatewayError::UpstreamRefused, 503, "Service Unavailable"),
             (GatewayError::UpstreamFailed("reset"), 502, "Bad Gateway"),
-            (GatewayError::BadHead(HeadError::TooLarge), 431, "Request Header Fields Too Large"),
-            (GatewayError::BadHead(HeadError::Malformed("x")), 400, "Bad Request"),
+            (
+                GatewayError::BadHead(HeadError::TooLarge),
+                431,
+                "Request Header Fields Too Large",
+            ),
+            (
+                GatewayError::BadHead(HeadError::Malformed("x")),
+                400,
+                "Bad Request",
+            ),
         ];
         for (err, status, message) in table {
             let r = err.refusal();

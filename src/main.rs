@@ -68,13 +68,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(path: &std::path::Path, workers: Option<usize>) -> Result<shardgate::plan::Plan, config::ConfigErrors> {
-    let file = config::load(path)?;
-    config::compile::compile(&file, workers)
-}
-
 fn validate(path: &std::path::Path) -> ExitCode {
-    match load(path, None) {
+    match config::load_plan(path, None) {
         Ok(plan) => {
             let routes: usize = plan.stages.iter().map(|s| s.routes.len()).sum();
             println!(
@@ -96,11 +91,15 @@ fn validate(path: &std::path::Path) -> ExitCode {
     }
 }
 
-fn run(path: &std::path::Path, workers: Option<usize>, runtime: Option<RuntimeKind>) -> anyhow::Result<()> {
+fn run(
+    path: &std::path::Path,
+    workers: Option<usize>,
+    runtime: Option<RuntimeKind>,
+) -> anyhow::Result<()> {
     if workers == Some(0) {
         anyhow::bail!("--workers must be at least 1");
     }
-    let mut plan = load(path, workers).map_err(|errs| {
+    let mut plan = config::load_plan(path, workers).map_err(|errs| {
         anyhow::anyhow!("{} has {} error(s):\n{errs}", path.display(), errs.0.len())
     })?;
     if let Some(r) = runtime {
@@ -115,7 +114,11 @@ fn run(path: &std::path::Path, workers: Option<usize>, runtime: Option<RuntimeKi
     let plan = Arc::new(plan);
     let workers = worker::start(Arc::clone(&plan), sockets)?;
     if let Some(sig) = signals.forever().next() {
-        tracing::info!(signal = sig, drain_ms = plan.drain_timeout.as_millis() as u64, "stopping: draining in-flight requests");
+        tracing::info!(
+            signal = sig,
+            drain_ms = plan.drain_timeout.as_millis() as u64,
+            "stopping: draining in-flight requests"
+        );
     }
     workers.begin_shutdown();
     workers.join();

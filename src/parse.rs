@@ -63,7 +63,7 @@ pub fn parse_request<'b, 'h>(
     let mut req = httparse::Request::new(&mut headers[..]);
     let status = req.parse(buf).map_err(|e| match e {
         httparse::Error::TooManyHeaders => HeadError::TooLarge,
-        httparse::Error::Version => HeadError::Version,
+        httparse::Error::Version if names_other_version(buf) => HeadError::Version,
         httparse::Error::HeaderName => HeadError::Malformed("invalid header name"),
         httparse::Error::HeaderValue => HeadError::Malformed("invalid header value"),
         httparse::Error::Token => HeadError::Malformed("invalid method"),
@@ -107,7 +107,9 @@ pub fn parse_request<'b, 'h>(
             for coding in tokens(h.value) {
                 if chunked {
                     // Anything after `chunked` (including a second `chunked`) is invalid.
-                    return Err(HeadError::Malformed("chunked must be the final transfer coding"));
+                    return Err(HeadError::Malformed(
+                        "chunked must be the final transfer coding",
+                    ));
                 }
                 if coding.eq_ignore_ascii_case(b"chunked") {
                     chunked = true;
@@ -145,10 +147,14 @@ pub fn parse_request<'b, 'h>(
         return Err(HeadError::Malformed("Transfer-Encoding without chunked"));
     }
     if chunked && content_length.is_some() {
-        return Err(HeadError::Malformed("both Content-Length and Transfer-Encoding"));
+        return Err(HeadError::Malformed(
+            "both Content-Length and Transfer-Encoding",
+        ));
     }
     if chunked && http10 {
-        return Err(HeadError::Malformed("Transfer-Encoding in an HTTP/1.0 request"));
+        return Err(HeadError::Malformed(
+            "Transfer-Encoding in an HTTP/1.0 request",
+        ));
     }
     let (path, query, target_host) = split_target(target)?;
     let host = match (target_host, host) {
@@ -173,7 +179,11 @@ pub fn parse_request<'b, 'h>(
             http10,
             host,
             framing,
-            keep_alive: if http10 { keep_alive_token && !close } else { !close },
+            keep_alive: if http10 {
+                keep_alive_token && !close
+            } else {
+                !close
+            },
             expect_continue: expect_continue && framing != Framing::None,
             head_len,
         },
@@ -181,9 +191,28 @@ pub fn parse_request<'b, 'h>(
     )))
 }
 
+/// Whether the request line ends in a well-formed `HTTP/d.d` other than 1.0/1.1
+/// (505), as opposed to a malformed line (400).
+fn names_other_version(buf: &[u8]) -> bool {
+    let line_end = buf
+        .iter()
+        .position(|&b| b == b'\r' || b == b'\n')
+        .unwrap_or(buf.len());
+    let line = &buf[..line_end];
+    let parts: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+    matches!(parts.as_slice(), [_, _, v] if v.len() == 8
+        && v.starts_with(b"HTTP/")
+        && v[5].is_ascii_digit()
+        && v[6] == b'.'
+        && v[7].is_ascii_digit())
+}
+
 /// Origin-form `/path?query`, or absolute-form `http://host/path?query` (RFC 9112 §3.2.2:
 /// a server must accept it; its authority replaces Host).
-fn split_target(target: &str) -> Result<(&str, Option<&str>, Option<&[u8]>), HeadError> {
+/// A request target split into path, query and (absolute-form only) authority.
+type Target<'a> = (&'a str, Option<&'a str>, Option<&'a [u8]>);
+
+fn split_target(target: &str) -> Result<Target<'_>, HeadError> {
     let (host, rest) = if target.starts_with('/') {
         (None, target)
     } else if let Some(after) = target
@@ -193,9 +222,14 @@ fn split_target(target: &str) -> Result<(&str, Option<&str>, Option<&[u8]>), Hea
         let end = after.find(['/', '?']).unwrap_or(after.len());
         let (authority, rest) = after.split_at(end);
         if !valid_host(authority.as_bytes()) || authority.is_empty() {
-            return Err(HeadError::Malformed("invalid authority in the request target"));
+            return Err(HeadError::Malformed(
+                "invalid authority in the request target",
+            ));
         }
-        (Some(authority.as_bytes()), if rest.is_empty() { "/" } else { rest })
+        (
+            Some(authority.as_bytes()),
+            if rest.is_empty() { "/" } else { rest },
+        )
     } else {
         return Err(HeadError::Malformed("the request target must be a path"));
     };
@@ -214,8 +248,7 @@ fn split_target(target: &str) -> Result<(&str, Option<&str>, Option<&[u8]>), Hea
 
 fn valid_host(v: &[u8]) -> bool {
     v.len() <= 255
-        && v
-            .iter()
+        && v.iter()
             .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:[]%".contains(&b))
 }
 
@@ -301,20 +334,21 @@ pub fn parse_response<'b, 'h>(
             }
         }
     }
-    let framing = if request_was_head || (100..200).contains(&status) || status == 204 || status == 304 {
-        Framing::None
-    } else if chunked {
-        Framing::Chunked
-    } else if let Some(n) = content_length {
-        if n == 0 {
+    let framing =
+        if request_was_head || (100..200).contains(&status) || status == 204 || status == 304 {
             Framing::None
+        } else if chunked {
+            Framing::Chunked
+        } else if let Some(n) = content_length {
+            if n == 0 {
+                Framing::None
+            } else {
+                Framing::Length(n)
+            }
         } else {
-            Framing::Length(n)
-        }
-    } else {
-        close = true;
-        Framing::UntilClose
-    };
+            close = true;
+            Framing::UntilClose
+        };
     Ok(Some((
         ResponseHead {
             status,
@@ -358,7 +392,11 @@ enum ChunkState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Chunk {
     /// `consumed` input bytes used; `data` is a range of them that is body.
-    Data { consumed: usize, start: usize, len: usize },
+    Data {
+        consumed: usize,
+        start: usize,
+        len: usize,
+    },
     /// All input consumed without data; feed more.
     NeedMore,
     /// The last chunk and trailers ended after `consumed` bytes.
@@ -520,13 +558,27 @@ mod tests {
     fn framing_of_good_requests() {
         let table: &[(&[u8], Framing)] = &[
             (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", Framing::None),
-            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n", Framing::Length(5)),
-            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n", Framing::Length(5)),
-            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n", Framing::Chunked),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n",
+                Framing::Length(5),
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
+                Framing::Length(5),
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n",
+                Framing::Chunked,
+            ),
             (b"GET / HTTP/1.0\r\n\r\n", Framing::None),
         ];
         for (raw, want) in table {
-            assert_eq!(parse(raw), Ok(Some(*want)), "{}", String::from_utf8_lossy(raw));
+            assert_eq!(
+                parse(raw),
+                Ok(Some(*want)),
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
         }
     }
 
@@ -551,7 +603,7 @@ mod tests {
         ];
         for raw in table {
             assert!(
-                matches!(parse(raw), Err(_)),
+                parse(raw).is_err(),
                 "accepted: {}",
                 String::from_utf8_lossy(raw)
             );
@@ -573,7 +625,11 @@ mod tests {
             buf.extend_from_slice(piece);
             loop {
                 match d.decode(&buf)? {
-                    Chunk::Data { consumed, start, len } => {
+                    Chunk::Data {
+                        consumed,
+                        start,
+                        len,
+                    } => {
                         out.extend_from_slice(&buf[start..start + len]);
                         buf.drain(..consumed);
                     }
@@ -592,7 +648,11 @@ mod tests {
     fn chunked_decodes_at_any_split() {
         let body = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nTrailer: x\r\n\r\n";
         for step in 1..body.len() {
-            assert_eq!(decode_all(body, step).unwrap(), b"hello world", "step {step}");
+            assert_eq!(
+                decode_all(body, step).unwrap(),
+                b"hello world",
+                "step {step}"
+            );
         }
     }
 
@@ -606,7 +666,11 @@ mod tests {
             b" 5\r\nhello\r\n0\r\n\r\n",
             b"-1\r\n",
         ] {
-            assert!(decode_all(bad, 64).is_err(), "{}", String::from_utf8_lossy(bad));
+            assert!(
+                decode_all(bad, 64).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 }

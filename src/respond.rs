@@ -33,7 +33,12 @@ pub fn status_line(out: &mut Vec<u8>, status: u16, reason: &[u8]) {
 }
 
 /// The headers every gateway response carries, then the blank line is NOT written.
-pub fn common_headers(out: &mut Vec<u8>, date: &[u8; HTTP_DATE_LEN], id: &RequestId, persist: Persist) {
+pub fn common_headers(
+    out: &mut Vec<u8>,
+    date: &[u8; HTTP_DATE_LEN],
+    id: &RequestId,
+    persist: Persist,
+) {
     out.extend_from_slice(b"date: ");
     out.extend_from_slice(date);
     out.extend_from_slice(b"\r\napigw-requestid: ");
@@ -53,7 +58,14 @@ pub fn content_length(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(b"\r\n");
 }
 
-pub fn refusal(out: &mut Vec<u8>, r: Refusal, date: &[u8; HTTP_DATE_LEN], id: &RequestId, persist: Persist, head_only: bool) {
+pub fn refusal(
+    out: &mut Vec<u8>,
+    r: Refusal,
+    date: &[u8; HTTP_DATE_LEN],
+    id: &RequestId,
+    persist: Persist,
+    head_only: bool,
+) {
     status_line(out, r.status, reason(r.status));
     common_headers(out, date, id, persist);
     out.extend_from_slice(b"content-type: application/json\r\n");
@@ -64,7 +76,14 @@ pub fn refusal(out: &mut Vec<u8>, r: Refusal, date: &[u8; HTTP_DATE_LEN], id: &R
     }
 }
 
-pub fn mock(out: &mut Vec<u8>, m: &MockResponse, date: &[u8; HTTP_DATE_LEN], id: &RequestId, persist: Persist, head_only: bool) {
+pub fn mock(
+    out: &mut Vec<u8>,
+    m: &MockResponse,
+    date: &[u8; HTTP_DATE_LEN],
+    id: &RequestId,
+    persist: Persist,
+    head_only: bool,
+) {
     status_line(out, m.status, reason(m.status));
     common_headers(out, date, id, persist);
     out.extend_from_slice(&m.header_lines);
@@ -136,11 +155,20 @@ pub fn named_by_connection(headers: &[httparse::Header<'_>], name: &[u8]) -> boo
 
 /// Copies the end-to-end headers of `headers` into `out`, skipping hop-by-hop ones,
 /// those named by `Connection`, and any for which `skip` says so.
-pub fn copy_headers(out: &mut Vec<u8>, headers: &[httparse::Header<'_>], skip: impl Fn(&[u8]) -> bool) {
-    let has_connection = headers.iter().any(|h| h.name.eq_ignore_ascii_case("connection"));
+pub fn copy_headers(
+    out: &mut Vec<u8>,
+    headers: &[httparse::Header<'_>],
+    skip: impl Fn(&[u8]) -> bool,
+) {
+    let has_connection = headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("connection"));
     for h in headers {
         let name = h.name.as_bytes();
-        if is_hop_by_hop(name) || skip(name) || (has_connection && named_by_connection(headers, name)) {
+        if is_hop_by_hop(name)
+            || skip(name)
+            || (has_connection && named_by_connection(headers, name))
+        {
             continue;
         }
         out.extend_from_slice(name);

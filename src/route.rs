@@ -101,9 +101,9 @@ fn parse_path(path: &str) -> Result<Vec<Segment>, String> {
                 Segment::Param(name.to_owned())
             });
         } else {
-            let ok = part.bytes().all(|b| {
-                b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@%".contains(&b)
-            });
+            let ok = part
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@%".contains(&b));
             if !ok {
                 return Err(format!(
                     "path {path:?}: segment {part:?} must be literal text, `{{name}}` or `{{name+}}`"
@@ -274,7 +274,10 @@ pub fn dispatch<'p>(lp: &ListenerPlan, host: &[u8], path: &'p str) -> Option<(St
     lp.default_stage.map(|s| (s, path))
 }
 
-fn lookup_domain<'a>(lp: &'a ListenerPlan, host: &[u8]) -> Option<&'a Vec<crate::plan::BaseMapping>> {
+fn lookup_domain<'a>(
+    lp: &'a ListenerPlan,
+    host: &[u8],
+) -> Option<&'a Vec<crate::plan::BaseMapping>> {
     let name = match host.iter().rposition(|&b| b == b':') {
         // A colon inside brackets belongs to an IPv6 literal, not a port.
         Some(i) if !host[i..].contains(&b']') => &host[..i],
@@ -359,7 +362,10 @@ mod tests {
         assert_eq!(m.param("id"), Some("42"));
         let m = r.find("PUT", "/files/a/b/c.txt").unwrap();
         assert_eq!(m.param("proxy"), Some("a/b/c.txt"));
-        assert!(r.find("PUT", "/files").is_none(), "greedy needs one segment");
+        assert!(
+            r.find("PUT", "/files").is_none(),
+            "greedy needs one segment"
+        );
         assert_eq!(r.find("GET", "/pets/42/").unwrap().param("id"), Some("42"));
     }
 

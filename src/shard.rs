@@ -86,6 +86,8 @@ mod tests {
         let a = s.next_request_id();
         let b = s.next_request_id();
         assert_ne!(a, b);
-        assert!(a.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_'));
+        assert!(a
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_'));
     }
 }

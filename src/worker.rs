@@ -33,7 +33,8 @@ pub struct Sockets {
 /// Binds `workers` `SO_REUSEPORT` sockets per listener. A listener bound to port 0
 /// gets one port from the kernel, shared by all its workers' sockets.
 pub fn bind_all(plan: &Plan) -> std::io::Result<Sockets> {
-    let mut sockets: Vec<Vec<std::net::TcpListener>> = (0..plan.workers).map(|_| Vec::new()).collect();
+    let mut sockets: Vec<Vec<std::net::TcpListener>> =
+        (0..plan.workers).map(|_| Vec::new()).collect();
     let mut bound = Vec::new();
     for lp in &plan.listeners {
         let mut addr = lp.bind;
@@ -132,16 +133,24 @@ fn run_worker(
         other => other,
     };
     if want == RuntimeKind::IoUring {
-        match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new().enable_timer().build() {
+        match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .enable_timer()
+            .build()
+        {
             Ok(mut rt) => {
                 tracing::info!(worker = id, core, driver = "io_uring", "worker started");
                 rt.block_on(worker_main(id, plan, listeners, shutdown, seed));
                 return;
             }
-            Err(e) => tracing::warn!(worker = id, error = %e, "io_uring unavailable; falling back to epoll"),
+            Err(e) => {
+                tracing::warn!(worker = id, error = %e, "io_uring unavailable; falling back to epoll")
+            }
         }
     }
-    match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build() {
+    match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+        .enable_timer()
+        .build()
+    {
         Ok(mut rt) => {
             tracing::info!(worker = id, core, driver = "epoll", "worker started");
             rt.block_on(worker_main(id, plan, listeners, shutdown, seed));
@@ -150,7 +159,13 @@ fn run_worker(
     }
 }
 
-async fn worker_main(id: usize, plan: Arc<Plan>, listeners: Vec<std::net::TcpListener>, shutdown: Arc<AtomicBool>, seed: u32) {
+async fn worker_main(
+    id: usize,
+    plan: Arc<Plan>,
+    listeners: Vec<std::net::TcpListener>,
+    shutdown: Arc<AtomicBool>,
+    seed: u32,
+) {
     let shard = Rc::new(Shard::new(id, plan.pool, seed));
     for (li, std_listener) in listeners.into_iter().enumerate() {
         let listener = match TcpListener::from_std(std_listener) {
@@ -160,7 +175,13 @@ async fn worker_main(id: usize, plan: Arc<Plan>, listeners: Vec<std::net::TcpLis
                 continue;
             }
         };
-        monoio::spawn(accept_loop(listener, Arc::clone(&plan), li, Rc::clone(&shard), Arc::clone(&shutdown)));
+        monoio::spawn(accept_loop(
+            listener,
+            Arc::clone(&plan),
+            li,
+            Rc::clone(&shard),
+            Arc::clone(&shutdown),
+        ));
     }
     // The control plane's flag is read a few times a second, off the request path.
     while !shutdown.load(Ordering::Relaxed) {
@@ -172,15 +193,31 @@ async fn worker_main(id: usize, plan: Arc<Plan>, listeners: Vec<std::net::TcpLis
         monoio::time::sleep(Duration::from_millis(10)).await;
     }
     if shard.in_flight.get() > 0 {
-        tracing::warn!(worker = id, in_flight = shard.in_flight.get(), "drain timed out; closing");
+        tracing::warn!(
+            worker = id,
+            in_flight = shard.in_flight.get(),
+            "drain timed out; closing"
+        );
     }
 }
 
-async fn accept_loop(listener: TcpListener, plan: Arc<Plan>, li: usize, shard: Rc<Shard>, shutdown: Arc<AtomicBool>) {
+async fn accept_loop(
+    listener: TcpListener,
+    plan: Arc<Plan>,
+    li: usize,
+    shard: Rc<Shard>,
+    shutdown: Arc<AtomicBool>,
+) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                monoio::spawn(crate::conn::serve(stream, peer, Arc::clone(&plan), li, Rc::clone(&shard)));
+                monoio::spawn(crate::conn::serve(
+                    stream,
+                    peer,
+                    Arc::clone(&plan),
+                    li,
+                    Rc::clone(&shard),
+                ));
             }
             Err(e) => {
                 if shutdown.load(Ordering::Relaxed) {

@@ -29,8 +29,12 @@ fn large_bodies_stream_both_ways() {
     let reply_body = big.clone();
     let up = Upstream::start(move |s| {
         let mut r = Reply::ok(reply_body.clone());
-        r.headers.push(("x-received".into(), s.body.len().to_string()));
-        r.headers.push(("x-received-ok".into(), (s.body == pattern(s.body.len())).to_string()));
+        r.headers
+            .push(("x-received".into(), s.body.len().to_string()));
+        r.headers.push((
+            "x-received-ok".into(),
+            (s.body == pattern(s.body.len())).to_string(),
+        ));
         r
     });
     let gw = Gateway::start(&proxy_config(&up.url(), ""));
@@ -49,14 +53,20 @@ fn chunked_bodies_stream_both_ways() {
     let up = Upstream::start(move |s| {
         let mut r = Reply::ok(reply_body.clone());
         r.chunked = true;
-        r.headers.push(("x-received".into(), s.body.len().to_string()));
-        r.headers.push(("x-received-chunked".into(), s.chunked.to_string()));
-        r.headers.push(("x-received-ok".into(), (s.body == pattern(s.body.len())).to_string()));
+        r.headers
+            .push(("x-received".into(), s.body.len().to_string()));
+        r.headers
+            .push(("x-received-chunked".into(), s.chunked.to_string()));
+        r.headers.push((
+            "x-received-ok".into(),
+            (s.body == pattern(s.body.len())).to_string(),
+        ));
         r
     });
     let gw = Gateway::start(&proxy_config(&up.url(), ""));
     let mut c = Client::connect(gw.addr);
-    let mut raw = b"POST /up HTTP/1.1\r\nhost: gw.test\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+    let mut raw =
+        b"POST /up HTTP/1.1\r\nhost: gw.test\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
     for piece in body.chunks(100_000) {
         raw.extend_from_slice(format!("{:x};ext=1\r\n", piece.len()).as_bytes());
         raw.extend_from_slice(piece);
@@ -70,7 +80,10 @@ fn chunked_bodies_stream_both_ways() {
     let r = c.read_response(false).expect("response");
     writer.join().unwrap();
     assert_eq!(r.status, 200);
-    assert_eq!(r.header("x-received"), Some(body.len().to_string().as_str()));
+    assert_eq!(
+        r.header("x-received"),
+        Some(body.len().to_string().as_str())
+    );
     assert_eq!(r.header("x-received-chunked"), Some("true"));
     assert_eq!(r.header("x-received-ok"), Some("true"));
     assert_eq!(r.header("transfer-encoding"), Some("chunked"));
@@ -88,7 +101,8 @@ fn close_delimited_upstream_response_is_chunked_to_the_client() {
             let mut s = s.unwrap();
             let mut buf = [0u8; 4096];
             let _ = s.read(&mut buf);
-            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil the end");
+            let _ =
+                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil the end");
         }
     });
     let gw = Gateway::start(&proxy_config(&format!("http://{addr}"), ""));
@@ -186,7 +200,10 @@ fn integration_timeout_is_504() {
     let r = c.get("/slow");
     assert_eq!(r.status, 504);
     assert_eq!(r.text(), r#"{"message":"Endpoint request timed out"}"#);
-    assert!(started.elapsed() < Duration::from_millis(1400), "waited for the upstream");
+    assert!(
+        started.elapsed() < Duration::from_millis(1400),
+        "waited for the upstream"
+    );
     // The client connection survives a timeout.
     assert_eq!(c.get("/slow").status, 504);
 }
@@ -194,7 +211,10 @@ fn integration_timeout_is_504() {
 #[test]
 fn refused_and_reset_upstreams_are_503_and_502() {
     // A port with nothing listening.
-    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     // A server that resets the connection without answering.
     let rude = TcpListener::bind("127.0.0.1:0").unwrap();
     let rude_addr = rude.local_addr().unwrap();
@@ -222,7 +242,11 @@ fn refused_and_reset_upstreams_are_503_and_502() {
     let r = c.get("/rude");
     assert_eq!(r.status, 502);
     assert_eq!(r.text(), r#"{"message":"Bad Gateway"}"#);
-    assert!(gw.log().contains("WARN"), "upstream failures are logged:\n{}", gw.log());
+    assert!(
+        gw.log().contains("WARN"),
+        "upstream failures are logged:\n{}",
+        gw.log()
+    );
 }
 
 #[test]
@@ -261,7 +285,10 @@ fn upstream_status_and_headers_pass_through_hop_by_hop_do_not() {
     assert_eq!(seen.header("te"), None);
     assert_eq!(seen.header("upgrade"), None);
     assert_eq!(seen.header("x-end-to-end"), Some("passes"));
-    assert_eq!(seen.header("x-forwarded-for"), Some("203.0.113.9, 127.0.0.1"));
+    assert_eq!(
+        seen.header("x-forwarded-for"),
+        Some("203.0.113.9, 127.0.0.1")
+    );
 }
 
 #[test]
@@ -269,7 +296,9 @@ fn expect_100_continue_is_answered_before_the_body() {
     let up = Upstream::echo();
     let gw = Gateway::start(&proxy_config(&up.url(), ""));
     let mut c = Client::connect(gw.addr);
-    c.send(b"POST /e HTTP/1.1\r\nhost: gw.test\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n");
+    c.send(
+        b"POST /e HTTP/1.1\r\nhost: gw.test\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n",
+    );
     let mut line = String::new();
     std::io::BufRead::read_line(&mut c.reader, &mut line).unwrap();
     assert_eq!(line, "HTTP/1.1 100 Continue\r\n");
@@ -292,6 +321,9 @@ fn http10_client_gets_a_close_delimited_answer() {
     let out = raw_exchange(gw.addr, b"GET /old HTTP/1.0\r\n\r\n");
     let text = String::from_utf8_lossy(&out);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    assert!(!text.to_ascii_lowercase().contains("transfer-encoding"), "{text}");
+    assert!(
+        !text.to_ascii_lowercase().contains("transfer-encoding"),
+        "{text}"
+    );
     assert!(text.ends_with("\r\n\r\nchunked upstream"), "{text}");
 }

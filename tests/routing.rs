@@ -5,7 +5,9 @@ mod common;
 use common::*;
 
 fn mock(body: &str) -> String {
-    format!("{{ type: mock, status: 200, headers: {{ content-type: text/plain }}, body: \"{body}\" }}")
+    format!(
+        "{{ type: mock, status: 200, headers: {{ content-type: text/plain }}, body: \"{body}\" }}"
+    )
 }
 
 #[test]
@@ -123,10 +125,22 @@ domains:
     let mut c = Client::connect(gw.addr);
     let table = [
         ("api.example.com", "/customers", "GET /one/customers body=0"),
-        ("API.EXAMPLE.COM:8443", "/orders/v1/items/123", "GET /two/123 body=0"),
-        ("api.example.com", "/orders/v1/items/categories/5", "GET /three/5 body=0"),
+        (
+            "API.EXAMPLE.COM:8443",
+            "/orders/v1/items/123",
+            "GET /two/123 body=0",
+        ),
+        (
+            "api.example.com",
+            "/orders/v1/items/categories/5",
+            "GET /three/5 body=0",
+        ),
         // Whole segments only: `itemsX` is not under `items`.
-        ("api.example.com", "/orders/v1/itemsX/1", "GET /one/orders/v1/itemsX/1 body=0"),
+        (
+            "api.example.com",
+            "/orders/v1/itemsX/1",
+            "GET /one/orders/v1/itemsX/1 body=0",
+        ),
     ];
     for (host, path, want) in table {
         let r = c.request("GET", path, host, &[], b"");
@@ -153,9 +167,18 @@ fn stage_variables_params_and_query_are_substituted() {
         u = up.url()
     )));
     let mut c = Client::connect(gw.addr);
-    assert_eq!(c.get("/prod/pets/42?color=brown&n=1").text(), "GET /v1/pets/42?src=gw&color=brown&n=1 body=0");
-    assert_eq!(c.get("/prod/files/a/b/c.txt?v=2").text(), "GET /store/a/b/c.txt?v=2 body=0");
-    assert_eq!(c.get("/prod/any/thing?q").text(), "GET /base/any/thing?q body=0");
+    assert_eq!(
+        c.get("/prod/pets/42?color=brown&n=1").text(),
+        "GET /v1/pets/42?src=gw&color=brown&n=1 body=0"
+    );
+    assert_eq!(
+        c.get("/prod/files/a/b/c.txt?v=2").text(),
+        "GET /store/a/b/c.txt?v=2 body=0"
+    );
+    assert_eq!(
+        c.get("/prod/any/thing?q").text(),
+        "GET /base/any/thing?q body=0"
+    );
     let seen = up.last();
     assert_eq!(seen.header("host"), Some(up.addr.to_string().as_str()));
     assert_eq!(seen.header("x-forwarded-host"), Some("gw.test"));
@@ -183,7 +206,13 @@ fn mock_responses_and_head() {
 ",
     ));
     let mut c = Client::connect(gw.addr);
-    let r = c.request("POST", "/orders", "gw.test", &[("content-type", "text/plain")], b"ignored body");
+    let r = c.request(
+        "POST",
+        "/orders",
+        "gw.test",
+        &[("content-type", "text/plain")],
+        b"ignored body",
+    );
     assert_eq!(r.status, 201);
     assert_eq!(r.text(), r#"{"ordered":true}"#);
     assert_eq!(r.header("x-extra"), Some("yes"));
@@ -196,7 +225,10 @@ fn mock_responses_and_head() {
     assert_eq!(r.status, 204);
     assert_eq!(r.header("content-length"), None);
     // The connection is still in step after all three.
-    assert_eq!(c.request("POST", "/orders", "gw.test", &[], b"").status, 201);
+    assert_eq!(
+        c.request("POST", "/orders", "gw.test", &[], b"").status,
+        201
+    );
 }
 
 #[test]

@@ -38,9 +38,16 @@ pub fn compile(cfg: &ConfigFile, workers_override: Option<usize>) -> Result<Plan
     let mut stage_ids: HashMap<(usize, &str), usize> = HashMap::new();
     let mut api_stages: Vec<Vec<usize>> = Vec::new();
     for (ai, api) in cfg.apis.iter().enumerate() {
+        let Some(api) = api else {
+            api_stages.push(Vec::new());
+            continue;
+        };
         let path = format!("apis[{ai}]");
         if api_index.insert(api.name.as_str(), ai).is_some() {
-            errs.push(format!("{path}.name"), format!("duplicate API name {:?}", api.name));
+            errs.push(
+                format!("{path}.name"),
+                format!("duplicate API name {:?}", api.name),
+            );
         }
         match api.kind.as_str() {
             "http" => {}
@@ -55,9 +62,10 @@ pub fn compile(cfg: &ConfigFile, workers_override: Option<usize>) -> Result<Plan
             Ok(r) => Arc::new(r),
             Err(conflicts) => {
                 for (ri, msg) in conflicts {
+                    let key = api.routes[ri].as_ref().map_or("", |r| r.route.as_str());
                     errs.push(
                         format!("{path}.routes[{ri}].route"),
-                        format!("{:?} {msg}", api.routes[ri].route),
+                        format!("{key:?} {msg}"),
                     );
                 }
                 Arc::new(empty_router())
@@ -68,6 +76,7 @@ pub fn compile(cfg: &ConfigFile, workers_override: Option<usize>) -> Result<Plan
         }
         let mut mine = Vec::new();
         for (si, stage) in api.stages.iter().enumerate() {
+            let Some(stage) = stage else { continue };
             let spath = format!("{path}.stages[{si}]");
             check_stage_name(&stage.name, &format!("{spath}.name"), &mut errs);
             for (key, present) in [
@@ -80,7 +89,10 @@ pub fn compile(cfg: &ConfigFile, workers_override: Option<usize>) -> Result<Plan
                     errs.not_supported(format!("{spath}.{key}"));
                 }
             }
-            if stage_ids.insert((ai, stage.name.as_str()), stages.len()).is_some() {
+            if stage_ids
+                .insert((ai, stage.name.as_str()), stages.len())
+                .is_some()
+            {
                 errs.push(
                     format!("{spath}.name"),
                     format!("duplicate stage {:?} in API {:?}", stage.name, api.name),
@@ -88,6 +100,18 @@ pub fn compile(cfg: &ConfigFile, workers_override: Option<usize>) -> Result<Plan
             }
             let mut routes = Vec::with_capacity(api.routes.len());
             for (ri, route) in api.routes.iter().enumerate() {
+                let Some(route) = route else {
+                    // Keeps route ids aligned with the router; never matched.
+                    routes.push(RoutePlan {
+                        key: String::new(),
+                        integration: Integration::Mock(MockResponse {
+                            status: 500,
+                            header_lines: Box::default(),
+                            body: Box::default(),
+                        }),
+                    });
+                    continue;
+                };
                 let rpath = format!("{path}.routes[{ri}].integration");
                 let integration = compile_integration(
                     &route.integration,
@@ -120,6 +144,7 @@ pub fn compile(cfg: &ConfigFile, workers_override: Option<usize>) -> Result<Plan
     let mut listeners = Vec::new();
     let mut binds = HashSet::new();
     for (li, l) in cfg.listeners.iter().enumerate() {
+        let Some(l) = l else { continue };
         let path = format!("listeners[{li}]");
         if l.tls.is_some() {
             errs.not_supported(format!("{path}.tls"));
@@ -136,7 +161,10 @@ pub fn compile(cfg: &ConfigFile, workers_override: Option<usize>) -> Result<Plan
         };
         if let Some(b) = bind {
             if b.port() != 0 && !binds.insert(b) {
-                errs.push(format!("{path}.bind"), format!("{b} is bound by another listener"));
+                errs.push(
+                    format!("{path}.bind"),
+                    format!("{b} is bound by another listener"),
+                );
             }
         }
         let limits = compile_limits(&l.limits, &format!("{path}.limits"), &mut errs);
@@ -219,6 +247,10 @@ fn route_keys(api: &super::ApiFile, path: &str, errs: &mut ConfigErrors) -> Vec<
     let mut keys = Vec::with_capacity(api.routes.len());
     for (ri, route) in api.routes.iter().enumerate() {
         let rpath = format!("{path}.routes[{ri}]");
+        let Some(route) = route else {
+            keys.push(never_matched(ri));
+            continue;
+        };
         if route.api_key_required == Some(true) {
             errs.not_supported(format!("{rpath}.api_key_required"));
         }
@@ -235,26 +267,35 @@ fn route_keys(api: &super::ApiFile, path: &str, errs: &mut ConfigErrors) -> Vec<
             Ok(k) => keys.push(k),
             Err(e) => {
                 errs.push(format!("{rpath}.route"), e);
-                // Keep indexes aligned with `api.routes`; never matched.
-                keys.push(RouteKey::Path {
-                    method: Some("GET".into()),
-                    segments: vec![crate::route::Segment::Literal(format!("\u{0}invalid{ri}"))],
-                });
+                keys.push(never_matched(ri));
             }
         }
     }
     keys
 }
 
+/// A key for a route that failed to load: keeps route ids aligned with the file,
+/// and no request path (which cannot contain NUL) matches it.
+fn never_matched(ri: usize) -> RouteKey {
+    RouteKey::Path {
+        method: Some("GET".into()),
+        segments: vec![crate::route::Segment::Literal(format!("\u{0}invalid{ri}"))],
+    }
+}
+
 fn check_stage_name(name: &str, path: &str, errs: &mut ConfigErrors) {
     let ok = name == "$default"
         || (!name.is_empty()
             && name.len() <= 128
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
     if !ok {
         errs.push(
             path,
-            format!("stage name {name:?}: letters, digits, `-` and `_`, at most 128, or `$default`"),
+            format!(
+                "stage name {name:?}: letters, digits, `-` and `_`, at most 128, or `$default`"
+            ),
         );
     }
 }
@@ -264,13 +305,20 @@ fn compile_limits(l: &super::LimitsFile, path: &str, errs: &mut ConfigErrors) ->
     let limits = Limits {
         max_header_bytes: l.max_header_bytes.unwrap_or(d.max_header_bytes),
         max_body_bytes: l.max_body_bytes.unwrap_or(d.max_body_bytes),
-        header_timeout: l.header_timeout_ms.map_or(d.header_timeout, Duration::from_millis),
-        idle_timeout: l.idle_timeout_ms.map_or(d.idle_timeout, Duration::from_millis),
+        header_timeout: l
+            .header_timeout_ms
+            .map_or(d.header_timeout, Duration::from_millis),
+        idle_timeout: l
+            .idle_timeout_ms
+            .map_or(d.idle_timeout, Duration::from_millis),
     };
     // 1 KiB..1 MiB: below 1 KiB ordinary browsers fail; above 1 MiB one connection
     // could pin megabytes of buffer.
     if !(1024..=1024 * 1024).contains(&limits.max_header_bytes) {
-        errs.push(format!("{path}.max_header_bytes"), "must be from 1024 to 1048576");
+        errs.push(
+            format!("{path}.max_header_bytes"),
+            "must be from 1024 to 1048576",
+        );
     }
     if limits.header_timeout.is_zero() {
         errs.push(format!("{path}.header_timeout_ms"), "must be above 0");
@@ -290,10 +338,14 @@ fn compile_domains(
 ) -> HashMap<Box<str>, Vec<BaseMapping>> {
     let mut out: HashMap<Box<str>, Vec<BaseMapping>> = HashMap::new();
     for (di, d) in cfg.domains.iter().enumerate() {
+        let Some(d) = d else { continue };
         let path = format!("domains[{di}]");
         let name = d.name.to_ascii_lowercase();
         if name.is_empty() || name.len() > 253 || name.contains(['/', ':', ' ']) {
-            errs.push(format!("{path}.name"), format!("{:?} is not a host name", d.name));
+            errs.push(
+                format!("{path}.name"),
+                format!("{:?} is not a host name", d.name),
+            );
         }
         let mut seen = HashSet::new();
         let mut mappings = Vec::new();
@@ -302,7 +354,9 @@ fn compile_domains(
             let base = m.base_path.trim_matches('/').to_owned();
             let ok = base.len() <= 300
                 && !base.contains("//")
-                && base.bytes().all(|b| b.is_ascii_alphanumeric() || b"$-_.+!*'()/".contains(&b));
+                && base
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"$-_.+!*'()/".contains(&b));
             if !ok {
                 errs.push(
                     format!("{mpath}.base_path"),
@@ -310,7 +364,10 @@ fn compile_domains(
                 );
             }
             if !seen.insert(base.clone()) {
-                errs.push(format!("{mpath}.base_path"), format!("duplicate base path {base:?}"));
+                errs.push(
+                    format!("{mpath}.base_path"),
+                    format!("duplicate base path {base:?}"),
+                );
             }
             let Some(&ai) = api_index.get(m.api.as_str()) else {
                 errs.push(format!("{mpath}.api"), format!("no API named {:?}", m.api));
@@ -331,7 +388,7 @@ fn compile_domains(
             }
         }
         // Longest base path first: the first whole-segment match wins.
-        mappings.sort_by(|a, b| b.base_path.len().cmp(&a.base_path.len()));
+        mappings.sort_by_key(|m| std::cmp::Reverse(m.base_path.len()));
         if !mappings.is_empty() && out.insert(name.clone().into(), mappings).is_some() {
             errs.push(format!("{path}.name"), format!("duplicate domain {name:?}"));
         }
@@ -361,10 +418,17 @@ fn compile_integration(
             for (name, value) in headers {
                 let lname = name.to_ascii_lowercase();
                 let valid_name = !name.is_empty()
-                    && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-                let valid_value = value.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f));
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+                let valid_value = value
+                    .bytes()
+                    .all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f));
                 if !valid_name || !valid_value {
-                    errs.push(format!("{path}.headers.{name}"), "not a valid header name and value");
+                    errs.push(
+                        format!("{path}.headers.{name}"),
+                        "not a valid header name and value",
+                    );
                     continue;
                 }
                 if matches!(
@@ -469,7 +533,10 @@ fn parse_http_uri(uri: &str, params: &[&str]) -> Result<ProxyTarget, UriError> {
             "host {authority:?} must be a fixed host[:port] (parameters belong in the path)"
         )));
     }
-    let with_port = if authority.rsplit_once(':').is_some_and(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()) && !authority.ends_with(']')) {
+    let with_port = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()) && !authority.ends_with(']'))
+    {
         authority.to_owned()
     } else {
         format!("{authority}:80")
@@ -484,7 +551,9 @@ fn parse_http_uri(uri: &str, params: &[&str]) -> Result<ProxyTarget, UriError> {
         None => (tail, None),
     };
     if path.bytes().any(|b| b <= b' ' || b == 0x7f || b == b'#') {
-        return Err(UriError::Invalid("the path has characters not allowed in a URI".into()));
+        return Err(UriError::Invalid(
+            "the path has characters not allowed in a URI".into(),
+        ));
     }
     let mut parts = Vec::new();
     let mut rest = path;
@@ -500,7 +569,11 @@ fn parse_http_uri(uri: &str, params: &[&str]) -> Result<ProxyTarget, UriError> {
         if !params.contains(&name) {
             return Err(UriError::Invalid(format!(
                 "`{{{name}}}` is not a parameter of this route (it has: {})",
-                if params.is_empty() { "none".to_owned() } else { params.join(", ") }
+                if params.is_empty() {
+                    "none".to_owned()
+                } else {
+                    params.join(", ")
+                }
             )));
         }
         parts.push(PathPart::Param(name.into()));
@@ -553,9 +626,14 @@ apis:
 "
         );
         let errs = errors_of(&text);
-        for key in ["throttle", "apis[0].routes[0].api_key_required", "apis[0].stages[0].cache"] {
+        for key in [
+            "throttle",
+            "apis[0].routes[0].api_key_required",
+            "apis[0].stages[0].cache",
+        ] {
             assert!(
-                errs.iter().any(|e| e.contains(&format!("not supported yet: {key}"))),
+                errs.iter()
+                    .any(|e| e.contains(&format!("not supported yet: {key}"))),
                 "{key}: {errs:?}"
             );
         }
@@ -578,9 +656,18 @@ apis:
         );
         let errs = errors_of(&text);
         assert_eq!(errs.len(), 3, "{errs:?}");
-        assert!(errs[0].starts_with("apis[0].routes[0].integration.uri"), "{errs:?}");
-        assert!(errs[1].starts_with("apis[0].routes[1].integration.uri"), "{errs:?}");
-        assert!(errs[2].starts_with("apis[0].routes[2].integration.uri"), "{errs:?}");
+        assert!(
+            errs[0].starts_with("apis[0].routes[0].integration.uri"),
+            "{errs:?}"
+        );
+        assert!(
+            errs[1].starts_with("apis[0].routes[1].integration.uri"),
+            "{errs:?}"
+        );
+        assert!(
+            errs[2].starts_with("apis[0].routes[2].integration.uri"),
+            "{errs:?}"
+        );
     }
 
     #[test]
@@ -596,8 +683,14 @@ apis:
 "
         );
         let errs = errors_of(&text);
-        assert!(errs.iter().any(|e| e.contains("stage name \"prod\"")), "{errs:?}");
-        assert!(errs.iter().any(|e| e.contains("two `$default` stages")), "{errs:?}");
+        assert!(
+            errs.iter().any(|e| e.contains("stage name \"prod\"")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter().any(|e| e.contains("two `$default` stages")),
+            "{errs:?}"
+        );
     }
 
     #[test]
@@ -621,7 +714,10 @@ apis:
         assert_eq!(&*t.host_header, "127.0.0.1:9001");
         assert_eq!(
             t.path,
-            vec![PathPart::Literal("/v1/pets/".into()), PathPart::Param("id".into())]
+            vec![
+                PathPart::Literal("/v1/pets/".into()),
+                PathPart::Param("id".into())
+            ]
         );
         assert_eq!(t.query.as_deref(), Some("src=gw"));
     }

@@ -99,9 +99,11 @@ pub struct ConfigFile {
     pub runtime: RuntimeKind,
     /// How long SIGTERM waits for in-flight requests before exiting.
     pub drain_timeout_ms: Option<u64>,
-    pub listeners: Vec<ListenerFile>,
-    pub apis: Vec<ApiFile>,
-    pub domains: Vec<DomainFile>,
+    /// List elements that failed to parse are `None`, so later errors keep the
+    /// indexes of the file.
+    pub listeners: Vec<Option<ListenerFile>>,
+    pub apis: Vec<Option<ApiFile>>,
+    pub domains: Vec<Option<DomainFile>>,
     /// Present but not yet served: (key path, value).
     pub unsupported: Vec<String>,
 }
@@ -133,8 +135,8 @@ pub struct LimitsFile {
 pub struct ApiFile {
     pub name: String,
     pub kind: String,
-    pub routes: Vec<RouteFile>,
-    pub stages: Vec<StageFile>,
+    pub routes: Vec<Option<RouteFile>>,
+    pub stages: Vec<Option<StageFile>>,
 }
 
 /// The keys of an API besides `routes` and `stages`.
@@ -229,29 +231,48 @@ pub struct MappingFile {
     pub stage: String,
 }
 
-/// Reads and parses a config file; every structural error at once.
-pub fn load(path: &Path) -> Result<ConfigFile, ConfigErrors> {
+/// Reads, parses and compiles a config file: every error at once, structural
+/// (unknown keys, wrong types) and semantic (conflicts, bad URIs).
+pub fn load_plan(path: &Path, workers: Option<usize>) -> Result<crate::plan::Plan, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         let mut errs = ConfigErrors::default();
         errs.push("", format!("cannot read {}: {e}", path.display()));
         errs
     })?;
-    parse(&text)
+    let (cfg, mut errs) = parse_partial(&text);
+    let Some(cfg) = cfg else { return Err(errs) };
+    match compile::compile(&cfg, workers) {
+        Ok(plan) if errs.is_empty() => Ok(plan),
+        Ok(_) => Err(errs),
+        Err(more) => {
+            errs.0.extend(more.0);
+            Err(errs)
+        }
+    }
 }
 
 /// Parses config text; every structural error at once.
 pub fn parse(text: &str) -> Result<ConfigFile, ConfigErrors> {
+    match parse_partial(text) {
+        (Some(cfg), errs) if errs.is_empty() => Ok(cfg),
+        (_, errs) => Err(errs),
+    }
+}
+
+/// Parses what it can: the elements that parsed, and the errors of those that did not.
+/// `None` only when the text is not a YAML mapping at all.
+pub fn parse_partial(text: &str) -> (Option<ConfigFile>, ConfigErrors) {
     let mut errs = ConfigErrors::default();
     let root: Value = match serde_yaml_ng::from_str(text) {
         Ok(v) => v,
         Err(e) => {
             errs.push("", format!("not valid YAML: {e}"));
-            return Err(errs);
+            return (None, errs);
         }
     };
     let Value::Mapping(root) = root else {
         errs.push("", "the config must be a mapping of keys");
-        return Err(errs);
+        return (None, errs);
     };
     let mut cfg = ConfigFile::default();
     let mut saw_listeners = false;
@@ -296,11 +317,7 @@ pub fn parse(text: &str) -> Result<ConfigFile, ConfigErrors> {
     if !saw_apis {
         errs.push("apis", "missing: at least one API is required");
     }
-    if errs.is_empty() {
-        Ok(cfg)
-    } else {
-        Err(errs)
-    }
+    (Some(cfg), errs)
 }
 
 fn parse_workers(v: &Value, errs: &mut ConfigErrors) -> Workers {
@@ -341,7 +358,7 @@ fn de_list<T>(
     path: &str,
     errs: &mut ConfigErrors,
     each: impl Fn(Value, &str, &mut ConfigErrors) -> Option<T>,
-) -> Vec<T> {
+) -> Vec<Option<T>> {
     let Value::Sequence(items) = v else {
         errs.push(path, "expected a list");
         return Vec::new();
@@ -349,7 +366,7 @@ fn de_list<T>(
     items
         .into_iter()
         .enumerate()
-        .filter_map(|(i, item)| each(item, &format!("{path}[{i}]"), errs))
+        .map(|(i, item)| each(item, &format!("{path}[{i}]"), errs))
         .collect()
 }
 
@@ -422,9 +439,18 @@ bogus: 1
         let errs = parse(text).unwrap_err();
         let paths: Vec<&str> = errs.0.iter().map(|e| e.path.as_str()).collect();
         assert!(paths.contains(&"listeners[0].colour"), "{errs}");
-        assert!(paths.iter().any(|p| p.starts_with("apis[0].routes[0]")), "{errs}");
-        assert!(paths.iter().any(|p| p.starts_with("apis[0].routes[1]")), "{errs}");
-        assert!(paths.iter().any(|p| p.starts_with("apis[0].stages[0]")), "{errs}");
+        assert!(
+            paths.iter().any(|p| p.starts_with("apis[0].routes[0]")),
+            "{errs}"
+        );
+        assert!(
+            paths.iter().any(|p| p.starts_with("apis[0].routes[1]")),
+            "{errs}"
+        );
+        assert!(
+            paths.iter().any(|p| p.starts_with("apis[0].stages[0]")),
+            "{errs}"
+        );
         assert!(paths.contains(&"bogus"), "{errs}");
         assert!(errs.0.len() >= 5);
     }

@@ -60,7 +60,11 @@ pub fn write_request_head(
     for part in &target.path {
         match part {
             PathPart::Literal(l) => {
-                let l = if target.append_request_path { l.trim_end_matches('/') } else { l };
+                let l = if target.append_request_path {
+                    l.trim_end_matches('/')
+                } else {
+                    l
+                };
                 out.extend_from_slice(l.as_bytes());
             }
             PathPart::Param(name) => out.extend_from_slice(m.param(name).unwrap_or("").as_bytes()),
@@ -101,7 +105,10 @@ pub fn write_request_head(
             || n.eq_ignore_ascii_case(b"x-forwarded-port")
     });
     out.extend_from_slice(b"x-forwarded-for: ");
-    for h in headers.iter().filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for")) {
+    for h in headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for"))
+    {
         out.extend_from_slice(h.value);
         out.extend_from_slice(b", ");
     }
@@ -146,7 +153,13 @@ enum ExchangeError {
 
 /// Proxies the request whose head is in `c.up_head`; `Ok(true)` keeps the client
 /// connection open.
-pub async fn proxy(c: &mut Client, shard: &Shard, target: &ProxyTarget, req: &Request, limits: &Limits) -> Result<bool, Failed> {
+pub async fn proxy(
+    c: &mut Client,
+    shard: &Shard,
+    target: &ProxyTarget,
+    req: &Request,
+    limits: &Limits,
+) -> Result<bool, Failed> {
     let mut inline = false;
     if let Framing::Length(n) = req.framing {
         if n <= INLINE_BODY && (c.buf.len() - c.pos) as u64 >= n {
@@ -167,8 +180,7 @@ pub async fn proxy(c: &mut Client, shard: &Shard, target: &ProxyTarget, req: &Re
                 Some(up) => up,
                 None => connect(shard, target.addr).await?,
             };
-            let date = *shard.date.borrow_mut().now();
-            match exchange(c, &mut up, req, has_body, limits, date).await {
+            match exchange(c, &mut up, req, has_body, limits, shard).await {
                 Ok(a) => return Ok((up, a)),
                 Err(ExchangeError::Stale) if reused && may_retry && !retried => {
                     retried = true;
@@ -176,7 +188,9 @@ pub async fn proxy(c: &mut Client, shard: &Shard, target: &ProxyTarget, req: &Re
                 }
                 Err(ExchangeError::Stale) => {
                     tracing::warn!(upstream = %target.addr, "upstream closed the connection without a response");
-                    return Err(Failed::Answer(GatewayError::UpstreamFailed("closed without a response")));
+                    return Err(Failed::Answer(GatewayError::UpstreamFailed(
+                        "closed without a response",
+                    )));
                 }
                 Err(ExchangeError::Failed(f)) => return Err(f),
             }
@@ -215,7 +229,16 @@ pub async fn proxy(c: &mut Client, shard: &Shard, target: &ProxyTarget, req: &Re
         pos: &mut up.pos,
         read_timeout: target.timeout,
     };
-    match body::pump(&mut src, Some(&mut c.stream), answered.framing, encode, &mut c.out, u64::MAX).await {
+    match body::pump(
+        &mut src,
+        Some(&mut c.stream),
+        answered.framing,
+        encode,
+        &mut c.out,
+        u64::MAX,
+    )
+    .await
+    {
         Ok(_) => Ok(finish(shard, target, up, &answered)),
         Err(e) => {
             tracing::warn!(upstream = %target.addr, error = %e, "response body failed midway");
@@ -241,11 +264,13 @@ async fn connect(shard: &Shard, addr: SocketAddr) -> Result<UpConn, Failed> {
         }
         Err(e) => {
             tracing::warn!(upstream = %addr, error = %e, "cannot connect to integration");
-            Err(Failed::Answer(if e.kind() == std::io::ErrorKind::ConnectionRefused {
-                GatewayError::UpstreamRefused
-            } else {
-                GatewayError::UpstreamFailed("connect failed")
-            }))
+            Err(Failed::Answer(
+                if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                    GatewayError::UpstreamRefused
+                } else {
+                    GatewayError::UpstreamFailed("connect failed")
+                },
+            ))
         }
     }
 }
@@ -258,27 +283,45 @@ async fn exchange(
     req: &Request,
     has_body: bool,
     limits: &Limits,
-    date: [u8; crate::clock::HTTP_DATE_LEN],
+    shard: &Shard,
 ) -> Result<Answered, ExchangeError> {
     up.buf.clear();
     up.pos = 0;
-    if body::write_all(&mut up.stream, &mut c.up_head).await.is_err() {
+    if body::write_all(&mut up.stream, &mut c.up_head)
+        .await
+        .is_err()
+    {
         return Err(ExchangeError::Stale);
     }
     if has_body {
         if req.expect_continue && send_continue(c).await.is_err() {
             return Err(ExchangeError::Failed(Failed::Abort));
         }
-        let encode = if req.framing == Framing::Chunked { Encode::Chunked } else { Encode::Raw };
+        let encode = if req.framing == Framing::Chunked {
+            Encode::Chunked
+        } else {
+            Encode::Raw
+        };
         let mut src = Source {
             stream: &mut c.stream,
             buf: &mut c.buf,
             pos: &mut c.pos,
             read_timeout: limits.idle_timeout,
         };
-        if let Err(e) = body::pump(&mut src, Some(&mut up.stream), req.framing, encode, &mut c.out, limits.max_body_bytes).await {
+        if let Err(e) = body::pump(
+            &mut src,
+            Some(&mut up.stream),
+            req.framing,
+            encode,
+            &mut c.out,
+            limits.max_body_bytes,
+        )
+        .await
+        {
             return Err(ExchangeError::Failed(match e {
-                PumpError::Write(_) => Failed::Answer(GatewayError::UpstreamFailed("request body write failed")),
+                PumpError::Write(_) => {
+                    Failed::Answer(GatewayError::UpstreamFailed("request body write failed"))
+                }
                 other => body_error(other).map_or(Failed::Abort, Failed::Answer),
             }));
         }
@@ -295,7 +338,22 @@ async fn exchange(
                         up.pos += head.head_len;
                         continue;
                     }
-                    let a = write_response_head(&mut c.out, &head, hdrs, req, date, &req.id);
+                    let date = *shard.date.borrow_mut().now();
+                    // A drain that began while the upstream worked closes this connection.
+                    let persist = if shard.draining.get() {
+                        Persist::Close
+                    } else {
+                        req.persist
+                    };
+                    let a = write_response_head(
+                        &mut c.out,
+                        &head,
+                        hdrs,
+                        req.is_head,
+                        persist,
+                        date,
+                        &req.id,
+                    );
                     up.pos += head.head_len;
                     return Ok(a);
                 }
@@ -328,12 +386,13 @@ fn write_response_head(
     out: &mut Vec<u8>,
     head: &parse::ResponseHead<'_>,
     headers: &[httparse::Header<'_>],
-    req: &Request,
+    is_head: bool,
+    persist: Persist,
     date: [u8; crate::clock::HTTP_DATE_LEN],
     id: &RequestId,
 ) -> Answered {
     let streamed = matches!(head.framing, Framing::Chunked | Framing::UntilClose);
-    let client_persist = match req.persist {
+    let client_persist = match persist {
         // An HTTP/1.0 client cannot take chunked: delimit by closing.
         Persist::KeepAlive10 if streamed => Persist::Close,
         p => p,
@@ -342,8 +401,10 @@ fn write_response_head(
     respond::status_line(out, head.status, head.reason.as_bytes());
     respond::common_headers(out, &date, id, client_persist);
     // The upstream's Content-Length stays meaningful where there is no body to frame.
-    let keep_length = req.is_head || head.status == 304;
-    respond::copy_headers(out, headers, |n| n.eq_ignore_ascii_case(b"date") || n.eq_ignore_ascii_case(b"apigw-requestid"));
+    let keep_length = is_head || head.status == 304;
+    respond::copy_headers(out, headers, |n| {
+        n.eq_ignore_ascii_case(b"date") || n.eq_ignore_ascii_case(b"apigw-requestid")
+    });
     match head.framing {
         Framing::Length(n) => respond::content_length(out, n),
         Framing::None if keep_length => {

@@ -70,7 +70,11 @@ impl Gateway {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 if let Some(i) = line.find("addr=") {
-                    let addr: String = line[i + 5..].split_whitespace().next().unwrap_or("").to_owned();
+                    let addr: String = line[i + 5..]
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or("")
+                        .to_owned();
                     if let (Some(t), Ok(a)) = (tx.as_ref(), addr.parse::<SocketAddr>()) {
                         let _ = t.send(a);
                         tx = None;
@@ -226,9 +230,7 @@ impl Upstream {
 
     /// Echoes what it received as a small text body: method, target, body length.
     pub fn echo() -> Self {
-        Self::start(|s| {
-            Reply::ok(format!("{} {} body={}", s.method, s.target, s.body.len()))
-        })
+        Self::start(|s| Reply::ok(format!("{} {} body={}", s.method, s.target, s.body.len())))
     }
 
     pub fn url(&self) -> String {
@@ -240,7 +242,10 @@ impl Upstream {
     }
 
     pub fn last(&self) -> Seen {
-        self.seen().last().cloned().expect("upstream saw no request")
+        self.seen()
+            .last()
+            .cloned()
+            .expect("upstream saw no request")
     }
 }
 
@@ -249,10 +254,15 @@ fn serve_upstream(stream: TcpStream, conn: usize, handler: Handler, seen: Arc<Mu
     let mut writer = stream.try_clone().unwrap();
     let mut reader = BufReader::new(stream);
     loop {
-        let Some(mut req) = read_message_head(&mut reader) else { return };
+        let Some(mut req) = read_message_head(&mut reader) else {
+            return;
+        };
         let (method, target) = {
             let mut parts = req.start.split(' ');
-            (parts.next().unwrap_or("").to_owned(), parts.next().unwrap_or("").to_owned())
+            (
+                parts.next().unwrap_or("").to_owned(),
+                parts.next().unwrap_or("").to_owned(),
+            )
         };
         let chunked = req
             .header("transfer-encoding")
@@ -263,7 +273,10 @@ fn serve_upstream(stream: TcpStream, conn: usize, handler: Handler, seen: Arc<Mu
                 None => return,
             }
         } else {
-            let n: usize = req.header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+            let n: usize = req
+                .header("content-length")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
             let mut b = vec![0; n];
             if reader.read_exact(&mut b).is_err() {
                 return;
@@ -301,7 +314,9 @@ fn serve_upstream(stream: TcpStream, conn: usize, handler: Handler, seen: Arc<Mu
             }
         } else {
             if reply.status != 204 {
-                out.extend_from_slice(format!("content-length: {}\r\n", reply.body.len()).as_bytes());
+                out.extend_from_slice(
+                    format!("content-length: {}\r\n", reply.body.len()).as_bytes(),
+                );
             }
             out.extend_from_slice(b"\r\n");
             if !bodyless {
@@ -422,7 +437,14 @@ impl Client {
     }
 
     /// Sends `METHOD path` with Host `host` and the given extra header lines and body.
-    pub fn request(&mut self, method: &str, path: &str, host: &str, extra: &[(&str, &str)], body: &[u8]) -> Response {
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        host: &str,
+        extra: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
         let mut raw = format!("{method} {path} HTTP/1.1\r\nhost: {host}\r\n");
         for (n, v) in extra {
             raw.push_str(&format!("{n}: {v}\r\n"));
@@ -475,7 +497,8 @@ impl Client {
     /// True when the server closed the connection (EOF) within the timeout.
     pub fn is_closed(&mut self) -> bool {
         let mut b = [0u8; 1];
-        matches!(self.reader.read(&mut b), Ok(0)) || matches!(self.reader.read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+        matches!(self.reader.read(&mut b), Ok(0))
+            || matches!(self.reader.read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
     }
 }
 
@@ -496,7 +519,10 @@ pub fn raw_exchange(addr: SocketAddr, raw: &[u8]) -> Vec<u8> {
             Ok(0) => break,
             Ok(n) => out.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
-            Err(e) => panic!("reading from the gateway: {e} (got {:?})", String::from_utf8_lossy(&out)),
+            Err(e) => panic!(
+                "reading from the gateway: {e} (got {:?})",
+                String::from_utf8_lossy(&out)
+            ),
         }
     }
     out
@@ -508,5 +534,8 @@ pub fn config(body: &str) -> String {
 }
 
 pub fn headers_map(r: &Response) -> HashMap<String, String> {
-    r.headers.iter().map(|(n, v)| (n.to_ascii_lowercase(), v.clone())).collect()
+    r.headers
+        .iter()
+        .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
+        .collect()
 }

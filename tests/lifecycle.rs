@@ -1,0 +1,212 @@
+//! The binary as an operator uses it: `validate`, refusal of not-yet-supported
+//! sections, both monoio drivers, `--workers`, and the SIGTERM drain.
+
+mod common;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn validate(yaml: &str) -> (i32, String) {
+    let path = write_config(yaml);
+    let out = Command::new(bin())
+        .arg("validate")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn validate_reports_every_error_with_its_path() {
+    let (code, out) = validate(
+        "listeners:
+  - { name: l, bind: 'not an address' }
+apis:
+  - name: p
+    routes:
+      - { route: 'GET /a/{id}', integration: { type: http_proxy, uri: 'http://127.0.0.1:9/x/{nope}' } }
+      - { route: 'GET /a/{other}', integration: { type: mock } }
+      - { route: 'FETCH /b', integration: { type: mock } }
+      - { route: 'GET /c', integration: { type: mock, colour: blue } }
+    stages: [ { name: 'bad stage' } ]
+",
+    );
+    assert_eq!(code, 1, "{out}");
+    for needle in [
+        "listeners[0].bind",
+        "apis[0].routes[0].integration.uri",
+        "apis[0].routes[1].route",
+        "apis[0].routes[2].route",
+        "apis[0].routes[3].integration",
+        "apis[0].stages[0].name",
+    ] {
+        assert!(out.contains(needle), "missing {needle} in:\n{out}");
+    }
+}
+
+#[test]
+fn validate_accepts_the_quickstart() {
+    let out = Command::new(bin())
+        .args(["validate", "--config"])
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/quickstart.yaml"
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+}
+
+#[test]
+fn later_features_are_refused_not_ignored() {
+    let table = [
+        (
+            "throttle: { rate: 10, burst: 5 }\n",
+            "not supported yet: throttle",
+        ),
+        (
+            "usage_plans: [ { name: gold } ]\n",
+            "not supported yet: usage_plans",
+        ),
+        (
+            "api_keys: [ { name: alice } ]\n",
+            "not supported yet: api_keys",
+        ),
+        ("store: { path: ./data }\n", "not supported yet: store"),
+        (
+            "admin: { bind: 127.0.0.1:9901 }\n",
+            "not supported yet: admin",
+        ),
+    ];
+    let apis = "apis:
+  - name: p
+    routes: [ { route: GET /a, integration: { type: mock } } ]
+    stages: [ { name: prod } ]
+";
+    for (extra, want) in table {
+        let (code, out) = validate(&format!("{}{extra}{apis}", config("")));
+        assert_eq!(code, 1, "{extra}");
+        assert!(out.contains(want), "{extra}: {out}");
+    }
+    let keyed = "apis:
+  - name: p
+    routes:
+      - route: POST /orders
+        api_key_required: true
+        integration: { type: mock }
+    stages: [ { name: prod, cache: { ttl_s: 10 } } ]
+";
+    let (code, out) = validate(&config(keyed));
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("not supported yet: apis[0].routes[0].api_key_required"),
+        "{out}"
+    );
+    assert!(
+        out.contains("not supported yet: apis[0].stages[0].cache"),
+        "{out}"
+    );
+    // `run` refuses the same config and exits 1 without listening.
+    let path = write_config(&config(keyed));
+    let out = Command::new(bin())
+        .arg("run")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("not supported yet: apis[0].routes[0].api_key_required"));
+}
+
+const MOCK_API: &str = "apis:
+  - name: m
+    routes: [ { route: GET /ping, integration: { type: mock, body: pong } } ]
+    stages: [ { name: $default } ]
+";
+
+#[test]
+fn both_drivers_serve_and_say_which_they_use() {
+    for (runtime, driver) in [("epoll", "\"epoll\""), ("io_uring", "")] {
+        let gw = Gateway::start_with(&config(MOCK_API), &["--runtime", runtime, "--workers", "3"]);
+        let mut c = Client::connect(gw.addr);
+        for _ in 0..20 {
+            assert_eq!(c.get("/ping").text(), "pong");
+        }
+        assert!(
+            wait_until(Duration::from_secs(5), || gw
+                .log()
+                .matches("worker started")
+                .count()
+                == 3),
+            "{}",
+            gw.log()
+        );
+        let log = gw.log();
+        if driver.is_empty() {
+            // io_uring where the kernel allows it, else a logged fallback to epoll.
+            assert!(
+                log.contains("\"io_uring\"") || log.contains("falling back to epoll"),
+                "{log}"
+            );
+        } else {
+            assert!(log.contains(driver), "{log}");
+        }
+    }
+}
+
+#[test]
+fn sigterm_drains_in_flight_requests_then_exits_0() {
+    let up = Upstream::start(|_| {
+        let mut r = Reply::ok("finished");
+        r.delay = Duration::from_millis(700);
+        r
+    });
+    let mut gw = Gateway::start(&format!(
+        "drain_timeout_ms: 5000\n{}",
+        config(&format!(
+            "apis:
+  - name: p
+    routes: [ {{ route: GET /slow, integration: {{ type: http_proxy, uri: \"{}/slow\" }} }} ]
+    stages: [ {{ name: $default }} ]
+",
+            up.url()
+        ))
+    ));
+    let addr = gw.addr;
+    let in_flight = std::thread::spawn(move || {
+        let mut c = Client::connect(addr);
+        c.get("/slow")
+    });
+    assert!(wait_until(Duration::from_secs(5), || !up.seen().is_empty()));
+    let signalled = Instant::now();
+    gw.sigterm();
+    let r = in_flight.join().unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "finished");
+    assert_eq!(r.header("connection"), Some("close"));
+    assert_eq!(
+        gw.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        gw.log()
+    );
+    assert!(
+        signalled.elapsed() >= Duration::from_millis(300),
+        "exited before the request finished"
+    );
+    // Nothing listens any more.
+    assert!(std::net::TcpStream::connect(addr).is_err());
+}
