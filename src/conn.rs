@@ -328,7 +328,7 @@ pub async fn refuse(
     if persist.closes() {
         // Half-close so the client reads the answer before the reset a close with
         // unread input would cause (RFC 9112 §9.6).
-        let _ = c.stream.as_raw_fd_shutdown_write();
+        let _ = shutdown_write(&c.stream);
         linger(c).await;
     }
     ok && !persist.closes()
@@ -357,19 +357,13 @@ async fn linger(c: &mut Client) {
     }
 }
 
-trait ShutdownWrite {
-    fn as_raw_fd_shutdown_write(&self) -> std::io::Result<()>;
-}
-
-impl ShutdownWrite for TcpStream {
-    fn as_raw_fd_shutdown_write(&self) -> std::io::Result<()> {
-        use std::os::fd::AsRawFd;
-        // SAFETY: the fd is owned by `self` and open for the duration of the call.
-        let rc = unsafe { libc::shutdown(self.as_raw_fd(), libc::SHUT_WR) };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(std::io::Error::last_os_error())
-        }
+fn shutdown_write(stream: &TcpStream) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the fd is owned by `stream` and open for the duration of the call.
+    let rc = unsafe { libc::shutdown(stream.as_raw_fd(), libc::SHUT_WR) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }

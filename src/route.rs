@@ -180,7 +180,7 @@ impl Router {
                 } => {
                     let tree = METHODS.iter().position(|x| x == m).unwrap_or(OTHER);
                     if let Err(e) = trees[tree].insert(matchit_path(segments), id) {
-                        errors.push((id, conflict_message(e, keys)));
+                        errors.push((id, conflict_message(e)));
                     }
                 }
                 RouteKey::Path { method: None, .. } => {}
@@ -204,7 +204,7 @@ impl Router {
                     continue;
                 }
                 if let Err(e) = tree.insert(path.clone(), id) {
-                    errors.push((id, conflict_message(e, keys)));
+                    errors.push((id, conflict_message(e)));
                     break;
                 }
             }
@@ -238,8 +238,7 @@ impl Router {
     }
 }
 
-fn conflict_message(e: matchit::InsertError, keys: &[RouteKey]) -> String {
-    let _ = keys;
+fn conflict_message(e: matchit::InsertError) -> String {
     match e {
         matchit::InsertError::Conflict { with } => format!(
             "conflicts with the route at path {with:?}: the two match the same requests with equal precedence"

@@ -91,8 +91,8 @@ impl Workers {
 pub fn start(plan: Arc<Plan>, sockets: Sockets) -> std::io::Result<Workers> {
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let shutdown = Arc::new(AtomicBool::new(false));
-    let seed = (std::process::id() ^ Instant::now().elapsed().subsec_nanos())
-        .wrapping_mul(2_654_435_761)
+    // Request ids differ across restarts: the seed mixes the pid and the start time.
+    let seed = std::process::id().wrapping_mul(2_654_435_761)
         ^ std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
