@@ -327,3 +327,30 @@ fn http10_client_gets_a_close_delimited_answer() {
     );
     assert!(text.ends_with("\r\n\r\nchunked upstream"), "{text}");
 }
+
+#[test]
+fn upstream_204_and_304_carry_no_body_and_keep_the_connection_in_step() {
+    let up = Upstream::start(|s| {
+        let mut r = Reply::ok(Vec::new());
+        r.headers.clear();
+        if s.target == "/nm" {
+            r.status = 304;
+            r.headers.push(("etag".into(), "\"v1\"".into()));
+        } else {
+            r.status = 204;
+        }
+        r
+    });
+    let gw = Gateway::start(&proxy_config(&up.url(), ""));
+    let mut c = Client::connect(gw.addr);
+    for _ in 0..3 {
+        let r = c.request("GET", "/nm", "gw.test", &[("if-none-match", "\"v1\"")], b"");
+        assert_eq!(r.status, 304);
+        assert_eq!(r.header("etag"), Some("\"v1\""));
+        assert!(r.body.is_empty());
+        let r = c.get("/nc");
+        assert_eq!(r.status, 204);
+        assert_eq!(r.header("content-length"), None);
+        assert_eq!(r.header("transfer-encoding"), None);
+    }
+}
