@@ -160,13 +160,13 @@ fn prepare(
     local_port: u16,
     up_head: &mut Vec<u8>,
 ) -> Prepared {
-    let persist = if !head.keep_alive || shard.draining.get() {
+    let persist = shard.persist(if !head.keep_alive {
         Persist::Close
     } else if head.http10 {
         Persist::KeepAlive10
     } else {
         Persist::KeepAlive
-    };
+    });
     let method = head.method;
     let mut p = Prepared {
         head_len: head.head_len,
@@ -211,12 +211,9 @@ async fn handle(
     plan: &Plan,
     lp: &ListenerPlan,
     shard: &Shard,
-    mut p: Prepared,
+    p: Prepared,
 ) -> bool {
     c.pos = p.head_len;
-    if shard.draining.get() {
-        p.persist = Persist::Close;
-    }
     let has_body = p.framing != Framing::None;
     match p.action {
         Action::Refuse(err) => {
@@ -257,11 +254,8 @@ async fn handle(
             }
             c.out.clear();
             let date = *shard.date.borrow_mut().now();
-            let persist = if shard.draining.get() {
-                Persist::Close
-            } else {
-                p.persist
-            };
+            // A drain that began while the body was read closes this connection.
+            let persist = shard.persist(p.persist);
             respond::mock(&mut c.out, mock, &date, &p.id, persist, p.is_head);
             body::write_all(&mut c.stream, &mut c.out).await.is_ok() && !persist.closes()
         }

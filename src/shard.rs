@@ -36,6 +36,15 @@ impl Shard {
         }
     }
 
+    /// `persist`, unless a drain has begun: then the response closes the connection.
+    pub fn persist(&self, persist: crate::respond::Persist) -> crate::respond::Persist {
+        if self.draining.get() {
+            crate::respond::Persist::Close
+        } else {
+            persist
+        }
+    }
+
     pub fn next_request_id(&self) -> RequestId {
         let n = self.next_request.get();
         self.next_request.set(n.wrapping_add(1));

@@ -340,11 +340,7 @@ async fn exchange(
                     }
                     let date = *shard.date.borrow_mut().now();
                     // A drain that began while the upstream worked closes this connection.
-                    let persist = if shard.draining.get() {
-                        Persist::Close
-                    } else {
-                        req.persist
-                    };
+                    let persist = shard.persist(req.persist);
                     let a = write_response_head(
                         &mut c.out,
                         &head,
