@@ -108,7 +108,10 @@ fn run(
     // Signals are taken before any worker starts so none is lost.
     let mut signals = Signals::new([SIGTERM, SIGINT])?;
     let sockets = worker::bind_all(&plan)?;
-    for (lp, addr) in plan.listeners.iter().zip(&sockets.bound) {
+    for (lp, addr) in plan.listeners.iter_mut().zip(&sockets.bound) {
+        // A listener configured with port 0 now has a real one: the plan says which,
+        // so `X-Forwarded-Port` names it.
+        lp.bind = *addr;
         tracing::info!(listener = %lp.name, addr = %addr, workers = plan.workers, "listening");
     }
     let plan = Arc::new(plan);

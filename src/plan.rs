@@ -26,6 +26,7 @@ pub type RouteId = usize;
 #[derive(Debug)]
 pub struct ListenerPlan {
     pub name: String,
+    /// As configured until the sockets are bound; then the address actually bound.
     pub bind: SocketAddr,
     pub limits: Limits,
     /// First path segment → stage, for the stages of the APIs this listener serves.

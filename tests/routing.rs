@@ -184,6 +184,11 @@ fn stage_variables_params_and_query_are_substituted() {
     assert_eq!(seen.header("x-forwarded-host"), Some("gw.test"));
     assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
     assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
+    // The listener was configured with port 0: the port it really got is forwarded.
+    assert_eq!(
+        seen.header("x-forwarded-port"),
+        Some(gw.addr.port().to_string().as_str())
+    );
 }
 
 #[test]
