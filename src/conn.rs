@@ -1,11 +1,16 @@
 //! One client connection: read a head, then parse → route → integration → respond, in
 //! order, for each request on the connection (keep-alive and pipelining).
 
+use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
+use monoio::buf::RawBuf;
+use monoio::io::AsyncReadRent;
 use monoio::net::TcpStream;
 
 use crate::body::{self, Encode, PumpError, Source};
@@ -57,52 +62,124 @@ enum HeadRead {
     Ready(Prepared),
     /// Closed or idle: nothing to answer.
     Gone,
+    /// Nothing is waiting between requests: park the connection.
+    Park,
     /// Refused before a head could be parsed.
     Refuse(GatewayError),
 }
 
-pub async fn serve(
+pub fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     plan: Arc<Plan>,
     listener: usize,
     shard: Rc<Shard>,
-) {
+) -> impl std::future::Future<Output = ()> {
     let _ = stream.set_nodelay(true);
-    let mut c = Client {
+    // Boxed, and the task built by a plain fn, so the task's future holds a pointer
+    // rather than its own copies of the arguments: an idle connection's footprint is
+    // mostly this future.
+    let c = Box::new(Client {
         stream,
         peer,
-        buf: Vec::with_capacity(CONN_BUF),
+        buf: Vec::new(),
         pos: 0,
         out: Vec::new(),
         up_head: Vec::new(),
-    };
+    });
+    serve_client(c, plan, listener, shard)
+}
+
+async fn serve_client(mut c: Box<Client>, plan: Arc<Plan>, listener: usize, shard: Rc<Shard>) {
     let lp = &plan.listeners[listener];
+    let mut woken = false;
+    loop {
+        c.buf = shard.take_buf(std::mem::take(&mut c.buf));
+        c.out = shard.take_buf(std::mem::take(&mut c.out));
+        c.up_head = shard.take_buf(std::mem::take(&mut c.up_head));
+        // The request path's state is boxed so that a parked connection holds only
+        // `Client` and its park.
+        let keep = Box::pin(active(&mut c, &plan, lp, &shard, woken)).await;
+        // Parked (or closing): buffers go back to the shard, as nginx frees its
+        // buffers on an idle keep-alive connection.
+        shard.give_buf(std::mem::take(&mut c.buf));
+        shard.give_buf(std::mem::take(&mut c.out));
+        shard.give_buf(std::mem::take(&mut c.up_head));
+        if !keep || !park(&c.stream, &shard, lp.limits.idle_timeout).await {
+            return;
+        }
+        woken = true;
+    }
+}
+
+/// Waits, holding no buffer and no timer, until the connection is readable (`true`)
+/// or `idle` has passed or it failed (`false`).
+async fn park(stream: &TcpStream, shard: &Shard, idle: Duration) -> bool {
+    struct Slot<'a>(&'a Shard, usize);
+    impl Drop for Slot<'_> {
+        fn drop(&mut self) {
+            self.0.parked.borrow_mut().remove(self.1);
+        }
+    }
+    let slot = Slot(
+        shard,
+        shard.parked.borrow_mut().insert(Instant::now() + idle),
+    );
+    let mut readable = std::pin::pin!(stream.readable(true));
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(r) = readable.as_mut().poll(cx) {
+            return Poll::Ready(r.is_ok());
+        }
+        if shard.parked.borrow_mut().expired(slot.1, cx.waker()) {
+            return Poll::Ready(false);
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Serves requests until the connection closes (`false`) or has no next request
+/// waiting (`true`: park it). `woken`: readiness was just seen.
+async fn active(
+    c: &mut Client,
+    plan: &Plan,
+    lp: &ListenerPlan,
+    shard: &Shard,
+    mut woken: bool,
+) -> bool {
     loop {
         if c.pos > 0 {
             // Keep a pipelined next request at the front of the buffer.
             c.buf.drain(..c.pos);
             c.pos = 0;
         }
-        let prepared = match read_head(&mut c, &plan, lp, &shard).await {
+        let prepared = match read_head(c, plan, lp, shard, woken).await {
             HeadRead::Ready(p) => p,
-            HeadRead::Gone => return,
+            HeadRead::Gone => return false,
+            HeadRead::Park => return true,
             HeadRead::Refuse(err) => {
                 tracing::debug!(peer = %c.peer, %err, "request refused");
                 let id = shard.next_request_id();
-                let _ = refuse(&mut c, &shard, err, &id, Persist::Close, false).await;
-                return;
+                let _ = refuse(c, shard, err, &id, Persist::Close, false).await;
+                return false;
             }
         };
-        let _in_flight = InFlight::enter(&shard);
-        let keep = handle(&mut c, &plan, lp, &shard, prepared).await;
+        woken = false;
+        let _in_flight = InFlight::enter(shard);
+        let keep = handle(c, plan, lp, shard, prepared).await;
         if !keep || shard.draining.get() {
-            return;
+            return false;
         }
     }
 }
 
-async fn read_head(c: &mut Client, plan: &Plan, lp: &ListenerPlan, shard: &Shard) -> HeadRead {
+async fn read_head(
+    c: &mut Client,
+    plan: &Plan,
+    lp: &ListenerPlan,
+    shard: &Shard,
+    woken: bool,
+) -> HeadRead {
     let limits = lp.limits;
     let mut first_byte: Option<Instant> = None;
     loop {
@@ -127,23 +204,86 @@ async fn read_head(c: &mut Client, plan: &Plan, lp: &ListenerPlan, shard: &Shard
                 Err(e) => return HeadRead::Refuse(GatewayError::BadHead(e)),
             }
         }
-        let wait = match first_byte {
-            None => limits.idle_timeout,
-            Some(t) => match limits.header_timeout.checked_sub(t.elapsed()) {
-                Some(d) => d,
-                None => return HeadRead::Refuse(GatewayError::HeaderTimeout),
-            },
-        };
         let spare =
             (limits.max_header_bytes - c.buf.len().min(limits.max_header_bytes)).clamp(1, CONN_BUF);
-        match monoio::time::timeout(wait, body::read_more(&mut c.stream, &mut c.buf, spare)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return HeadRead::Gone,
-            Ok(Ok(_)) => {
+        let read = if c.buf.is_empty() && first_byte.is_none() {
+            // Between requests: read only what is already there, else park.
+            let now = if shard.uring {
+                // A read on io_uring cannot be dropped safely once submitted (the
+                // kernel may fill the buffer): read only after readiness was seen.
+                if woken {
+                    // Idle past the limit reads as a close.
+                    Some(
+                        timed_read(c, limits.idle_timeout, spare)
+                            .await
+                            .unwrap_or(Ok(0)),
+                    )
+                } else {
+                    None
+                }
+            } else {
+                read_ready(&mut c.stream, &mut c.buf, spare).await
+            };
+            match now {
+                Some(r) => r,
+                None => return HeadRead::Park,
+            }
+        } else {
+            let wait = match first_byte {
+                None => limits.idle_timeout,
+                Some(t) => match limits.header_timeout.checked_sub(t.elapsed()) {
+                    Some(d) => d,
+                    None => return HeadRead::Refuse(GatewayError::HeaderTimeout),
+                },
+            };
+            match timed_read(c, wait, spare).await {
+                Some(r) => r,
+                None if first_byte.is_some() => {
+                    return HeadRead::Refuse(GatewayError::HeaderTimeout)
+                }
+                None => return HeadRead::Gone,
+            }
+        };
+        match read {
+            Ok(0) | Err(_) => return HeadRead::Gone,
+            Ok(_) => {
                 first_byte.get_or_insert_with(Instant::now);
             }
-            Err(_) if first_byte.is_some() => return HeadRead::Refuse(GatewayError::HeaderTimeout),
-            Err(_) => return HeadRead::Gone,
         }
+    }
+}
+
+/// A read into `c.buf` that gives up after `wait` (`None`).
+async fn timed_read(c: &mut Client, wait: Duration, spare: usize) -> Option<io::Result<usize>> {
+    monoio::time::timeout(wait, body::read_more(&mut c.stream, &mut c.buf, spare))
+        .await
+        .ok()
+}
+
+/// epoll driver only: one read of what is already there into `buf`'s spare room;
+/// `None` when nothing is (the read is dropped without a syscall in flight).
+async fn read_ready(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    spare: usize,
+) -> Option<io::Result<usize>> {
+    if buf.capacity() - buf.len() < spare {
+        buf.reserve(spare);
+    }
+    let len = buf.len();
+    // SAFETY: the spare room is valid for writes while `buf` is borrowed here, and on
+    // the epoll driver the read syscall runs inside `poll`: a read dropped while
+    // pending leaves nothing in the kernel pointing at the buffer.
+    let raw = unsafe { RawBuf::new(buf.as_mut_ptr().add(len), buf.capacity() - len) };
+    let mut read = std::pin::pin!(stream.read(raw));
+    match std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await {
+        Poll::Ready((Ok(n), _)) => {
+            // SAFETY: the kernel initialised `n` bytes of the spare room.
+            unsafe { buf.set_len(len + n) };
+            Some(Ok(n))
+        }
+        Poll::Ready((Err(e), _)) => Some(Err(e)),
+        Poll::Pending => None,
     }
 }
 

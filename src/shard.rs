@@ -2,19 +2,34 @@
 //! through `Rc` on that thread only, so nothing here needs a lock.
 
 use std::cell::{Cell, RefCell};
+use std::task::Waker;
+use std::time::Instant;
 
 use crate::clock::DateCache;
 use crate::plan::PoolLimits;
 use crate::upstream::pool::Pool;
 
+/// Capacity of a connection buffer: a typical head, or a small body with its head.
+pub const SHARD_BUF: usize = 4 * 1024;
+/// Free buffers a shard keeps (bounds what a burst leaves behind).
+const MAX_FREE_BUFS: usize = 256;
+
 pub struct Shard {
     pub id: usize,
+    /// The worker runs monoio's io_uring driver (else epoll): a pending read there
+    /// cannot be dropped without risking the bytes it reads.
+    pub uring: bool,
     pub pool: RefCell<Pool>,
     /// Requests whose head was read and whose response is not yet complete.
     pub in_flight: Cell<usize>,
     /// Set on SIGTERM: finish what is in flight, answer with `Connection: close`.
     pub draining: Cell<bool>,
     pub date: RefCell<DateCache>,
+    /// Idle deadlines of parked connections, swept by the worker's control loop (a
+    /// timer per parked connection would cost monoio's 384-byte timer entry each).
+    pub parked: RefCell<Parked>,
+    /// Connection buffers not in use (parked connections hold none).
+    bufs: RefCell<Vec<Vec<u8>>>,
     next_request: Cell<u64>,
     id_seed: u32,
 }
@@ -24,13 +39,16 @@ pub struct Shard {
 pub type RequestId = [u8; 16];
 
 impl Shard {
-    pub fn new(id: usize, pool_limits: PoolLimits, id_seed: u32) -> Self {
+    pub fn new(id: usize, uring: bool, pool_limits: PoolLimits, id_seed: u32) -> Self {
         Self {
             id,
+            uring,
             pool: RefCell::new(Pool::new(pool_limits)),
             in_flight: Cell::new(0),
             draining: Cell::new(false),
             date: RefCell::new(DateCache::default()),
+            parked: RefCell::new(Parked::default()),
+            bufs: RefCell::new(Vec::new()),
             next_request: Cell::new(0),
             id_seed,
         }
@@ -42,6 +60,26 @@ impl Shard {
             crate::respond::Persist::Close
         } else {
             persist
+        }
+    }
+
+    /// `buf` if it has room already, else a free buffer of the shard's.
+    pub fn take_buf(&self, buf: Vec<u8>) -> Vec<u8> {
+        if buf.capacity() > 0 {
+            return buf;
+        }
+        self.bufs
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(SHARD_BUF))
+    }
+
+    /// Keeps `buf` for reuse, unless it grew large or enough are kept.
+    pub fn give_buf(&self, mut buf: Vec<u8>) {
+        let mut free = self.bufs.borrow_mut();
+        if buf.capacity() == SHARD_BUF && free.len() < MAX_FREE_BUFS {
+            buf.clear();
+            free.push(buf);
         }
     }
 
@@ -69,6 +107,78 @@ fn base64url_12(raw: &[u8; 12]) -> [u8; 16] {
     out
 }
 
+/// The idle deadlines of parked connections: a slab of slots, each with the waker
+/// to call when its deadline passes.
+#[derive(Default)]
+pub struct Parked {
+    slots: Vec<ParkSlot>,
+    free: Vec<usize>,
+}
+
+struct ParkSlot {
+    deadline: Instant,
+    waker: Option<Waker>,
+    expired: bool,
+}
+
+impl Parked {
+    pub fn insert(&mut self, deadline: Instant) -> usize {
+        let slot = ParkSlot {
+            deadline,
+            waker: None,
+            expired: false,
+        };
+        match self.free.pop() {
+            Some(i) => {
+                self.slots[i] = slot;
+                i
+            }
+            None => {
+                self.slots.push(slot);
+                self.slots.len() - 1
+            }
+        }
+    }
+
+    pub fn remove(&mut self, i: usize) {
+        self.slots[i].waker = None;
+        self.slots[i].expired = true;
+        self.free.push(i);
+    }
+
+    /// `true` once the slot's deadline has passed; else keeps `waker` for the sweep.
+    pub fn expired(&mut self, i: usize, waker: &Waker) -> bool {
+        let slot = &mut self.slots[i];
+        if slot.expired {
+            return true;
+        }
+        if !slot.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            slot.waker = Some(waker.clone());
+        }
+        false
+    }
+
+    /// Wakes the connections whose deadline is past.
+    pub fn sweep(&mut self, now: Instant) {
+        for slot in &mut self.slots {
+            if !slot.expired && slot.deadline <= now {
+                slot.expired = true;
+                if let Some(w) = slot.waker.take() {
+                    w.wake();
+                }
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Counts a request as in flight until dropped, so a drain waits for it.
 pub struct InFlight<'a>(&'a Shard);
 
@@ -91,7 +201,7 @@ mod tests {
 
     #[test]
     fn request_ids_are_distinct_and_url_safe() {
-        let s = Shard::new(3, PoolLimits::default(), 0xdead_beef);
+        let s = Shard::new(3, false, PoolLimits::default(), 0xdead_beef);
         let a = s.next_request_id();
         let b = s.next_request_id();
         assert_ne!(a, b);

@@ -139,7 +139,7 @@ fn run_worker(
         {
             Ok(mut rt) => {
                 tracing::info!(worker = id, core, driver = "io_uring", "worker started");
-                rt.block_on(worker_main(id, plan, listeners, shutdown, seed));
+                rt.block_on(worker_main(id, true, plan, listeners, shutdown, seed));
                 return;
             }
             Err(e) => {
@@ -153,7 +153,7 @@ fn run_worker(
     {
         Ok(mut rt) => {
             tracing::info!(worker = id, core, driver = "epoll", "worker started");
-            rt.block_on(worker_main(id, plan, listeners, shutdown, seed));
+            rt.block_on(worker_main(id, false, plan, listeners, shutdown, seed));
         }
         Err(e) => tracing::error!(worker = id, error = %e, "cannot start a runtime"),
     }
@@ -161,12 +161,13 @@ fn run_worker(
 
 async fn worker_main(
     id: usize,
+    uring: bool,
     plan: Arc<Plan>,
     listeners: Vec<std::net::TcpListener>,
     shutdown: Arc<AtomicBool>,
     seed: u32,
 ) {
-    let shard = Rc::new(Shard::new(id, plan.pool, seed));
+    let shard = Rc::new(Shard::new(id, uring, plan.pool, seed));
     for (li, std_listener) in listeners.into_iter().enumerate() {
         let listener = match TcpListener::from_std(std_listener) {
             Ok(l) => l,
@@ -184,8 +185,17 @@ async fn worker_main(
         ));
     }
     // The control plane's flag is read a few times a second, off the request path.
+    let mut tick = 0u32;
     while !shutdown.load(Ordering::Relaxed) {
         monoio::time::sleep(Duration::from_millis(100)).await;
+        shard.parked.borrow_mut().sweep(Instant::now());
+        tick = tick.wrapping_add(1);
+        if tick % 10 == 0 {
+            // Return freed buffers' pages (parked connections) to the system once a
+            // second: mimalloc otherwise purges only when this thread next allocates.
+            // SAFETY: mi_collect(false) works on the calling thread's heap only.
+            unsafe { libmimalloc_sys::mi_collect(false) };
+        }
     }
     shard.draining.set(true);
     let deadline = Instant::now() + plan.drain_timeout;

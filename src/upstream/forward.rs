@@ -139,10 +139,10 @@ pub fn write_request_head(
 
 /// What the upstream answered, once its head is in `Client::out` (already rewritten
 /// for the client).
-struct Answered {
-    framing: Framing,
-    upstream_close: bool,
-    client_persist: Persist,
+pub struct Answered {
+    pub framing: Framing,
+    pub upstream_close: bool,
+    pub client_persist: Persist,
 }
 
 enum ExchangeError {
@@ -378,7 +378,7 @@ fn fail(why: &'static str) -> ExchangeError {
     ExchangeError::Failed(Failed::Answer(GatewayError::UpstreamFailed(why)))
 }
 
-fn write_response_head(
+pub fn write_response_head(
     out: &mut Vec<u8>,
     head: &parse::ResponseHead<'_>,
     headers: &[httparse::Header<'_>],
