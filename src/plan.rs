@@ -68,9 +68,10 @@ impl Default for Limits {
 /// Bounds of each worker's upstream connection pool.
 #[derive(Debug, Clone, Copy)]
 pub struct PoolLimits {
-    /// Idle connections kept per upstream address per core. 256 covers the
-    /// benchmark's 50-1,000 client connections per core without reconnects while
-    /// bounding the file descriptors one upstream can pin.
+    /// Idle connections kept per upstream address per core: enough for 1,000
+    /// concurrent requests per core without reconnects (load-tests/compare.sh's
+    /// c1000 scenario churned connections at 256), while bounding the file
+    /// descriptors one upstream can pin.
     pub max_idle_per_upstream: usize,
     /// An idle connection older than this is closed instead of reused: below
     /// nginx's 75 s keep-alive default, so the upstream rarely closes first; a
@@ -81,7 +82,7 @@ pub struct PoolLimits {
 impl Default for PoolLimits {
     fn default() -> Self {
         Self {
-            max_idle_per_upstream: 256,
+            max_idle_per_upstream: 1024,
             idle_timeout: Duration::from_secs(30),
         }
     }

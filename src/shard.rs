@@ -11,6 +11,8 @@ use crate::upstream::pool::Pool;
 
 /// Capacity of a connection buffer: a typical head, or a small body with its head.
 pub const SHARD_BUF: usize = 4 * 1024;
+/// A buffer that grew past this (a large head or body) is freed, not kept.
+const MAX_KEPT_BUF: usize = 16 * 1024;
 /// Free buffers a shard keeps (bounds what a burst leaves behind).
 const MAX_FREE_BUFS: usize = 256;
 
@@ -77,7 +79,7 @@ impl Shard {
     /// Keeps `buf` for reuse, unless it grew large or enough are kept.
     pub fn give_buf(&self, mut buf: Vec<u8>) {
         let mut free = self.bufs.borrow_mut();
-        if buf.capacity() == SHARD_BUF && free.len() < MAX_FREE_BUFS {
+        if (SHARD_BUF..=MAX_KEPT_BUF).contains(&buf.capacity()) && free.len() < MAX_FREE_BUFS {
             buf.clear();
             free.push(buf);
         }

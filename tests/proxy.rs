@@ -291,6 +291,27 @@ fn upstream_status_and_headers_pass_through_hop_by_hop_do_not() {
     );
 }
 
+/// A small body that arrives in pieces after its head still reaches the upstream
+/// whole (it is gathered and sent with the head), and the next request on the
+/// connection is served after it.
+#[test]
+fn small_body_sent_in_pieces_arrives_whole() {
+    let up = Upstream::echo();
+    let gw = Gateway::start(&proxy_config(&up.url(), ""));
+    let mut c = Client::connect(gw.addr);
+    c.send(b"POST /slow HTTP/1.1\r\nhost: gw.test\r\ncontent-length: 4000\r\n\r\n");
+    for piece in pattern(4000).chunks(1000) {
+        std::thread::sleep(Duration::from_millis(50));
+        c.send(piece);
+    }
+    let r = c.read_response(false).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "POST /slow body=4000");
+    assert!(up.last().body == pattern(4000), "body differs");
+    let r = c.get("/after");
+    assert_eq!(r.text(), "GET /after body=0");
+}
+
 #[test]
 fn expect_100_continue_is_answered_before_the_body() {
     let up = Upstream::echo();

@@ -112,14 +112,7 @@ pub fn write_request_head(
         out.extend_from_slice(h.value);
         out.extend_from_slice(b", ");
     }
-    let mut ip = [0u8; 64];
-    let n = {
-        use std::io::Write;
-        let mut w = &mut ip[..];
-        let _ = write!(w, "{}", peer.ip());
-        64 - w.len()
-    };
-    out.extend_from_slice(&ip[..n]);
+    write_ip(out, peer.ip());
     out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\nx-forwarded-host: ");
     out.extend_from_slice(head.host);
     out.extend_from_slice(b"\r\nx-forwarded-port: ");
@@ -151,6 +144,26 @@ enum ExchangeError {
     Failed(Failed),
 }
 
+/// Appends `ip` as text; IPv4 (the common case) without `fmt`, which costs several
+/// times as much per request.
+fn write_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut digits = itoa::Buffer::new();
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                out.extend_from_slice(digits.format(octet).as_bytes());
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            use std::io::Write;
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
 /// Proxies the request whose head is in `c.up_head`; `Ok(true)` keeps the client
 /// connection open.
 pub async fn proxy(
@@ -162,6 +175,11 @@ pub async fn proxy(
 ) -> Result<bool, Failed> {
     let mut inline = false;
     if let Framing::Length(n) = req.framing {
+        if n <= INLINE_BODY && !req.expect_continue {
+            // Wait for the rest of a small body, so head and body go upstream in one
+            // write instead of two or three.
+            read_to(c, c.pos + n as usize, limits.idle_timeout).await?;
+        }
         if n <= INLINE_BODY && (c.buf.len() - c.pos) as u64 >= n {
             let end = c.pos + n as usize;
             c.up_head.extend_from_slice(&c.buf[c.pos..end]);
@@ -245,6 +263,19 @@ pub async fn proxy(
             Err(Failed::Abort)
         }
     }
+}
+
+/// Reads from the client until `c.buf` holds `want` bytes.
+async fn read_to(c: &mut Client, want: usize, wait: std::time::Duration) -> Result<(), Failed> {
+    while c.buf.len() < want {
+        let spare = want - c.buf.len();
+        match monoio::time::timeout(wait, body::read_more(&mut c.stream, &mut c.buf, spare)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Err(Failed::Abort),
+            Ok(Ok(_)) => {}
+            Err(_) => return Err(Failed::Answer(GatewayError::HeaderTimeout)),
+        }
+    }
+    Ok(())
 }
 
 /// Pools the upstream connection if it can carry another request.

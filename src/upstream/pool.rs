@@ -2,11 +2,12 @@
 //! idle timeout, most recently used first (the warmest connection is the least likely
 //! to have been closed by the upstream).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use monoio::net::TcpStream;
+use rustc_hash::FxHashMap;
 
 use crate::plan::PoolLimits;
 
@@ -39,7 +40,8 @@ struct Idle {
 }
 
 pub struct Pool {
-    idle: HashMap<SocketAddr, VecDeque<Idle>>,
+    // Fx, not SipHash: keys are our own upstream addresses, hashed on every request.
+    idle: FxHashMap<SocketAddr, VecDeque<Idle>>,
     limits: PoolLimits,
     /// New upstream connections opened by this worker (a counter for metrics).
     pub connects: u64,
@@ -48,7 +50,7 @@ pub struct Pool {
 impl Pool {
     pub fn new(limits: PoolLimits) -> Self {
         Self {
-            idle: HashMap::new(),
+            idle: FxHashMap::default(),
             limits,
             connects: 0,
         }

@@ -1,0 +1,231 @@
+#!/usr/bin/env bash
+# shardgate beside nginx and HAProxy as reverse proxies to one fast upstream, measured
+# the same way. Every proxy runs one worker/thread pinned to CPU 0; the upstream
+# (nginx, peers/upstream-nginx.conf) and the load generator share CPU 1.
+#
+#   load-tests/compare.sh            # ROUNDS=3 DURATION=3 (seconds per run)
+#   ROUNDS=5 DURATION=10 RATE=20000 load-tests/compare.sh
+#
+# Rounds are interleaved (every scenario and proxy once per round) so drift hits all
+# alike; the table gives medians. Per proxy and scenario: requests/s, p50 and p99
+# latency, the proxy process's CPU time per request (utime+stime from /proc/PID/stat
+# over the run, divided by requests served), upstream connections opened per 10,000
+# requests (nginx stub_status on the upstream), errors; then shardgate's ratios to
+# nginx and HAProxy. A memory phase measures RSS growth per idle keep-alive client
+# connection with IDLE_CONNS (4,000) open, each proxy freshly started.
+# Writes the table, with machine, kernel and versions, to load-tests/results/.
+# Installs what is missing: wrk, nginx, haproxy, curl (apt), oha (cargo).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-3}
+WARMUP=${WARMUP:-1}
+RATE=${RATE:-20000}
+IDLE_CONNS=${IDLE_CONNS:-4000}
+[ "$(nproc)" -ge 2 ] || { echo "needs 2 or more CPUs (proxy on CPU 0, load on CPU 1)"; exit 1; }
+ulimit -n "$(ulimit -Hn)"
+
+need_apt() {
+  local missing=()
+  for pair in "$@"; do command -v "${pair%%:*}" >/dev/null || missing+=("${pair##*:}"); done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing ${missing[*]}"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}") >/dev/null
+  fi
+}
+need_apt wrk:wrk nginx:nginx haproxy:haproxy curl:curl python3:python3
+export PATH="$HOME/.cargo/bin:$PATH"
+command -v oha >/dev/null || { echo "installing oha (cargo install, a few minutes)"; cargo install oha --locked --quiet; }
+cargo build --release --quiet
+SG=./target/release/shardgate
+
+RUN=$(mktemp -d)
+chmod 755 "$RUN"  # the upstream nginx worker reads files under it
+cleanup() {
+  kill $(jobs -p) 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$RUN"
+}
+trap cleanup EXIT
+mkdir -p "$RUN/www/files"
+python3 - "$RUN/www/files" <<'EOF'
+import sys
+for name, n in (("1k", 1024), ("16k", 16 * 1024), ("64k", 64 * 1024)):
+    with open(f"{sys.argv[1]}/{name}", "wb") as f:
+        f.write((b"0123456789abcdef" * (n // 16 + 1))[:n])
+EOF
+for f in upstream-nginx.conf proxy-nginx.conf proxy-haproxy.cfg; do
+  sed "s#__RUN__#$RUN#g" "load-tests/peers/$f" >"$RUN/$f"
+done
+cp load-tests/peers/shardgate.yaml "$RUN/sg-epoll.yaml"
+sed 's/18083/18084/' load-tests/peers/shardgate.yaml >"$RUN/sg-uring.yaml"
+
+taskset -c 1 nginx -c "$RUN/upstream-nginx.conf" -p "$RUN" &
+for _ in $(seq 50); do curl -sf http://127.0.0.1:18081/ >/dev/null && break; sleep 0.1; done
+upstream_accepts() { curl -sf http://127.0.0.1:18081/status | awk 'NR==3 {print $1}'; }
+
+PROXIES=(sg-epoll sg-uring nginx haproxy)
+declare -A PORT=([sg-epoll]=18083 [sg-uring]=18084 [nginx]=18082 [haproxy]=18085)
+declare -A PID MAIN
+
+start_proxy() {
+  local p=$1
+  case $p in
+    sg-epoll) taskset -c 0 "$SG" run --config "$RUN/sg-epoll.yaml" --runtime epoll 2>>"$RUN/sg-epoll.log" & ;;
+    sg-uring) taskset -c 0 "$SG" run --config "$RUN/sg-uring.yaml" --runtime io_uring 2>>"$RUN/sg-uring.log" & ;;
+    nginx) taskset -c 0 nginx -c "$RUN/proxy-nginx.conf" -p "$RUN" & ;;
+    haproxy) taskset -c 0 haproxy -f "$RUN/proxy-haproxy.cfg" -db 2>>"$RUN/haproxy.log" & ;;
+  esac
+  MAIN[$p]=$!
+  PID[$p]=$!
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:${PORT[$p]}/" >/dev/null 2>&1 && break; sleep 0.05; done
+  curl -sf "http://127.0.0.1:${PORT[$p]}/" >/dev/null || { echo "$p did not start"; exit 1; }
+  # nginx serves from a forked worker: measure that process.
+  if [ "$p" = nginx ]; then PID[$p]=$(pgrep -P "${MAIN[$p]}" | head -1); fi
+}
+stop_proxy() {
+  kill "${MAIN[$1]}" 2>/dev/null || true
+  wait "${MAIN[$1]}" 2>/dev/null || true
+}
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+CLK=$(getconf CLK_TCK)
+
+# Scenarios: name|proxies|load. Load "wrk ARGS|PATH" or "oha|PATH".
+SCENARIOS=(
+  "small-get|sg-epoll sg-uring nginx haproxy|wrk -c50|/"
+  "1k|sg-epoll nginx haproxy|wrk -c50|/files/1k"
+  "16k|sg-epoll nginx haproxy|wrk -c50|/files/16k"
+  "64k|sg-epoll sg-uring nginx haproxy|wrk -c50|/files/64k"
+  "post-4k|sg-epoll nginx haproxy|wrk -c50 post|/post"
+  "new-conn|sg-epoll sg-uring nginx haproxy|wrk -c50 close|/"
+  "c1000|sg-epoll nginx haproxy|wrk -c1000|/"
+  "open-${RATE}rps|sg-epoll sg-uring nginx haproxy|oha|/"
+)
+
+declare -A R_RPS R_P50 R_P99 R_CPU R_UP R_ERR
+# measure SCENARIO PROXY LOAD PATH: one run, appended to the R_* lists.
+measure() {
+  local s=$1 p=$2 load=$3 path=$4 url out t0 t1 a0 a1 reqs rps p50 p99 errs
+  url="http://127.0.0.1:${PORT[$p]}$path"
+  local conns script extra=()
+  conns=$(echo "$load" | grep -o -- '-c[0-9]*' | tr -d -c '0-9' || true)
+  script=load-tests/wrk/report.lua
+  case "$load" in *post*) script=load-tests/wrk/post-4k-report.lua ;; esac
+  case "$load" in *close*) extra=(-H "Connection: close") ;; esac
+  if [[ $load == oha ]]; then
+    taskset -c 1 oha -z "${WARMUP}s" -c 50 --no-tui --output-format quiet "$url" >/dev/null 2>&1 || true
+    a0=$(upstream_accepts); t0=$(cpu_ticks "${PID[$p]}")
+    taskset -c 1 oha -q "$RATE" --latency-correction -z "${DURATION}s" -c 50 --no-tui \
+      --output-format json "$url" >"$RUN/oha.json" 2>/dev/null
+    t1=$(cpu_ticks "${PID[$p]}"); a1=$(upstream_accepts)
+    read -r reqs rps p50 p99 errs < <(python3 - "$RUN/oha.json" <<'EOF'
+import json, sys
+d = json.load(open(sys.argv[1]))
+codes = d.get("statusCodeDistribution", {})
+ok = codes.get("200", 0)
+bad = sum(v for k, v in codes.items() if k != "200") + sum(d.get("errorDistribution", {}).values())
+lp = d["latencyPercentiles"]
+print(ok, round(d["summary"]["requestsPerSec"], 1), round(lp["p50"] * 1e6), round(lp["p99"] * 1e6), bad)
+EOF
+)
+  else
+    taskset -c 1 wrk -t1 -c"$conns" -d"${WARMUP}s" "${extra[@]}" -s "$script" "$url" >/dev/null 2>&1 || true
+    a0=$(upstream_accepts); t0=$(cpu_ticks "${PID[$p]}")
+    out=$(taskset -c 1 wrk -t1 -c"$conns" -d"${DURATION}s" --timeout 5s "${extra[@]}" -s "$script" "$url" | grep '^REPORT')
+    t1=$(cpu_ticks "${PID[$p]}"); a1=$(upstream_accepts)
+    reqs=$(echo "$out" | sed 's/.*requests=\([0-9]*\).*/\1/')
+    rps=$(echo "$out" | sed 's/.*rps=\([0-9.]*\).*/\1/')
+    p50=$(echo "$out" | sed 's/.*p50_us=\([0-9]*\).*/\1/')
+    p99=$(echo "$out" | sed 's/.*p99_us=\([0-9]*\).*/\1/')
+    errs=$(echo "$out" | awk '{split($6, a, "="); split($7, b, "="); print a[2] + b[2]}')
+  fi
+  local cpu up
+  cpu=$(awk -v d="$((t1 - t0))" -v c="$CLK" -v n="$reqs" 'BEGIN { printf "%.2f", n ? d / c * 1e6 / n : 0 }')
+  # a1 counts the connection that read a0.
+  up=$(awk -v a="$((a1 - a0 - 1))" -v n="$reqs" 'BEGIN { printf "%.1f", n ? a * 10000 / n : 0 }')
+  local k="$s|$p"
+  R_RPS[$k]+="$rps "; R_P50[$k]+="$p50 "; R_P99[$k]+="$p99 "; R_CPU[$k]+="$cpu "; R_UP[$k]+="$up "; R_ERR[$k]+="$errs "
+  printf '  %-16s %-9s %10s req/s  p50 %6sus  p99 %6sus  cpu %6sus/req  upstream-conns/10k %6s  errors %s\n' \
+    "$s" "$p" "$rps" "$p50" "$p99" "$cpu" "$up" "$errs"
+}
+
+declare -A M_RSS
+measure_memory() {
+  local p=$1 out
+  start_proxy "$p"
+  out=$(python3 load-tests/tools/idle_rss.py "${PID[$p]}" "${PORT[$p]}" "$IDLE_CONNS" 1.5)
+  stop_proxy "$p"
+  local per=${out##*per_conn_kib=}
+  M_RSS[$p]+="$per "
+  echo "  memory  $p: $out"
+}
+
+echo "== $ROUNDS rounds, ${DURATION}s per run (${WARMUP}s warm-up), open loop at $RATE req/s"
+for r in $(seq "$ROUNDS"); do
+  echo "-- round $r"
+  for p in "${PROXIES[@]}"; do start_proxy "$p"; done
+  for sc in "${SCENARIOS[@]}"; do
+    IFS='|' read -r s procs load path <<<"$sc"
+    for p in $procs; do measure "$s" "$p" "$load" "$path"; done
+  done
+  for p in "${PROXIES[@]}"; do stop_proxy "$p"; done
+  for p in "${PROXIES[@]}"; do measure_memory "$p"; done
+done
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR ? a[int((NR+1)/2)] : "-")}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 > 0 && a != "-") printf "%.2f", a / b; else print "-" }'; }
+
+RESULT=$(mktemp)
+{
+  echo "# load-tests/compare.sh, $(date -u +%Y-%m-%dT%H:%MZ)"
+  echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)"
+  echo "kernel:  $(uname -sr)"
+  echo "shardgate $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo '+changes'); $(nginx -v 2>&1 | sed 's/.*: //'); $(haproxy -v | head -1 | awk '{print "haproxy/" $3}'); $(wrk -v 2>&1 | head -1 | awk '{print "wrk/" $2}'); $(oha --version | tr ' ' '/')"
+  echo "each proxy: 1 worker/thread pinned to CPU 0; upstream nginx + load generator on CPU 1"
+  echo "$ROUNDS interleaved rounds, ${DURATION}s runs, medians. wrk -t1 (closed loop); open loop: oha -q $RATE -c 50 --latency-correction"
+  echo "cpu = proxy utime+stime per request; up/10k = new upstream connections per 10,000 requests"
+  echo
+  printf '%-16s %-9s %11s %8s %8s %8s %7s %6s\n' scenario proxy req/s p50_us p99_us cpu_us up/10k errors
+  for sc in "${SCENARIOS[@]}"; do
+    IFS='|' read -r s procs _ _ <<<"$sc"
+    for p in $procs; do
+      k="$s|$p"
+      printf '%-16s %-9s %11s %8s %8s %8s %7s %6s\n' "$s" "$p" \
+        "$(echo "${R_RPS[$k]}" | median)" "$(echo "${R_P50[$k]}" | median)" "$(echo "${R_P99[$k]}" | median)" \
+        "$(echo "${R_CPU[$k]}" | median)" "$(echo "${R_UP[$k]}" | median)" "$(echo "${R_ERR[$k]}" | median)"
+    done
+  done
+  echo
+  echo "shardgate (epoll) / peer, medians:   cpu/req     p99   req/s"
+  for sc in "${SCENARIOS[@]}"; do
+    IFS='|' read -r s _ _ _ <<<"$sc"
+    for peer in nginx haproxy; do
+      printf '  %-16s / %-8s %12s %7s %7s\n' "$s" "$peer" \
+        "$(ratio "$(echo "${R_CPU[$s|sg-epoll]}" | median)" "$(echo "${R_CPU[$s|$peer]}" | median)")" \
+        "$(ratio "$(echo "${R_P99[$s|sg-epoll]}" | median)" "$(echo "${R_P99[$s|$peer]}" | median)")" \
+        "$(ratio "$(echo "${R_RPS[$s|sg-epoll]}" | median)" "$(echo "${R_RPS[$s|$peer]}" | median)")"
+    done
+  done
+  echo
+  echo "RSS growth per idle keep-alive client connection ($IDLE_CONNS open, fresh process), KiB, median:"
+  for p in "${PROXIES[@]}"; do printf '  %-9s %6s\n' "$p" "$(echo "${M_RSS[$p]}" | median)"; done
+  echo
+  sg_cpu=$(echo "${R_CPU[small-get|sg-epoll]}" | median); ng_cpu=$(echo "${R_CPU[small-get|nginx]}" | median)
+  sg_p99=$(echo "${R_P99[small-get|sg-epoll]}" | median); ng_p99=$(echo "${R_P99[small-get|nginx]}" | median)
+  sg_rss=$(echo "${M_RSS[sg-epoll]}" | median); sg_up=$(echo "${R_UP[small-get|sg-epoll]}" | median)
+  verdict() { if [ "$1" = 1 ]; then echo holds; else echo "does not hold"; fi; }
+  echo "The bar (small GET, 50 keep-alive connections):"
+  echo "  cpu/req <= 0.6x nginx: $(ratio "$sg_cpu" "$ng_cpu")x -> $(verdict "$(awk -v a="$sg_cpu" -v b="$ng_cpu" 'BEGIN{print (a <= 0.6 * b)}')")"
+  echo "  p99 <= nginx's: ${sg_p99}us vs ${ng_p99}us -> $(verdict "$(awk -v a="$sg_p99" -v b="$ng_p99" 'BEGIN{print (a <= b)}')")"
+  echo "  RSS per idle connection <= 2 KiB: ${sg_rss} KiB -> $(verdict "$(awk -v a="$sg_rss" 'BEGIN{print (a <= 2)}')")"
+  echo "  new upstream connections per 10k requests = 0: ${sg_up} -> $(verdict "$(awk -v a="$sg_up" 'BEGIN{print (a == 0)}')")"
+  echo "  no allocation per request in codec and router: cargo test --release --test alloc"
+} >"$RESULT"
+echo
+cat "$RESULT"
+mkdir -p load-tests/results
+tag=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs | tr 'A-Z' 'a-z' | sed 's/[^a-z0-9]\+/-/g; s/^-//; s/-$//' | cut -c1-40)
+dest="load-tests/results/compare-$(nproc)core-${tag:-unknown}.txt"
+cp "$RESULT" "$dest"
+rm -f "$RESULT"
+echo "written to $dest"
