@@ -72,7 +72,7 @@ fn main() -> ExitCode {
 /// mimalloc advises the kernel to back its arenas with transparent huge pages, and
 /// where THP is enabled (`madvise` or `always`) touching one byte of a region then
 /// makes 2 MiB resident: idle connections cost 2.6 KiB of RSS each instead of
-/// 0.35 KiB, for no measurable CPU gain (tuning/memory.md). Disabled for this
+/// 0.7 KiB, for no measurable CPU gain (tuning/memory.md). Disabled for this
 /// process unless `MIMALLOC_ALLOW_THP` is set, which mimalloc itself honours.
 fn no_transparent_huge_pages() {
     if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
