@@ -1,10 +1,11 @@
-//! Criterion benches of the per-request CPU work that is not I/O: request-head parse
-//! and route lookup (10 / 1,000 / 10,000 routes, against a linear scan baseline).
+//! Criterion benches of the per-request CPU work that is not I/O: request-head and
+//! response-head parse, route lookup (10 / 1,000 / 10,000 routes, against a linear
+//! scan baseline), and chunked decoding.
 
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use shardgate::parse::{parse_request, MAX_HEADERS};
+use shardgate::parse::{parse_request, parse_response, Chunk, ChunkedDecoder, MAX_HEADERS};
 use shardgate::route::{RouteKey, Router};
 
 const REQUEST: &[u8] = b"GET /prod/pets/42?color=brown HTTP/1.1\r\nHost: api.example.com\r\nUser-Agent: wrk\r\nAccept: */*\r\nAccept-Encoding: gzip\r\nX-Request-Id: 1b9f2c\r\n\r\n";
@@ -17,6 +18,49 @@ fn parse(c: &mut Criterion) {
             black_box(r.map(|(head, _)| head.head_len))
         })
     });
+}
+
+const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Tue, 24 Nov 2026 02:00:00 GMT\r\nContent-Type: application/json\r\nContent-Length: 20\r\nConnection: keep-alive\r\nCache-Control: no-store\r\n\r\n";
+
+fn parse_resp(c: &mut Criterion) {
+    c.bench_function("parse_response/6_headers", |b| {
+        b.iter(|| {
+            let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let r = parse_response(black_box(RESPONSE), &mut h, false).unwrap();
+            black_box(r.map(|(head, _)| head.head_len))
+        })
+    });
+}
+
+/// A 64 KiB body in 16 chunks of 4 KiB, decoded from one buffer.
+fn chunked(c: &mut Criterion) {
+    let mut wire = Vec::new();
+    for _ in 0..16 {
+        wire.extend_from_slice(b"1000\r\n");
+        wire.extend_from_slice(&[b'x'; 4096]);
+        wire.extend_from_slice(b"\r\n");
+    }
+    wire.extend_from_slice(b"0\r\n\r\n");
+    let mut group = c.benchmark_group("chunked_decode");
+    group.throughput(criterion::Throughput::Bytes(wire.len() as u64));
+    group.bench_function("64KiB_in_4KiB_chunks", |b| {
+        b.iter(|| {
+            let mut dec = ChunkedDecoder::default();
+            let (mut at, mut body) = (0, 0);
+            loop {
+                match dec.decode(black_box(&wire[at..])).unwrap() {
+                    Chunk::Data { consumed, len, .. } => {
+                        at += consumed;
+                        body += len;
+                    }
+                    Chunk::Done { .. } => break,
+                    Chunk::NeedMore => unreachable!("whole body given"),
+                }
+            }
+            black_box(body)
+        })
+    });
+    group.finish();
 }
 
 fn keys(n: usize) -> Vec<String> {
@@ -50,5 +94,5 @@ fn route(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, parse, route);
+criterion_group!(benches, parse, parse_resp, route, chunked);
 criterion_main!(benches);

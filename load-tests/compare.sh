@@ -3,7 +3,7 @@
 # the same way. Every proxy runs one worker/thread pinned to CPU 0; the upstream
 # (nginx, peers/upstream-nginx.conf) and the load generator share CPU 1.
 #
-#   load-tests/compare.sh            # ROUNDS=3 DURATION=3 (seconds per run)
+#   load-tests/compare.sh            # ROUNDS=3 DURATION=2 (seconds per run)
 #   ROUNDS=5 DURATION=10 RATE=20000 load-tests/compare.sh
 #
 # Rounds are interleaved (every scenario and proxy once per round) so drift hits all
@@ -19,7 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
-DURATION=${DURATION:-3}
+DURATION=${DURATION:-2}
 WARMUP=${WARMUP:-1}
 RATE=${RATE:-20000}
 IDLE_CONNS=${IDLE_CONNS:-4000}
@@ -105,9 +105,9 @@ SCENARIOS=(
   "small-get|sg-epoll sg-uring nginx haproxy|wrk -c50|/"
   "1k|sg-epoll nginx haproxy|wrk -c50|/files/1k"
   "16k|sg-epoll nginx haproxy|wrk -c50|/files/16k"
-  "64k|sg-epoll sg-uring nginx haproxy|wrk -c50|/files/64k"
+  "64k|sg-epoll nginx haproxy|wrk -c50|/files/64k"
   "post-4k|sg-epoll nginx haproxy|wrk -c50 post|/post"
-  "new-conn|sg-epoll sg-uring nginx haproxy|wrk -c50 close|/"
+  "new-conn|sg-epoll nginx haproxy|wrk -c50 close|/"
   "c1000|sg-epoll nginx haproxy|wrk -c1000|/"
   "open-${RATE}rps|sg-epoll sg-uring nginx haproxy|oha|/"
 )

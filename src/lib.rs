@@ -14,8 +14,10 @@
 //!   builds the `Plan`.
 //! - `plan`: the immutable compiled config: listeners, stages, routers, integrations.
 //! - `worker`: threads, pinning, the monoio runtime and driver choice, accept, drain.
-//! - `shard`: per-core state (pools, request ids, the Date cache, in-flight count).
-//! - `conn`: the per-connection loop: parse → route → integration → respond.
+//! - `shard`: per-core state (pools, free buffers, parked connections, request ids,
+//!   the Date cache, in-flight count).
+//! - `conn`: the per-connection loop: parse → route → integration → respond; between
+//!   requests a connection parks, holding no buffers.
 //! - `parse`: strict HTTP/1.1 heads on httparse, and the chunked decoder.
 //! - `route`: stage dispatch (domain, stage segment, `$default`) and the radix routers.
 //! - `body`: streaming bodies between sockets, re-framed as needed.

@@ -249,6 +249,43 @@ fn refused_and_reset_upstreams_are_503_and_502() {
     );
 }
 
+/// A response of up to 64 KiB is read whole before any of it is sent: an upstream
+/// that closes partway is answered with a 502, not a cut-off 200. A larger one
+/// streams, so its failure can only cut the client's connection.
+#[test]
+fn upstream_closing_inside_a_buffered_body_is_502() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10000\r\n\r\n");
+            let _ = s.write_all(&[b'x'; 5000]);
+        }
+    });
+    let gw = Gateway::start(&config(&format!(
+        "apis:
+  - name: p
+    routes:
+      - {{ route: 'GET /short', integration: {{ type: http_proxy, uri: \"http://{addr}/\" }} }}
+    stages: [ {{ name: $default }} ]
+"
+    )));
+    let mut c = Client::connect(gw.addr);
+    let r = c.get("/short");
+    assert_eq!(r.status, 502);
+    assert_eq!(r.text(), r#"{"message":"Bad Gateway"}"#);
+    assert!(
+        wait_until(Duration::from_secs(5), || gw
+            .log()
+            .contains("closed inside the response body")),
+        "the reason is logged:\n{}",
+        gw.log()
+    );
+}
+
 #[test]
 fn upstream_status_and_headers_pass_through_hop_by_hop_do_not() {
     let up = Upstream::start(|_| {
