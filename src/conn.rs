@@ -20,6 +20,7 @@ use crate::plan::{Integration, ListenerPlan, Plan, RouteId, StageId};
 use crate::respond::{self, Persist};
 use crate::route;
 use crate::shard::{InFlight, RequestId, Shard};
+use crate::throttle::ThrottleId;
 use crate::upstream::forward;
 
 /// First read buffer of a connection; grows up to `max_header_bytes` for a head and
@@ -335,6 +336,10 @@ fn prepare(
         return p;
     };
     let route = &stage.routes[m.route];
+    if !admit(plan, shard, [route.throttle, stage.throttle, plan.throttle]) {
+        p.action = Action::Refuse(GatewayError::Throttled);
+        return p;
+    }
     p.action = match &route.integration {
         Integration::Mock(_) => Action::Mock(stage_id, m.route),
         Integration::HttpProxy(target) => {
@@ -343,6 +348,20 @@ fn prepare(
         }
     };
     p
+}
+
+/// Checks the throttles that apply, most specific first (route, stage, gateway); each
+/// one passed spends a token.
+fn admit(plan: &Plan, shard: &Shard, levels: [Option<ThrottleId>; 3]) -> bool {
+    if levels.iter().all(Option::is_none) {
+        return true;
+    }
+    let mut tokens = shard.tokens.borrow_mut();
+    let now = tokens.now_ns(Instant::now());
+    levels
+        .into_iter()
+        .flatten()
+        .all(|id| tokens.admit(id, &plan.throttles[id], now))
 }
 
 /// Runs one request to its end; `true` to keep the connection.

@@ -22,6 +22,8 @@ pub enum GatewayError {
     UpstreamRefused,
     #[error("integration failed: {0}")]
     UpstreamFailed(&'static str),
+    #[error("throttled")]
+    Throttled,
 }
 
 /// A gateway response, ready to encode.
@@ -33,6 +35,8 @@ pub struct Refusal {
     /// Close the connection after answering: the byte stream can no longer be trusted
     /// (malformed framing) or an unread body is still on the wire.
     pub close: bool,
+    /// AWS's `x-amzn-ErrorType` value, where AWS sends one.
+    pub error_type: Option<&'static str>,
 }
 
 impl GatewayError {
@@ -61,11 +65,17 @@ impl GatewayError {
             Self::IntegrationTimeout => (504, r#"{"message":"Endpoint request timed out"}"#, false),
             Self::UpstreamRefused => (503, r#"{"message":"Service Unavailable"}"#, false),
             Self::UpstreamFailed(_) => (502, r#"{"message":"Bad Gateway"}"#, false),
+            Self::Throttled => (429, r#"{"message":"Too Many Requests"}"#, false),
+        };
+        let error_type = match self {
+            Self::Throttled => Some("TooManyRequestsException"),
+            _ => None,
         };
         Refusal {
             status,
             body,
             close,
+            error_type,
         }
     }
 }
@@ -86,6 +96,7 @@ mod tests {
             ),
             (GatewayError::UpstreamRefused, 503, "Service Unavailable"),
             (GatewayError::UpstreamFailed("reset"), 502, "Bad Gateway"),
+            (GatewayError::Throttled, 429, "Too Many Requests"),
             (
                 GatewayError::BadHead(HeadError::TooLarge),
                 431,

@@ -35,5 +35,6 @@ pub mod plan;
 pub mod respond;
 pub mod route;
 pub mod shard;
+pub mod throttle;
 pub mod upstream;
 pub mod worker;

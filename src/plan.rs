@@ -18,6 +18,12 @@ pub struct Plan {
     pub listeners: Vec<ListenerPlan>,
     pub stages: Vec<StagePlan>,
     pub pool: PoolLimits,
+    /// Every throttle of the config; shards hold their unspent tokens by index.
+    pub throttles: Vec<crate::throttle::SharedBucket>,
+    /// The gateway-wide throttle.
+    pub throttle: Option<crate::throttle::ThrottleId>,
+    /// The instant throttle clocks count from, the same for every worker.
+    pub epoch: std::time::Instant,
 }
 
 pub type StageId = usize;
@@ -94,6 +100,8 @@ pub struct StagePlan {
     pub stage: String,
     pub router: Arc<Router>,
     pub routes: Vec<RoutePlan>,
+    /// The stage-wide throttle (`stages[].throttle`), over all its routes.
+    pub throttle: Option<crate::throttle::ThrottleId>,
 }
 
 #[derive(Debug)]
@@ -101,6 +109,8 @@ pub struct RoutePlan {
     /// As written in the config, e.g. `GET /pets/{id}` or `$default`.
     pub key: String,
     pub integration: Integration,
+    /// The stage's throttle for this route (`stages[].routes[key].throttle`).
+    pub throttle: Option<crate::throttle::ThrottleId>,
 }
 
 #[derive(Debug)]

@@ -69,6 +69,11 @@ pub fn refusal(
     status_line(out, r.status, reason(r.status));
     common_headers(out, date, id, persist);
     out.extend_from_slice(b"content-type: application/json\r\n");
+    if let Some(t) = r.error_type {
+        out.extend_from_slice(b"x-amzn-errortype: ");
+        out.extend_from_slice(t.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
     content_length(out, r.body.len() as u64);
     out.extend_from_slice(b"\r\n");
     if !head_only {

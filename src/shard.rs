@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use crate::clock::DateCache;
 use crate::plan::PoolLimits;
+use crate::throttle::LocalTokens;
 use crate::upstream::pool::Pool;
 
 /// Capacity of a connection buffer: a typical head, or a small body with its head.
@@ -30,6 +31,8 @@ pub struct Shard {
     /// Idle deadlines of parked connections, swept by the worker's control loop (a
     /// timer per parked connection would cost monoio's 384-byte timer entry each).
     pub parked: RefCell<Parked>,
+    /// This worker's unspent throttle tokens (`throttle`).
+    pub tokens: RefCell<LocalTokens>,
     /// Connection buffers not in use (parked connections hold none).
     bufs: RefCell<Vec<Vec<u8>>>,
     next_request: Cell<u64>,
@@ -41,7 +44,13 @@ pub struct Shard {
 pub type RequestId = [u8; 16];
 
 impl Shard {
-    pub fn new(id: usize, uring: bool, pool_limits: PoolLimits, id_seed: u32) -> Self {
+    pub fn new(
+        id: usize,
+        uring: bool,
+        pool_limits: PoolLimits,
+        tokens: LocalTokens,
+        id_seed: u32,
+    ) -> Self {
         Self {
             id,
             uring,
@@ -50,6 +59,7 @@ impl Shard {
             draining: Cell::new(false),
             date: RefCell::new(DateCache::default()),
             parked: RefCell::new(Parked::default()),
+            tokens: RefCell::new(tokens),
             bufs: RefCell::new(Vec::new()),
             next_request: Cell::new(0),
             id_seed,
@@ -203,7 +213,13 @@ mod tests {
 
     #[test]
     fn request_ids_are_distinct_and_url_safe() {
-        let s = Shard::new(3, false, PoolLimits::default(), 0xdead_beef);
+        let s = Shard::new(
+            3,
+            false,
+            PoolLimits::default(),
+            LocalTokens::default(),
+            0xdead_beef,
+        );
         let a = s.next_request_id();
         let b = s.next_request_id();
         assert_ne!(a, b);

@@ -167,7 +167,13 @@ async fn worker_main(
     shutdown: Arc<AtomicBool>,
     seed: u32,
 ) {
-    let shard = Rc::new(Shard::new(id, uring, plan.pool, seed));
+    let shard = Rc::new(Shard::new(
+        id,
+        uring,
+        plan.pool,
+        crate::throttle::LocalTokens::new(plan.throttles.len(), plan.epoch),
+        seed,
+    ));
     for (li, std_listener) in listeners.into_iter().enumerate() {
         let listener = match TcpListener::from_std(std_listener) {
             Ok(l) => l,

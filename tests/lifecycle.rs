@@ -72,10 +72,6 @@ fn validate_accepts_the_quickstart() {
 fn later_features_are_refused_not_ignored() {
     let table = [
         (
-            "throttle: { rate: 10, burst: 5 }\n",
-            "not supported yet: throttle",
-        ),
-        (
             "usage_plans: [ { name: gold } ]\n",
             "not supported yet: usage_plans",
         ),

@@ -7,18 +7,44 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{ConfigErrors, ConfigFile, IntegrationFile, Workers};
+use super::{ConfigErrors, ConfigFile, IntegrationFile, ThrottleFile, Workers};
 use crate::plan::{
     BaseMapping, Integration, Limits, ListenerPlan, MockResponse, PathPart, Plan, PoolLimits,
     ProxyTarget, RoutePlan, StagePlan,
 };
 use crate::route::{RouteKey, Router};
+use crate::throttle::{Limit, SharedBucket, ThrottleId};
 
 /// AWS's default integration timeout (REST; the config contract picks it for all APIs).
 const DEFAULT_TIMEOUT_MS: u64 = 29_000;
 /// AWS's integration timeout bounds: 50 ms to 30 s (HTTP APIs).
 const TIMEOUT_RANGE_MS: std::ops::RangeInclusive<u64> = 50..=30_000;
 const DEFAULT_DRAIN_MS: u64 = 30_000;
+
+/// Validates a `{ rate, burst }` and adds its bucket; `None` when it is invalid.
+fn add_throttle(
+    throttles: &mut Vec<SharedBucket>,
+    t: ThrottleFile,
+    workers: usize,
+    path: &str,
+    errs: &mut ConfigErrors,
+) -> Option<ThrottleId> {
+    if !t.rate.is_finite() || t.rate < 0.0 {
+        errs.push(
+            format!("{path}.rate"),
+            "must be a number of requests per second, 0 or more",
+        );
+        return None;
+    }
+    throttles.push(SharedBucket::new(
+        Limit {
+            rate: t.rate,
+            burst: t.burst,
+        },
+        workers,
+    ));
+    Some(throttles.len() - 1)
+}
 
 /// Compiles the file into a plan. `workers_override` is the `--workers` flag.
 pub fn compile(cfg: &ConfigFile, workers_override: Option<usize>) -> Result<Plan, ConfigErrors> {
@@ -30,6 +56,11 @@ pub fn compile(cfg: &ConfigFile, workers_override: Option<usize>) -> Result<Plan
         Workers::Auto => std::thread::available_parallelism().map_or(1, |n| n.get()),
         Workers::Count(n) => n,
     };
+
+    let mut throttles = Vec::new();
+    let global_throttle = cfg
+        .throttle
+        .and_then(|t| add_throttle(&mut throttles, t, workers, "throttle", &mut errs));
 
     // APIs and their stages.
     let mut api_index: HashMap<&str, usize> = HashMap::new();
@@ -80,13 +111,45 @@ pub fn compile(cfg: &ConfigFile, workers_override: Option<usize>) -> Result<Plan
             let spath = format!("{path}.stages[{si}]");
             check_stage_name(&stage.name, &format!("{spath}.name"), &mut errs);
             for (key, present) in [
-                ("throttle", stage.throttle.is_some()),
                 ("cache", stage.cache.is_some()),
                 ("access_log", stage.access_log.is_some()),
-                ("routes", stage.routes.is_some()),
             ] {
                 if present {
                     errs.not_supported(format!("{spath}.{key}"));
+                }
+            }
+            let stage_throttle = stage.throttle.and_then(|t| {
+                add_throttle(
+                    &mut throttles,
+                    t,
+                    workers,
+                    &format!("{spath}.throttle"),
+                    &mut errs,
+                )
+            });
+            // Per-route overrides name routes of this API.
+            let mut route_throttles: HashMap<&str, ThrottleId> = HashMap::new();
+            for (key, over) in &stage.routes {
+                let rpath = format!("{spath}.routes[{key:?}]");
+                if !api.routes.iter().flatten().any(|r| r.route == *key) {
+                    errs.push(
+                        rpath.clone(),
+                        format!("no route {key:?} in API {:?}", api.name),
+                    );
+                }
+                if over.cache.is_some() {
+                    errs.not_supported(format!("{rpath}.cache"));
+                }
+                if let Some(t) = over.throttle {
+                    if let Some(id) = add_throttle(
+                        &mut throttles,
+                        t,
+                        workers,
+                        &format!("{rpath}.throttle"),
+                        &mut errs,
+                    ) {
+                        route_throttles.insert(key.as_str(), id);
+                    }
                 }
             }
             if stage_ids
@@ -109,6 +172,7 @@ pub fn compile(cfg: &ConfigFile, workers_override: Option<usize>) -> Result<Plan
                             header_lines: Box::default(),
                             body: Box::default(),
                         }),
+                        throttle: None,
                     });
                     continue;
                 };
@@ -125,6 +189,7 @@ pub fn compile(cfg: &ConfigFile, workers_override: Option<usize>) -> Result<Plan
                     routes.push(RoutePlan {
                         key: route.route.clone(),
                         integration,
+                        throttle: route_throttles.get(route.route.as_str()).copied(),
                     });
                 }
             }
@@ -135,6 +200,7 @@ pub fn compile(cfg: &ConfigFile, workers_override: Option<usize>) -> Result<Plan
                 // Stages of one API share the tree; they differ in integrations.
                 router: Arc::clone(&router),
                 routes,
+                throttle: stage_throttle,
             });
         }
         api_stages.push(mine);
@@ -233,6 +299,9 @@ pub fn compile(cfg: &ConfigFile, workers_override: Option<usize>) -> Result<Plan
             listeners,
             stages,
             pool: PoolLimits::default(),
+            throttles,
+            throttle: global_throttle,
+            epoch: std::time::Instant::now(),
         })
     } else {
         Err(errs)
@@ -613,9 +682,46 @@ mod tests {
     const BASE: &str = "listeners: [ { name: l, bind: \"127.0.0.1:0\" } ]\n";
 
     #[test]
+    fn throttles_are_checked_where_they_are_written() {
+        let text = format!(
+            "{BASE}throttle: {{ rate: -1, burst: 1 }}
+apis:
+  - name: p
+    routes:
+      - route: GET /pets
+        integration: {{ type: mock }}
+    stages:
+      - name: prod
+        throttle: {{ rate: 10, burst: 20 }}
+        routes:
+          \"GET /pets\": {{ throttle: {{ rate: 1, burst: 2 }}, cache: {{ ttl_s: 5 }} }}
+          \"GET /cats\": {{ throttle: {{ rate: 1, burst: 2 }} }}
+"
+        );
+        let errs = errors_of(&text);
+        for want in [
+            "throttle.rate: must be a number of requests per second",
+            "not supported yet: apis[0].stages[0].routes[\"GET /pets\"].cache",
+            "apis[0].stages[0].routes[\"GET /cats\"]: no route \"GET /cats\" in API \"p\"",
+        ] {
+            assert!(errs.iter().any(|e| e.contains(want)), "{want}: {errs:?}");
+        }
+        let errs = errors_of(&format!(
+            "{BASE}apis: [ {{ name: p, routes: [ {{ route: $default, integration: {{ type: mock }} }} ],
+  stages: [ {{ name: prod, throttle: {{ rate: 10, burst: 20, extra: 1 }} }} ] }} ]
+"
+        ));
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("apis[0].stages[0].throttle.extra: unknown field")),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
     fn later_features_are_refused_by_name() {
         let text = format!(
-            "{BASE}throttle: {{ rate: 1, burst: 1 }}
+            "{BASE}usage_plans: [ {{ name: gold }} ]
 apis:
   - name: p
     routes:
@@ -627,7 +733,7 @@ apis:
         );
         let errs = errors_of(&text);
         for key in [
-            "throttle",
+            "usage_plans",
             "apis[0].routes[0].api_key_required",
             "apis[0].stages[0].cache",
         ] {

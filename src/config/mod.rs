@@ -104,6 +104,8 @@ pub struct ConfigFile {
     pub listeners: Vec<Option<ListenerFile>>,
     pub apis: Vec<Option<ApiFile>>,
     pub domains: Vec<Option<DomainFile>>,
+    /// The gateway-wide throttle, over all APIs.
+    pub throttle: Option<ThrottleFile>,
     /// Present but not yet served: (key path, value).
     pub unsupported: Vec<String>,
 }
@@ -206,13 +208,31 @@ pub struct StageFile {
     #[serde(default)]
     pub variables: BTreeMap<String, String>,
     #[serde(default)]
-    pub throttle: Option<Value>,
+    pub throttle: Option<ThrottleFile>,
     #[serde(default)]
     pub cache: Option<Value>,
     #[serde(default)]
     pub access_log: Option<Value>,
+    /// Per-route overrides, keyed by route key (`"GET /pets"`).
     #[serde(default)]
-    pub routes: Option<Value>,
+    pub routes: BTreeMap<String, StageRouteFile>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageRouteFile {
+    #[serde(default)]
+    pub throttle: Option<ThrottleFile>,
+    #[serde(default)]
+    pub cache: Option<Value>,
+}
+
+/// `{ rate, burst }`: requests per second, and the bucket size.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThrottleFile {
+    pub rate: f64,
+    pub burst: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -299,7 +319,8 @@ pub fn parse_partial(text: &str) -> (Option<ConfigFile>, ConfigErrors) {
                 cfg.apis = de_list(v, "apis", &mut errs, parse_api);
             }
             "domains" => cfg.domains = de_list(v, "domains", &mut errs, de),
-            "admin" | "store" | "usage_plans" | "api_keys" | "throttle" => {
+            "throttle" => cfg.throttle = de(v, "throttle", &mut errs),
+            "admin" | "store" | "usage_plans" | "api_keys" => {
                 if !v.is_null() {
                     cfg.unsupported.push(key)
                 }
