@@ -1,6 +1,6 @@
 //! Criterion benches of the per-request CPU work that is not I/O: request-head and
 //! response-head parse, route lookup (10 / 1,000 / 10,000 routes, against a linear
-//! scan baseline), and chunked decoding.
+//! scan baseline), chunked decoding, and the throttle check.
 
 use std::hint::black_box;
 
@@ -63,6 +63,27 @@ fn chunked(c: &mut Criterion) {
     group.finish();
 }
 
+/// The per-request throttle check: spending a local token, drawing a batch from the
+/// shared bucket when the local ones run out.
+fn throttle(c: &mut Criterion) {
+    use shardgate::throttle::{Limit, LocalTokens, SharedBucket};
+    let bucket = SharedBucket::new(
+        Limit {
+            rate: 1e9,
+            burst: 1_000_000,
+        },
+        2,
+    );
+    let mut local = LocalTokens::new(1, std::time::Instant::now());
+    let start = std::time::Instant::now();
+    c.bench_function("throttle_admit/batched", |b| {
+        b.iter(|| {
+            let now = local.now_ns(start + start.elapsed());
+            black_box(local.admit(0, &bucket, now))
+        })
+    });
+}
+
 fn keys(n: usize) -> Vec<String> {
     (0..n)
         .map(|i| format!("GET /svc{i}/items/{{id}}"))
@@ -94,5 +115,5 @@ fn route(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, parse, parse_resp, route, chunked);
+criterion_group!(benches, parse, parse_resp, route, chunked, throttle);
 criterion_main!(benches);

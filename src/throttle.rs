@@ -10,8 +10,8 @@
 //! worker may hold up to one batch it has not spent yet, and spend it later, so
 //! across `W` workers the admitted count in a window is at most
 //! `rate × t + burst + W × batch`. `batch` is at most `burst / (4 × W)` (at least 1)
-//! and at most 10 ms of the rate, so the excess is under a quarter of `burst` and
-//! 10 ms of traffic per worker. One client on one worker can still use the whole
+//! and at most 10 ms of the rate, so the excess is under a quarter of `burst` (one
+//! request per worker where `burst < 4 × W`) and at most 10 ms of traffic per worker. One client on one worker can still use the whole
 //! rate: it draws batch after batch.
 
 use std::sync::atomic::{AtomicU64, Ordering};
