@@ -336,7 +336,21 @@ fn prepare(
         return p;
     };
     let route = &stage.routes[m.route];
-    if !admit(plan, shard, [route.throttle, stage.throttle, plan.throttle]) {
+    let mut key_throttle = None;
+    if route.api_key_required {
+        match plan.keys.check(headers, stage_id) {
+            Ok(t) => key_throttle = t,
+            Err(why) => {
+                p.action = Action::Refuse(GatewayError::Forbidden(why));
+                return p;
+            }
+        }
+    }
+    if !admit(
+        plan,
+        shard,
+        [key_throttle, route.throttle, stage.throttle, plan.throttle],
+    ) {
         p.action = Action::Refuse(GatewayError::Throttled);
         return p;
     }
@@ -350,9 +364,9 @@ fn prepare(
     p
 }
 
-/// Checks the throttles that apply, most specific first (route, stage, gateway); each
-/// one passed spends a token.
-fn admit(plan: &Plan, shard: &Shard, levels: [Option<ThrottleId>; 3]) -> bool {
+/// Checks the throttles that apply, most specific first (the key's usage plan, route,
+/// stage, gateway); each one passed spends a token.
+fn admit(plan: &Plan, shard: &Shard, levels: [Option<ThrottleId>; 4]) -> bool {
     if levels.iter().all(Option::is_none) {
         return true;
     }

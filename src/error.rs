@@ -24,6 +24,8 @@ pub enum GatewayError {
     UpstreamFailed(&'static str),
     #[error("throttled")]
     Throttled,
+    #[error("API key refused: {0:?}")]
+    Forbidden(crate::keys::KeyRefusal),
 }
 
 /// A gateway response, ready to encode.
@@ -66,9 +68,11 @@ impl GatewayError {
             Self::UpstreamRefused => (503, r#"{"message":"Service Unavailable"}"#, false),
             Self::UpstreamFailed(_) => (502, r#"{"message":"Bad Gateway"}"#, false),
             Self::Throttled => (429, r#"{"message":"Too Many Requests"}"#, false),
+            Self::Forbidden(_) => (403, r#"{"message":"Forbidden"}"#, false),
         };
         let error_type = match self {
             Self::Throttled => Some("TooManyRequestsException"),
+            Self::Forbidden(_) => Some("ForbiddenException"),
             _ => None,
         };
         Refusal {
@@ -97,6 +101,11 @@ mod tests {
             (GatewayError::UpstreamRefused, 503, "Service Unavailable"),
             (GatewayError::UpstreamFailed("reset"), 502, "Bad Gateway"),
             (GatewayError::Throttled, 429, "Too Many Requests"),
+            (
+                GatewayError::Forbidden(crate::keys::KeyRefusal::Missing),
+                403,
+                "Forbidden",
+            ),
             (
                 GatewayError::BadHead(HeadError::TooLarge),
                 431,

@@ -30,6 +30,7 @@ pub mod clock;
 pub mod config;
 pub mod conn;
 pub mod error;
+pub mod keys;
 pub mod parse;
 pub mod plan;
 pub mod respond;

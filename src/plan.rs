@@ -22,6 +22,8 @@ pub struct Plan {
     pub throttles: Vec<crate::throttle::SharedBucket>,
     /// The gateway-wide throttle.
     pub throttle: Option<crate::throttle::ThrottleId>,
+    /// API keys and the stages their usage plans cover.
+    pub keys: crate::keys::KeyTable,
     /// The instant throttle clocks count from, the same for every worker.
     pub epoch: std::time::Instant,
 }
@@ -111,6 +113,8 @@ pub struct RoutePlan {
     pub integration: Integration,
     /// The stage's throttle for this route (`stages[].routes[key].throttle`).
     pub throttle: Option<crate::throttle::ThrottleId>,
+    /// Requests need an `x-api-key` of a usage plan covering this stage.
+    pub api_key_required: bool,
 }
 
 #[derive(Debug)]

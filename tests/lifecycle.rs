@@ -72,12 +72,8 @@ fn validate_accepts_the_quickstart() {
 fn later_features_are_refused_not_ignored() {
     let table = [
         (
-            "usage_plans: [ { name: gold } ]\n",
-            "not supported yet: usage_plans",
-        ),
-        (
-            "api_keys: [ { name: alice } ]\n",
-            "not supported yet: api_keys",
+            "usage_plans: [ { name: gold, stages: [p/prod], quota: { limit: 9, period: day } } ]\n",
+            "not supported yet: usage_plans[0].quota",
         ),
         ("store: { path: ./data }\n", "not supported yet: store"),
         (
@@ -99,14 +95,14 @@ fn later_features_are_refused_not_ignored() {
   - name: p
     routes:
       - route: POST /orders
-        api_key_required: true
+        authorizer: users
         integration: { type: mock }
     stages: [ { name: prod, cache: { ttl_s: 10 } } ]
 ";
     let (code, out) = validate(&config(keyed));
     assert_eq!(code, 1);
     assert!(
-        out.contains("not supported yet: apis[0].routes[0].api_key_required"),
+        out.contains("not supported yet: apis[0].routes[0].authorizer"),
         "{out}"
     );
     assert!(
@@ -124,7 +120,7 @@ fn later_features_are_refused_not_ignored() {
     let _ = std::fs::remove_file(&path);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr)
-        .contains("not supported yet: apis[0].routes[0].api_key_required"));
+        .contains("not supported yet: apis[0].routes[0].authorizer"));
 }
 
 const MOCK_API: &str = "apis:

@@ -7,10 +7,11 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{ConfigErrors, ConfigFile, IntegrationFile, ThrottleFile, Workers};
+use super::{ConfigErrors, ConfigFile, IntegrationFile, SecretFile, ThrottleFile, Workers};
+use crate::keys::{self, KeyEntry, KeyTable};
 use crate::plan::{
     BaseMapping, Integration, Limits, ListenerPlan, MockResponse, PathPart, Plan, PoolLimits,
-    ProxyTarget, RoutePlan, StagePlan,
+    ProxyTarget, RoutePlan, StageId, StagePlan,
 };
 use crate::route::{RouteKey, Router};
 use crate::throttle::{Limit, SharedBucket, ThrottleId};
@@ -21,6 +22,138 @@ const DEFAULT_TIMEOUT_MS: u64 = 29_000;
 const TIMEOUT_RANGE_MS: std::ops::RangeInclusive<u64> = 50..=30_000;
 const DEFAULT_DRAIN_MS: u64 = 30_000;
 
+/// Usage plans and API keys: each key gets, for each stage of each of its plans,
+/// that plan's per-key throttle (a bucket of its own).
+fn compile_keys(
+    cfg: &ConfigFile,
+    api_index: &HashMap<&str, usize>,
+    stage_ids: &HashMap<(usize, &str), usize>,
+    throttles: &mut Vec<SharedBucket>,
+    workers: usize,
+    errs: &mut ConfigErrors,
+) -> KeyTable {
+    // Plan name → (stages, throttle).
+    let mut plans: HashMap<&str, (Vec<StageId>, Option<ThrottleFile>)> = HashMap::new();
+    for (pi, plan) in cfg.usage_plans.iter().enumerate() {
+        let Some(plan) = plan else { continue };
+        let path = format!("usage_plans[{pi}]");
+        for (key, present) in [
+            ("quota", plan.quota.is_some()),
+            ("routes", plan.routes.is_some()),
+        ] {
+            if present {
+                errs.not_supported(format!("{path}.{key}"));
+            }
+        }
+        let mut stages = Vec::new();
+        for (si, name) in plan.stages.iter().enumerate() {
+            let found = name.split_once('/').and_then(|(api, stage)| {
+                let ai = *api_index.get(api)?;
+                stage_ids.get(&(ai, stage)).copied()
+            });
+            match found {
+                Some(id) => stages.push(id),
+                None => errs.push(
+                    format!("{path}.stages[{si}]"),
+                    format!("no stage {name:?}: expected \"api/stage\""),
+                ),
+            }
+        }
+        if let Some(t) = plan.throttle {
+            check_limit(t, &format!("{path}.throttle"), errs);
+        }
+        if plans
+            .insert(plan.name.as_str(), (stages, plan.throttle))
+            .is_some()
+        {
+            errs.push(
+                format!("{path}.name"),
+                format!("duplicate usage plan {:?}", plan.name),
+            );
+        }
+    }
+    let mut table = KeyTable::default();
+    let mut names = HashSet::new();
+    for (ki, key) in cfg.api_keys.iter().enumerate() {
+        let Some(key) = key else { continue };
+        let path = format!("api_keys[{ki}]");
+        if !names.insert(key.name.as_str()) {
+            errs.push(
+                format!("{path}.name"),
+                format!("duplicate API key name {:?}", key.name),
+            );
+        }
+        let value = match &key.value {
+            SecretFile::Env(r) => match std::env::var(&r.env) {
+                Ok(v) => v,
+                Err(_) => {
+                    errs.push(
+                        format!("{path}.value.env"),
+                        format!("environment variable {} is not set", r.env),
+                    );
+                    continue;
+                }
+            },
+            SecretFile::Value(v) => v.clone(),
+        };
+        if !(20..=128).contains(&value.len()) || !value.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            // AWS: key values are alphanumeric, 20 to 128 characters.
+            errs.push(
+                format!("{path}.value"),
+                "must be 20 to 128 letters and digits",
+            );
+            continue;
+        }
+        let mut stages: Vec<(StageId, Option<ThrottleId>)> = Vec::new();
+        for (pi, plan_name) in key.plans.iter().enumerate() {
+            let Some((plan_stages, throttle)) = plans.get(plan_name.as_str()) else {
+                errs.push(
+                    format!("{path}.plans[{pi}]"),
+                    format!("no usage plan {plan_name:?}"),
+                );
+                continue;
+            };
+            let bucket = throttle.and_then(|t| {
+                add_throttle(throttles, t, workers, &format!("{path}.plans[{pi}]"), errs)
+            });
+            for &sid in plan_stages {
+                if stages.iter().any(|(s, _)| *s == sid) {
+                    errs.push(
+                        format!("{path}.plans[{pi}]"),
+                        "a key is in at most one usage plan per stage",
+                    );
+                    continue;
+                }
+                stages.push((sid, bucket));
+            }
+        }
+        let entry = KeyEntry {
+            name: key.name.clone(),
+            hash: keys::hash(value.as_bytes()),
+            enabled: key.enabled,
+            stages,
+        };
+        if !table.insert(entry) {
+            errs.push(
+                format!("{path}.value"),
+                "another API key has the same value",
+            );
+        }
+    }
+    table
+}
+
+fn check_limit(t: ThrottleFile, path: &str, errs: &mut ConfigErrors) -> bool {
+    if !t.rate.is_finite() || t.rate < 0.0 {
+        errs.push(
+            format!("{path}.rate"),
+            "must be a number of requests per second, 0 or more",
+        );
+        return false;
+    }
+    true
+}
+
 /// Validates a `{ rate, burst }` and adds its bucket; `None` when it is invalid.
 fn add_throttle(
     throttles: &mut Vec<SharedBucket>,
@@ -29,11 +162,7 @@ fn add_throttle(
     path: &str,
     errs: &mut ConfigErrors,
 ) -> Option<ThrottleId> {
-    if !t.rate.is_finite() || t.rate < 0.0 {
-        errs.push(
-            format!("{path}.rate"),
-            "must be a number of requests per second, 0 or more",
-        );
+    if !check_limit(t, path, errs) {
         return None;
     }
     throttles.push(SharedBucket::new(
@@ -173,6 +302,7 @@ pub fn compile(cfg: &ConfigFile, workers_override: Option<usize>) -> Result<Plan
                             body: Box::default(),
                         }),
                         throttle: None,
+                        api_key_required: false,
                     });
                     continue;
                 };
@@ -190,6 +320,7 @@ pub fn compile(cfg: &ConfigFile, workers_override: Option<usize>) -> Result<Plan
                         key: route.route.clone(),
                         integration,
                         throttle: route_throttles.get(route.route.as_str()).copied(),
+                        api_key_required: route.api_key_required == Some(true),
                     });
                 }
             }
@@ -205,6 +336,15 @@ pub fn compile(cfg: &ConfigFile, workers_override: Option<usize>) -> Result<Plan
         }
         api_stages.push(mine);
     }
+
+    let keys = compile_keys(
+        cfg,
+        &api_index,
+        &stage_ids,
+        &mut throttles,
+        workers,
+        &mut errs,
+    );
 
     // Listeners.
     let mut listeners = Vec::new();
@@ -301,6 +441,7 @@ pub fn compile(cfg: &ConfigFile, workers_override: Option<usize>) -> Result<Plan
             pool: PoolLimits::default(),
             throttles,
             throttle: global_throttle,
+            keys,
             epoch: std::time::Instant::now(),
         })
     } else {
@@ -320,9 +461,6 @@ fn route_keys(api: &super::ApiFile, path: &str, errs: &mut ConfigErrors) -> Vec<
             keys.push(never_matched(ri));
             continue;
         };
-        if route.api_key_required == Some(true) {
-            errs.not_supported(format!("{rpath}.api_key_required"));
-        }
         for (key, present) in [
             ("authorizer", route.authorizer.is_some()),
             ("scopes", route.scopes.is_some()),
@@ -721,7 +859,8 @@ apis:
     #[test]
     fn later_features_are_refused_by_name() {
         let text = format!(
-            "{BASE}usage_plans: [ {{ name: gold }} ]
+            "{BASE}usage_plans: [ {{ name: gold, stages: [p/prod], quota: {{ limit: 5, period: day }} }} ]
+store: {{ path: ./data }}
 apis:
   - name: p
     routes:
@@ -732,11 +871,7 @@ apis:
 "
         );
         let errs = errors_of(&text);
-        for key in [
-            "usage_plans",
-            "apis[0].routes[0].api_key_required",
-            "apis[0].stages[0].cache",
-        ] {
+        for key in ["usage_plans[0].quota", "store", "apis[0].stages[0].cache"] {
             assert!(
                 errs.iter()
                     .any(|e| e.contains(&format!("not supported yet: {key}"))),

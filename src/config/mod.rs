@@ -106,6 +106,8 @@ pub struct ConfigFile {
     pub domains: Vec<Option<DomainFile>>,
     /// The gateway-wide throttle, over all APIs.
     pub throttle: Option<ThrottleFile>,
+    pub usage_plans: Vec<Option<UsagePlanFile>>,
+    pub api_keys: Vec<Option<ApiKeyFile>>,
     /// Present but not yet served: (key path, value).
     pub unsupported: Vec<String>,
 }
@@ -227,6 +229,52 @@ pub struct StageRouteFile {
     pub cache: Option<Value>,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsagePlanFile {
+    pub name: String,
+    /// `api/stage` names.
+    pub stages: Vec<String>,
+    #[serde(default)]
+    pub throttle: Option<ThrottleFile>,
+    #[serde(default)]
+    pub quota: Option<Value>,
+    #[serde(default)]
+    pub routes: Option<Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyFile {
+    pub name: String,
+    pub value: SecretFile,
+    #[serde(default)]
+    pub plans: Vec<String>,
+    #[serde(default = "enabled_default")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+fn enabled_default() -> bool {
+    true
+}
+
+/// A secret: `{ env: NAME }`, read from the environment at load time, or the value
+/// itself (which the contract advises against).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum SecretFile {
+    Env(EnvRef),
+    Value(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvRef {
+    pub env: String,
+}
+
 /// `{ rate, burst }`: requests per second, and the bucket size.
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -320,7 +368,9 @@ pub fn parse_partial(text: &str) -> (Option<ConfigFile>, ConfigErrors) {
             }
             "domains" => cfg.domains = de_list(v, "domains", &mut errs, de),
             "throttle" => cfg.throttle = de(v, "throttle", &mut errs),
-            "admin" | "store" | "usage_plans" | "api_keys" => {
+            "usage_plans" => cfg.usage_plans = de_list(v, "usage_plans", &mut errs, de),
+            "api_keys" => cfg.api_keys = de_list(v, "api_keys", &mut errs, de),
+            "admin" | "store" => {
                 if !v.is_null() {
                     cfg.unsupported.push(key)
                 }

@@ -1,0 +1,116 @@
+//! API keys and usage-plan throttles over real sockets: `x-api-key` on routes with
+//! `api_key_required`, AWS's 403 for every kind of bad key, and per-key buckets.
+
+mod common;
+use common::*;
+
+const ALICE: &str = "alice0123456789abcdefXYZ";
+const BOB: &str = "bob0123456789abcdefXYZ00";
+const CAROL: &str = "carol0123456789abcdefXYZ";
+const DAVE: &str = "dave0123456789abcdefXYZ0";
+
+fn gateway() -> Gateway {
+    Gateway::start(&config(&format!(
+        "apis:
+  - name: pets
+    routes:
+      - {{ route: 'POST /orders', api_key_required: true, integration: {{ type: mock, status: 201, body: ordered }} }}
+      - {{ route: 'GET /open', integration: {{ type: mock, status: 200, body: open }} }}
+    stages: [ {{ name: prod }}, {{ name: beta }} ]
+usage_plans:
+  - {{ name: gold, stages: [pets/prod], throttle: {{ rate: 0.01, burst: 2 }} }}
+  - {{ name: free, stages: [pets/beta] }}
+api_keys:
+  - {{ name: alice, value: {ALICE}, plans: [gold] }}
+  - {{ name: bob, value: {BOB}, plans: [gold] }}
+  - {{ name: carol, value: {CAROL}, plans: [gold], enabled: false }}
+  - {{ name: dave, value: {DAVE}, plans: [free] }}
+"
+    )))
+}
+
+fn order(gw: &Gateway, stage: &str, key: Option<(&str, &str)>) -> Response {
+    let mut c = Client::connect(gw.addr);
+    let headers: Vec<(&str, &str)> = key.into_iter().collect();
+    c.request(
+        "POST",
+        &format!("/{stage}/orders"),
+        "gw.test",
+        &headers,
+        b"",
+    )
+}
+
+fn assert_forbidden(r: &Response) {
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(r.text(), r#"{"message":"Forbidden"}"#);
+    assert_eq!(r.header("x-amzn-errortype"), Some("ForbiddenException"));
+}
+
+#[test]
+fn keys_are_required_where_the_route_says() {
+    let gw = gateway();
+    assert_forbidden(&order(&gw, "prod", None));
+    assert_forbidden(&order(
+        &gw,
+        "prod",
+        Some(("x-api-key", "not-a-key-of-ours-at-all")),
+    ));
+    assert_forbidden(&order(&gw, "prod", Some(("x-api-key", CAROL))));
+    // Dave's plan covers beta, not prod.
+    assert_forbidden(&order(&gw, "prod", Some(("x-api-key", DAVE))));
+    assert_eq!(order(&gw, "beta", Some(("x-api-key", DAVE))).status, 201);
+    // The header name is case-insensitive.
+    let r = order(&gw, "prod", Some(("X-API-Key", ALICE)));
+    assert_eq!((r.status, r.text().as_str()), (201, "ordered"));
+    // A route without api_key_required ignores keys.
+    assert_eq!(get(gw.addr, "/prod/open").status, 200);
+}
+
+/// The plan's throttle is per key: Alice's bucket running dry leaves Bob's full.
+#[test]
+fn usage_plan_throttle_is_per_key() {
+    let gw = gateway();
+    let alice: Vec<u16> = (0..4)
+        .map(|_| order(&gw, "prod", Some(("x-api-key", ALICE))).status)
+        .collect();
+    assert_eq!(alice, vec![201, 201, 429, 429]);
+    let r = order(&gw, "prod", Some(("x-api-key", ALICE)));
+    assert_eq!(r.text(), r#"{"message":"Too Many Requests"}"#);
+    assert_eq!(order(&gw, "prod", Some(("x-api-key", BOB))).status, 201);
+    // Dave's plan has no throttle.
+    for _ in 0..5 {
+        assert_eq!(order(&gw, "beta", Some(("x-api-key", DAVE))).status, 201);
+    }
+}
+
+#[test]
+fn key_config_errors_name_the_key() {
+    let path = write_config(&config(
+        "apis: [ { name: p, routes: [ { route: GET /a, integration: { type: mock } } ], stages: [ { name: prod } ] } ]
+usage_plans:
+  - { name: gold, stages: [p/prod, p/nope] }
+api_keys:
+  - { name: short, value: abc, plans: [gold] }
+  - { name: env, value: { env: SHARDGATE_TEST_UNSET_KEY_VAR }, plans: [gold] }
+  - { name: lost, value: lost0123456789abcdefXYZ, plans: [platinum] }
+",
+    ));
+    let out = std::process::Command::new(bin())
+        .args(["validate", "--config"])
+        .arg(&path)
+        .env_remove("SHARDGATE_TEST_UNSET_KEY_VAR")
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    for want in [
+        "usage_plans[0].stages[1]: no stage \"p/nope\"",
+        "api_keys[0].value: must be 20 to 128 letters and digits",
+        "api_keys[1].value.env: environment variable SHARDGATE_TEST_UNSET_KEY_VAR is not set",
+        "api_keys[2].plans[0]: no usage plan \"platinum\"",
+    ] {
+        assert!(text.contains(want), "{want}:\n{text}");
+    }
+}
