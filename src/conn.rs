@@ -15,6 +15,7 @@ use monoio::net::TcpStream;
 
 use crate::body::{self, Encode, PumpError, Source};
 use crate::error::GatewayError;
+use crate::keys::PlanLimits;
 use crate::parse::{self, Framing, MAX_HEADERS};
 use crate::plan::{Integration, ListenerPlan, Plan, RouteId, StageId};
 use crate::respond::{self, Persist};
@@ -336,10 +337,10 @@ fn prepare(
         return p;
     };
     let route = &stage.routes[m.route];
-    let mut key_throttle = None;
+    let mut limits = PlanLimits::default();
     if route.api_key_required {
         match plan.keys.check(headers, stage_id) {
-            Ok(t) => key_throttle = t,
+            Ok(l) => limits = l,
             Err(why) => {
                 p.action = Action::Refuse(GatewayError::Forbidden(why));
                 return p;
@@ -349,10 +350,30 @@ fn prepare(
     if !admit(
         plan,
         shard,
-        [key_throttle, route.throttle, stage.throttle, plan.throttle],
+        [
+            limits.throttle,
+            route.throttle,
+            stage.throttle,
+            plan.throttle,
+        ],
     ) {
         p.action = Action::Refuse(GatewayError::Throttled);
         return p;
+    }
+    // Last, so that a request a throttle refused does not count against the quota.
+    if let Some(q) = limits.quota {
+        let unix_s = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if shard
+            .leases
+            .borrow_mut()
+            .admit(q, &plan.quotas[q], unix_s)
+            .is_err()
+        {
+            p.action = Action::Refuse(GatewayError::QuotaExceeded);
+            return p;
+        }
     }
     p.action = match &route.integration {
         Integration::Mock(_) => Action::Mock(stage_id, m.route),

@@ -26,6 +26,8 @@ pub enum GatewayError {
     Throttled,
     #[error("API key refused: {0:?}")]
     Forbidden(crate::keys::KeyRefusal),
+    #[error("usage plan quota spent")]
+    QuotaExceeded,
 }
 
 /// A gateway response, ready to encode.
@@ -69,10 +71,12 @@ impl GatewayError {
             Self::UpstreamFailed(_) => (502, r#"{"message":"Bad Gateway"}"#, false),
             Self::Throttled => (429, r#"{"message":"Too Many Requests"}"#, false),
             Self::Forbidden(_) => (403, r#"{"message":"Forbidden"}"#, false),
+            Self::QuotaExceeded => (429, r#"{"message":"Limit Exceeded"}"#, false),
         };
         let error_type = match self {
             Self::Throttled => Some("TooManyRequestsException"),
             Self::Forbidden(_) => Some("ForbiddenException"),
+            Self::QuotaExceeded => Some("LimitExceededException"),
             _ => None,
         };
         Refusal {
@@ -101,6 +105,7 @@ mod tests {
             (GatewayError::UpstreamRefused, 503, "Service Unavailable"),
             (GatewayError::UpstreamFailed("reset"), 502, "Bad Gateway"),
             (GatewayError::Throttled, 429, "Too Many Requests"),
+            (GatewayError::QuotaExceeded, 429, "Limit Exceeded"),
             (
                 GatewayError::Forbidden(crate::keys::KeyRefusal::Missing),
                 403,

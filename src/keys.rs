@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use sha2::{Digest, Sha256};
 
 use crate::plan::StageId;
+use crate::quota::QuotaId;
 use crate::throttle::ThrottleId;
 
 pub type KeyHash = [u8; 32];
@@ -24,8 +25,15 @@ pub struct KeyEntry {
     pub name: String,
     pub hash: KeyHash,
     pub enabled: bool,
-    /// The stages this key may call, each with its plan's per-key throttle.
-    pub stages: Vec<(StageId, Option<ThrottleId>)>,
+    /// The stages this key may call, each with its plan's per-key limits.
+    pub stages: Vec<(StageId, PlanLimits)>,
+}
+
+/// A usage plan's limits for one key: its own throttle bucket and quota.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PlanLimits {
+    pub throttle: Option<ThrottleId>,
+    pub quota: Option<QuotaId>,
 }
 
 /// Why a keyed request was refused (all answer 403; the log says which).
@@ -54,13 +62,13 @@ impl KeyTable {
         true
     }
 
-    /// Checks the request's `x-api-key` for `stage`; on success, the throttle of the
-    /// key's plan for that stage, if it has one.
+    /// Checks the request's `x-api-key` for `stage`; on success, the limits of the
+    /// key's plan for that stage.
     pub fn check(
         &self,
         headers: &[httparse::Header<'_>],
         stage: StageId,
-    ) -> Result<Option<ThrottleId>, KeyRefusal> {
+    ) -> Result<PlanLimits, KeyRefusal> {
         let value = headers
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case("x-api-key"))
@@ -96,13 +104,19 @@ mod tests {
             name: "alice".into(),
             hash: hash(b"alice-key"),
             enabled: true,
-            stages: vec![(1, Some(7))],
+            stages: vec![(
+                1,
+                PlanLimits {
+                    throttle: Some(7),
+                    quota: None,
+                },
+            )],
         }));
         assert!(t.insert(KeyEntry {
             name: "bob".into(),
             hash: hash(b"bob-key"),
             enabled: false,
-            stages: vec![(1, None)],
+            stages: vec![(1, PlanLimits::default())],
         }));
         assert!(!t.insert(KeyEntry {
             name: "again".into(),
@@ -120,7 +134,11 @@ mod tests {
     #[test]
     fn keys_are_checked_by_hash_state_and_stage() {
         let t = table();
-        assert_eq!(t.check(&header("X-Api-Key", b"alice-key"), 1), Ok(Some(7)));
+        assert_eq!(
+            t.check(&header("X-Api-Key", b"alice-key"), 1)
+                .map(|l| l.throttle),
+            Ok(Some(7))
+        );
         assert_eq!(
             t.check(&header("x-api-key", b"alice-key"), 2),
             Err(KeyRefusal::NotInPlan)

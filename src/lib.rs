@@ -33,6 +33,7 @@ pub mod error;
 pub mod keys;
 pub mod parse;
 pub mod plan;
+pub mod quota;
 pub mod respond;
 pub mod route;
 pub mod shard;

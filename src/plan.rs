@@ -24,6 +24,8 @@ pub struct Plan {
     pub throttle: Option<crate::throttle::ThrottleId>,
     /// API keys and the stages their usage plans cover.
     pub keys: crate::keys::KeyTable,
+    /// One quota per key and usage plan; shards hold their unspent leases by index.
+    pub quotas: Vec<crate::quota::Quota>,
     /// The instant throttle clocks count from, the same for every worker.
     pub epoch: std::time::Instant,
 }

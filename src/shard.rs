@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use crate::clock::DateCache;
 use crate::plan::PoolLimits;
+use crate::quota::Leases;
 use crate::throttle::LocalTokens;
 use crate::upstream::pool::Pool;
 
@@ -33,6 +34,8 @@ pub struct Shard {
     pub parked: RefCell<Parked>,
     /// This worker's unspent throttle tokens (`throttle`).
     pub tokens: RefCell<LocalTokens>,
+    /// This worker's unspent quota leases (`quota`).
+    pub leases: RefCell<Leases>,
     /// Connection buffers not in use (parked connections hold none).
     bufs: RefCell<Vec<Vec<u8>>>,
     next_request: Cell<u64>,
@@ -49,6 +52,7 @@ impl Shard {
         uring: bool,
         pool_limits: PoolLimits,
         tokens: LocalTokens,
+        leases: Leases,
         id_seed: u32,
     ) -> Self {
         Self {
@@ -60,6 +64,7 @@ impl Shard {
             date: RefCell::new(DateCache::default()),
             parked: RefCell::new(Parked::default()),
             tokens: RefCell::new(tokens),
+            leases: RefCell::new(leases),
             bufs: RefCell::new(Vec::new()),
             next_request: Cell::new(0),
             id_seed,
@@ -218,6 +223,7 @@ mod tests {
             false,
             PoolLimits::default(),
             LocalTokens::default(),
+            Leases::default(),
             0xdead_beef,
         );
         let a = s.next_request_id();

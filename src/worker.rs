@@ -172,6 +172,7 @@ async fn worker_main(
         uring,
         plan.pool,
         crate::throttle::LocalTokens::new(plan.throttles.len(), plan.epoch),
+        crate::quota::Leases::new(plan.quotas.len(), plan.workers),
         seed,
     ));
     for (li, std_listener) in listeners.into_iter().enumerate() {

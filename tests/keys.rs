@@ -114,3 +114,53 @@ api_keys:
         assert!(text.contains(want), "{want}:\n{text}");
     }
 }
+
+/// A quota is exact across both workers and many concurrent connections, counted
+/// over every stage of the plan, and requests a throttle refused do not count.
+#[test]
+fn quota_is_exact_across_workers_and_stages() {
+    let gw = Gateway::start(&config(&format!(
+        "apis:
+  - name: pets
+    routes:
+      - {{ route: 'POST /orders', api_key_required: true, integration: {{ type: mock, status: 201, body: ordered }} }}
+    stages:
+      - {{ name: prod }}
+      - {{ name: beta }}
+      - {{ name: slow, throttle: {{ rate: 0.01, burst: 2 }} }}
+usage_plans:
+  - {{ name: metered, stages: [pets/prod, pets/beta, pets/slow], quota: {{ limit: 50, period: day }} }}
+api_keys:
+  - {{ name: alice, value: {ALICE}, plans: [metered] }}
+"
+    )));
+    // Two admitted and two throttled on the throttled stage: 2 of the quota used.
+    let slow: Vec<u16> = (0..4)
+        .map(|_| order(&gw, "slow", Some(("x-api-key", ALICE))).status)
+        .collect();
+    assert_eq!(slow, vec![201, 201, 429, 429]);
+    let statuses = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let (gw, statuses) = (&gw, &statuses);
+            s.spawn(move || {
+                for i in 0..20 {
+                    let stage = if (t + i) % 2 == 0 { "prod" } else { "beta" };
+                    let r = order(gw, stage, Some(("x-api-key", ALICE)));
+                    statuses.lock().unwrap().push((r.status, r.text()));
+                }
+            });
+        }
+    });
+    let statuses = statuses.into_inner().unwrap();
+    let admitted = statuses.iter().filter(|(s, _)| *s == 201).count();
+    assert_eq!(admitted, 48, "exactly the quota left");
+    for (status, body) in statuses.iter().filter(|(s, _)| *s != 201) {
+        assert_eq!(
+            (*status, body.as_str()),
+            (429, r#"{"message":"Limit Exceeded"}"#)
+        );
+    }
+    let r = order(&gw, "prod", Some(("x-api-key", ALICE)));
+    assert_eq!(r.header("x-amzn-errortype"), Some("LimitExceededException"));
+}

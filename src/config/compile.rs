@@ -7,12 +7,16 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{ConfigErrors, ConfigFile, IntegrationFile, SecretFile, ThrottleFile, Workers};
-use crate::keys::{self, KeyEntry, KeyTable};
+use super::{
+    ConfigErrors, ConfigFile, IntegrationFile, PeriodFile, QuotaFile, SecretFile, ThrottleFile,
+    Workers,
+};
+use crate::keys::{self, KeyEntry, KeyTable, PlanLimits};
 use crate::plan::{
     BaseMapping, Integration, Limits, ListenerPlan, MockResponse, PathPart, Plan, PoolLimits,
     ProxyTarget, RoutePlan, StageId, StagePlan,
 };
+use crate::quota::{Period, Quota};
 use crate::route::{RouteKey, Router};
 use crate::throttle::{Limit, SharedBucket, ThrottleId};
 
@@ -29,21 +33,18 @@ fn compile_keys(
     api_index: &HashMap<&str, usize>,
     stage_ids: &HashMap<(usize, &str), usize>,
     throttles: &mut Vec<SharedBucket>,
+    quotas: &mut Vec<Quota>,
     workers: usize,
     errs: &mut ConfigErrors,
 ) -> KeyTable {
-    // Plan name → (stages, throttle).
-    let mut plans: HashMap<&str, (Vec<StageId>, Option<ThrottleFile>)> = HashMap::new();
+    // Plan name → (stages, throttle, quota).
+    type PlanEntry = (Vec<StageId>, Option<ThrottleFile>, Option<QuotaFile>);
+    let mut plans: HashMap<&str, PlanEntry> = HashMap::new();
     for (pi, plan) in cfg.usage_plans.iter().enumerate() {
         let Some(plan) = plan else { continue };
         let path = format!("usage_plans[{pi}]");
-        for (key, present) in [
-            ("quota", plan.quota.is_some()),
-            ("routes", plan.routes.is_some()),
-        ] {
-            if present {
-                errs.not_supported(format!("{path}.{key}"));
-            }
+        if plan.routes.is_some() {
+            errs.not_supported(format!("{path}.routes"));
         }
         let mut stages = Vec::new();
         for (si, name) in plan.stages.iter().enumerate() {
@@ -63,7 +64,7 @@ fn compile_keys(
             check_limit(t, &format!("{path}.throttle"), errs);
         }
         if plans
-            .insert(plan.name.as_str(), (stages, plan.throttle))
+            .insert(plan.name.as_str(), (stages, plan.throttle, plan.quota))
             .is_some()
         {
             errs.push(
@@ -104,18 +105,32 @@ fn compile_keys(
             );
             continue;
         }
-        let mut stages: Vec<(StageId, Option<ThrottleId>)> = Vec::new();
+        let mut stages: Vec<(StageId, PlanLimits)> = Vec::new();
         for (pi, plan_name) in key.plans.iter().enumerate() {
-            let Some((plan_stages, throttle)) = plans.get(plan_name.as_str()) else {
+            let Some((plan_stages, throttle, quota)) = plans.get(plan_name.as_str()) else {
                 errs.push(
                     format!("{path}.plans[{pi}]"),
                     format!("no usage plan {plan_name:?}"),
                 );
                 continue;
             };
-            let bucket = throttle.and_then(|t| {
-                add_throttle(throttles, t, workers, &format!("{path}.plans[{pi}]"), errs)
-            });
+            let limits = PlanLimits {
+                throttle: throttle.and_then(|t| {
+                    add_throttle(throttles, t, workers, &format!("{path}.plans[{pi}]"), errs)
+                }),
+                // One count per key and plan, over all the plan's stages.
+                quota: quota.map(|q| {
+                    quotas.push(Quota::new(
+                        q.limit,
+                        match q.period {
+                            PeriodFile::Day => Period::Day,
+                            PeriodFile::Week => Period::Week,
+                            PeriodFile::Month => Period::Month,
+                        },
+                    ));
+                    quotas.len() - 1
+                }),
+            };
             for &sid in plan_stages {
                 if stages.iter().any(|(s, _)| *s == sid) {
                     errs.push(
@@ -124,7 +139,7 @@ fn compile_keys(
                     );
                     continue;
                 }
-                stages.push((sid, bucket));
+                stages.push((sid, limits));
             }
         }
         let entry = KeyEntry {
@@ -337,11 +352,13 @@ pub fn compile(cfg: &ConfigFile, workers_override: Option<usize>) -> Result<Plan
         api_stages.push(mine);
     }
 
+    let mut quotas = Vec::new();
     let keys = compile_keys(
         cfg,
         &api_index,
         &stage_ids,
         &mut throttles,
+        &mut quotas,
         workers,
         &mut errs,
     );
@@ -442,6 +459,7 @@ pub fn compile(cfg: &ConfigFile, workers_override: Option<usize>) -> Result<Plan
             throttles,
             throttle: global_throttle,
             keys,
+            quotas,
             epoch: std::time::Instant::now(),
         })
     } else {
@@ -859,7 +877,7 @@ apis:
     #[test]
     fn later_features_are_refused_by_name() {
         let text = format!(
-            "{BASE}usage_plans: [ {{ name: gold, stages: [p/prod], quota: {{ limit: 5, period: day }} }} ]
+            "{BASE}usage_plans: [ {{ name: gold, stages: [p/prod], routes: {{ \"p/prod/POST /orders\": {{ rate: 1, burst: 1 }} }} }} ]
 store: {{ path: ./data }}
 apis:
   - name: p
@@ -871,7 +889,7 @@ apis:
 "
         );
         let errs = errors_of(&text);
-        for key in ["usage_plans[0].quota", "store", "apis[0].stages[0].cache"] {
+        for key in ["usage_plans[0].routes", "store", "apis[0].stages[0].cache"] {
             assert!(
                 errs.iter()
                     .any(|e| e.contains(&format!("not supported yet: {key}"))),

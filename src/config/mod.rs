@@ -238,9 +238,25 @@ pub struct UsagePlanFile {
     #[serde(default)]
     pub throttle: Option<ThrottleFile>,
     #[serde(default)]
-    pub quota: Option<Value>,
+    pub quota: Option<QuotaFile>,
     #[serde(default)]
     pub routes: Option<Value>,
+}
+
+/// `{ limit, period }`: requests per key per calendar period (UTC).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaFile {
+    pub limit: u64,
+    pub period: PeriodFile,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeriodFile {
+    Day,
+    Week,
+    Month,
 }
 
 #[derive(Debug, Clone, Deserialize)]
