@@ -18,9 +18,9 @@ use crate::error::GatewayError;
 use crate::keys::PlanLimits;
 use crate::parse::{self, Framing, MAX_HEADERS};
 use crate::plan::{Integration, ListenerPlan, Plan, RouteId, StageId};
-use crate::respond::{self, Persist};
+use crate::respond::{self, Persist, Tag};
 use crate::route;
-use crate::shard::{InFlight, RequestId, Shard};
+use crate::shard::{InFlight, Shard};
 use crate::throttle::ThrottleId;
 use crate::upstream::forward;
 
@@ -49,7 +49,7 @@ struct Prepared {
     is_head: bool,
     expect_continue: bool,
     idempotent: bool,
-    id: RequestId,
+    tag: Tag,
     action: Action,
 }
 
@@ -161,8 +161,8 @@ async fn active(
             HeadRead::Park => return true,
             HeadRead::Refuse(err) => {
                 tracing::debug!(peer = %c.peer, %err, "request refused");
-                let id = shard.next_request_id();
-                let _ = refuse(c, shard, err, &id, Persist::Close, false).await;
+                let tag = Tag::from(shard.next_request_id());
+                let _ = refuse(c, shard, err, &tag, Persist::Close, false).await;
                 return false;
             }
         };
@@ -320,7 +320,7 @@ fn prepare(
             method,
             "GET" | "HEAD" | "PUT" | "DELETE" | "OPTIONS" | "TRACE"
         ),
-        id: shard.next_request_id(),
+        tag: Tag::from(shard.next_request_id()),
         action: Action::Refuse(GatewayError::RouteNotFound),
     };
     if let Framing::Length(n) = head.framing {
@@ -365,14 +365,14 @@ fn prepare(
         let unix_s = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        if shard
-            .leases
-            .borrow_mut()
-            .admit(q, &plan.quotas[q], unix_s)
-            .is_err()
-        {
-            p.action = Action::Refuse(GatewayError::QuotaExceeded);
-            return p;
+        let admitted = shard.leases.borrow_mut().admit(q, &plan.quotas[q], unix_s);
+        match admitted {
+            Ok(state) => p.tag.quota = Some(state),
+            Err(state) => {
+                p.tag.quota = Some(state);
+                p.action = Action::Refuse(GatewayError::QuotaExceeded);
+                return p;
+            }
         }
     }
     p.action = match &route.integration {
@@ -414,7 +414,7 @@ async fn handle(
             // An unread body is still on the wire: close rather than read it.
             let persist = if has_body { Persist::Close } else { p.persist };
             tracing::debug!(peer = %c.peer, %err, "request refused");
-            refuse(c, shard, err, &p.id, persist, p.is_head).await
+            refuse(c, shard, err, &p.tag, persist, p.is_head).await
         }
         Action::Mock(stage, route) => {
             let Integration::Mock(mock) = &plan.stages[stage].routes[route].integration else {
@@ -441,7 +441,7 @@ async fn handle(
                 .await
                 {
                     return match body_error(e) {
-                        Some(err) => refuse(c, shard, err, &p.id, Persist::Close, p.is_head).await,
+                        Some(err) => refuse(c, shard, err, &p.tag, Persist::Close, p.is_head).await,
                         None => false,
                     };
                 }
@@ -450,7 +450,7 @@ async fn handle(
             let date = *shard.date.borrow_mut().now();
             // A drain that began while the body was read closes this connection.
             let persist = shard.persist(p.persist);
-            respond::mock(&mut c.out, mock, &date, &p.id, persist, p.is_head);
+            respond::mock(&mut c.out, mock, &date, &p.tag, persist, p.is_head);
             body::write_all(&mut c.stream, &mut c.out).await.is_ok() && !persist.closes()
         }
         Action::Proxy(stage, route) => {
@@ -464,7 +464,7 @@ async fn handle(
                 is_head: p.is_head,
                 expect_continue: p.expect_continue,
                 idempotent: p.idempotent,
-                id: p.id,
+                tag: p.tag,
             };
             match forward::proxy(c, shard, target, &req, &lp.limits).await {
                 Ok(keep) => keep,
@@ -474,7 +474,7 @@ async fn handle(
                     } else {
                         p.persist
                     };
-                    refuse(c, shard, err, &p.id, persist, p.is_head).await
+                    refuse(c, shard, err, &p.tag, persist, p.is_head).await
                 }
                 Err(forward::Failed::Abort) => false,
             }
@@ -503,7 +503,7 @@ pub async fn refuse(
     c: &mut Client,
     shard: &Shard,
     err: GatewayError,
-    id: &RequestId,
+    tag: &Tag,
     persist: Persist,
     head_only: bool,
 ) -> bool {
@@ -511,7 +511,7 @@ pub async fn refuse(
     let persist = if r.close { Persist::Close } else { persist };
     c.out.clear();
     let date = *shard.date.borrow_mut().now();
-    respond::refusal(&mut c.out, r, &date, id, persist, head_only);
+    respond::refusal(&mut c.out, r, &date, tag, persist, head_only);
     let ok = body::write_all(&mut c.stream, &mut c.out).await.is_ok();
     if persist.closes() {
         // Half-close so the client reads the answer before the reset a close with

@@ -4,6 +4,7 @@
 use crate::clock::HTTP_DATE_LEN;
 use crate::error::Refusal;
 use crate::plan::MockResponse;
+use crate::quota::QuotaState;
 use crate::shard::RequestId;
 
 /// What the `Connection` header of a response says.
@@ -32,18 +33,41 @@ pub fn status_line(out: &mut Vec<u8>, status: u16, reason: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// What a response says about its request: the request id and, for a keyed request
+/// under a quota, the quota's state.
+#[derive(Debug, Clone, Copy)]
+pub struct Tag {
+    pub id: RequestId,
+    pub quota: Option<QuotaState>,
+}
+
+impl From<RequestId> for Tag {
+    fn from(id: RequestId) -> Self {
+        Self { id, quota: None }
+    }
+}
+
 /// The headers every gateway response carries, then the blank line is NOT written.
-pub fn common_headers(
-    out: &mut Vec<u8>,
-    date: &[u8; HTTP_DATE_LEN],
-    id: &RequestId,
-    persist: Persist,
-) {
+pub fn common_headers(out: &mut Vec<u8>, date: &[u8; HTTP_DATE_LEN], tag: &Tag, persist: Persist) {
     out.extend_from_slice(b"date: ");
     out.extend_from_slice(date);
     out.extend_from_slice(b"\r\napigw-requestid: ");
-    out.extend_from_slice(id);
+    out.extend_from_slice(&tag.id);
     out.extend_from_slice(b"\r\n");
+    if let Some(q) = tag.quota {
+        // draft-ietf-httpapi-ratelimit-headers: the quota, what is left of it, and
+        // seconds until it resets.
+        let mut n = itoa::Buffer::new();
+        for (name, v) in [
+            (&b"x-ratelimit-limit: "[..], q.limit),
+            (b"x-ratelimit-remaining: ", q.remaining),
+            (b"x-ratelimit-reset: ", q.reset_s),
+        ] {
+            out.extend_from_slice(name);
+            out.extend_from_slice(n.format(v).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+    }
     match persist {
         Persist::KeepAlive => {}
         Persist::KeepAlive10 => out.extend_from_slice(b"connection: keep-alive\r\n"),
@@ -62,12 +86,12 @@ pub fn refusal(
     out: &mut Vec<u8>,
     r: Refusal,
     date: &[u8; HTTP_DATE_LEN],
-    id: &RequestId,
+    tag: &Tag,
     persist: Persist,
     head_only: bool,
 ) {
     status_line(out, r.status, reason(r.status));
-    common_headers(out, date, id, persist);
+    common_headers(out, date, tag, persist);
     out.extend_from_slice(b"content-type: application/json\r\n");
     if let Some(t) = r.error_type {
         out.extend_from_slice(b"x-amzn-errortype: ");
@@ -85,12 +109,12 @@ pub fn mock(
     out: &mut Vec<u8>,
     m: &MockResponse,
     date: &[u8; HTTP_DATE_LEN],
-    id: &RequestId,
+    tag: &Tag,
     persist: Persist,
     head_only: bool,
 ) {
     status_line(out, m.status, reason(m.status));
-    common_headers(out, date, id, persist);
+    common_headers(out, date, tag, persist);
     out.extend_from_slice(&m.header_lines);
     let bodyless = m.status == 204 || m.status == 304;
     if !bodyless {

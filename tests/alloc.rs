@@ -124,7 +124,7 @@ apis:
     let mut up_head = Vec::with_capacity(4096);
     let mut out = Vec::with_capacity(4096);
     let date = [b'x'; shardgate::clock::HTTP_DATE_LEN];
-    let id = [b'a'; 16];
+    let tag = shardgate::respond::Tag::from([b'a'; 16]);
 
     let mut one_request = || {
         let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -139,8 +139,15 @@ apis:
 
         let mut rh = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let (resp, rhdrs) = parse_response(RESPONSE, &mut rh, false).unwrap().unwrap();
-        let answered =
-            write_response_head(&mut out, &resp, rhdrs, false, Persist::KeepAlive, date, &id);
+        let answered = write_response_head(
+            &mut out,
+            &resp,
+            rhdrs,
+            false,
+            Persist::KeepAlive,
+            date,
+            &tag,
+        );
 
         let mut dec = ChunkedDecoder::default();
         let mut at = 0;

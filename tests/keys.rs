@@ -164,3 +164,45 @@ api_keys:
     let r = order(&gw, "prod", Some(("x-api-key", ALICE)));
     assert_eq!(r.header("x-amzn-errortype"), Some("LimitExceededException"));
 }
+
+/// Keyed responses under a quota say what is left of it (IETF ratelimit headers).
+#[test]
+fn quota_state_is_in_the_response_headers() {
+    let gw = Gateway::start(&config(&format!(
+        "apis:
+  - name: pets
+    routes:
+      - {{ route: 'POST /orders', api_key_required: true, integration: {{ type: mock, status: 201, body: ordered }} }}
+    stages: [ {{ name: prod }} ]
+usage_plans:
+  - {{ name: tiny, stages: [pets/prod], quota: {{ limit: 3, period: day }} }}
+api_keys:
+  - {{ name: alice, value: {ALICE}, plans: [tiny] }}
+"
+    )));
+    let mut c = Client::connect(gw.addr);
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let r = c.request(
+            "POST",
+            "/prod/orders",
+            "gw.test",
+            &[("x-api-key", ALICE)],
+            b"",
+        );
+        assert_eq!(r.header("x-ratelimit-limit"), Some("3"));
+        let reset: u64 = r.header("x-ratelimit-reset").unwrap().parse().unwrap();
+        assert!((1..=86_400).contains(&reset), "reset in {reset} s");
+        seen.push((
+            r.status,
+            r.header("x-ratelimit-remaining").unwrap().to_owned(),
+        ));
+    }
+    let want: Vec<(u16, String)> = [(201, "2"), (201, "1"), (201, "0"), (429, "0")]
+        .iter()
+        .map(|(s, r)| (*s, (*r).to_owned()))
+        .collect();
+    assert_eq!(seen, want);
+    // Unkeyed answers carry none.
+    assert_eq!(order(&gw, "prod", None).header("x-ratelimit-limit"), None);
+}

@@ -13,9 +13,9 @@ use crate::conn::{body_error, send_continue, Client};
 use crate::error::GatewayError;
 use crate::parse::{self, Framing, RequestHead, MAX_HEADERS};
 use crate::plan::{Limits, PathPart, ProxyTarget};
-use crate::respond::{self, Persist};
+use crate::respond::{self, Persist, Tag};
 use crate::route::RouteMatch;
-use crate::shard::{RequestId, Shard};
+use crate::shard::Shard;
 
 /// A body up to this size that has arrived with its head is sent in the same write.
 const INLINE_BODY: u64 = 16 * 1024;
@@ -30,7 +30,7 @@ pub struct Request {
     pub is_head: bool,
     pub expect_continue: bool,
     pub idempotent: bool,
-    pub id: RequestId,
+    pub tag: Tag,
 }
 
 /// Why no upstream response reached the client.
@@ -427,7 +427,7 @@ async fn exchange(
                         req.is_head,
                         persist,
                         date,
-                        &req.id,
+                        &req.tag,
                     );
                     up.pos += head.head_len;
                     return Ok(a);
@@ -464,7 +464,7 @@ pub fn write_response_head(
     is_head: bool,
     persist: Persist,
     date: [u8; crate::clock::HTTP_DATE_LEN],
-    id: &RequestId,
+    tag: &Tag,
 ) -> Answered {
     let streamed = matches!(head.framing, Framing::Chunked | Framing::UntilClose);
     let client_persist = match persist {
@@ -474,7 +474,7 @@ pub fn write_response_head(
     };
     out.clear();
     respond::status_line(out, head.status, head.reason.as_bytes());
-    respond::common_headers(out, &date, id, client_persist);
+    respond::common_headers(out, &date, tag, client_persist);
     // The upstream's Content-Length stays meaningful where there is no body to frame.
     let keep_length = is_head || head.status == 304;
     respond::copy_headers(out, headers, |n| {
