@@ -1,6 +1,6 @@
 //! Criterion benches of the per-request CPU work that is not I/O: request-head and
 //! response-head parse, route lookup (10 / 1,000 / 10,000 routes, against a linear
-//! scan baseline), chunked decoding, and the throttle check.
+//! scan baseline), chunked decoding, the throttle check, and the API key check.
 
 use std::hint::black_box;
 
@@ -84,6 +84,35 @@ fn throttle(c: &mut Criterion) {
     });
 }
 
+/// The per-request API key check (SHA-256 of the header value, one hash-map lookup,
+/// the stage check) with 1,000,000 keys loaded.
+fn api_key(c: &mut Criterion) {
+    use shardgate::keys::{hash, KeyEntry, KeyTable, PlanLimits};
+    let mut table = KeyTable::default();
+    for i in 0..1_000_000u32 {
+        table.insert(KeyEntry {
+            name: format!("k{i}"),
+            hash: hash(format!("key{i:020}").as_bytes()),
+            enabled: true,
+            stages: vec![(0, PlanLimits::default())],
+        });
+    }
+    let value = format!("key{:020}", 777_777);
+    let headers = [
+        httparse::Header {
+            name: "host",
+            value: b"api.example.com",
+        },
+        httparse::Header {
+            name: "x-api-key",
+            value: value.as_bytes(),
+        },
+    ];
+    c.bench_function("api_key_check/1M_keys", |b| {
+        b.iter(|| black_box(table.check(black_box(&headers), 0).is_ok()))
+    });
+}
+
 fn keys(n: usize) -> Vec<String> {
     (0..n)
         .map(|i| format!("GET /svc{i}/items/{{id}}"))
@@ -115,5 +144,5 @@ fn route(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, parse, parse_resp, route, chunked, throttle);
+criterion_group!(benches, parse, parse_resp, route, chunked, throttle, api_key);
 criterion_main!(benches);
