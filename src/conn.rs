@@ -337,31 +337,30 @@ fn prepare(
         return p;
     };
     let route = &stage.routes[m.route];
-    let mut limits = PlanLimits::default();
+    // The key's usage plan for this stage, where the route takes a key.
+    let mut limits: Option<&PlanLimits> = None;
     if route.api_key_required {
         match plan.keys.check(headers, stage_id) {
-            Ok(l) => limits = l,
+            Ok(l) => limits = Some(l),
             Err(why) => {
                 p.action = Action::Refuse(GatewayError::Forbidden(why));
                 return p;
             }
         }
     }
-    if !admit(
-        plan,
-        shard,
-        [
-            limits.throttle,
-            route.throttle,
-            stage.throttle,
-            plan.throttle,
-        ],
-    ) {
+    let levels = [
+        limits.and_then(|l| l.route_throttle(m.route)),
+        limits.and_then(|l| l.throttle),
+        route.throttle,
+        stage.throttle,
+        plan.throttle,
+    ];
+    if !admit(plan, shard, levels) {
         p.action = Action::Refuse(GatewayError::Throttled);
         return p;
     }
     // Last, so that a request a throttle refused does not count against the quota.
-    if let Some(q) = limits.quota {
+    if let Some(q) = limits.and_then(|l| l.quota) {
         let unix_s = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -385,9 +384,10 @@ fn prepare(
     p
 }
 
-/// Checks the throttles that apply, most specific first (the key's usage plan, route,
-/// stage, gateway); each one passed spends a token.
-fn admit(plan: &Plan, shard: &Shard, levels: [Option<ThrottleId>; 4]) -> bool {
+/// Checks the throttles that apply, most specific first (the key's plan for this
+/// route, the key's plan, the stage's route, the stage, the gateway); each one passed
+/// spends a token.
+fn admit(plan: &Plan, shard: &Shard, levels: [Option<ThrottleId>; 5]) -> bool {
     if levels.iter().all(Option::is_none) {
         return true;
     }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use sha2::{Digest, Sha256};
 
-use crate::plan::StageId;
+use crate::plan::{RouteId, StageId};
 use crate::quota::QuotaId;
 use crate::throttle::ThrottleId;
 
@@ -29,11 +29,22 @@ pub struct KeyEntry {
     pub stages: Vec<(StageId, PlanLimits)>,
 }
 
-/// A usage plan's limits for one key: its own throttle bucket and quota.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// A usage plan's limits for one key on one stage: its own throttle bucket, its own
+/// buckets for the plan's per-route throttles, and its quota.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PlanLimits {
     pub throttle: Option<ThrottleId>,
+    pub routes: Box<[(RouteId, ThrottleId)]>,
     pub quota: Option<QuotaId>,
+}
+
+impl PlanLimits {
+    pub fn route_throttle(&self, route: RouteId) -> Option<ThrottleId> {
+        self.routes
+            .iter()
+            .find(|(r, _)| *r == route)
+            .map(|(_, t)| *t)
+    }
 }
 
 /// Why a keyed request was refused (all answer 403; the log says which).
@@ -68,7 +79,7 @@ impl KeyTable {
         &self,
         headers: &[httparse::Header<'_>],
         stage: StageId,
-    ) -> Result<PlanLimits, KeyRefusal> {
+    ) -> Result<&PlanLimits, KeyRefusal> {
         let value = headers
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case("x-api-key"))
@@ -89,7 +100,7 @@ impl KeyTable {
             .stages
             .iter()
             .find(|(s, _)| *s == stage)
-            .map(|(_, t)| *t)
+            .map(|(_, l)| l)
             .ok_or(KeyRefusal::NotInPlan)
     }
 }
@@ -108,7 +119,7 @@ mod tests {
                 1,
                 PlanLimits {
                     throttle: Some(7),
-                    quota: None,
+                    ..PlanLimits::default()
                 },
             )],
         }));

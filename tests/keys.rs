@@ -89,7 +89,7 @@ fn key_config_errors_name_the_key() {
     let path = write_config(&config(
         "apis: [ { name: p, routes: [ { route: GET /a, integration: { type: mock } } ], stages: [ { name: prod } ] } ]
 usage_plans:
-  - { name: gold, stages: [p/prod, p/nope] }
+  - { name: gold, stages: [p/prod, p/nope], routes: { \"p/prod/GET /zzz\": { rate: 1, burst: 1 } } }
 api_keys:
   - { name: short, value: abc, plans: [gold] }
   - { name: env, value: { env: SHARDGATE_TEST_UNSET_KEY_VAR }, plans: [gold] }
@@ -107,6 +107,7 @@ api_keys:
     assert_eq!(out.status.code(), Some(1), "{text}");
     for want in [
         "usage_plans[0].stages[1]: no stage \"p/nope\"",
+        "usage_plans[0].routes[\"p/prod/GET /zzz\"]: no route",
         "api_keys[0].value: must be 20 to 128 letters and digits",
         "api_keys[1].value.env: environment variable SHARDGATE_TEST_UNSET_KEY_VAR is not set",
         "api_keys[2].plans[0]: no usage plan \"platinum\"",
@@ -205,4 +206,43 @@ api_keys:
     assert_eq!(seen, want);
     // Unkeyed answers carry none.
     assert_eq!(order(&gw, "prod", None).header("x-ratelimit-limit"), None);
+}
+
+/// A plan's per-route throttle is per key and per route: Alice's bucket for
+/// `POST /orders` on prod runs dry while her other route, and Bob's bucket for the
+/// same route, are untouched.
+#[test]
+fn usage_plan_route_throttle_is_per_key_and_route() {
+    let gw = Gateway::start(&config(&format!(
+        "apis:
+  - name: pets
+    routes:
+      - {{ route: 'POST /orders', api_key_required: true, integration: {{ type: mock, status: 201, body: ordered }} }}
+      - {{ route: 'GET /orders', api_key_required: true, integration: {{ type: mock, status: 200, body: list }} }}
+    stages: [ {{ name: prod }} ]
+usage_plans:
+  - name: gold
+    stages: [pets/prod]
+    routes:
+      \"pets/prod/POST /orders\": {{ rate: 0.01, burst: 2 }}
+api_keys:
+  - {{ name: alice, value: {ALICE}, plans: [gold] }}
+  - {{ name: bob, value: {BOB}, plans: [gold] }}
+"
+    )));
+    let mut c = Client::connect(gw.addr);
+    let mut call = |method: &str, key: &str| {
+        c.request(
+            method,
+            "/prod/orders",
+            "gw.test",
+            &[("x-api-key", key)],
+            b"",
+        )
+        .status
+    };
+    let alice: Vec<u16> = (0..3).map(|_| call("POST", ALICE)).collect();
+    assert_eq!(alice, vec![201, 201, 429]);
+    assert_eq!(call("GET", ALICE), 200, "her other route is not limited");
+    assert_eq!(call("POST", BOB), 201, "Bob has his own bucket");
 }

@@ -71,10 +71,6 @@ fn validate_accepts_the_quickstart() {
 #[test]
 fn later_features_are_refused_not_ignored() {
     let table = [
-        (
-            "usage_plans: [ { name: gold, stages: [p/prod], routes: { \"p/prod/GET /a\": { rate: 1, burst: 1 } } } ]\n",
-            "not supported yet: usage_plans[0].routes",
-        ),
         ("store: { path: ./data }\n", "not supported yet: store"),
         (
             "admin: { bind: 127.0.0.1:9901 }\n",

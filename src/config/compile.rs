@@ -14,7 +14,7 @@ use super::{
 use crate::keys::{self, KeyEntry, KeyTable, PlanLimits};
 use crate::plan::{
     BaseMapping, Integration, Limits, ListenerPlan, MockResponse, PathPart, Plan, PoolLimits,
-    ProxyTarget, RoutePlan, StageId, StagePlan,
+    ProxyTarget, RouteId, RoutePlan, StageId, StagePlan,
 };
 use crate::quota::{Period, Quota};
 use crate::route::{RouteKey, Router};
@@ -37,15 +37,17 @@ fn compile_keys(
     workers: usize,
     errs: &mut ConfigErrors,
 ) -> KeyTable {
-    // Plan name → (stages, throttle, quota).
-    type PlanEntry = (Vec<StageId>, Option<ThrottleFile>, Option<QuotaFile>);
+    // Plan name → (stages, throttle, quota, per-route throttles).
+    type PlanEntry = (
+        Vec<StageId>,
+        Option<ThrottleFile>,
+        Option<QuotaFile>,
+        Vec<(StageId, RouteId, ThrottleFile)>,
+    );
     let mut plans: HashMap<&str, PlanEntry> = HashMap::new();
     for (pi, plan) in cfg.usage_plans.iter().enumerate() {
         let Some(plan) = plan else { continue };
         let path = format!("usage_plans[{pi}]");
-        if plan.routes.is_some() {
-            errs.not_supported(format!("{path}.routes"));
-        }
         let mut stages = Vec::new();
         for (si, name) in plan.stages.iter().enumerate() {
             let found = name.split_once('/').and_then(|(api, stage)| {
@@ -63,8 +65,43 @@ fn compile_keys(
         if let Some(t) = plan.throttle {
             check_limit(t, &format!("{path}.throttle"), errs);
         }
+        let mut routes = Vec::new();
+        for (key, t) in &plan.routes {
+            let rpath = format!("{path}.routes[{key:?}]");
+            // "api/stage/METHOD /path"
+            let mut parts = key.splitn(3, '/');
+            let (api, stage, route) = (parts.next(), parts.next(), parts.next());
+            let found = api.zip(stage).zip(route).and_then(|((api, stage), route)| {
+                let ai = *api_index.get(api)?;
+                let sid = stage_ids.get(&(ai, stage)).copied()?;
+                let rid = cfg.apis[ai]
+                    .as_ref()?
+                    .routes
+                    .iter()
+                    .position(|r| r.as_ref().is_some_and(|r| r.route == route))?;
+                Some((sid, rid))
+            });
+            match found {
+                Some((sid, _)) if !stages.contains(&sid) => errs.push(
+                    rpath,
+                    "names a stage that is not in this usage plan's stages",
+                ),
+                Some((sid, rid)) => {
+                    if check_limit(*t, &rpath, errs) {
+                        routes.push((sid, rid, *t));
+                    }
+                }
+                None => errs.push(
+                    rpath,
+                    format!("no route {key:?}: expected \"api/stage/METHOD /path\""),
+                ),
+            }
+        }
         if plans
-            .insert(plan.name.as_str(), (stages, plan.throttle, plan.quota))
+            .insert(
+                plan.name.as_str(),
+                (stages, plan.throttle, plan.quota, routes),
+            )
             .is_some()
         {
             errs.push(
@@ -107,30 +144,29 @@ fn compile_keys(
         }
         let mut stages: Vec<(StageId, PlanLimits)> = Vec::new();
         for (pi, plan_name) in key.plans.iter().enumerate() {
-            let Some((plan_stages, throttle, quota)) = plans.get(plan_name.as_str()) else {
+            let Some((plan_stages, throttle, quota, plan_routes)) = plans.get(plan_name.as_str())
+            else {
                 errs.push(
                     format!("{path}.plans[{pi}]"),
                     format!("no usage plan {plan_name:?}"),
                 );
                 continue;
             };
-            let limits = PlanLimits {
-                throttle: throttle.and_then(|t| {
-                    add_throttle(throttles, t, workers, &format!("{path}.plans[{pi}]"), errs)
-                }),
-                // One count per key and plan, over all the plan's stages.
-                quota: quota.map(|q| {
-                    quotas.push(Quota::new(
-                        q.limit,
-                        match q.period {
-                            PeriodFile::Day => Period::Day,
-                            PeriodFile::Week => Period::Week,
-                            PeriodFile::Month => Period::Month,
-                        },
-                    ));
-                    quotas.len() - 1
-                }),
-            };
+            let key_throttle = throttle.and_then(|t| {
+                add_throttle(throttles, t, workers, &format!("{path}.plans[{pi}]"), errs)
+            });
+            // One count per key and plan, over all the plan's stages.
+            let key_quota = quota.map(|q| {
+                quotas.push(Quota::new(
+                    q.limit,
+                    match q.period {
+                        PeriodFile::Day => Period::Day,
+                        PeriodFile::Week => Period::Week,
+                        PeriodFile::Month => Period::Month,
+                    },
+                ));
+                quotas.len() - 1
+            });
             for &sid in plan_stages {
                 if stages.iter().any(|(s, _)| *s == sid) {
                     errs.push(
@@ -139,7 +175,29 @@ fn compile_keys(
                     );
                     continue;
                 }
-                stages.push((sid, limits));
+                // This key's own bucket for each of the plan's routes on this stage.
+                let routes = plan_routes
+                    .iter()
+                    .filter(|(s, _, _)| *s == sid)
+                    .filter_map(|&(_, rid, t)| {
+                        let id = add_throttle(
+                            throttles,
+                            t,
+                            workers,
+                            &format!("{path}.plans[{pi}]"),
+                            errs,
+                        )?;
+                        Some((rid, id))
+                    })
+                    .collect();
+                stages.push((
+                    sid,
+                    PlanLimits {
+                        throttle: key_throttle,
+                        routes,
+                        quota: key_quota,
+                    },
+                ));
             }
         }
         let entry = KeyEntry {
@@ -877,8 +935,7 @@ apis:
     #[test]
     fn later_features_are_refused_by_name() {
         let text = format!(
-            "{BASE}usage_plans: [ {{ name: gold, stages: [p/prod], routes: {{ \"p/prod/POST /orders\": {{ rate: 1, burst: 1 }} }} }} ]
-store: {{ path: ./data }}
+            "{BASE}store: {{ path: ./data }}
 apis:
   - name: p
     routes:
@@ -889,7 +946,7 @@ apis:
 "
         );
         let errs = errors_of(&text);
-        for key in ["usage_plans[0].routes", "store", "apis[0].stages[0].cache"] {
+        for key in ["store", "apis[0].stages[0].cache"] {
             assert!(
                 errs.iter()
                     .any(|e| e.contains(&format!("not supported yet: {key}"))),

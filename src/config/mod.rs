@@ -239,8 +239,9 @@ pub struct UsagePlanFile {
     pub throttle: Option<ThrottleFile>,
     #[serde(default)]
     pub quota: Option<QuotaFile>,
+    /// Per-key, per-route throttles: `"api/stage/GET /pets": { rate, burst }`.
     #[serde(default)]
-    pub routes: Option<Value>,
+    pub routes: BTreeMap<String, ThrottleFile>,
 }
 
 /// `{ limit, period }`: requests per key per calendar period (UTC).
