@@ -45,17 +45,21 @@ fn compile_keys(
         Vec<(StageId, RouteId, ThrottleFile)>,
     );
     let mut plans: HashMap<&str, PlanEntry> = HashMap::new();
+    // `api`, `stage` → (API index, stage id).
+    let stage_of = |api: &str, stage: &str| {
+        let ai = *api_index.get(api)?;
+        Some((ai, *stage_ids.get(&(ai, stage))?))
+    };
     for (pi, plan) in cfg.usage_plans.iter().enumerate() {
         let Some(plan) = plan else { continue };
         let path = format!("usage_plans[{pi}]");
         let mut stages = Vec::new();
         for (si, name) in plan.stages.iter().enumerate() {
-            let found = name.split_once('/').and_then(|(api, stage)| {
-                let ai = *api_index.get(api)?;
-                stage_ids.get(&(ai, stage)).copied()
-            });
+            let found = name
+                .split_once('/')
+                .and_then(|(api, stage)| stage_of(api, stage));
             match found {
-                Some(id) => stages.push(id),
+                Some((_, id)) => stages.push(id),
                 None => errs.push(
                     format!("{path}.stages[{si}]"),
                     format!("no stage {name:?}: expected \"api/stage\""),
@@ -72,8 +76,7 @@ fn compile_keys(
             let mut parts = key.splitn(3, '/');
             let (api, stage, route) = (parts.next(), parts.next(), parts.next());
             let found = api.zip(stage).zip(route).and_then(|((api, stage), route)| {
-                let ai = *api_index.get(api)?;
-                let sid = stage_ids.get(&(ai, stage)).copied()?;
+                let (ai, sid) = stage_of(api, stage)?;
                 let rid = cfg.apis[ai]
                     .as_ref()?
                     .routes
