@@ -42,7 +42,7 @@ SG=./target/release/shardgate
 
 # SO_REUSEPORT lets a leftover process share a port silently and take half the load
 # (and skew every per-request figure): refuse to start if any port is taken.
-busy=$(ss -Hltn 2>/dev/null | awk '{print $4}' | grep -E ':1808[1-5]$' || true)
+busy=$(ss -Hltn 2>/dev/null | awk '{print $4}' | grep -E ':1808[1-6]$' || true)
 [ -z "$busy" ] || { echo "ports in use, stop what listens there first: $busy"; exit 1; }
 
 RUN=$(mktemp -d)
@@ -70,8 +70,11 @@ taskset -c 1 nginx -c "$RUN/upstream-nginx.conf" -p "$RUN" &
 for _ in $(seq 50); do curl -sf http://127.0.0.1:18081/ >/dev/null && break; sleep 0.1; done
 upstream_accepts() { curl -sf http://127.0.0.1:18081/status | awk 'NR==3 {print $1}'; }
 
-PROXIES=(sg-epoll sg-uring nginx haproxy)
-declare -A PORT=([sg-epoll]=18083 [sg-uring]=18084 [nginx]=18082 [haproxy]=18085)
+PROXIES=(sg-epoll sg-uring sg-keyed nginx haproxy)
+# The memory phase's client sends no API key.
+MEM_PROXIES=(sg-epoll sg-uring nginx haproxy)
+declare -A PORT=([sg-epoll]=18083 [sg-uring]=18084 [sg-keyed]=18086 [nginx]=18082 [haproxy]=18085)
+KEY=bench0123456789abcdefXYZ  # peers/shardgate-keyed.yaml's key
 declare -A PID MAIN
 
 start_proxy() {
@@ -79,13 +82,14 @@ start_proxy() {
   case $p in
     sg-epoll) taskset -c 0 "$SG" run --config "$RUN/sg-epoll.yaml" --runtime epoll 2>>"$RUN/sg-epoll.log" & ;;
     sg-uring) taskset -c 0 "$SG" run --config "$RUN/sg-uring.yaml" --runtime io_uring 2>>"$RUN/sg-uring.log" & ;;
+    sg-keyed) taskset -c 0 "$SG" run --config load-tests/peers/shardgate-keyed.yaml --runtime epoll 2>>"$RUN/sg-keyed.log" & ;;
     nginx) taskset -c 0 nginx -c "$RUN/proxy-nginx.conf" -p "$RUN" & ;;
     haproxy) taskset -c 0 haproxy -f "$RUN/proxy-haproxy.cfg" -db 2>>"$RUN/haproxy.log" & ;;
   esac
   MAIN[$p]=$!
   PID[$p]=$!
-  for _ in $(seq 100); do curl -sf "http://127.0.0.1:${PORT[$p]}/" >/dev/null 2>&1 && break; sleep 0.05; done
-  curl -sf "http://127.0.0.1:${PORT[$p]}/" >/dev/null || { echo "$p did not start"; exit 1; }
+  for _ in $(seq 100); do curl -sf -H "x-api-key: $KEY" "http://127.0.0.1:${PORT[$p]}/" >/dev/null 2>&1 && break; sleep 0.05; done
+  curl -sf -H "x-api-key: $KEY" "http://127.0.0.1:${PORT[$p]}/" >/dev/null || { echo "$p did not start"; exit 1; }
   # nginx serves from a forked worker: measure that process.
   if [ "$p" = nginx ]; then PID[$p]=$(pgrep -P "${MAIN[$p]}" | head -1); fi
 }
@@ -103,6 +107,7 @@ CLK=$(getconf CLK_TCK)
 # Scenarios: name|proxies|load. Load "wrk ARGS|PATH" or "oha|PATH".
 SCENARIOS=(
   "small-get|sg-epoll sg-uring nginx haproxy|wrk -c50|/"
+  "small-get-keyed|sg-keyed|wrk -c50 keyed|/"
   "1k|sg-epoll nginx haproxy|wrk -c50|/files/1k"
   "16k|sg-epoll nginx haproxy|wrk -c50|/files/16k"
   "64k|sg-epoll nginx haproxy|wrk -c50|/files/64k"
@@ -122,6 +127,7 @@ measure() {
   script=load-tests/wrk/report.lua
   case "$load" in *post*) script=load-tests/wrk/post-4k-report.lua ;; esac
   case "$load" in *close*) extra=(-H "Connection: close") ;; esac
+  case "$load" in *keyed*) extra=(-H "x-api-key: $KEY") ;; esac
   if [[ $load == oha ]]; then
     taskset -c 1 oha -z "${WARMUP}s" -c 50 --no-tui --output-format quiet "$url" >/dev/null 2>&1 || true
     a0=$(upstream_accepts); t0=$(cpu_ticks "${PID[$p]}"); k0=$(core_ticks)
@@ -180,7 +186,7 @@ for r in $(seq "$ROUNDS"); do
     for p in $procs; do measure "$s" "$p" "$load" "$path"; done
   done
   for p in "${PROXIES[@]}"; do stop_proxy "$p"; done
-  for p in "${PROXIES[@]}"; do measure_memory "$p"; done
+  for p in "${MEM_PROXIES[@]}"; do measure_memory "$p"; done
 done
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR ? a[int((NR+1)/2)] : "-")}'; }
@@ -211,7 +217,8 @@ RESULT=$(mktemp)
   echo
   echo "shardgate (epoll) / peer, medians:   cpu/req  core/req     p99   req/s"
   for sc in "${SCENARIOS[@]}"; do
-    IFS='|' read -r s _ _ _ <<<"$sc"
+    IFS='|' read -r s procs _ _ <<<"$sc"
+    [[ " $procs " == *" sg-epoll "* ]] || continue
     for peer in nginx haproxy; do
       printf '  %-16s / %-8s %12s %9s %7s %7s\n' "$s" "$peer" \
         "$(ratio "$(echo "${R_CPU[$s|sg-epoll]}" | median)" "$(echo "${R_CPU[$s|$peer]}" | median)")" \
@@ -222,7 +229,7 @@ RESULT=$(mktemp)
   done
   echo
   echo "RSS growth per idle keep-alive client connection ($IDLE_CONNS open, fresh process), KiB, median:"
-  for p in "${PROXIES[@]}"; do printf '  %-9s %6s\n' "$p" "$(echo "${M_RSS[$p]}" | median)"; done
+  for p in "${MEM_PROXIES[@]}"; do printf '  %-9s %6s\n' "$p" "$(echo "${M_RSS[$p]}" | median)"; done
   echo
   sg_cpu=$(echo "${R_CPU[small-get|sg-epoll]}" | median); ng_cpu=$(echo "${R_CPU[small-get|nginx]}" | median)
   sg_core=$(echo "${R_CORE[small-get|sg-epoll]}" | median); ng_core=$(echo "${R_CORE[small-get|nginx]}" | median)
@@ -236,6 +243,9 @@ RESULT=$(mktemp)
   echo "  RSS per idle connection <= 2 KiB: ${sg_rss} KiB -> $(verdict "$(awk -v a="$sg_rss" 'BEGIN{print (a <= 2)}')")"
   echo "  new upstream connections per 10k requests = 0: ${sg_up} -> $(verdict "$(awk -v a="$sg_up" 'BEGIN{print (a == 0)}')")"
   echo "  no allocation per request in codec and router: cargo test --release --test alloc"
+  kd_cpu=$(echo "${R_CPU[small-get-keyed|sg-keyed]}" | median)
+  echo "Issue 4: small GET with an API key, a usage plan (throttle, quota) and a stage throttle:"
+  echo "  cpu/req vs plain small GET: $(ratio "$kd_cpu" "$sg_cpu")x (${kd_cpu} vs ${sg_cpu} us) -> $(verdict "$(awk -v a="$kd_cpu" -v b="$sg_cpu" 'BEGIN{print (a <= 1.1 * b)}')") (bar: <= 1.10x)"
 } >"$RESULT"
 echo
 cat "$RESULT"
