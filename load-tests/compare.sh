@@ -181,6 +181,7 @@ echo "== $ROUNDS rounds, ${DURATION}s per run (${WARMUP}s warm-up), open loop at
 for r in $(seq "$ROUNDS"); do
   echo "-- round $r"
   for p in "${PROXIES[@]}"; do start_proxy "$p"; done
+  sleep 2  # let start-up settle before the first measured run
   for sc in "${SCENARIOS[@]}"; do
     IFS='|' read -r s procs load path <<<"$sc"
     for p in $procs; do measure "$s" "$p" "$load" "$path"; done
