@@ -242,11 +242,15 @@ pub async fn proxy(
                     Err(e) => Err(e),
                 }
             };
-            if sent.is_err() {
-                return Err(Failed::Abort);
-            }
+            // The upstream's response was read whole: its connection goes back to
+            // the pool even when the client has gone.
             up.pos = end;
-            return Ok(finish(shard, target, up, &answered));
+            let keep = finish(shard, target, up, &answered);
+            return if sent.is_ok() {
+                Ok(keep)
+            } else {
+                Err(Failed::Abort)
+            };
         }
     }
     if body::write_all(&mut c.stream, &mut c.out).await.is_err() {
