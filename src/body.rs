@@ -92,18 +92,38 @@ impl Source<'_> {
             self.buf.clear();
             *self.pos = 0;
         }
-        match monoio::time::timeout(
-            self.read_timeout,
-            read_more(self.stream, self.buf, BODY_READ),
-        )
-        .await
-        {
-            Err(_) => Err(PumpError::ReadTimeout),
-            Ok(Err(e)) => Err(PumpError::Read(e)),
-            Ok(Ok(0)) => Err(PumpError::ReadClosed),
-            Ok(Ok(_)) => Ok(()),
-        }
+        read_within(self.stream, self.buf, BODY_READ, self.read_timeout).await
     }
+}
+
+/// One read into `buf` (with at least `min_spare` room) that must come within `wait`;
+/// end of stream is `ReadClosed`.
+async fn read_within(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    min_spare: usize,
+    wait: Duration,
+) -> Result<(), PumpError> {
+    match monoio::time::timeout(wait, read_more(stream, buf, min_spare)).await {
+        Err(_) => Err(PumpError::ReadTimeout),
+        Ok(Err(e)) => Err(PumpError::Read(e)),
+        Ok(Ok(0)) => Err(PumpError::ReadClosed),
+        Ok(Ok(_)) => Ok(()),
+    }
+}
+
+/// Reads until `buf` holds `want` bytes, each read within `wait`.
+pub async fn read_to(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    want: usize,
+    wait: Duration,
+) -> Result<(), PumpError> {
+    while buf.len() < want {
+        let spare = want - buf.len();
+        read_within(stream, buf, spare, wait).await?;
+    }
+    Ok(())
 }
 
 /// Copies one body from `src` to `dst` (`None` discards it), returning its length.

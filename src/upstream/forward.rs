@@ -179,7 +179,14 @@ pub async fn proxy(
         if n <= INLINE_BODY && !req.expect_continue {
             // Wait for the rest of a small body, so head and body go upstream in one
             // write instead of two or three.
-            read_to(c, c.pos + n as usize, limits.idle_timeout).await?;
+            body::read_to(
+                &mut c.stream,
+                &mut c.buf,
+                c.pos + n as usize,
+                limits.idle_timeout,
+            )
+            .await
+            .map_err(|e| body_error(e).map_or(Failed::Abort, Failed::Answer))?;
         }
         if n <= INLINE_BODY && (c.buf.len() - c.pos) as u64 >= n {
             let end = c.pos + n as usize;
@@ -287,47 +294,23 @@ pub async fn proxy(
 /// Reads from the upstream until `up.buf` holds `want` bytes; nothing has been sent
 /// to the client yet, so a failure is still answered.
 async fn gather(up: &mut UpConn, want: usize, target: &ProxyTarget) -> Result<(), Failed> {
-    while up.buf.len() < want {
-        let spare = want - up.buf.len();
-        match monoio::time::timeout(
-            target.timeout,
-            body::read_more(&mut up.stream, &mut up.buf, spare),
-        )
-        .await
-        {
-            Ok(Ok(0)) => {
-                tracing::warn!(upstream = %target.addr, "upstream closed inside the response body");
-                return Err(Failed::Answer(GatewayError::UpstreamFailed(
-                    "closed inside the response body",
-                )));
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(upstream = %target.addr, error = %e, "upstream read failed inside the response body");
-                return Err(Failed::Answer(GatewayError::UpstreamFailed(
-                    "reset inside the response body",
-                )));
-            }
-            Ok(Ok(_)) => {}
-            Err(_) => {
-                tracing::warn!(upstream = %target.addr, timeout_ms = target.timeout.as_millis() as u64, "integration timed out");
-                return Err(Failed::Answer(GatewayError::IntegrationTimeout));
-            }
+    let read = body::read_to(&mut up.stream, &mut up.buf, want, target.timeout).await;
+    let err = match read {
+        Ok(()) => return Ok(()),
+        Err(PumpError::ReadTimeout) => {
+            tracing::warn!(upstream = %target.addr, timeout_ms = target.timeout.as_millis() as u64, "integration timed out");
+            GatewayError::IntegrationTimeout
         }
-    }
-    Ok(())
-}
-
-/// Reads from the client until `c.buf` holds `want` bytes.
-async fn read_to(c: &mut Client, want: usize, wait: std::time::Duration) -> Result<(), Failed> {
-    while c.buf.len() < want {
-        let spare = want - c.buf.len();
-        match monoio::time::timeout(wait, body::read_more(&mut c.stream, &mut c.buf, spare)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return Err(Failed::Abort),
-            Ok(Ok(_)) => {}
-            Err(_) => return Err(Failed::Answer(GatewayError::HeaderTimeout)),
+        Err(PumpError::Read(e)) => {
+            tracing::warn!(upstream = %target.addr, error = %e, "upstream read failed inside the response body");
+            GatewayError::UpstreamFailed("reset inside the response body")
         }
-    }
-    Ok(())
+        Err(_) => {
+            tracing::warn!(upstream = %target.addr, "upstream closed inside the response body");
+            GatewayError::UpstreamFailed("closed inside the response body")
+        }
+    };
+    Err(Failed::Answer(err))
 }
 
 /// Pools the upstream connection if it can carry another request.
