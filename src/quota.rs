@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 pub type QuotaId = usize;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A quota period, as written in the config (`day | week | month`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Period {
     Day,
     Week,

@@ -8,15 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{
-    ConfigErrors, ConfigFile, IntegrationFile, PeriodFile, QuotaFile, SecretFile, ThrottleFile,
-    Workers,
+    ConfigErrors, ConfigFile, IntegrationFile, QuotaFile, SecretFile, ThrottleFile, Workers,
 };
 use crate::keys::{self, KeyEntry, KeyTable, PlanLimits};
 use crate::plan::{
     BaseMapping, Integration, Limits, ListenerPlan, MockResponse, PathPart, Plan, PoolLimits,
     ProxyTarget, RouteId, RoutePlan, StageId, StagePlan,
 };
-use crate::quota::{Period, Quota};
+use crate::quota::Quota;
 use crate::route::{RouteKey, Router};
 use crate::throttle::{Limit, SharedBucket, ThrottleId};
 
@@ -160,14 +159,7 @@ fn compile_keys(
             });
             // One count per key and plan, over all the plan's stages.
             let key_quota = quota.map(|q| {
-                quotas.push(Quota::new(
-                    q.limit,
-                    match q.period {
-                        PeriodFile::Day => Period::Day,
-                        PeriodFile::Week => Period::Week,
-                        PeriodFile::Month => Period::Month,
-                    },
-                ));
+                quotas.push(Quota::new(q.limit, q.period));
                 quotas.len() - 1
             });
             for &sid in plan_stages {

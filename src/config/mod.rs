@@ -249,15 +249,7 @@ pub struct UsagePlanFile {
 #[serde(deny_unknown_fields)]
 pub struct QuotaFile {
     pub limit: u64,
-    pub period: PeriodFile,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PeriodFile {
-    Day,
-    Week,
-    Month,
+    pub period: crate::quota::Period,
 }
 
 #[derive(Debug, Clone, Deserialize)]
