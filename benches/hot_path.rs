@@ -75,26 +75,54 @@ fn throttle(c: &mut Criterion) {
         2,
     );
     let mut local = LocalTokens::new(1, std::time::Instant::now());
-    let start = std::time::Instant::now();
     c.bench_function("throttle_admit/batched", |b| {
         b.iter(|| {
-            let now = local.now_ns(start + start.elapsed());
+            let now = local.now_ns();
             black_box(local.admit(0, &bucket, now))
         })
     });
 }
 
-/// The per-request API key check (SHA-256 of the header value, one hash-map lookup,
-/// the stage check) with 1,000,000 keys loaded.
+/// The per-request API key work with 1,000,000 keys loaded, each in a usage plan
+/// with its own throttle and quota: SHA-256 of the header value, one hash-map
+/// lookup, the stage check, the key's bucket, and its quota lease.
 fn api_key(c: &mut Criterion) {
-    use shardgate::keys::{hash, KeyEntry, KeyTable, PlanLimits};
-    let mut table = KeyTable::default();
-    for i in 0..1_000_000u32 {
-        table.insert(KeyEntry {
-            name: format!("k{i}"),
+    use shardgate::keys::{hash, Binding, Bucket, KeyView, Keyring, Slot};
+    use shardgate::quota::{Leases, Period, Quota};
+    use shardgate::throttle::{Limit, LocalTokens, SharedBucket};
+    use std::sync::Arc;
+    const N: u32 = 1_000_000;
+    let mut ring = Keyring::with_capacity(N as usize);
+    for i in 0..N {
+        let binding = Arc::new(Binding {
+            key_id: format!("k{i}").into(),
+            plan: "gold".into(),
+            throttle: Some(Bucket {
+                slot: Slot {
+                    index: 2 * i,
+                    gen: 1,
+                },
+                shared: SharedBucket::new(
+                    Limit {
+                        rate: 1e9,
+                        burst: 1_000_000,
+                    },
+                    2,
+                ),
+            }),
+            routes: Box::default(),
+            quota: Some((
+                Slot {
+                    index: 2 * i + 1,
+                    gen: 1,
+                },
+                Arc::new(Quota::new(u64::MAX, Period::Month)),
+            )),
+        });
+        ring.insert(KeyView {
             hash: hash(format!("key{i:020}").as_bytes()),
             enabled: true,
-            stages: vec![(0, PlanLimits::default())],
+            stages: Box::new([(0, binding)]),
         });
     }
     let value = format!("key{:020}", 777_777);
@@ -109,7 +137,22 @@ fn api_key(c: &mut Criterion) {
         },
     ];
     c.bench_function("api_key_check/1M_keys", |b| {
-        b.iter(|| black_box(table.check(black_box(&headers), 0).is_ok()))
+        b.iter(|| black_box(ring.check(black_box(&headers), 0).is_ok()))
+    });
+    let mut tokens = LocalTokens::new(0, std::time::Instant::now());
+    let mut leases = Leases::new(2);
+    let unix_s = shardgate::clock::unix_s();
+    c.bench_function("api_key_throttle_quota/1M_keys", |b| {
+        b.iter(|| {
+            let binding = ring.check(black_box(&headers), 0).ok()?;
+            let t = binding.throttle.as_ref()?;
+            let now = tokens.now_ns();
+            if !tokens.admit_slot(t.slot, &t.shared, now) {
+                return None;
+            }
+            let (slot, q) = binding.quota.as_ref()?;
+            black_box(leases.admit(*slot, q, unix_s).ok())
+        })
     });
 }
 

@@ -1,7 +1,46 @@
-//! Wall-clock text the hot path needs: the HTTP `Date` value, computed once a second
-//! per core rather than per response.
+//! Time on the request path, read on each core without shared state, and the HTTP
+//! `Date` value computed once a second per core rather than per response.
+//!
+//! - Quota periods and `Date` read `CLOCK_REALTIME_COARSE` (a vDSO read of the
+//!   kernel's last tick, a few ns): they need seconds.
+//! - Throttles read the monotonic clock at full resolution: a coarse one advances in
+//!   4 ms steps, and a bucket whose burst is under 4 ms of its rate would then be
+//!   refilled to at most `burst` per step, below its rate.
+//!
+//! Both add a skew that is zero in production; tests move it forward (the admin
+//! API's `POST /test/clock`, enabled by `SHARDGATE_TEST_CLOCK=1`) to cross a quota
+//! period or refill a bucket without waiting.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Nanoseconds added to every reading (tests only; written rarely, read Relaxed).
+static SKEW_NS: AtomicU64 = AtomicU64::new(0);
+
+/// Moves this process's clock forward by `d` (tests: crossing a quota period).
+pub fn advance(d: Duration) {
+    SKEW_NS.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+}
+
+fn skew_ns() -> u64 {
+    SKEW_NS.load(Ordering::Relaxed)
+}
+
+/// Unix seconds, from the coarse real-time clock.
+pub fn unix_s() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes only the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) };
+    (ts.tv_sec.max(0) as u64) + skew_ns() / 1_000_000_000
+}
+
+/// Monotonic nanoseconds since `epoch` (the instant every worker shares).
+pub fn since_ns(epoch: Instant) -> u64 {
+    Instant::now().saturating_duration_since(epoch).as_nanos() as u64 + skew_ns()
+}
 
 /// Length of an IMF-fixdate: `Sun, 06 Nov 1994 08:49:37 GMT`.
 pub const HTTP_DATE_LEN: usize = 29;
@@ -24,9 +63,7 @@ impl Default for DateCache {
 
 impl DateCache {
     pub fn now(&mut self) -> &[u8; HTTP_DATE_LEN] {
-        let secs = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let secs = unix_s();
         if secs != self.secs {
             self.secs = secs;
             self.text = http_date(secs);
@@ -64,8 +101,42 @@ fn two(dst: &mut [u8], v: u64) {
     dst[1] = b'0' + (v % 10) as u8;
 }
 
+/// Howard Hinnant's (year, month, day) → days since 1970-01-01, proleptic Gregorian.
+pub fn days_from_civil(y: u64, m: u32, d: u32) -> u64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let m = u64::from(m);
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + u64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// `YYYY-MM-DD` → days since 1970-01-01; `None` unless a real date from 1970 on.
+pub fn parse_date(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<u32>().ok();
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    if y < 1970 || !(1..=12).contains(&m) || d == 0 {
+        return None;
+    }
+    let day = days_from_civil(u64::from(y), m, d);
+    // Rejects the 31st of a 30-day month and the like: it round-trips or it is wrong.
+    (format_date(day) == s).then_some(day)
+}
+
+/// Days since 1970-01-01 → `YYYY-MM-DD`.
+pub fn format_date(day: u64) -> String {
+    let (y, m, d) = civil_from_days(day as i64);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
 /// Howard Hinnant's days → (year, month, day), proleptic Gregorian.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
+pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -88,5 +159,25 @@ mod tests {
         assert_eq!(&http_date(0), b"Thu, 01 Jan 1970 00:00:00 GMT");
         assert_eq!(&http_date(1_795_478_400), b"Tue, 24 Nov 2026 00:00:00 GMT");
         assert_eq!(&http_date(951_782_400), b"Tue, 29 Feb 2000 00:00:00 GMT");
+    }
+
+    #[test]
+    fn dates_round_trip() {
+        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+        assert_eq!(parse_date("2026-11-24"), Some(1_795_478_400 / 86_400));
+        assert_eq!(format_date(1_795_478_400 / 86_400), "2026-11-24");
+        assert_eq!(
+            parse_date("2024-02-29").map(format_date).as_deref(),
+            Some("2024-02-29")
+        );
+        for bad in [
+            "2026-02-30",
+            "2026-13-01",
+            "2026-1-01",
+            "1969-12-31",
+            "yesterday",
+        ] {
+            assert_eq!(parse_date(bad), None, "{bad}");
+        }
     }
 }

@@ -15,13 +15,12 @@ use monoio::net::TcpStream;
 
 use crate::body::{self, Encode, PumpError, Source};
 use crate::error::GatewayError;
-use crate::keys::PlanLimits;
+use crate::keys::Binding;
 use crate::parse::{self, Framing, MAX_HEADERS};
-use crate::plan::{Integration, ListenerPlan, Plan, RouteId, StageId};
+use crate::plan::{Integration, ListenerPlan, Plan, RouteId, RoutePlan, StageId, StagePlan};
 use crate::respond::{self, Persist, Tag};
 use crate::route;
 use crate::shard::{InFlight, Shard};
-use crate::throttle::ThrottleId;
 use crate::upstream::forward;
 
 /// First read buffer of a connection; grows up to `max_header_bytes` for a head and
@@ -337,36 +336,38 @@ fn prepare(
         return p;
     };
     let route = &stage.routes[m.route];
-    // The key's usage plan for this stage, where the route takes a key.
-    let mut limits: Option<&PlanLimits> = None;
+    // The key's usage plan for this stage, where the route takes a key. The keyring
+    // is this shard's snapshot, swapped by the worker's tick between requests.
+    let ring = shard.keyring.borrow();
+    let mut binding: Option<&Binding> = None;
     if route.api_key_required {
-        match plan.keys.check(headers, stage_id) {
-            Ok(l) => limits = Some(l),
+        match ring.1.check(headers, stage_id) {
+            Ok(b) => binding = Some(b),
             Err(why) => {
                 p.action = Action::Refuse(GatewayError::Forbidden(why));
                 return p;
             }
         }
     }
-    let levels = [
-        limits.and_then(|l| l.route_throttle(m.route)),
-        limits.and_then(|l| l.throttle),
-        route.throttle,
-        stage.throttle,
-        plan.throttle,
-    ];
-    if !admit(plan, shard, levels) {
+    if !admit(plan, shard, binding, stage_id, m.route, route, stage) {
         p.action = Action::Refuse(GatewayError::Throttled);
         return p;
     }
     // Last, so that a request a throttle refused does not count against the quota.
-    if let Some(q) = limits.and_then(|l| l.quota) {
-        let unix_s = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let admitted = shard.leases.borrow_mut().admit(q, &plan.quotas[q], unix_s);
+    if let Some((slot, q)) = binding.and_then(|b| b.quota.as_ref()) {
+        let admitted = shard
+            .leases
+            .borrow_mut()
+            .admit(*slot, q, crate::clock::unix_s());
         match admitted {
-            Ok(state) => p.tag.quota = Some(state),
+            Ok(a) => {
+                if q.limited {
+                    p.tag.quota = Some(a.state);
+                }
+                if a.leased {
+                    plan.live.lease_taken();
+                }
+            }
             Err(state) => {
                 p.tag.quota = Some(state);
                 p.action = Action::Refuse(GatewayError::QuotaExceeded);
@@ -374,6 +375,7 @@ fn prepare(
             }
         }
     }
+    drop(ring);
     p.action = match &route.integration {
         Integration::Mock(_) => Action::Mock(stage_id, m.route),
         Integration::HttpProxy(target) => {
@@ -387,12 +389,30 @@ fn prepare(
 /// Checks the throttles that apply, most specific first (the key's plan for this
 /// route, the key's plan, the stage's route, the stage, the gateway); each one passed
 /// spends a token.
-fn admit(plan: &Plan, shard: &Shard, levels: [Option<ThrottleId>; 5]) -> bool {
-    if levels.iter().all(Option::is_none) {
+fn admit(
+    plan: &Plan,
+    shard: &Shard,
+    binding: Option<&Binding>,
+    stage_id: StageId,
+    route_id: RouteId,
+    route: &RoutePlan,
+    stage: &StagePlan,
+) -> bool {
+    let keyed = binding.is_some_and(|b| b.throttle.is_some() || !b.routes.is_empty());
+    let levels = [route.throttle, stage.throttle, plan.throttle];
+    if !keyed && levels.iter().all(Option::is_none) {
         return true;
     }
     let mut tokens = shard.tokens.borrow_mut();
-    let now = tokens.now_ns(Instant::now());
+    let now = tokens.now_ns();
+    if let Some(b) = binding {
+        let buckets = [b.route_throttle(stage_id, route_id), b.throttle.as_ref()];
+        for bucket in buckets.into_iter().flatten() {
+            if !tokens.admit_slot(bucket.slot, &bucket.shared, now) {
+                return false;
+            }
+        }
+    }
     levels
         .into_iter()
         .flatten()

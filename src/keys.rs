@@ -1,13 +1,23 @@
-//! API keys: stored as SHA-256 hashes, looked up by the hash of the `x-api-key`
-//! header, and tied to the stages of the usage plans they belong to.
+//! API keys on the request path: an immutable [`Keyring`] snapshot, looked up by the
+//! SHA-256 of the `x-api-key` header, that ties each key to the stages of its usage
+//! plans and to its own buckets and quota.
+//!
+//! The control plane (`crate::registry`) builds a new keyring on every change and
+//! publishes it in [`Live`]; each worker picks it up on its next tick (100 ms) and
+//! swaps it between requests, so a change reaches every core within a tick and the
+//! request path never takes a lock. The shared state a key's limits need (its token
+//! buckets and quota) lives in [`Binding`]s that survive rebuilds, so a change to
+//! one key neither refills nor resets another's.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use sha2::{Digest, Sha256};
 
 use crate::plan::{RouteId, StageId};
-use crate::quota::QuotaId;
-use crate::throttle::ThrottleId;
+use crate::quota::Quota;
+use crate::throttle::SharedBucket;
 
 pub type KeyHash = [u8; 32];
 
@@ -16,34 +26,46 @@ pub fn hash(value: &[u8]) -> KeyHash {
 }
 
 /// Equality that takes the same time wherever the inputs differ.
-fn ct_eq(a: &KeyHash, b: &KeyHash) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Where each shard keeps its local part of a key's bucket or quota (unspent tokens,
+/// an unspent lease): an index into a per-shard vector, and the generation of that
+/// index, bumped each time the control plane gives it to another bucket, so a shard
+/// never spends what it held for a deleted key on the key that reused the index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Slot {
+    pub index: u32,
+    pub gen: u32,
+}
+
+/// A key's own token bucket.
 #[derive(Debug)]
-pub struct KeyEntry {
-    pub name: String,
-    pub hash: KeyHash,
-    pub enabled: bool,
-    /// The stages this key may call, each with its plan's per-key limits.
-    pub stages: Vec<(StageId, PlanLimits)>,
+pub struct Bucket {
+    pub slot: Slot,
+    pub shared: SharedBucket,
 }
 
-/// A usage plan's limits for one key on one stage: its own throttle bucket, its own
-/// buckets for the plan's per-route throttles, and its quota.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PlanLimits {
-    pub throttle: Option<ThrottleId>,
-    pub routes: Box<[(RouteId, ThrottleId)]>,
-    pub quota: Option<QuotaId>,
+/// One API key in one usage plan: the plan's per-key limits, with this key's state.
+#[derive(Debug)]
+pub struct Binding {
+    pub key_id: Arc<str>,
+    pub plan: Arc<str>,
+    /// The plan's `throttle`, for this key over all the plan's stages.
+    pub throttle: Option<Bucket>,
+    /// The plan's per-route throttles, for this key.
+    pub routes: Box<[(StageId, RouteId, Bucket)]>,
+    /// The plan's quota, for this key over all the plan's stages.
+    pub quota: Option<(Slot, Arc<Quota>)>,
 }
 
-impl PlanLimits {
-    pub fn route_throttle(&self, route: RouteId) -> Option<ThrottleId> {
+impl Binding {
+    pub fn route_throttle(&self, stage: StageId, route: RouteId) -> Option<&Bucket> {
         self.routes
             .iter()
-            .find(|(r, _)| *r == route)
-            .map(|(_, t)| *t)
+            .find(|(s, r, _)| *s == stage && *r == route)
+            .map(|(_, _, b)| b)
     }
 }
 
@@ -56,30 +78,51 @@ pub enum KeyRefusal {
     NotInPlan,
 }
 
-#[derive(Debug, Default)]
-pub struct KeyTable {
-    by_hash: HashMap<KeyHash, usize>,
-    pub keys: Vec<KeyEntry>,
+#[derive(Debug)]
+pub struct KeyView {
+    pub hash: KeyHash,
+    pub enabled: bool,
+    /// The stages this key may call, each with its plan (one plan per stage).
+    pub stages: Box<[(StageId, Arc<Binding>)]>,
 }
 
-impl KeyTable {
+/// Every API key, by the hash of its value.
+#[derive(Debug, Default)]
+pub struct Keyring {
+    by_hash: HashMap<KeyHash, KeyView, rustc_hash::FxBuildHasher>,
+}
+
+impl Keyring {
+    pub fn with_capacity(n: usize) -> Self {
+        Self {
+            by_hash: HashMap::with_capacity_and_hasher(n, rustc_hash::FxBuildHasher),
+        }
+    }
+
     /// Adds a key; `false` if a key with the same value is already there.
-    pub fn insert(&mut self, entry: KeyEntry) -> bool {
-        if self.by_hash.contains_key(&entry.hash) {
+    pub fn insert(&mut self, view: KeyView) -> bool {
+        if self.by_hash.contains_key(&view.hash) {
             return false;
         }
-        self.by_hash.insert(entry.hash, self.keys.len());
-        self.keys.push(entry);
+        self.by_hash.insert(view.hash, view);
         true
     }
 
-    /// Checks the request's `x-api-key` for `stage`; on success, the limits of the
-    /// key's plan for that stage.
+    pub fn len(&self) -> usize {
+        self.by_hash.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_hash.is_empty()
+    }
+
+    /// Checks the request's `x-api-key` for `stage`; on success, the key's binding
+    /// to the usage plan that covers the stage.
     pub fn check(
         &self,
         headers: &[httparse::Header<'_>],
         stage: StageId,
-    ) -> Result<&PlanLimits, KeyRefusal> {
+    ) -> Result<&Binding, KeyRefusal> {
         let value = headers
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case("x-api-key"))
@@ -87,53 +130,104 @@ impl KeyTable {
             .filter(|v| !v.is_empty())
             .ok_or(KeyRefusal::Missing)?;
         let h = hash(value);
-        let entry = self
+        let view = self
             .by_hash
             .get(&h)
-            .map(|&i| &self.keys[i])
-            .filter(|e| ct_eq(&e.hash, &h))
+            .filter(|v| ct_eq(&v.hash, &h))
             .ok_or(KeyRefusal::Unknown)?;
-        if !entry.enabled {
+        if !view.enabled {
             return Err(KeyRefusal::Disabled);
         }
-        entry
-            .stages
+        view.stages
             .iter()
             .find(|(s, _)| *s == stage)
-            .map(|(_, l)| l)
+            .map(|(_, b)| &**b)
             .ok_or(KeyRefusal::NotInPlan)
+    }
+}
+
+/// The keyring the workers should use, and how the workers tell the store that a
+/// quota changed. Shared by the control plane and every worker.
+#[derive(Debug, Default)]
+pub struct Live {
+    version: AtomicU64,
+    ring: Mutex<Arc<Keyring>>,
+    /// The store's writer thread, woken when a worker takes a quota lease.
+    writer: OnceLock<std::thread::Thread>,
+}
+
+impl Live {
+    /// Publishes a new keyring; workers switch to it on their next tick.
+    pub fn publish(&self, ring: Keyring) {
+        let ring = Arc::new(ring);
+        match self.ring.lock() {
+            Ok(mut g) => *g = ring,
+            Err(poisoned) => *poisoned.into_inner() = ring,
+        }
+        self.version.fetch_add(1, Ordering::Release);
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    /// The current keyring (a worker's tick, when `version` moved; never per request).
+    pub fn current(&self) -> (u64, Arc<Keyring>) {
+        let v = self.version();
+        let ring = match self.ring.lock() {
+            Ok(g) => Arc::clone(&g),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        };
+        (v, ring)
+    }
+
+    pub fn set_writer(&self, t: std::thread::Thread) {
+        let _ = self.writer.set(t);
+    }
+
+    /// A worker took a quota lease: wake the store's writer to save it (a futex wake
+    /// at most once per lease, not per request).
+    pub fn lease_taken(&self) {
+        if let Some(t) = self.writer.get() {
+            t.unpark();
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::throttle::Limit;
 
-    fn table() -> KeyTable {
-        let mut t = KeyTable::default();
-        assert!(t.insert(KeyEntry {
-            name: "alice".into(),
+    fn binding(rate: f64) -> Arc<Binding> {
+        Arc::new(Binding {
+            key_id: "k".into(),
+            plan: "p".into(),
+            throttle: Some(Bucket {
+                slot: Slot { index: 0, gen: 1 },
+                shared: SharedBucket::new(Limit { rate, burst: 1 }, 1),
+            }),
+            routes: Box::default(),
+            quota: None,
+        })
+    }
+
+    fn ring() -> Keyring {
+        let mut t = Keyring::default();
+        assert!(t.insert(KeyView {
             hash: hash(b"alice-key"),
             enabled: true,
-            stages: vec![(
-                1,
-                PlanLimits {
-                    throttle: Some(7),
-                    ..PlanLimits::default()
-                },
-            )],
+            stages: Box::new([(1, binding(7.0))]),
         }));
-        assert!(t.insert(KeyEntry {
-            name: "bob".into(),
+        assert!(t.insert(KeyView {
             hash: hash(b"bob-key"),
             enabled: false,
-            stages: vec![(1, PlanLimits::default())],
+            stages: Box::new([(1, binding(1.0))]),
         }));
-        assert!(!t.insert(KeyEntry {
-            name: "again".into(),
+        assert!(!t.insert(KeyView {
             hash: hash(b"alice-key"),
             enabled: true,
-            stages: vec![],
+            stages: Box::default(),
         }));
         t
     }
@@ -144,31 +238,44 @@ mod tests {
 
     #[test]
     fn keys_are_checked_by_hash_state_and_stage() {
-        let t = table();
+        let t = ring();
+        let rate = |r: Result<&Binding, KeyRefusal>| {
+            r.map(|b| b.throttle.as_ref().map(|t| t.shared.limit.rate))
+        };
         assert_eq!(
-            t.check(&header("X-Api-Key", b"alice-key"), 1)
-                .map(|l| l.throttle),
-            Ok(Some(7))
+            rate(t.check(&header("X-Api-Key", b"alice-key"), 1)),
+            Ok(Some(7.0))
         );
         assert_eq!(
-            t.check(&header("x-api-key", b"alice-key"), 2),
+            rate(t.check(&header("x-api-key", b"alice-key"), 2)),
             Err(KeyRefusal::NotInPlan)
         );
         assert_eq!(
-            t.check(&header("x-api-key", b"bob-key"), 1),
+            rate(t.check(&header("x-api-key", b"bob-key"), 1)),
             Err(KeyRefusal::Disabled)
         );
         assert_eq!(
-            t.check(&header("x-api-key", b"nope"), 1),
+            rate(t.check(&header("x-api-key", b"nope"), 1)),
             Err(KeyRefusal::Unknown)
         );
         assert_eq!(
-            t.check(&header("x-api-key", b""), 1),
+            rate(t.check(&header("x-api-key", b""), 1)),
             Err(KeyRefusal::Missing)
         );
         assert_eq!(
-            t.check(&header("accept", b"*/*"), 1),
+            rate(t.check(&header("accept", b"*/*"), 1)),
             Err(KeyRefusal::Missing)
         );
+    }
+
+    #[test]
+    fn published_rings_are_versioned() {
+        let live = Live::default();
+        let (v0, r0) = live.current();
+        assert!(r0.is_empty());
+        live.publish(ring());
+        let (v1, r1) = live.current();
+        assert!(v1 > v0);
+        assert_eq!(r1.len(), 2);
     }
 }

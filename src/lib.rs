@@ -25,6 +25,7 @@
 //! - `respond`: response heads; `error`: the one error type and its responses.
 //! - `clock`: the HTTP Date value.
 
+pub mod admin;
 pub mod body;
 pub mod clock;
 pub mod config;
@@ -34,9 +35,11 @@ pub mod keys;
 pub mod parse;
 pub mod plan;
 pub mod quota;
+pub mod registry;
 pub mod respond;
 pub mod route;
 pub mod shard;
+pub mod store;
 pub mod throttle;
 pub mod upstream;
 pub mod worker;

@@ -3,13 +3,17 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use shardgate::config::{self, RuntimeKind};
+use shardgate::registry::Registry;
+use shardgate::store::Store;
 use shardgate::worker;
 
 #[global_allocator]
@@ -119,6 +123,32 @@ fn run(
     if let Some(r) = runtime {
         plan.runtime = r;
     }
+    // Keys and usage: the store (or memory), and the registry that publishes the
+    // first keyring before any worker starts.
+    let store = match &plan.store_path {
+        Some(dir) => Store::open(dir)?,
+        None => Store::memory()?,
+    };
+    let registry = Registry::new(
+        &plan.stages,
+        plan.workers,
+        Arc::clone(&plan.live),
+        store,
+        &plan.seed,
+    )?;
+    let persistent = plan.store_path.is_some();
+    let registry = Arc::new(Mutex::new(registry));
+    let writer = StoreWriter::start(Arc::clone(&registry))?;
+    if persistent {
+        // Saved as soon as leased, so a kill -9 loses as little as it can; an
+        // in-memory store is only read by the usage report, every 50 ms is enough.
+        plan.live.set_writer(writer.thread());
+    }
+    if let Some(admin) = &plan.admin {
+        let addr = shardgate::admin::start(admin, Arc::clone(&registry))?;
+        // `admin=`, not `addr=`: tools wait for the public listener's `addr=`.
+        tracing::info!(admin = %addr, token = admin.token.is_some(), "admin listening");
+    }
     // Signals are taken before any worker starts so none is lost.
     let mut signals = Signals::new([SIGTERM, SIGINT])?;
     let sockets = worker::bind_all(&plan)?;
@@ -139,6 +169,55 @@ fn run(
     }
     workers.begin_shutdown();
     workers.join();
+    // The workers gave back their unspent leases: save the exact counts.
+    writer.stop();
+    let saved = match registry.lock() {
+        Ok(mut r) => r.shutdown(),
+        Err(poisoned) => poisoned.into_inner().shutdown(),
+    };
+    if let Err(e) = saved {
+        tracing::error!(error = %format!("{e:#}"), "could not save usage at shutdown");
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The store's writer: saves quota counts and daily usage whenever a worker takes
+/// a lease (it is woken), and at least every 50 ms while anything changed.
+struct StoreWriter {
+    handle: std::thread::JoinHandle<()>,
+    stop: Arc<AtomicBool>,
+}
+
+impl StoreWriter {
+    fn start(registry: Arc<Mutex<Registry>>) -> std::io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let handle = std::thread::Builder::new()
+            .name("shardgate-store".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Acquire) {
+                    std::thread::park_timeout(Duration::from_millis(50));
+                    let result = match registry.lock() {
+                        Ok(mut r) => r.flush(),
+                        Err(poisoned) => poisoned.into_inner().flush(),
+                    };
+                    if let Err(e) = result {
+                        tracing::error!(error = %format!("{e:#}"), "store write failed; retrying");
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                }
+            })?;
+        Ok(Self { handle, stop })
+    }
+
+    fn thread(&self) -> std::thread::Thread {
+        self.handle.thread().clone()
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Release);
+        self.handle.thread().unpark();
+        let _ = self.handle.join();
+    }
 }

@@ -22,12 +22,24 @@ pub struct Plan {
     pub throttles: Vec<crate::throttle::SharedBucket>,
     /// The gateway-wide throttle.
     pub throttle: Option<crate::throttle::ThrottleId>,
-    /// API keys and the stages their usage plans cover.
-    pub keys: crate::keys::KeyTable,
-    /// One quota per key and usage plan; shards hold their unspent leases by index.
-    pub quotas: Vec<crate::quota::Quota>,
+    /// The usage plans and API keys the config declares (the registry adds those
+    /// of the management API and the store).
+    pub seed: crate::registry::Seed,
+    /// The keyring the workers read, published by the registry.
+    pub live: Arc<crate::keys::Live>,
+    /// The management API's listener, if `admin:` is configured.
+    pub admin: Option<AdminPlan>,
+    /// `store.path`: where keys and usage persist; in memory when absent.
+    pub store_path: Option<std::path::PathBuf>,
     /// The instant throttle clocks count from, the same for every worker.
     pub epoch: std::time::Instant,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminPlan {
+    pub bind: SocketAddr,
+    /// The bearer token; `None` refuses every management call.
+    pub token: Option<String>,
 }
 
 pub type StageId = usize;

@@ -8,12 +8,11 @@
 //! period ever admits more than `limit` requests, whatever the number of workers; a
 //! lease still unspent when the period ends is dropped with it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
-pub type QuotaId = usize;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// A quota period, as written in the config (`day | week | month`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Period {
     Day,
@@ -37,59 +36,83 @@ impl Period {
                 (week, (week * 7 + 7 - 3) * DAY_S)
             }
             Period::Month => {
-                let (y, m) = year_month(day);
+                let (y, m, _) = crate::clock::civil_from_days(day as i64);
+                let (y, m) = (y as u64, u64::from(m));
                 let index = y * 12 + (m - 1);
                 let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
-                (index, days_from_civil(ny, nm) * DAY_S)
+                (
+                    index,
+                    crate::clock::days_from_civil(ny, nm as u32, 1) * DAY_S,
+                )
             }
         }
     }
 }
 
-/// (year, month 1-12) of a day count since 1970-01-01 (Howard Hinnant's algorithm).
-fn year_month(days: u64) -> (u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + u64::from(m <= 2);
-    (y, m)
-}
-
-/// Days since 1970-01-01 of the first day of `y`-`m`.
-fn days_from_civil(y: u64, m: u64) -> u64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y / 400;
-    let yoe = y - era * 400;
-    let mp = if m > 2 { m - 3 } else { m + 9 };
-    let doy = (153 * mp + 2) / 5;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
+/// One key's quota in one usage plan, shared by every worker.
 #[derive(Debug)]
 pub struct Quota {
-    pub limit: u64,
+    limit: AtomicU64,
     pub period: Period,
-    /// `period index << 44 | requests handed out in it`.
+    /// `false` for a usage plan without a quota: requests are only counted (daily),
+    /// for the usage report, never refused.
+    pub limited: bool,
+    /// `period index << 44 | requests handed out (leased) in it`.
     state: AtomicU64,
+    /// `period index << 44 | requests served in it`: what workers spent of their
+    /// leases, added once per worker tick (100 ms), for the usage report.
+    spent: AtomicU64,
+    /// Set when `state` or `spent` changed since the store last saved them.
+    dirty: AtomicBool,
+    /// Bumped by a reset (`set_remaining`): leases taken before it are void.
+    gen: AtomicU32,
 }
+
+fn pack(period: u64, n: u64) -> u64 {
+    (period << USED_BITS) | n.min(USED_MASK)
+}
+
+/// Where to find a quota's unspent lease in each shard (see `crate::keys::Slot`).
+pub type Slot = crate::keys::Slot;
 
 impl Quota {
     pub fn new(limit: u64, period: Period) -> Self {
         Self {
-            limit: limit.min(USED_MASK),
+            limit: AtomicU64::new(limit.min(USED_MASK)),
             period,
+            limited: true,
             state: AtomicU64::new(0),
+            spent: AtomicU64::new(0),
+            dirty: AtomicBool::new(false),
+            gen: AtomicU32::new(0),
         }
     }
 
-    /// Requests handed out (leased) in `period` so far.
-    pub fn used(&self, period: u64) -> u64 {
-        let s = self.state.load(Ordering::Relaxed);
+    /// The reset generation leases are taken under.
+    pub fn gen(&self) -> u32 {
+        self.gen.load(Ordering::Acquire)
+    }
+
+    /// Counts without limiting: a plan without a quota still reports usage per day.
+    pub fn unlimited() -> Self {
+        Self {
+            limited: false,
+            ..Self::new(USED_MASK, Period::Day)
+        }
+    }
+
+    pub fn limit(&self) -> u64 {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    /// A usage plan's new limit, keeping what was used.
+    pub fn set_limit(&self, limit: u64) {
+        self.limit.store(limit.min(USED_MASK), Ordering::Relaxed);
+        self.dirty.store(true, Ordering::Relaxed);
+    }
+
+    fn count(word: &AtomicU64, period: u64) -> u64 {
+        let s = word.load(Ordering::Relaxed);
         if s >> USED_BITS == period {
             s & USED_MASK
         } else {
@@ -97,8 +120,48 @@ impl Quota {
         }
     }
 
+    /// Requests handed out (leased) in `period` so far.
+    pub fn used(&self, period: u64) -> u64 {
+        Self::count(&self.state, period)
+    }
+
+    /// Requests served in `period`, as of the workers' last tick.
+    pub fn spent(&self, period: u64) -> u64 {
+        Self::count(&self.spent, period)
+    }
+
+    /// `(period, leased, spent)` as the store saves them.
+    pub fn snapshot(&self) -> (u64, u64, u64) {
+        let s = self.state.load(Ordering::Relaxed);
+        let period = s >> USED_BITS;
+        (period, s & USED_MASK, self.spent(period))
+    }
+
+    /// Restores what the store saved (at start, before any worker runs).
+    pub fn restore(&self, period: u64, leased: u64, spent: u64) {
+        self.state.store(pack(period, leased), Ordering::Relaxed);
+        self.spent.store(pack(period, spent), Ordering::Relaxed);
+    }
+
+    /// Takes and clears the "changed since saved" mark.
+    pub fn take_dirty(&self) -> bool {
+        self.dirty.swap(false, Ordering::AcqRel)
+    }
+
+    /// Sets what is left of `period` (the management API's quota reset): both counts
+    /// become `limit - remaining`, and the leases workers hold are void (each worker
+    /// drops its lease at its next request under this quota, without giving it back).
+    pub fn set_remaining(&self, period: u64, remaining: u64) {
+        let used = self.limit().saturating_sub(remaining);
+        self.gen.fetch_add(1, Ordering::AcqRel);
+        self.state.store(pack(period, used), Ordering::Release);
+        self.spent.store(pack(period, used), Ordering::Release);
+        self.dirty.store(true, Ordering::Relaxed);
+    }
+
     /// Leases up to `want` requests of `period`; 0 when the quota is spent.
     pub fn lease(&self, period: u64, want: u64) -> u64 {
+        let limit = self.limit();
         let mut s = self.state.load(Ordering::Relaxed);
         loop {
             let (p, used) = (s >> USED_BITS, s & USED_MASK);
@@ -109,26 +172,113 @@ impl Quota {
                 // This worker's clock is behind another's: wait for it.
                 std::cmp::Ordering::Greater => return 0,
             };
-            let granted = want.min(self.limit - used.min(self.limit));
+            let granted = want.min(limit - used.min(limit));
             if granted == 0 {
                 return 0;
             }
-            let next = (period << USED_BITS) | (used + granted);
+            match self.state.compare_exchange_weak(
+                s,
+                pack(period, used + granted),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    self.dirty.store(true, Ordering::Relaxed);
+                    return granted;
+                }
+                Err(current) => s = current,
+            }
+        }
+    }
+
+    /// Returns `n` unspent requests of `period`; nothing if that period is over.
+    pub fn give_back(&self, period: u64, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let mut s = self.state.load(Ordering::Relaxed);
+        while s >> USED_BITS == period {
+            let used = (s & USED_MASK).saturating_sub(n);
+            match self.state.compare_exchange_weak(
+                s,
+                pack(period, used),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    self.dirty.store(true, Ordering::Relaxed);
+                    return;
+                }
+                Err(current) => s = current,
+            }
+        }
+    }
+
+    /// Adds `n` requests served in `period` (a worker's tick).
+    pub fn add_spent(&self, period: u64, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let mut s = self.spent.load(Ordering::Relaxed);
+        loop {
+            let next = match (s >> USED_BITS).cmp(&period) {
+                std::cmp::Ordering::Equal => pack(period, (s & USED_MASK) + n),
+                std::cmp::Ordering::Less => pack(period, n),
+                // Counted late, after the period ended: it no longer matters.
+                std::cmp::Ordering::Greater => return,
+            };
             match self
-                .state
+                .spent
                 .compare_exchange_weak(s, next, Ordering::AcqRel, Ordering::Relaxed)
             {
-                Ok(_) => return granted,
+                Ok(_) => {
+                    self.dirty.store(true, Ordering::Relaxed);
+                    return;
+                }
                 Err(current) => s = current,
             }
         }
     }
 }
 
-/// A worker's unspent leases, one slot per quota: (period, requests left).
+/// A worker's unspent lease of one quota.
+#[derive(Debug, Default)]
+struct LeaseSlot {
+    /// The generation of the slot this lease belongs to (see `crate::keys::Slot`).
+    gen: u32,
+    period: u64,
+    /// Requests of the lease not yet admitted.
+    left: u64,
+    /// Requests admitted since the last tick, not yet added to `Quota::spent`.
+    unflushed: u64,
+    /// The quota's reset generation when the lease was taken.
+    qgen: u32,
+    quota: Option<Arc<Quota>>,
+}
+
+impl LeaseSlot {
+    /// Hands what this slot holds back to its quota: the unspent lease, and the
+    /// count of requests served.
+    fn settle(&mut self) {
+        if let Some(q) = &self.quota {
+            if q.gen() == self.qgen {
+                q.give_back(self.period, self.left);
+            }
+            if self.unflushed > 0 {
+                q.add_spent(self.period, self.unflushed);
+            }
+        }
+        self.left = 0;
+        self.unflushed = 0;
+    }
+}
+
+/// A worker's unspent leases, one slot per quota (indexed by `Slot::index`), and the
+/// slots whose served count the next tick adds to the shared quota.
 #[derive(Debug, Default)]
 pub struct Leases {
-    slots: Vec<(u64, u64)>,
+    slots: Vec<LeaseSlot>,
+    dirty: Vec<u32>,
     workers: u64,
 }
 
@@ -141,42 +291,104 @@ pub struct QuotaState {
     pub reset_s: u64,
 }
 
+/// What `Leases::admit` did besides deciding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admitted {
+    pub state: QuotaState,
+    /// A new lease was taken from the shared quota (the store should save it).
+    pub leased: bool,
+}
+
 impl Leases {
-    pub fn new(quotas: usize, workers: usize) -> Self {
+    pub fn new(workers: usize) -> Self {
         Self {
-            slots: vec![(u64::MAX, 0); quotas],
+            slots: Vec::new(),
+            dirty: Vec::new(),
             workers: workers.max(1) as u64,
         }
     }
 
-    /// Spends one request of quota `id` at `unix_s`; `Err` with the state when the
-    /// period's quota is spent.
+    /// Spends one request of `quota` (found at `slot`) at `unix_s`; `Err` with the
+    /// state when the period's quota is spent.
     pub fn admit(
         &mut self,
-        id: QuotaId,
-        quota: &Quota,
+        slot: Slot,
+        quota: &Arc<Quota>,
         unix_s: u64,
-    ) -> Result<QuotaState, QuotaState> {
+    ) -> Result<Admitted, QuotaState> {
         let (period, next) = quota.period.at(unix_s);
-        let slot = &mut self.slots[id];
-        if slot.0 != period {
-            *slot = (period, 0);
+        let i = slot.index as usize;
+        if i >= self.slots.len() {
+            self.slots.resize_with(i + 1, LeaseSlot::default);
         }
+        let s = &mut self.slots[i];
+        if s.gen != slot.gen || s.quota.is_none() {
+            // First use, or the slot now belongs to another key or plan.
+            s.settle();
+            *s = LeaseSlot {
+                gen: slot.gen,
+                period,
+                qgen: quota.gen(),
+                quota: Some(Arc::clone(quota)),
+                ..LeaseSlot::default()
+            };
+        } else if s.period != period {
+            // Roll-over: the old period's unspent lease goes back.
+            s.settle();
+            s.period = period;
+        }
+        let qgen = quota.gen();
+        if s.qgen != qgen {
+            // The quota was reset: the lease held is void.
+            s.left = 0;
+            s.qgen = qgen;
+        }
+        let limit = quota.limit();
         let state = |left: u64| QuotaState {
-            limit: quota.limit,
-            remaining: quota.limit - quota.used(period).min(quota.limit) + left,
+            limit,
+            remaining: limit - quota.used(period).min(limit) + left,
             reset_s: next.saturating_sub(unix_s),
         };
-        if slot.1 == 0 {
-            let left = quota.limit - quota.used(period).min(quota.limit);
+        let mut leased = false;
+        if s.left == 0 {
+            let left = limit - quota.used(period).min(limit);
             let want = (left / (4 * self.workers)).clamp(1, 64);
-            slot.1 = quota.lease(period, want);
-            if slot.1 == 0 {
+            s.left = quota.lease(period, want);
+            if s.left == 0 {
                 return Err(state(0));
             }
+            leased = true;
         }
-        slot.1 -= 1;
-        Ok(state(slot.1))
+        s.left -= 1;
+        if s.unflushed == 0 {
+            self.dirty.push(slot.index);
+        }
+        s.unflushed += 1;
+        Ok(Admitted {
+            state: state(s.left),
+            leased,
+        })
+    }
+
+    /// Adds the requests served since the last call to their quotas (the worker's
+    /// tick, every 100 ms).
+    pub fn flush(&mut self) {
+        for i in self.dirty.drain(..) {
+            let s = &mut self.slots[i as usize];
+            if let Some(q) = &s.quota {
+                q.add_spent(s.period, s.unflushed);
+            }
+            s.unflushed = 0;
+        }
+    }
+
+    /// Gives every unspent lease back and counts what was served (at shutdown), so
+    /// that the store saves exact counts.
+    pub fn settle_all(&mut self) {
+        self.dirty.clear();
+        for s in &mut self.slots {
+            s.settle();
+        }
     }
 }
 
@@ -202,28 +414,53 @@ mod tests {
         // December rolls into January.
         let (_, jan) = Period::Month.at(1_797_000_000);
         assert_eq!(jan, 1_798_761_600, "2027-01-01");
-        assert_eq!(year_month(0), (1970, 1));
-        assert_eq!(days_from_civil(2000, 3), 11_017);
     }
 
     #[test]
     fn leases_never_exceed_the_limit_and_reset_each_period() {
-        let q = Quota::new(10, Period::Day);
-        let mut workers = [Leases::new(1, 2), Leases::new(1, 2)];
+        let q = Arc::new(Quota::new(10, Period::Day));
+        let slot = Slot { index: 3, gen: 1 };
+        let mut workers = [Leases::new(2), Leases::new(2)];
         let t = 1_795_521_600;
         let mut admitted = 0;
         for i in 0..40 {
-            if workers[i % 2].admit(0, &q, t).is_ok() {
+            if workers[i % 2].admit(slot, &q, t).is_ok() {
                 admitted += 1;
             }
         }
         assert_eq!(admitted, 10);
-        let refused = workers[0].admit(0, &q, t).unwrap_err();
+        let refused = workers[0].admit(slot, &q, t).unwrap_err();
         assert_eq!((refused.limit, refused.remaining), (10, 0));
+        let (period, _) = Period::Day.at(t);
+        assert_eq!(q.spent(period), 0, "served counts wait for the tick");
+        workers.iter_mut().for_each(Leases::flush);
+        assert_eq!(q.spent(period), 10);
         // The next day starts afresh.
         assert_eq!(
-            workers[1].admit(0, &q, t + DAY_S).map(|s| s.remaining),
+            workers[1]
+                .admit(slot, &q, t + DAY_S)
+                .map(|a| a.state.remaining),
             Ok(9)
         );
+    }
+
+    #[test]
+    fn unspent_leases_go_back_at_shutdown() {
+        let q = Arc::new(Quota::new(1000, Period::Month));
+        let slot = Slot { index: 0, gen: 1 };
+        let mut w = Leases::new(1);
+        let t = 1_795_521_600;
+        let (period, _) = Period::Month.at(t);
+        for _ in 0..5 {
+            w.admit(slot, &q, t).unwrap();
+        }
+        assert!(q.used(period) > 5, "a lease is larger than one request");
+        w.settle_all();
+        assert_eq!((q.used(period), q.spent(period)), (5, 5));
+        // A slot reused by another quota settles the old one first.
+        let other = Arc::new(Quota::new(1000, Period::Month));
+        w.admit(slot, &q, t).unwrap();
+        w.admit(Slot { index: 0, gen: 2 }, &other, t).unwrap();
+        assert_eq!((q.used(period), q.spent(period)), (6, 6));
     }
 }

@@ -5,7 +5,10 @@ use std::cell::{Cell, RefCell};
 use std::task::Waker;
 use std::time::Instant;
 
+use std::sync::Arc;
+
 use crate::clock::DateCache;
+use crate::keys::Keyring;
 use crate::plan::PoolLimits;
 use crate::quota::Leases;
 use crate::throttle::LocalTokens;
@@ -36,6 +39,9 @@ pub struct Shard {
     pub tokens: RefCell<LocalTokens>,
     /// This worker's unspent quota leases (`quota`).
     pub leases: RefCell<Leases>,
+    /// The keyring this worker reads, and its version: swapped by the worker's tick
+    /// when the control plane publishes a new one, never during a request.
+    pub keyring: RefCell<(u64, Arc<Keyring>)>,
     /// Connection buffers not in use (parked connections hold none).
     bufs: RefCell<Vec<Vec<u8>>>,
     next_request: Cell<u64>,
@@ -53,6 +59,7 @@ impl Shard {
         pool_limits: PoolLimits,
         tokens: LocalTokens,
         leases: Leases,
+        keyring: (u64, Arc<Keyring>),
         id_seed: u32,
     ) -> Self {
         Self {
@@ -65,6 +72,7 @@ impl Shard {
             parked: RefCell::new(Parked::default()),
             tokens: RefCell::new(tokens),
             leases: RefCell::new(leases),
+            keyring: RefCell::new(keyring),
             bufs: RefCell::new(Vec::new()),
             next_request: Cell::new(0),
             id_seed,
@@ -224,6 +232,7 @@ mod tests {
             PoolLimits::default(),
             LocalTokens::default(),
             Leases::default(),
+            (0, Arc::default()),
             0xdead_beef,
         );
         let a = s.next_request_id();

@@ -15,7 +15,7 @@
 //! rate: it draws batch after batch.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Index of a throttle in `Plan::throttles` (and of its tokens in each shard).
 pub type ThrottleId = usize;
@@ -85,10 +85,13 @@ impl SharedBucket {
     }
 }
 
-/// A shard's unspent tokens, one slot per throttle.
+/// A shard's unspent tokens: one per throttle of the config (by `ThrottleId`), and
+/// one per API key's bucket (by `Slot`, since keys come and go at run time).
 #[derive(Debug, Default)]
 pub struct LocalTokens {
     tokens: Vec<u32>,
+    /// `(slot generation, tokens)` by slot index; grown on first use.
+    slots: Vec<(u32, u32)>,
     epoch: Option<Instant>,
 }
 
@@ -96,15 +99,40 @@ impl LocalTokens {
     pub fn new(throttles: usize, epoch: Instant) -> Self {
         Self {
             tokens: vec![0; throttles],
+            slots: Vec::new(),
             epoch: Some(epoch),
         }
     }
 
     /// Nanoseconds since the plan's epoch (shared by all workers).
-    pub fn now_ns(&self, now: Instant) -> u64 {
-        self.epoch
-            .map_or(Duration::ZERO, |e| now.saturating_duration_since(e))
-            .as_nanos() as u64
+    pub fn now_ns(&self) -> u64 {
+        self.epoch.map_or(0, crate::clock::since_ns)
+    }
+
+    /// `admit` for a key's bucket: tokens held for an older generation of the slot
+    /// (a deleted key, a changed plan) are dropped, never spent.
+    pub fn admit_slot(
+        &mut self,
+        slot: crate::keys::Slot,
+        shared: &SharedBucket,
+        now_ns: u64,
+    ) -> bool {
+        let i = slot.index as usize;
+        if i >= self.slots.len() {
+            self.slots.resize(i + 1, (0, 0));
+        }
+        let s = &mut self.slots[i];
+        if s.0 != slot.gen {
+            *s = (slot.gen, 0);
+        }
+        if s.1 == 0 {
+            s.1 = shared.take(now_ns, shared.batch);
+            if s.1 == 0 {
+                return false;
+            }
+        }
+        s.1 -= 1;
+        true
     }
 
     /// Spends one token of throttle `id`, drawing a batch from `shared` when none is

@@ -172,7 +172,8 @@ async fn worker_main(
         uring,
         plan.pool,
         crate::throttle::LocalTokens::new(plan.throttles.len(), plan.epoch),
-        crate::quota::Leases::new(plan.quotas.len(), plan.workers),
+        crate::quota::Leases::new(plan.workers),
+        plan.live.current(),
         seed,
     ));
     for (li, std_listener) in listeners.into_iter().enumerate() {
@@ -196,8 +197,15 @@ async fn worker_main(
     while !shutdown.load(Ordering::Relaxed) {
         monoio::time::sleep(Duration::from_millis(100)).await;
         shard.parked.borrow_mut().sweep(Instant::now());
+        // Requests served this tick count towards their keys' daily usage.
+        shard.leases.borrow_mut().flush();
+        if plan.live.version() != shard.keyring.borrow().0 {
+            // Between requests (this task runs only when no request is being
+            // prepared): the next request sees the new keys.
+            *shard.keyring.borrow_mut() = plan.live.current();
+        }
         tick = tick.wrapping_add(1);
-        if tick % 10 == 0 {
+        if tick.is_multiple_of(10) {
             // Return freed buffers' pages (parked connections) to the system once a
             // second: mimalloc otherwise purges only when this thread next allocates.
             // SAFETY: mi_collect(false) works on the calling thread's heap only.
@@ -216,6 +224,8 @@ async fn worker_main(
             "drain timed out; closing"
         );
     }
+    // Unspent quota leases go back, so the store saves exact counts.
+    shard.leases.borrow_mut().settle_all();
 }
 
 async fn accept_loop(

@@ -71,10 +71,13 @@ fn validate_accepts_the_quickstart() {
 #[test]
 fn later_features_are_refused_not_ignored() {
     let table = [
-        ("store: { path: ./data }\n", "not supported yet: store"),
         (
-            "admin: { bind: 127.0.0.1:9901 }\n",
-            "not supported yet: admin",
+            "store: { redis: { url: \"redis://127.0.0.1:6379/0\" } }\n",
+            "not supported yet: store.redis",
+        ),
+        (
+            "admin: { bind: 127.0.0.1:9901, colour: red }\n",
+            "admin.colour: unknown field",
         ),
     ];
     let apis = "apis:

@@ -7,15 +7,13 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{
-    ConfigErrors, ConfigFile, IntegrationFile, QuotaFile, SecretFile, ThrottleFile, Workers,
-};
-use crate::keys::{self, KeyEntry, KeyTable, PlanLimits};
+use super::{ConfigErrors, ConfigFile, IntegrationFile, SecretFile, ThrottleFile, Workers};
+use crate::keys;
 use crate::plan::{
-    BaseMapping, Integration, Limits, ListenerPlan, MockResponse, PathPart, Plan, PoolLimits,
-    ProxyTarget, RouteId, RoutePlan, StageId, StagePlan,
+    AdminPlan, BaseMapping, Integration, Limits, ListenerPlan, MockResponse, PathPart, Plan,
+    PoolLimits, ProxyTarget, RoutePlan, StageId, StagePlan,
 };
-use crate::quota::Quota;
+use crate::registry::{self, KeyDef, Seed, StageInfo};
 use crate::route::{RouteKey, Router};
 use crate::throttle::{Limit, SharedBucket, ThrottleId};
 
@@ -25,95 +23,52 @@ const DEFAULT_TIMEOUT_MS: u64 = 29_000;
 const TIMEOUT_RANGE_MS: std::ops::RangeInclusive<u64> = 50..=30_000;
 const DEFAULT_DRAIN_MS: u64 = 30_000;
 
-/// Usage plans and API keys: each key gets, for each stage of each of its plans,
-/// that plan's per-key throttle (a bucket of its own).
-fn compile_keys(
-    cfg: &ConfigFile,
-    api_index: &HashMap<&str, usize>,
-    stage_ids: &HashMap<(usize, &str), usize>,
-    throttles: &mut Vec<SharedBucket>,
-    quotas: &mut Vec<Quota>,
-    workers: usize,
-    errs: &mut ConfigErrors,
-) -> KeyTable {
-    // Plan name → (stages, throttle, quota, per-route throttles).
-    type PlanEntry = (
-        Vec<StageId>,
-        Option<ThrottleFile>,
-        Option<QuotaFile>,
-        Vec<(StageId, RouteId, ThrottleFile)>,
-    );
-    let mut plans: HashMap<&str, PlanEntry> = HashMap::new();
-    // `api`, `stage` → (API index, stage id).
-    let stage_of = |api: &str, stage: &str| {
-        let ai = *api_index.get(api)?;
-        Some((ai, *stage_ids.get(&(ai, stage))?))
-    };
+/// Reads a `{ env: NAME }` or literal secret; `None` (with an error) when unset.
+fn secret(v: &SecretFile, path: &str, errs: &mut ConfigErrors) -> Option<String> {
+    match v {
+        SecretFile::Env(r) => match std::env::var(&r.env) {
+            Ok(v) => Some(v),
+            Err(_) => {
+                errs.push(
+                    format!("{path}.env"),
+                    format!("environment variable {} is not set", r.env),
+                );
+                None
+            }
+        },
+        SecretFile::Value(v) => Some(v.clone()),
+    }
+}
+
+/// Validates the usage plans and API keys of the config against the compiled
+/// stages; the registry builds them at start.
+fn compile_seed(cfg: &ConfigFile, stages: &[StagePlan], errs: &mut ConfigErrors) -> Seed {
+    let infos = StageInfo::of(stages);
+    let mut seed = Seed::default();
+    // Plan name → the stages it covers.
+    let mut plan_stages: HashMap<&str, Vec<StageId>> = HashMap::new();
     for (pi, plan) in cfg.usage_plans.iter().enumerate() {
         let Some(plan) = plan else { continue };
         let path = format!("usage_plans[{pi}]");
-        let mut stages = Vec::new();
-        for (si, name) in plan.stages.iter().enumerate() {
-            let found = name
-                .split_once('/')
-                .and_then(|(api, stage)| stage_of(api, stage));
-            match found {
-                Some((_, id)) => stages.push(id),
-                None => errs.push(
-                    format!("{path}.stages[{si}]"),
-                    format!("no stage {name:?}: expected \"api/stage\""),
-                ),
-            }
-        }
-        if let Some(t) = plan.throttle {
-            check_limit(t, &format!("{path}.throttle"), errs);
-        }
-        let mut routes = Vec::new();
-        for (key, t) in &plan.routes {
-            let rpath = format!("{path}.routes[{key:?}]");
-            // "api/stage/METHOD /path"
-            let mut parts = key.splitn(3, '/');
-            let (api, stage, route) = (parts.next(), parts.next(), parts.next());
-            let found = api.zip(stage).zip(route).and_then(|((api, stage), route)| {
-                let (ai, sid) = stage_of(api, stage)?;
-                let rid = cfg.apis[ai]
-                    .as_ref()?
-                    .routes
-                    .iter()
-                    .position(|r| r.as_ref().is_some_and(|r| r.route == route))?;
-                Some((sid, rid))
-            });
-            match found {
-                Some((sid, _)) if !stages.contains(&sid) => errs.push(
-                    rpath,
-                    "names a stage that is not in this usage plan's stages",
-                ),
-                Some((sid, rid)) => {
-                    if check_limit(*t, &rpath, errs) {
-                        routes.push((sid, rid, *t));
-                    }
+        match registry::resolve(&infos, plan) {
+            Ok(res) => {
+                if plan_stages.insert(plan.name.as_str(), res.stages).is_some() {
+                    errs.push(
+                        format!("{path}.name"),
+                        format!("duplicate usage plan {:?}", plan.name),
+                    );
                 }
-                None => errs.push(
-                    rpath,
-                    format!("no route {key:?}: expected \"api/stage/METHOD /path\""),
-                ),
+                seed.plans.push(plan.clone());
             }
-        }
-        if plans
-            .insert(
-                plan.name.as_str(),
-                (stages, plan.throttle, plan.quota, routes),
-            )
-            .is_some()
-        {
-            errs.push(
-                format!("{path}.name"),
-                format!("duplicate usage plan {:?}", plan.name),
-            );
+            Err(list) => {
+                for (p, m) in list {
+                    errs.push(format!("{path}.{p}"), m);
+                }
+            }
         }
     }
-    let mut table = KeyTable::default();
     let mut names = HashSet::new();
+    let mut hashes = HashSet::new();
     for (ki, key) in cfg.api_keys.iter().enumerate() {
         let Some(key) = key else { continue };
         let path = format!("api_keys[{ki}]");
@@ -123,20 +78,10 @@ fn compile_keys(
                 format!("duplicate API key name {:?}", key.name),
             );
         }
-        let value = match &key.value {
-            SecretFile::Env(r) => match std::env::var(&r.env) {
-                Ok(v) => v,
-                Err(_) => {
-                    errs.push(
-                        format!("{path}.value.env"),
-                        format!("environment variable {} is not set", r.env),
-                    );
-                    continue;
-                }
-            },
-            SecretFile::Value(v) => v.clone(),
+        let Some(value) = secret(&key.value, &format!("{path}.value"), errs) else {
+            continue;
         };
-        if !(20..=128).contains(&value.len()) || !value.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        if !registry::valid_key_value(&value) {
             // AWS: key values are alphanumeric, 20 to 128 characters.
             errs.push(
                 format!("{path}.value"),
@@ -144,71 +89,67 @@ fn compile_keys(
             );
             continue;
         }
-        let mut stages: Vec<(StageId, PlanLimits)> = Vec::new();
+        let mut covered: Vec<StageId> = Vec::new();
         for (pi, plan_name) in key.plans.iter().enumerate() {
-            let Some((plan_stages, throttle, quota, plan_routes)) = plans.get(plan_name.as_str())
-            else {
+            let Some(stages) = plan_stages.get(plan_name.as_str()) else {
                 errs.push(
                     format!("{path}.plans[{pi}]"),
                     format!("no usage plan {plan_name:?}"),
                 );
                 continue;
             };
-            let key_throttle = throttle.and_then(|t| {
-                add_throttle(throttles, t, workers, &format!("{path}.plans[{pi}]"), errs)
-            });
-            // One count per key and plan, over all the plan's stages.
-            let key_quota = quota.map(|q| {
-                quotas.push(Quota::new(q.limit, q.period));
-                quotas.len() - 1
-            });
-            for &sid in plan_stages {
-                if stages.iter().any(|(s, _)| *s == sid) {
-                    errs.push(
-                        format!("{path}.plans[{pi}]"),
-                        "a key is in at most one usage plan per stage",
-                    );
-                    continue;
-                }
-                // This key's own bucket for each of the plan's routes on this stage.
-                let routes = plan_routes
-                    .iter()
-                    .filter(|(s, _, _)| *s == sid)
-                    .filter_map(|&(_, rid, t)| {
-                        let id = add_throttle(
-                            throttles,
-                            t,
-                            workers,
-                            &format!("{path}.plans[{pi}]"),
-                            errs,
-                        )?;
-                        Some((rid, id))
-                    })
-                    .collect();
-                stages.push((
-                    sid,
-                    PlanLimits {
-                        throttle: key_throttle,
-                        routes,
-                        quota: key_quota,
-                    },
-                ));
+            if stages.iter().any(|s| covered.contains(s)) {
+                errs.push(
+                    format!("{path}.plans[{pi}]"),
+                    "a key is in at most one usage plan per stage",
+                );
             }
+            covered.extend(stages);
         }
-        let entry = KeyEntry {
-            name: key.name.clone(),
-            hash: keys::hash(value.as_bytes()),
-            enabled: key.enabled,
-            stages,
-        };
-        if !table.insert(entry) {
+        let hash = keys::hash(value.as_bytes());
+        if !hashes.insert(hash) {
             errs.push(
                 format!("{path}.value"),
                 "another API key has the same value",
             );
         }
+        seed.keys.push(KeyDef {
+            id: registry::config_key_id(&hash),
+            name: key.name.clone(),
+            description: key.description.clone().unwrap_or_default(),
+            enabled: key.enabled,
+            plans: key.plans.clone(),
+            created_s: registry::now_s(),
+            hash: registry::hex(&hash),
+        });
     }
-    table
+    seed
+}
+
+fn compile_admin(cfg: &ConfigFile, errs: &mut ConfigErrors) -> Option<AdminPlan> {
+    let admin = cfg.admin.as_ref()?;
+    let bind = admin.bind.as_deref().unwrap_or("127.0.0.1:9901");
+    let parsed: Option<SocketAddr> = bind.parse().ok();
+    if parsed.is_none() {
+        errs.push(
+            "admin.bind",
+            format!("{bind:?} is not an address:port such as 127.0.0.1:9901"),
+        );
+    }
+    let token = admin
+        .token
+        .as_ref()
+        .and_then(|t| secret(t, "admin.token", errs));
+    if token.as_ref().is_some_and(|t| t.len() < 16) {
+        errs.push("admin.token", "must be at least 16 characters");
+    }
+    if token.is_none() && admin.token.is_none() {
+        tracing::warn!("admin.token is not set: the management API refuses every call");
+    }
+    Some(AdminPlan {
+        bind: parsed?,
+        token,
+    })
 }
 
 fn check_limit(t: ThrottleFile, path: &str, errs: &mut ConfigErrors) -> bool {
@@ -405,16 +346,19 @@ pub fn compile(cfg: &ConfigFile, workers_override: Option<usize>) -> Result<Plan
         api_stages.push(mine);
     }
 
-    let mut quotas = Vec::new();
-    let keys = compile_keys(
-        cfg,
-        &api_index,
-        &stage_ids,
-        &mut throttles,
-        &mut quotas,
-        workers,
-        &mut errs,
-    );
+    let seed = compile_seed(cfg, &stages, &mut errs);
+    let admin = compile_admin(cfg, &mut errs);
+    let mut store_path = None;
+    if let Some(store) = &cfg.store {
+        if store.redis.is_some() {
+            errs.not_supported("store.redis");
+        }
+        match store.path.as_deref() {
+            Some("") => errs.push("store.path", "must name a directory"),
+            Some(p) => store_path = Some(std::path::PathBuf::from(p)),
+            None => {}
+        }
+    }
 
     // Listeners.
     let mut listeners = Vec::new();
@@ -511,8 +455,10 @@ pub fn compile(cfg: &ConfigFile, workers_override: Option<usize>) -> Result<Plan
             pool: PoolLimits::default(),
             throttles,
             throttle: global_throttle,
-            keys,
-            quotas,
+            seed,
+            live: Arc::new(keys::Live::default()),
+            admin,
+            store_path,
             epoch: std::time::Instant::now(),
         })
     } else {
@@ -930,7 +876,7 @@ apis:
     #[test]
     fn later_features_are_refused_by_name() {
         let text = format!(
-            "{BASE}store: {{ path: ./data }}
+            "{BASE}store: {{ path: ./data, redis: {{ url: \"redis://127.0.0.1:6379/0\" }} }}
 apis:
   - name: p
     routes:
@@ -941,7 +887,7 @@ apis:
 "
         );
         let errs = errors_of(&text);
-        for key in ["store", "apis[0].stages[0].cache"] {
+        for key in ["store.redis", "apis[0].stages[0].cache"] {
             assert!(
                 errs.iter()
                     .any(|e| e.contains(&format!("not supported yet: {key}"))),

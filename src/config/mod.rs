@@ -108,6 +108,8 @@ pub struct ConfigFile {
     pub throttle: Option<ThrottleFile>,
     pub usage_plans: Vec<Option<UsagePlanFile>>,
     pub api_keys: Vec<Option<ApiKeyFile>>,
+    pub admin: Option<AdminFile>,
+    pub store: Option<StoreFile>,
     /// Present but not yet served: (key path, value).
     pub unsupported: Vec<String>,
 }
@@ -229,23 +231,48 @@ pub struct StageRouteFile {
     pub cache: Option<Value>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// A usage plan: in the config, in the store, and in the management API's bodies.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct UsagePlanFile {
     pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
     /// `api/stage` names.
     pub stages: Vec<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub throttle: Option<ThrottleFile>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quota: Option<QuotaFile>,
     /// Per-key, per-route throttles: `"api/stage/GET /pets": { rate, burst }`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub routes: BTreeMap<String, ThrottleFile>,
 }
 
+/// `admin:`: the listener of the management API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminFile {
+    /// Default `127.0.0.1:9901` (loopback).
+    #[serde(default)]
+    pub bind: Option<String>,
+    /// Bearer token the management API requires; without it the API refuses all.
+    #[serde(default)]
+    pub token: Option<SecretFile>,
+}
+
+/// `store:`: where keys and usage are kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreFile {
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub redis: Option<Value>,
+}
+
 /// `{ limit, period }`: requests per key per calendar period (UTC).
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct QuotaFile {
     pub limit: u64,
@@ -285,7 +312,7 @@ pub struct EnvRef {
 }
 
 /// `{ rate, burst }`: requests per second, and the bucket size.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ThrottleFile {
     pub rate: f64,
@@ -379,11 +406,9 @@ pub fn parse_partial(text: &str) -> (Option<ConfigFile>, ConfigErrors) {
             "throttle" => cfg.throttle = de(v, "throttle", &mut errs),
             "usage_plans" => cfg.usage_plans = de_list(v, "usage_plans", &mut errs, de),
             "api_keys" => cfg.api_keys = de_list(v, "api_keys", &mut errs, de),
-            "admin" | "store" => {
-                if !v.is_null() {
-                    cfg.unsupported.push(key)
-                }
-            }
+            "admin" if !v.is_null() => cfg.admin = de(v, "admin", &mut errs),
+            "store" if !v.is_null() => cfg.store = de(v, "store", &mut errs),
+            "admin" | "store" => {}
             other => errs.push(
                 other,
                 "unknown key: expected one of workers, runtime, drain_timeout_ms, listeners, \

@@ -17,6 +17,8 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Gateway {
     child: Child,
     pub addr: SocketAddr,
+    /// The admin listener's address, when the config has `admin:`.
+    pub admin: Option<SocketAddr>,
     pub log: Arc<Mutex<String>>,
     config_path: std::path::PathBuf,
 }
@@ -49,12 +51,18 @@ impl Gateway {
     }
 
     pub fn start_with(yaml: &str, args: &[&str]) -> Self {
+        Self::start_env(yaml, args, &[])
+    }
+
+    /// `start_with`, with extra environment variables for the gateway.
+    pub fn start_env(yaml: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let config_path = write_config(yaml);
         let mut child = Command::new(bin())
             .arg("run")
             .arg("--config")
             .arg(&config_path)
             .args(args)
+            .envs(env.iter().copied())
             .env("SHARDGATE_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -97,9 +105,18 @@ impl Gateway {
         wait_until(Duration::from_secs(5), || {
             log.lock().unwrap().matches("worker started").count() >= 1
         });
+        let admin = log
+            .lock()
+            .unwrap()
+            .lines()
+            .find(|l| l.contains("admin listening"))
+            .and_then(|l| l.split("admin=").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|a| a.parse().ok());
         Self {
             child,
             addr,
+            admin,
             log,
             config_path,
         }
@@ -107,6 +124,12 @@ impl Gateway {
 
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
+    }
+
+    /// `kill -9`: no drain, no shutdown code runs.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn sigterm(&self) {

@@ -1,0 +1,556 @@
+//! The admin listener (`admin.bind`, loopback by default): health, and the
+//! management API for API keys and usage plans, behind a bearer token.
+//!
+//! A plain blocking server on its own threads (one per connection, each request
+//! answered with `Connection: close`): management calls are rare, and none of this
+//! touches the workers except through the keyring the registry publishes.
+//!
+//! ```text
+//! GET    /health
+//! GET    /apikeys                             POST /apikeys
+//! POST   /apikeys/import  (text/csv; also POST /apikeys?mode=import)
+//! GET    /apikeys/{id}    PATCH /apikeys/{id}   DELETE /apikeys/{id}
+//! GET    /usageplans                          POST /usageplans
+//! GET    /usageplans/{id} PUT /usageplans/{id}  DELETE /usageplans/{id}
+//! GET    /usageplans/{id}/keys                POST /usageplans/{id}/keys
+//! DELETE /usageplans/{id}/keys/{keyId}
+//! GET    /usageplans/{id}/usage?startDate=&endDate=[&keyId=][&limit=][&position=]
+//! PATCH  /usageplans/{id}/keys/{keyId}/usage
+//! POST   /test/clock      (only with SHARDGATE_TEST_CLOCK=1)
+//! ```
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::config::UsagePlanFile;
+use crate::keys::ct_eq;
+use crate::plan::AdminPlan;
+use crate::registry::{ApiError, KeyDef, KeyPatch, NewKey, Registry};
+
+const MAX_HEAD: usize = 16 * 1024;
+/// Large enough for a CSV of 100,000 keys.
+const MAX_BODY: usize = 32 * 1024 * 1024;
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest usage report, in days.
+const MAX_REPORT_DAYS: u64 = 366;
+/// How long a usage report waits so that every request answered before it was
+/// asked has been counted (workers add their counts each 100 ms tick).
+const TICK_WAIT: Duration = Duration::from_millis(120);
+
+struct Ctx {
+    token: Option<String>,
+    registry: Arc<Mutex<Registry>>,
+    test_clock: bool,
+}
+
+/// Binds the admin listener and serves it on a thread of its own.
+pub fn start(plan: &AdminPlan, registry: Arc<Mutex<Registry>>) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(plan.bind).map_err(|e| {
+        std::io::Error::new(e.kind(), format!("cannot bind admin {}: {e}", plan.bind))
+    })?;
+    let addr = listener.local_addr()?;
+    let ctx = Arc::new(Ctx {
+        token: plan.token.clone(),
+        registry,
+        test_clock: std::env::var_os("SHARDGATE_TEST_CLOCK").is_some_and(|v| v == "1"),
+    });
+    std::thread::Builder::new()
+        .name("shardgate-admin".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(stream) = conn else { continue };
+                let ctx = Arc::clone(&ctx);
+                let spawned = std::thread::Builder::new()
+                    .name("shardgate-admin-conn".into())
+                    .spawn(move || serve(stream, &ctx));
+                if let Err(e) = spawned {
+                    tracing::warn!(error = %e, "admin: cannot start a connection thread");
+                }
+            }
+        })?;
+    Ok(addr)
+}
+
+struct Request {
+    method: String,
+    path: String,
+    query: Vec<(String, String)>,
+    authorization: Option<Vec<u8>>,
+    body: Vec<u8>,
+}
+
+struct Response {
+    status: u16,
+    body: Value,
+}
+
+impl Response {
+    fn ok(body: Value) -> Self {
+        Self { status: 200, body }
+    }
+    fn created(body: Value) -> Self {
+        Self { status: 201, body }
+    }
+    fn no_content() -> Self {
+        Self {
+            status: 204,
+            body: Value::Null,
+        }
+    }
+}
+
+impl From<ApiError> for Response {
+    fn from(e: ApiError) -> Self {
+        Self {
+            status: e.status,
+            body: json!({ "message": e.message }),
+        }
+    }
+}
+
+fn serve(mut stream: TcpStream, ctx: &Ctx) {
+    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+    let peer = stream.peer_addr().ok();
+    let resp = match read_request(&mut stream) {
+        Ok(Some(req)) => {
+            let resp = handle(ctx, &req);
+            tracing::info!(peer = ?peer, method = %req.method, path = %req.path, status = resp.status, "admin");
+            resp
+        }
+        Ok(None) => return,
+        Err(e) => {
+            tracing::info!(peer = ?peer, error = %e.message, "admin: bad request");
+            e.into()
+        }
+    };
+    let body = if resp.status == 204 {
+        Vec::new()
+    } else {
+        let mut b = serde_json::to_vec(&resp.body).unwrap_or_default();
+        b.push(b'\n');
+        b
+    };
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\ncontent-length: {}\r\nconnection: close\r\n",
+        resp.status,
+        reason(resp.status),
+        body.len()
+    );
+    if !body.is_empty() {
+        head.push_str("content-type: application/json\r\n");
+    }
+    if resp.status == 401 {
+        head.push_str("www-authenticate: Bearer realm=\"shardgate\"\r\n");
+    }
+    head.push_str("\r\n");
+    let _ = stream.write_all(head.as_bytes());
+    let _ = stream.write_all(&body);
+    let _ = stream.flush();
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        409 => "Conflict",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        _ => "Internal Server Error",
+    }
+}
+
+/// Reads one request; `None` when the client closed without sending one.
+fn read_request(stream: &mut TcpStream) -> Result<Option<Request>, ApiError> {
+    let mut buf = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 4096];
+    let head_len = loop {
+        let n = stream
+            .read(&mut chunk)
+            .map_err(|e| ApiError::new(400, format!("reading the request: {e}")))?;
+        if n == 0 {
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            return Err(ApiError::new(400, "the request ended inside its head"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if buf.len() > MAX_HEAD {
+            return Err(ApiError::new(400, "request head too large"));
+        }
+    };
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    req.parse(&buf[..head_len])
+        .map_err(|e| ApiError::new(400, format!("malformed request: {e}")))?;
+    let method = req.method.unwrap_or("").to_owned();
+    let target = req.path.unwrap_or("/");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let query = form_urlencoded::parse(query.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let mut length = 0usize;
+    let mut authorization = None;
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            length = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .ok_or_else(|| ApiError::new(400, "bad content-length"))?;
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(ApiError::new(411, "send the body with a content-length"));
+        } else if h.name.eq_ignore_ascii_case("authorization") {
+            authorization = Some(h.value.to_vec());
+        }
+    }
+    if length > MAX_BODY {
+        return Err(ApiError::new(413, "body too large"));
+    }
+    let path = path.to_owned();
+    let mut body = buf.split_off(head_len);
+    if body.len() < length {
+        let have = body.len();
+        body.resize(length, 0);
+        stream
+            .read_exact(&mut body[have..])
+            .map_err(|e| ApiError::new(400, format!("reading the body: {e}")))?;
+    }
+    body.truncate(length);
+    Ok(Some(Request {
+        method,
+        path,
+        query,
+        authorization,
+        body,
+    }))
+}
+
+fn authorized(ctx: &Ctx, req: &Request) -> bool {
+    let Some(token) = &ctx.token else {
+        return false;
+    };
+    let Some(given) = req.authorization.as_deref() else {
+        return false;
+    };
+    let Some(given) = given
+        .strip_prefix(b"Bearer ")
+        .or_else(|| given.strip_prefix(b"bearer "))
+    else {
+        return false;
+    };
+    ct_eq(given.trim_ascii(), token.as_bytes())
+}
+
+fn lock(ctx: &Ctx) -> MutexGuard<'_, Registry> {
+    match ctx.registry.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+fn body<T: for<'de> Deserialize<'de>>(req: &Request) -> Result<T, ApiError> {
+    let text: &[u8] = if req.body.is_empty() {
+        b"{}"
+    } else {
+        &req.body
+    };
+    serde_json::from_slice(text).map_err(|e| ApiError::new(400, format!("body: {e}")))
+}
+
+fn query<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
+    req.query
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn key_json(k: &KeyDef) -> Value {
+    json!({
+        "id": k.id,
+        "name": k.name,
+        "description": k.description,
+        "enabled": k.enabled,
+        "plans": k.plans,
+        "created_s": k.created_s,
+    })
+}
+
+fn plan_json(p: &UsagePlanFile) -> Value {
+    let mut v = serde_json::to_value(p).unwrap_or(Value::Null);
+    if let Value::Object(m) = &mut v {
+        m.insert("id".into(), Value::String(p.name.clone()));
+    }
+    v
+}
+
+fn handle(ctx: &Ctx, req: &Request) -> Response {
+    let segs: Vec<String> = req
+        .path
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .collect();
+    let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+    let m = req.method.as_str();
+    if segs == ["health"] && m == "GET" {
+        return Response::ok(json!({ "status": "ok" }));
+    }
+    if !authorized(ctx, req) {
+        let message = if ctx.token.is_none() {
+            "Unauthorized: the management API is off (no admin.token configured)"
+        } else {
+            "Unauthorized"
+        };
+        return ApiError::new(401, message).into();
+    }
+    match route(ctx, req, m, &segs) {
+        Ok(r) => r,
+        Err(e) => e.into(),
+    }
+}
+
+fn not_allowed() -> ApiError {
+    ApiError::new(405, "method not allowed")
+}
+
+fn route(ctx: &Ctx, req: &Request, m: &str, segs: &[&str]) -> Result<Response, ApiError> {
+    match segs {
+        ["apikeys"] if m == "POST" && query(req, "mode") == Some("import") => import(ctx, req),
+        ["apikeys", "import"] if m == "POST" => import(ctx, req),
+        ["apikeys"] => match m {
+            "GET" => {
+                let reg = lock(ctx);
+                let items: Vec<Value> = reg.keys().into_iter().map(key_json).collect();
+                Ok(Response::ok(json!({ "items": items })))
+            }
+            "POST" => {
+                let new: NewKey = body(req)?;
+                let (def, value) = lock(ctx).create_key(new)?;
+                let mut v = key_json(&def);
+                v["value"] = Value::String(value);
+                Ok(Response::created(v))
+            }
+            _ => Err(not_allowed()),
+        },
+        ["apikeys", id] => match m {
+            "GET" => Ok(Response::ok(key_json(lock(ctx).key(id)?))),
+            "PATCH" => {
+                let patch: KeyPatch = body(req)?;
+                Ok(Response::ok(key_json(&lock(ctx).update_key(id, patch)?)))
+            }
+            "DELETE" => {
+                lock(ctx).delete_key(id)?;
+                Ok(Response::no_content())
+            }
+            _ => Err(not_allowed()),
+        },
+        ["usageplans"] => match m {
+            "GET" => {
+                let reg = lock(ctx);
+                let items: Vec<Value> = reg.plans().into_iter().map(plan_json).collect();
+                Ok(Response::ok(json!({ "items": items })))
+            }
+            "POST" => {
+                let def: UsagePlanFile = body(req)?;
+                Ok(Response::created(plan_json(&lock(ctx).create_plan(def)?)))
+            }
+            _ => Err(not_allowed()),
+        },
+        ["usageplans", id] => match m {
+            "GET" => Ok(Response::ok(plan_json(lock(ctx).plan(id)?))),
+            "PUT" => {
+                let def: UsagePlanFile = body(req)?;
+                Ok(Response::ok(plan_json(&lock(ctx).update_plan(id, def)?)))
+            }
+            "DELETE" => {
+                lock(ctx).delete_plan(id)?;
+                Ok(Response::no_content())
+            }
+            _ => Err(not_allowed()),
+        },
+        ["usageplans", id, "keys"] => match m {
+            "GET" => {
+                let reg = lock(ctx);
+                let items: Vec<Value> = reg
+                    .plan_keys(id)?
+                    .into_iter()
+                    .map(|k| json!({ "id": k.id, "name": k.name, "type": "API_KEY" }))
+                    .collect();
+                Ok(Response::ok(json!({ "items": items })))
+            }
+            "POST" => {
+                #[derive(Deserialize)]
+                struct Attach {
+                    #[serde(alias = "keyId")]
+                    key_id: String,
+                    #[serde(default, alias = "keyType")]
+                    key_type: Option<String>,
+                }
+                let a: Attach = body(req)?;
+                if a.key_type.as_deref().is_some_and(|t| t != "API_KEY") {
+                    return Err(ApiError::new(400, "key_type must be API_KEY"));
+                }
+                let k = lock(ctx).attach(id, &a.key_id)?;
+                Ok(Response::created(
+                    json!({ "id": k.id, "name": k.name, "type": "API_KEY" }),
+                ))
+            }
+            _ => Err(not_allowed()),
+        },
+        ["usageplans", id, "keys", key] => match m {
+            "GET" => {
+                let reg = lock(ctx);
+                let k = reg
+                    .plan_keys(id)?
+                    .into_iter()
+                    .find(|k| k.id == *key)
+                    .ok_or_else(|| {
+                        ApiError::new(404, format!("no key {key:?} in usage plan {id:?}"))
+                    })?;
+                Ok(Response::ok(
+                    json!({ "id": k.id, "name": k.name, "type": "API_KEY" }),
+                ))
+            }
+            "DELETE" => {
+                lock(ctx).detach(id, key)?;
+                Ok(Response::no_content())
+            }
+            _ => Err(not_allowed()),
+        },
+        ["usageplans", id, "usage"] if m == "GET" => usage(ctx, req, id),
+        ["usageplans", id, "keys", key, "usage"] if m == "PATCH" => update_usage(ctx, req, id, key),
+        ["test", "clock"] if m == "POST" && ctx.test_clock => {
+            #[derive(Deserialize)]
+            struct Advance {
+                advance_s: u64,
+            }
+            let a: Advance = body(req)?;
+            crate::clock::advance(Duration::from_secs(a.advance_s));
+            Ok(Response::ok(json!({ "unix_s": crate::clock::unix_s() })))
+        }
+        _ => Err(ApiError::new(404, "Not Found")),
+    }
+}
+
+fn import(ctx: &Ctx, req: &Request) -> Result<Response, ApiError> {
+    let text =
+        std::str::from_utf8(&req.body).map_err(|_| ApiError::new(400, "the CSV must be UTF-8"))?;
+    let fail = query(req, "failonwarnings").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let out = lock(ctx).import_csv(text, fail)?;
+    Ok(Response::created(
+        json!({ "ids": out.ids, "warnings": out.warnings }),
+    ))
+}
+
+/// AWS's GetUsage: `{usagePlanId, startDate, endDate, position, values: {keyId:
+/// [[used, remaining], ...]}}`, one pair per day.
+fn usage(ctx: &Ctx, req: &Request, plan: &str) -> Result<Response, ApiError> {
+    let date = |name: &str| {
+        let v = query(req, name)
+            .ok_or_else(|| ApiError::new(400, format!("{name} is required (YYYY-MM-DD)")))?;
+        crate::clock::parse_date(v)
+            .ok_or_else(|| ApiError::new(400, format!("{name} must be a date as YYYY-MM-DD")))
+    };
+    let (start, end) = (date("startDate")?, date("endDate")?);
+    if end < start {
+        return Err(ApiError::new(400, "endDate is before startDate"));
+    }
+    if end - start >= MAX_REPORT_DAYS {
+        return Err(ApiError::new(
+            400,
+            format!("at most {MAX_REPORT_DAYS} days at once"),
+        ));
+    }
+    let limit: usize = match query(req, "limit") {
+        None => 25,
+        Some(v) => v
+            .parse()
+            .ok()
+            .filter(|n| (1..=500).contains(n))
+            .ok_or_else(|| ApiError::new(400, "limit must be 1 to 500"))?,
+    };
+    let position: usize = match query(req, "position") {
+        None | Some("") => 0,
+        Some(v) => v.parse().map_err(|_| ApiError::new(400, "bad position"))?,
+    };
+    // Counts reach the shared quotas on the workers' tick: wait one, so that every
+    // request answered before this call is in the report.
+    std::thread::sleep(TICK_WAIT);
+    let report = lock(ctx).usage(plan, query(req, "keyId"), start, end)?;
+    let total = report.len();
+    let mut values = serde_json::Map::new();
+    for (id, days) in report.into_iter().skip(position).take(limit) {
+        let days: Vec<Value> = days.into_iter().map(|(u, r)| json!([u, r])).collect();
+        values.insert(id, Value::Array(days));
+    }
+    let mut out = json!({
+        "usagePlanId": plan,
+        "startDate": crate::clock::format_date(start),
+        "endDate": crate::clock::format_date(end),
+        "values": values,
+    });
+    if position + limit < total {
+        out["position"] = Value::String((position + limit).to_string());
+    }
+    Ok(Response::ok(out))
+}
+
+/// AWS's UpdateUsage: `{"patchOperations":[{"op":"replace","path":"/remaining",
+/// "value":"N"}]}`, or simply `{"remaining": N}`.
+fn update_usage(ctx: &Ctx, req: &Request, plan: &str, key: &str) -> Result<Response, ApiError> {
+    let v: Value = body(req)?;
+    let remaining = v
+        .get("remaining")
+        .and_then(Value::as_u64)
+        .or_else(|| {
+            v.get("patchOperations")?
+                .as_array()?
+                .iter()
+                .find(|op| op.get("path").and_then(Value::as_str) == Some("/remaining"))
+                .and_then(|op| {
+                    let value = op.get("value")?;
+                    value
+                        .as_u64()
+                        .or_else(|| value.as_str()?.trim().parse().ok())
+                })
+        })
+        .ok_or_else(|| {
+            ApiError::new(
+                400,
+                "expected {\"remaining\": N} or a patchOperations replace of /remaining",
+            )
+        })?;
+    std::thread::sleep(TICK_WAIT);
+    let today = crate::clock::unix_s() / 86_400;
+    let mut reg = lock(ctx);
+    reg.set_remaining(plan, key, remaining)?;
+    let report = reg.usage(plan, Some(key), today, today)?;
+    let mut values = serde_json::Map::new();
+    for (id, days) in report {
+        let days: Vec<Value> = days.into_iter().map(|(u, r)| json!([u, r])).collect();
+        values.insert(id, Value::Array(days));
+    }
+    Ok(Response::ok(json!({
+        "usagePlanId": plan,
+        "startDate": crate::clock::format_date(today),
+        "endDate": crate::clock::format_date(today),
+        "values": values,
+    })))
+}

@@ -1,0 +1,1078 @@
+//! The control plane of API keys and usage plans: their definitions (from the config
+//! and from the management API), the shared state of each key in each plan (token
+//! buckets, quota), and the keyring the workers read.
+//!
+//! Every change validates, saves to the store, rebuilds the keyring and publishes it
+//! (`keys::Live`); workers switch on their next tick, within 100 ms. Nothing here
+//! runs on the request path: the admin thread and the store's writer call it, under
+//! one mutex.
+//!
+//! Keys and plans written in the config are applied at every start, over what the
+//! store holds for them; those created through the management API live in the store.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{QuotaFile, ThrottleFile, UsagePlanFile};
+use crate::keys::{self, Binding, Bucket, KeyHash, KeyView, Keyring, Live, Slot};
+use crate::plan::{RouteId, StageId, StagePlan};
+use crate::quota::{Period, Quota};
+use crate::store::{CountWrite, Store};
+use crate::throttle::{Limit, SharedBucket};
+
+const DAY_S: u64 = 86_400;
+
+/// An error of the management API: the HTTP status and the message it sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: u16,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: u16, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+    fn bad(message: impl Into<String>) -> Self {
+        Self::new(400, message)
+    }
+    fn not_found(what: &str, id: &str) -> Self {
+        Self::new(404, format!("no {what} {id:?}"))
+    }
+    fn conflict(message: impl Into<String>) -> Self {
+        Self::new(409, message)
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(e: anyhow::Error) -> Self {
+        tracing::error!(error = %format!("{e:#}"), "store write failed");
+        Self::new(500, format!("store: {e:#}"))
+    }
+}
+
+/// An API key as the store keeps it and the management API shows it (never its
+/// value: only its SHA-256).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KeyDef {
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub enabled: bool,
+    /// Usage plan names.
+    #[serde(default)]
+    pub plans: Vec<String>,
+    /// Unix seconds.
+    pub created_s: u64,
+    /// Hex SHA-256 of the value.
+    pub hash: String,
+}
+
+impl KeyDef {
+    fn key_hash(&self) -> Option<KeyHash> {
+        let mut out = [0u8; 32];
+        if self.hash.len() != 64 {
+            return None;
+        }
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = u8::from_str_radix(self.hash.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(out)
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The config's usage plans and keys, validated by `config::compile`.
+#[derive(Debug, Default, Clone)]
+pub struct Seed {
+    pub plans: Vec<UsagePlanFile>,
+    pub keys: Vec<KeyDef>,
+}
+
+/// A usage plan resolved against the compiled stages.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub stages: Vec<StageId>,
+    pub throttle: Option<Limit>,
+    pub quota: Option<QuotaFile>,
+    pub routes: Vec<(StageId, RouteId, Limit)>,
+}
+
+fn limit(t: ThrottleFile) -> Limit {
+    Limit {
+        rate: t.rate,
+        burst: t.burst,
+    }
+}
+
+fn check_throttle(t: ThrottleFile, path: &str, errs: &mut Vec<(String, String)>) {
+    if !t.rate.is_finite() || t.rate < 0.0 {
+        errs.push((
+            format!("{path}.rate"),
+            "must be a number of requests per second, 0 or more".into(),
+        ));
+    }
+}
+
+/// Checks a usage plan against the stages it names; errors are `(path, message)`
+/// with paths relative to the plan.
+pub fn resolve(
+    stages: &[StageInfo],
+    def: &UsagePlanFile,
+) -> Result<Resolved, Vec<(String, String)>> {
+    let mut errs = Vec::new();
+    let stage_of = |name: &str| {
+        let (api, stage) = name.split_once('/')?;
+        stages.iter().position(|s| s.api == api && s.stage == stage)
+    };
+    if def.name.is_empty() || def.name.len() > 1024 {
+        errs.push(("name".into(), "must be 1 to 1,024 characters".into()));
+    }
+    let mut ids = Vec::new();
+    for (i, name) in def.stages.iter().enumerate() {
+        match stage_of(name) {
+            Some(id) if ids.contains(&id) => {
+                errs.push((format!("stages[{i}]"), format!("{name:?} is listed twice")))
+            }
+            Some(id) => ids.push(id),
+            None => errs.push((
+                format!("stages[{i}]"),
+                format!("no stage {name:?}: expected \"api/stage\""),
+            )),
+        }
+    }
+    if let Some(t) = def.throttle {
+        check_throttle(t, "throttle", &mut errs);
+    }
+    let mut routes = Vec::new();
+    for (key, t) in &def.routes {
+        let path = format!("routes[{key:?}]");
+        // "api/stage/METHOD /path"
+        let mut parts = key.splitn(3, '/');
+        let found = match (parts.next(), parts.next(), parts.next()) {
+            (Some(api), Some(stage), Some(route)) => {
+                stage_of(&format!("{api}/{stage}")).and_then(|sid| {
+                    let rid = stages[sid].routes.iter().position(|r| r == route)?;
+                    Some((sid, rid))
+                })
+            }
+            _ => None,
+        };
+        match found {
+            Some((sid, _)) if !ids.contains(&sid) => errs.push((
+                path,
+                "names a stage that is not in this usage plan's stages".into(),
+            )),
+            Some((sid, rid)) => {
+                check_throttle(*t, &path, &mut errs);
+                routes.push((sid, rid, limit(*t)));
+            }
+            None => errs.push((
+                path,
+                format!("no route {key:?}: expected \"api/stage/METHOD /path\""),
+            )),
+        }
+    }
+    if errs.is_empty() {
+        Ok(Resolved {
+            stages: ids,
+            throttle: def.throttle.map(limit),
+            quota: def.quota,
+            routes,
+        })
+    } else {
+        Err(errs)
+    }
+}
+
+/// AWS: key values are 20 to 128 letters and digits.
+pub fn valid_key_value(v: &str) -> bool {
+    (20..=128).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+fn random_alnum(n: usize) -> String {
+    const ALPHABET: &[u8; 62] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut out = String::with_capacity(n);
+    let mut buf = [0u8; 64];
+    while out.len() < n {
+        // The OS's CSPRNG; on failure, nothing safe can be made.
+        getrandom::fill(&mut buf).unwrap_or_else(|e| panic!("no randomness from the OS: {e}"));
+        for &b in &buf {
+            // Rejection sampling keeps the 62 symbols uniform.
+            if b < 248 && out.len() < n {
+                out.push(ALPHABET[(b % 62) as usize] as char);
+            }
+        }
+    }
+    out
+}
+
+/// A new key id: 10 lower-case letters and digits, as AWS's.
+fn random_id() -> String {
+    random_alnum(10).to_ascii_lowercase()
+}
+
+/// The id of a key written in the config: stable across restarts.
+pub fn config_key_id(hash: &KeyHash) -> String {
+    hex(&hash[..5])
+}
+
+pub fn now_s() -> u64 {
+    crate::clock::unix_s()
+}
+
+/// Slot indexes for per-shard state, reused with a new generation once freed.
+#[derive(Debug, Default)]
+struct Slots {
+    next: u32,
+    free: Vec<Slot>,
+}
+
+impl Slots {
+    fn take(&mut self) -> Slot {
+        match self.free.pop() {
+            Some(s) => Slot {
+                index: s.index,
+                gen: s.gen.wrapping_add(1).max(1),
+            },
+            None => {
+                self.next += 1;
+                Slot {
+                    index: self.next - 1,
+                    gen: 1,
+                }
+            }
+        }
+    }
+    fn release(&mut self, s: Slot) {
+        self.free.push(s);
+    }
+}
+
+/// A key's plan quota as last saved: for the usage report's daily counts.
+#[derive(Debug, Clone, Copy)]
+struct Saved {
+    period: u64,
+    spent: u64,
+}
+
+/// The saved state of one quota, read back at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SavedQuota {
+    pub period_kind: u8,
+    pub period: u64,
+    pub leased: u64,
+    pub spent: u64,
+}
+
+pub fn period_kind(p: Period) -> u8 {
+    match p {
+        Period::Day => 0,
+        Period::Week => 1,
+        Period::Month => 2,
+    }
+}
+
+/// A usage report: key id → one `(used, remaining)` per day; `remaining` is `None`
+/// for a plan without a quota.
+pub type Report = BTreeMap<String, Vec<(u64, Option<u64>)>>;
+
+/// What a CSV import did.
+#[derive(Debug, Default, Serialize)]
+pub struct Imported {
+    pub ids: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// The fields a key may be created with.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewKey {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// A value to use (20-128 letters and digits); generated when absent.
+    #[serde(default)]
+    pub value: Option<String>,
+    #[serde(default)]
+    pub plans: Vec<String>,
+}
+
+/// The fields of a key that may change.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyPatch {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub enabled: Option<bool>,
+}
+
+pub struct Registry {
+    stages: Vec<StageInfo>,
+    workers: usize,
+    live: Arc<Live>,
+    store: Store,
+    plans: BTreeMap<String, (UsagePlanFile, Resolved)>,
+    keys: BTreeMap<String, KeyDef>,
+    by_hash: HashMap<KeyHash, String>,
+    bindings: HashMap<(String, String), Arc<Binding>>,
+    slots: Slots,
+    /// Quotas read from the store, claimed when their binding is first built.
+    restore: HashMap<(String, String), SavedQuota>,
+    saved: HashMap<(String, String), Saved>,
+}
+
+/// What the registry needs of a compiled stage: names, and route keys by route id.
+#[derive(Debug, Clone)]
+pub struct StageInfo {
+    pub api: String,
+    pub stage: String,
+    pub routes: Vec<String>,
+}
+
+impl StageInfo {
+    pub fn of(stages: &[StagePlan]) -> Vec<StageInfo> {
+        stages
+            .iter()
+            .map(|s| StageInfo {
+                api: s.api.clone(),
+                stage: s.stage.clone(),
+                routes: s.routes.iter().map(|r| r.key.clone()).collect(),
+            })
+            .collect()
+    }
+}
+
+impl Registry {
+    /// Loads what the store holds, applies the config's plans and keys over it, and
+    /// publishes the first keyring.
+    pub fn new(
+        stages: &[StagePlan],
+        workers: usize,
+        live: Arc<Live>,
+        store: Store,
+        seed: &Seed,
+    ) -> anyhow::Result<Self> {
+        let loaded = store.load()?;
+        let stages = StageInfo::of(stages);
+        let mut r = Self {
+            stages,
+            workers,
+            live,
+            store,
+            plans: BTreeMap::new(),
+            keys: BTreeMap::new(),
+            by_hash: HashMap::new(),
+            bindings: HashMap::new(),
+            slots: Slots::default(),
+            restore: loaded.quotas,
+            saved: HashMap::new(),
+        };
+        let config_plans: HashSet<&str> = seed.plans.iter().map(|p| p.name.as_str()).collect();
+        for def in loaded.plans {
+            if config_plans.contains(def.name.as_str()) {
+                continue;
+            }
+            match resolve(&r.stages, &def) {
+                Ok(res) => {
+                    r.plans.insert(def.name.clone(), (def, res));
+                }
+                Err(errs) => tracing::warn!(
+                    plan = %def.name,
+                    errors = ?errs,
+                    "usage plan in the store no longer matches the config; not loaded"
+                ),
+            }
+        }
+        for def in &seed.plans {
+            let res = resolve(&r.stages, def)
+                .map_err(|e| anyhow::anyhow!("usage plan {:?}: {e:?}", def.name))?;
+            r.store.put_plan(def)?;
+            r.plans.insert(def.name.clone(), (def.clone(), res));
+        }
+        for key in loaded.keys.into_iter().chain(seed.keys.iter().cloned()) {
+            let Some(h) = key.key_hash() else {
+                tracing::warn!(key = %key.id, "API key in the store has a bad hash; not loaded");
+                continue;
+            };
+            if let Some(other) = r.by_hash.get(&h).cloned() {
+                if other != key.id {
+                    r.keys.remove(&other);
+                }
+            }
+            r.by_hash.insert(h, key.id.clone());
+            r.keys.insert(key.id.clone(), key);
+        }
+        for key in &seed.keys {
+            r.store.put_key(key)?;
+        }
+        r.rebuild();
+        Ok(r)
+    }
+
+    fn stage_names(&self, ids: &[StageId]) -> Vec<String> {
+        ids.iter()
+            .map(|&i| format!("{}/{}", self.stages[i].api, self.stages[i].stage))
+            .collect()
+    }
+
+    fn binding(&mut self, key_id: &str, plan: &str) -> Option<Arc<Binding>> {
+        let k = (key_id.to_owned(), plan.to_owned());
+        if let Some(b) = self.bindings.get(&k) {
+            return Some(Arc::clone(b));
+        }
+        let res = self.plans.get(plan)?.1.clone();
+        let workers = self.workers;
+        let bucket = |slots: &mut Slots, l: Limit| Bucket {
+            slot: slots.take(),
+            shared: SharedBucket::new(l, workers),
+        };
+        let throttle = res.throttle.map(|l| bucket(&mut self.slots, l));
+        let routes = res
+            .routes
+            .iter()
+            .map(|&(s, r, l)| (s, r, bucket(&mut self.slots, l)))
+            .collect();
+        let quota = match res.quota {
+            Some(q) => Quota::new(q.limit, q.period),
+            None => Quota::unlimited(),
+        };
+        if let Some(saved) = self.restore.remove(&k) {
+            if saved.period_kind == period_kind(quota.period) {
+                quota.restore(saved.period, saved.leased, saved.spent);
+                self.saved.insert(
+                    k.clone(),
+                    Saved {
+                        period: saved.period,
+                        spent: saved.spent,
+                    },
+                );
+            }
+        }
+        let b = Arc::new(Binding {
+            key_id: key_id.into(),
+            plan: plan.into(),
+            throttle,
+            routes,
+            quota: Some((self.slots.take(), Arc::new(quota))),
+        });
+        self.bindings.insert(k, Arc::clone(&b));
+        Some(b)
+    }
+
+    fn release(&mut self, b: &Binding) {
+        if let Some(t) = &b.throttle {
+            self.slots.release(t.slot);
+        }
+        for (_, _, t) in b.routes.iter() {
+            self.slots.release(t.slot);
+        }
+        if let Some((s, _)) = &b.quota {
+            self.slots.release(*s);
+        }
+    }
+
+    /// Builds the keyring from the definitions and publishes it.
+    fn rebuild(&mut self) {
+        let pairs: Vec<(String, String)> = self
+            .keys
+            .values()
+            .flat_map(|k| k.plans.iter().map(move |p| (k.id.clone(), p.clone())))
+            .collect();
+        let mut ring = Keyring::with_capacity(self.keys.len());
+        let mut per_key: HashMap<String, Vec<(StageId, Arc<Binding>)>> = HashMap::new();
+        for (key_id, plan) in &pairs {
+            let Some(b) = self.binding(key_id, plan) else {
+                continue;
+            };
+            let stages = self.plans[plan].1.stages.clone();
+            let list = per_key.entry(key_id.clone()).or_default();
+            for s in stages {
+                if !list.iter().any(|(x, _)| *x == s) {
+                    list.push((s, Arc::clone(&b)));
+                }
+            }
+        }
+        let wanted: HashSet<&(String, String)> = pairs.iter().collect();
+        let stale: Vec<(String, String)> = self
+            .bindings
+            .keys()
+            .filter(|k| !wanted.contains(k))
+            .cloned()
+            .collect();
+        for k in stale {
+            if let Some(b) = self.bindings.remove(&k) {
+                self.release(&b);
+            }
+        }
+        for key in self.keys.values() {
+            let Some(hash) = key.key_hash() else { continue };
+            ring.insert(KeyView {
+                hash,
+                enabled: key.enabled,
+                stages: per_key.remove(&key.id).unwrap_or_default().into(),
+            });
+        }
+        self.live.publish(ring);
+    }
+
+    // ---- keys ----
+
+    pub fn keys(&self) -> Vec<&KeyDef> {
+        self.keys.values().collect()
+    }
+
+    pub fn key(&self, id: &str) -> Result<&KeyDef, ApiError> {
+        self.keys
+            .get(id)
+            .ok_or_else(|| ApiError::not_found("API key", id))
+    }
+
+    /// The stages `plans` cover; an error if two of them cover one stage, or if one
+    /// does not exist.
+    fn check_plans(&self, plans: &[String]) -> Result<(), ApiError> {
+        let mut seen: HashMap<StageId, &str> = HashMap::new();
+        for p in plans {
+            let (_, res) = self
+                .plans
+                .get(p)
+                .ok_or_else(|| ApiError::bad(format!("no usage plan {p:?}")))?;
+            for &s in &res.stages {
+                if let Some(other) = seen.insert(s, p) {
+                    return Err(ApiError::conflict(format!(
+                        "usage plans {other:?} and {p:?} both cover stage {:?}: a key is in at most one usage plan per stage",
+                        self.stage_names(&[s])[0]
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates a key; returns it and its value (shown this once).
+    pub fn create_key(&mut self, new: NewKey) -> Result<(KeyDef, String), ApiError> {
+        let value = match new.value {
+            Some(v) if !valid_key_value(&v) => {
+                return Err(ApiError::bad("value must be 20 to 128 letters and digits"))
+            }
+            Some(v) => v,
+            None => random_alnum(40),
+        };
+        let hash = keys::hash(value.as_bytes());
+        if let Some(id) = self.by_hash.get(&hash) {
+            return Err(ApiError::conflict(format!(
+                "an API key with this value exists: {id}"
+            )));
+        }
+        let mut plans = new.plans;
+        plans.dedup();
+        self.check_plans(&plans)?;
+        let id = loop {
+            let id = random_id();
+            if !self.keys.contains_key(&id) {
+                break id;
+            }
+        };
+        let name = new.name.unwrap_or_else(|| id.clone());
+        if name.len() > 1024 {
+            return Err(ApiError::bad("name must be at most 1,024 characters"));
+        }
+        let def = KeyDef {
+            id: id.clone(),
+            name,
+            description: new.description.unwrap_or_default(),
+            enabled: new.enabled.unwrap_or(true),
+            plans,
+            created_s: now_s(),
+            hash: hex(&hash),
+        };
+        self.store.put_key(&def)?;
+        self.by_hash.insert(hash, id.clone());
+        self.keys.insert(id, def.clone());
+        self.rebuild();
+        Ok((def, value))
+    }
+
+    pub fn update_key(&mut self, id: &str, patch: KeyPatch) -> Result<KeyDef, ApiError> {
+        let mut def = self.key(id)?.clone();
+        if let Some(n) = patch.name {
+            if n.is_empty() || n.len() > 1024 {
+                return Err(ApiError::bad("name must be 1 to 1,024 characters"));
+            }
+            def.name = n;
+        }
+        if let Some(d) = patch.description {
+            def.description = d;
+        }
+        if let Some(e) = patch.enabled {
+            def.enabled = e;
+        }
+        self.store.put_key(&def)?;
+        self.keys.insert(id.to_owned(), def.clone());
+        self.rebuild();
+        Ok(def)
+    }
+
+    pub fn delete_key(&mut self, id: &str) -> Result<(), ApiError> {
+        let def = self.key(id)?.clone();
+        self.store.delete_key(id)?;
+        if let Some(h) = def.key_hash() {
+            self.by_hash.remove(&h);
+        }
+        self.keys.remove(id);
+        self.rebuild();
+        Ok(())
+    }
+
+    /// Imports keys from AWS's CSV format: a header naming the columns (any order,
+    /// any case) among `key,name,description,enabled,usageplanIds`, then one key per
+    /// row. Plan ids (names here) are separated by `,` inside a quoted field, or
+    /// by `;`. Rows that cannot be imported are warnings; with `fail_on_warnings`
+    /// nothing is imported if there is one.
+    pub fn import_csv(&mut self, text: &str, fail_on_warnings: bool) -> Result<Imported, ApiError> {
+        let mut rdr = csv::ReaderBuilder::new()
+            .flexible(true)
+            .trim(csv::Trim::All)
+            .from_reader(text.as_bytes());
+        let headers = rdr
+            .headers()
+            .map_err(|e| ApiError::bad(format!("CSV header: {e}")))?
+            .clone();
+        let col = |name: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(name));
+        let Some(key_col) = col("key") else {
+            return Err(ApiError::bad(
+                "CSV header must name a `key` column (key,name,description,enabled,usageplanIds)",
+            ));
+        };
+        for h in headers.iter() {
+            if !["key", "name", "description", "enabled", "usageplanids"]
+                .contains(&h.to_ascii_lowercase().as_str())
+            {
+                return Err(ApiError::bad(format!(
+                    "unknown CSV column {h:?}: expected key,name,description,enabled,usageplanIds"
+                )));
+            }
+        }
+        let (name_col, desc_col, en_col, plans_col) = (
+            col("name"),
+            col("description"),
+            col("enabled"),
+            col("usageplanIds"),
+        );
+        let mut out = Imported::default();
+        let mut rows = Vec::new();
+        let mut values = HashSet::new();
+        for (i, rec) in rdr.records().enumerate() {
+            let line = i + 2;
+            let rec = match rec {
+                Ok(r) => r,
+                Err(e) => {
+                    out.warnings.push(format!("line {line}: {e}"));
+                    continue;
+                }
+            };
+            let field = |c: Option<usize>| c.and_then(|c| rec.get(c)).unwrap_or("").to_owned();
+            let value = field(Some(key_col));
+            if !valid_key_value(&value) {
+                out.warnings.push(format!(
+                    "line {line}: key must be 20 to 128 letters and digits"
+                ));
+                continue;
+            }
+            let hash = keys::hash(value.as_bytes());
+            if let Some(id) = self.by_hash.get(&hash) {
+                out.warnings.push(format!(
+                    "line {line}: an API key with this value exists: {id}"
+                ));
+                continue;
+            }
+            if !values.insert(hash) {
+                out.warnings.push(format!(
+                    "line {line}: the same key appears earlier in the file"
+                ));
+                continue;
+            }
+            let enabled = match field(en_col).to_ascii_lowercase().as_str() {
+                "" | "true" => true,
+                "false" => false,
+                other => {
+                    out.warnings.push(format!(
+                        "line {line}: enabled must be true or false, not {other:?}"
+                    ));
+                    continue;
+                }
+            };
+            let plans: Vec<String> = field(plans_col)
+                .split([',', ';'])
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect();
+            if let Err(e) = self.check_plans(&plans) {
+                out.warnings.push(format!("line {line}: {}", e.message));
+                continue;
+            }
+            let name = field(name_col);
+            if name.len() > 1024 {
+                out.warnings.push(format!(
+                    "line {line}: name must be at most 1,024 characters"
+                ));
+                continue;
+            }
+            rows.push((value, name, field(desc_col), enabled, plans));
+        }
+        if fail_on_warnings && !out.warnings.is_empty() {
+            return Err(ApiError::bad(format!(
+                "nothing imported: {}",
+                out.warnings.join("; ")
+            )));
+        }
+        let mut defs = Vec::with_capacity(rows.len());
+        for (value, name, description, enabled, plans) in rows {
+            let hash = keys::hash(value.as_bytes());
+            let id = loop {
+                let id = random_id();
+                if !self.keys.contains_key(&id) {
+                    break id;
+                }
+            };
+            let def = KeyDef {
+                id: id.clone(),
+                name: if name.is_empty() { id.clone() } else { name },
+                description,
+                enabled,
+                plans,
+                created_s: now_s(),
+                hash: hex(&hash),
+            };
+            self.by_hash.insert(hash, id.clone());
+            self.keys.insert(id.clone(), def.clone());
+            out.ids.push(id);
+            defs.push(def);
+        }
+        self.store.put_keys(&defs)?;
+        self.rebuild();
+        Ok(out)
+    }
+
+    // ---- usage plans ----
+
+    pub fn plans(&self) -> Vec<&UsagePlanFile> {
+        self.plans.values().map(|(d, _)| d).collect()
+    }
+
+    pub fn plan(&self, name: &str) -> Result<&UsagePlanFile, ApiError> {
+        self.plans
+            .get(name)
+            .map(|(d, _)| d)
+            .ok_or_else(|| ApiError::not_found("usage plan", name))
+    }
+
+    fn resolve(&self, def: &UsagePlanFile) -> Result<Resolved, ApiError> {
+        resolve(&self.stages, def).map_err(|e| {
+            ApiError::bad(
+                e.into_iter()
+                    .map(|(p, m)| format!("{p}: {m}"))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+        })
+    }
+
+    pub fn create_plan(&mut self, def: UsagePlanFile) -> Result<UsagePlanFile, ApiError> {
+        if self.plans.contains_key(&def.name) {
+            return Err(ApiError::conflict(format!(
+                "a usage plan named {:?} exists",
+                def.name
+            )));
+        }
+        let res = self.resolve(&def)?;
+        self.store.put_plan(&def)?;
+        self.plans.insert(def.name.clone(), (def.clone(), res));
+        Ok(def)
+    }
+
+    /// Replaces a plan's stages and limits. Its keys keep their quota counts (the
+    /// new limit applies to what they used) unless the period changes; their
+    /// buckets start full.
+    pub fn update_plan(
+        &mut self,
+        name: &str,
+        def: UsagePlanFile,
+    ) -> Result<UsagePlanFile, ApiError> {
+        self.plan(name)?;
+        if def.name != name {
+            return Err(ApiError::bad("a usage plan's name cannot change"));
+        }
+        let res = self.resolve(&def)?;
+        // The plan's keys must still be in at most one plan per stage.
+        let old = self.plans.insert(name.to_owned(), (def.clone(), res));
+        let clash = self
+            .keys
+            .values()
+            .filter(|k| k.plans.iter().any(|p| p == name))
+            .find_map(|k| self.check_plans(&k.plans).err());
+        if let Some(e) = clash {
+            if let Some(old) = old {
+                self.plans.insert(name.to_owned(), old);
+            }
+            return Err(e);
+        }
+        self.store.put_plan(&def)?;
+        // New buckets; quotas carried over where the period is the same.
+        let stale: Vec<(String, String)> = self
+            .bindings
+            .keys()
+            .filter(|(_, p)| p == name)
+            .cloned()
+            .collect();
+        for k in stale {
+            let Some(b) = self.bindings.remove(&k) else {
+                continue;
+            };
+            self.release(&b);
+            if let Some((_, q)) = &b.quota {
+                let (period, leased, spent) = q.snapshot();
+                let kind = period_kind(q.period);
+                self.restore.insert(
+                    k,
+                    SavedQuota {
+                        period_kind: kind,
+                        period,
+                        leased,
+                        spent,
+                    },
+                );
+            }
+        }
+        self.rebuild();
+        Ok(def)
+    }
+
+    /// Deletes a plan and takes its keys out of it.
+    pub fn delete_plan(&mut self, name: &str) -> Result<(), ApiError> {
+        self.plan(name)?;
+        let mut changed = Vec::new();
+        for k in self.keys.values_mut() {
+            if k.plans.iter().any(|p| p == name) {
+                k.plans.retain(|p| p != name);
+                changed.push(k.clone());
+            }
+        }
+        self.store.put_keys(&changed)?;
+        self.store.delete_plan(name)?;
+        self.plans.remove(name);
+        self.rebuild();
+        Ok(())
+    }
+
+    pub fn plan_keys(&self, name: &str) -> Result<Vec<&KeyDef>, ApiError> {
+        self.plan(name)?;
+        Ok(self
+            .keys
+            .values()
+            .filter(|k| k.plans.iter().any(|p| p == name))
+            .collect())
+    }
+
+    /// Adds a key to a plan (AWS's CreateUsagePlanKey).
+    pub fn attach(&mut self, plan: &str, key_id: &str) -> Result<KeyDef, ApiError> {
+        self.plan(plan)?;
+        let mut def = self.key(key_id)?.clone();
+        if def.plans.iter().any(|p| p == plan) {
+            return Err(ApiError::conflict(format!(
+                "API key {key_id} is already in usage plan {plan:?}"
+            )));
+        }
+        def.plans.push(plan.to_owned());
+        self.check_plans(&def.plans)?;
+        self.store.put_key(&def)?;
+        self.keys.insert(key_id.to_owned(), def.clone());
+        self.rebuild();
+        Ok(def)
+    }
+
+    pub fn detach(&mut self, plan: &str, key_id: &str) -> Result<(), ApiError> {
+        self.plan(plan)?;
+        let mut def = self.key(key_id)?.clone();
+        if !def.plans.iter().any(|p| p == plan) {
+            return Err(ApiError::not_found(
+                &format!("key of usage plan {plan:?}"),
+                key_id,
+            ));
+        }
+        def.plans.retain(|p| p != plan);
+        self.store.put_key(&def)?;
+        self.keys.insert(key_id.to_owned(), def);
+        self.rebuild();
+        Ok(())
+    }
+
+    // ---- usage ----
+
+    fn quota_of(&self, plan: &str, key_id: &str) -> Result<Arc<Quota>, ApiError> {
+        self.bindings
+            .get(&(key_id.to_owned(), plan.to_owned()))
+            .and_then(|b| b.quota.as_ref())
+            .map(|(_, q)| Arc::clone(q))
+            .ok_or_else(|| ApiError::not_found(&format!("key of usage plan {plan:?}"), key_id))
+    }
+
+    /// Sets what is left of a key's quota for the current period (AWS's UpdateUsage).
+    pub fn set_remaining(
+        &mut self,
+        plan: &str,
+        key_id: &str,
+        remaining: u64,
+    ) -> Result<(), ApiError> {
+        self.plan(plan)?;
+        self.key(key_id)?;
+        let q = self.quota_of(plan, key_id)?;
+        if !q.limited {
+            return Err(ApiError::bad(format!(
+                "usage plan {plan:?} has no quota to reset"
+            )));
+        }
+        let (period, _) = q.period.at(now_s());
+        let remaining = remaining.min(q.limit());
+        // Flush first so that what was served before the reset counts as used today;
+        // the reset itself changes what is left, not what was used.
+        self.flush()?;
+        q.set_remaining(period, remaining);
+        self.saved.insert(
+            (key_id.to_owned(), plan.to_owned()),
+            Saved {
+                period,
+                spent: q.spent(period),
+            },
+        );
+        self.flush()?;
+        Ok(())
+    }
+
+    /// Saves the quotas that changed and adds what was served since the last save
+    /// to today's usage: the store writer's job, a few times a second and whenever
+    /// a worker takes a lease.
+    pub fn flush(&mut self) -> anyhow::Result<()> {
+        let now = now_s();
+        let today = now / DAY_S;
+        let mut writes = Vec::new();
+        for ((key, plan), b) in &self.bindings {
+            let Some((_, q)) = &b.quota else { continue };
+            if !q.take_dirty() {
+                continue;
+            }
+            let (period, leased, _) = q.snapshot();
+            let (current, _) = q.period.at(now);
+            let spent = q.spent(period);
+            let last = self
+                .saved
+                .entry((key.clone(), plan.clone()))
+                .or_insert(Saved { period, spent: 0 });
+            let served = if last.period == period {
+                spent.saturating_sub(last.spent)
+            } else {
+                spent
+            };
+            *last = Saved { period, spent };
+            let remaining = if period == current {
+                q.limit().saturating_sub(spent)
+            } else {
+                q.limit()
+            };
+            writes.push(CountWrite {
+                key: key.clone(),
+                plan: plan.clone(),
+                quota: SavedQuota {
+                    period_kind: period_kind(q.period),
+                    period,
+                    leased,
+                    spent,
+                },
+                day: today,
+                served,
+                remaining: q.limited.then_some(remaining),
+            });
+        }
+        if writes.is_empty() {
+            return Ok(());
+        }
+        self.store.write_counts(&writes)
+    }
+
+    /// AWS's usage report: for each key of the plan (or `key_id`), one
+    /// `[used, remaining]` per day from `start` to `end` (days since 1970-01-01).
+    /// `remaining` is `None` for a plan without a quota.
+    pub fn usage(
+        &mut self,
+        plan: &str,
+        key_id: Option<&str>,
+        start: u64,
+        end: u64,
+    ) -> Result<Report, ApiError> {
+        self.plan(plan)?;
+        self.flush()?;
+        let ids: Vec<String> = match key_id {
+            Some(id) => {
+                self.key(id)?;
+                vec![id.to_owned()]
+            }
+            None => self
+                .plan_keys(plan)?
+                .into_iter()
+                .map(|k| k.id.clone())
+                .collect(),
+        };
+        let quota = self.plans[plan].0.quota;
+        let mut out = BTreeMap::new();
+        for id in ids {
+            let days = self.store.usage(plan, &id, start, end)?;
+            let mut row = Vec::new();
+            let mut last: Option<(u64, Option<u64>)> = None; // (period, remaining)
+            for day in start..=end {
+                let period = quota.map(|q| q.period.at(day * DAY_S).0);
+                let found = days.iter().find(|d| d.0 == day);
+                let entry = match found {
+                    Some(&(_, used, remaining)) => (used, remaining),
+                    None => {
+                        // Nothing served that day: what was left carries over
+                        // within a period, and a new period starts full.
+                        let remaining = match (quota, last) {
+                            (None, _) => None,
+                            (Some(_), Some((p, r))) if Some(p) == period => r,
+                            (Some(q), _) => Some(q.limit),
+                        };
+                        (0, remaining)
+                    }
+                };
+                if let Some(p) = period {
+                    last = Some((p, entry.1));
+                }
+                row.push(entry);
+            }
+            out.insert(id, row);
+        }
+        Ok(out)
+    }
+
+    /// Hands every quota back to the store (at shutdown, after the workers settled
+    /// their leases).
+    pub fn shutdown(&mut self) -> anyhow::Result<()> {
+        self.flush()
+    }
+}
