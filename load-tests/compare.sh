@@ -5,6 +5,8 @@
 #
 #   load-tests/compare.sh            # ROUNDS=3 DURATION=2 (seconds per run)
 #   ROUNDS=5 DURATION=10 RATE=20000 load-tests/compare.sh
+#   ONLY="small-get small-get-keyed" load-tests/compare.sh   # some scenarios only:
+#       no memory phase, and the results file is left alone
 #
 # Rounds are interleaved (every scenario and proxy once per round) so drift hits all
 # alike; the table gives medians. Per proxy and scenario: requests/s, p50 and p99
@@ -42,7 +44,7 @@ SG=./target/release/shardgate
 
 # SO_REUSEPORT lets a leftover process share a port silently and take half the load
 # (and skew every per-request figure): refuse to start if any port is taken.
-busy=$(ss -Hltn 2>/dev/null | awk '{print $4}' | grep -E ':1808[1-6]$' || true)
+busy=$(ss -Hltn 2>/dev/null | awk '{print $4}' | grep -E ':1808[1-7]$' || true)
 [ -z "$busy" ] || { echo "ports in use, stop what listens there first: $busy"; exit 1; }
 
 RUN=$(mktemp -d)
@@ -70,10 +72,12 @@ taskset -c 1 nginx -c "$RUN/upstream-nginx.conf" -p "$RUN" &
 for _ in $(seq 50); do curl -sf http://127.0.0.1:18081/ >/dev/null && break; sleep 0.1; done
 upstream_accepts() { curl -sf http://127.0.0.1:18081/status | awk 'NR==3 {print $1}'; }
 
-PROXIES=(sg-epoll sg-uring sg-keyed nginx haproxy)
+PROXIES=(sg-epoll sg-uring sg-keyed sg-keyed-store nginx haproxy)
 # The memory phase's client sends no API key.
 MEM_PROXIES=(sg-epoll sg-uring nginx haproxy)
-declare -A PORT=([sg-epoll]=18083 [sg-uring]=18084 [sg-keyed]=18086 [nginx]=18082 [haproxy]=18085)
+declare -A PORT=([sg-epoll]=18083 [sg-uring]=18084 [sg-keyed]=18086 [sg-keyed-store]=18087 [nginx]=18082 [haproxy]=18085)
+# The keyed setup with a persistent store: the writer thread saves each lease.
+{ sed 's/18086/18087/' load-tests/peers/shardgate-keyed.yaml; echo "store: { path: $RUN/store }"; } >"$RUN/sg-keyed-store.yaml"
 KEY=bench0123456789abcdefXYZ  # peers/shardgate-keyed.yaml's key
 declare -A PID MAIN
 
@@ -83,6 +87,7 @@ start_proxy() {
     sg-epoll) taskset -c 0 "$SG" run --config "$RUN/sg-epoll.yaml" --runtime epoll 2>>"$RUN/sg-epoll.log" & ;;
     sg-uring) taskset -c 0 "$SG" run --config "$RUN/sg-uring.yaml" --runtime io_uring 2>>"$RUN/sg-uring.log" & ;;
     sg-keyed) taskset -c 0 "$SG" run --config load-tests/peers/shardgate-keyed.yaml --runtime epoll 2>>"$RUN/sg-keyed.log" & ;;
+    sg-keyed-store) taskset -c 0 "$SG" run --config "$RUN/sg-keyed-store.yaml" --runtime epoll 2>>"$RUN/sg-keyed-store.log" & ;;
     nginx) taskset -c 0 nginx -c "$RUN/proxy-nginx.conf" -p "$RUN" & ;;
     haproxy) taskset -c 0 haproxy -f "$RUN/proxy-haproxy.cfg" -db 2>>"$RUN/haproxy.log" & ;;
   esac
@@ -107,7 +112,7 @@ CLK=$(getconf CLK_TCK)
 # Scenarios: name|proxies|load. Load "wrk ARGS|PATH" or "oha|PATH".
 SCENARIOS=(
   "small-get|sg-epoll sg-uring nginx haproxy|wrk -c50|/"
-  "small-get-keyed|sg-keyed|wrk -c50 keyed|/"
+  "small-get-keyed|sg-keyed sg-keyed-store|wrk -c50 keyed|/"
   "1k|sg-epoll nginx haproxy|wrk -c50|/files/1k"
   "16k|sg-epoll nginx haproxy|wrk -c50|/files/16k"
   "64k|sg-epoll nginx haproxy|wrk -c50|/files/64k"
@@ -116,6 +121,13 @@ SCENARIOS=(
   "c1000|sg-epoll nginx haproxy|wrk -c1000|/"
   "open-${RATE}rps|sg-epoll sg-uring nginx haproxy|oha|/"
 )
+if [ -n "${ONLY:-}" ]; then
+  kept=()
+  for sc in "${SCENARIOS[@]}"; do
+    for o in $ONLY; do [ "${sc%%|*}" = "$o" ] && kept+=("$sc"); done
+  done
+  SCENARIOS=("${kept[@]}")
+fi
 
 declare -A R_RPS R_P50 R_P99 R_CPU R_CORE R_UP R_ERR
 # measure SCENARIO PROXY LOAD PATH: one run, appended to the R_* lists.
@@ -187,7 +199,7 @@ for r in $(seq "$ROUNDS"); do
     for p in $procs; do measure "$s" "$p" "$load" "$path"; done
   done
   for p in "${PROXIES[@]}"; do stop_proxy "$p"; done
-  for p in "${MEM_PROXIES[@]}"; do measure_memory "$p"; done
+  [ -n "${ONLY:-}" ] || for p in "${MEM_PROXIES[@]}"; do measure_memory "$p"; done
 done
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR ? a[int((NR+1)/2)] : "-")}'; }
@@ -245,11 +257,14 @@ RESULT=$(mktemp)
   echo "  new upstream connections per 10k requests = 0: ${sg_up} -> $(verdict "$(awk -v a="$sg_up" 'BEGIN{print (a == 0)}')")"
   echo "  no allocation per request in codec and router: cargo test --release --test alloc"
   kd_cpu=$(echo "${R_CPU[small-get-keyed|sg-keyed]}" | median)
+  ks_cpu=$(echo "${R_CPU[small-get-keyed|sg-keyed-store]}" | median)
   echo "Issue 4: small GET with an API key, a usage plan (throttle, quota) and a stage throttle:"
   echo "  cpu/req vs plain small GET: $(ratio "$kd_cpu" "$sg_cpu")x (${kd_cpu} vs ${sg_cpu} us) -> $(verdict "$(awk -v a="$kd_cpu" -v b="$sg_cpu" 'BEGIN{print (a <= 1.1 * b)}')") (bar: <= 1.10x)"
+  echo "  with store.path (each lease saved by the writer thread): $(ratio "$ks_cpu" "$sg_cpu")x (${ks_cpu} us)"
 } >"$RESULT"
 echo
 cat "$RESULT"
+[ -z "${ONLY:-}" ] || exit 0  # a partial run does not replace the results file
 mkdir -p load-tests/results
 tag=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs | tr 'A-Z' 'a-z' | sed 's/[^a-z0-9]\+/-/g; s/^-//; s/-$//' | cut -c1-40)
 dest="load-tests/results/compare-$(nproc)core-${tag:-unknown}.txt"

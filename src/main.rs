@@ -182,8 +182,12 @@ fn run(
     Ok(())
 }
 
-/// The store's writer: saves quota counts and daily usage whenever a worker takes
-/// a lease (it is woken), and at least every 50 ms while anything changed.
+/// The store's writer: saves quota counts and daily usage when a worker takes a
+/// lease (it is woken), at most once per `MIN_COMMIT_GAP` so a busy key costs one
+/// commit per gap rather than one per lease, and at least every 50 ms while
+/// anything changed.
+const MIN_COMMIT_GAP: Duration = Duration::from_millis(10);
+
 struct StoreWriter {
     handle: std::thread::JoinHandle<()>,
     stop: Arc<AtomicBool>,
@@ -206,6 +210,9 @@ impl StoreWriter {
                         tracing::error!(error = %format!("{e:#}"), "store write failed; retrying");
                         std::thread::sleep(Duration::from_secs(1));
                     }
+                    // Wakes meanwhile leave the park token set: the next park
+                    // returns at once and saves them together.
+                    std::thread::sleep(MIN_COMMIT_GAP);
                 }
             })?;
         Ok(Self { handle, stop })
