@@ -405,7 +405,20 @@ impl Registry {
             r.store.put_plan(def)?;
             r.plans.insert(def.name.clone(), (def.clone(), res));
         }
-        for key in loaded.keys.into_iter().chain(seed.keys.iter().cloned()) {
+        let created: HashMap<String, u64> = loaded
+            .keys
+            .iter()
+            .map(|k| (k.id.clone(), k.created_s))
+            .collect();
+        let seeded = seed.keys.iter().cloned().map(|mut k| {
+            // A config key keeps the creation time of its first start.
+            if let Some(&t) = created.get(&k.id) {
+                k.created_s = t;
+            }
+            k
+        });
+        let seeded: Vec<KeyDef> = seeded.collect();
+        for key in loaded.keys.into_iter().chain(seeded.iter().cloned()) {
             let Some(h) = key.key_hash() else {
                 tracing::warn!(key = %key.id, "API key in the store has a bad hash; not loaded");
                 continue;
@@ -418,9 +431,7 @@ impl Registry {
             r.by_hash.insert(h, key.id.clone());
             r.keys.insert(key.id.clone(), key);
         }
-        for key in &seed.keys {
-            r.store.put_key(key)?;
-        }
+        r.store.put_keys(&seeded)?;
         r.rebuild();
         Ok(r)
     }

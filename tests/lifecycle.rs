@@ -51,6 +51,22 @@ apis:
 }
 
 #[test]
+fn validate_accepts_the_keys_example() {
+    let out = Command::new(bin())
+        .args(["validate", "--config"])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/keys.yaml"))
+        .env("SHARDGATE_ADMIN_TOKEN", "example-admin-token-0123")
+        .env("ALICE_API_KEY", "alice0123456789abcdefXYZ")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
 fn validate_accepts_the_quickstart() {
     let out = Command::new(bin())
         .args(["validate", "--config"])
