@@ -21,6 +21,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -36,6 +37,8 @@ const MAX_HEAD: usize = 16 * 1024;
 /// Large enough for a CSV of 100,000 keys.
 const MAX_BODY: usize = 32 * 1024 * 1024;
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once (a thread each); more are closed at once.
+const MAX_CONNS: usize = 64;
 /// Longest usage report, in days.
 const MAX_REPORT_DAYS: u64 = 366;
 /// How long a usage report waits so that every request answered before it was
@@ -62,13 +65,23 @@ pub fn start(plan: &AdminPlan, registry: Arc<Mutex<Registry>>) -> std::io::Resul
     std::thread::Builder::new()
         .name("shardgate-admin".into())
         .spawn(move || {
+            let open = Arc::new(AtomicUsize::new(0));
             for conn in listener.incoming() {
                 let Ok(stream) = conn else { continue };
-                let ctx = Arc::clone(&ctx);
+                if open.load(Ordering::Acquire) >= MAX_CONNS {
+                    tracing::warn!("admin: {MAX_CONNS} connections open; closing a new one");
+                    continue;
+                }
+                open.fetch_add(1, Ordering::AcqRel);
+                let (ctx, done) = (Arc::clone(&ctx), Arc::clone(&open));
                 let spawned = std::thread::Builder::new()
                     .name("shardgate-admin-conn".into())
-                    .spawn(move || serve(stream, &ctx));
+                    .spawn(move || {
+                        serve(stream, &ctx);
+                        done.fetch_sub(1, Ordering::AcqRel);
+                    });
                 if let Err(e) = spawned {
+                    open.fetch_sub(1, Ordering::AcqRel);
                     tracing::warn!(error = %e, "admin: cannot start a connection thread");
                 }
             }

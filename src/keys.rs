@@ -154,6 +154,9 @@ pub struct Live {
     ring: Mutex<Arc<Keyring>>,
     /// The store's writer thread, woken when a worker takes a quota lease.
     writer: OnceLock<std::thread::Thread>,
+    /// Some quota changed since the writer last looked (set by workers on a lease
+    /// or a tick that counted requests), so an idle gateway scans nothing.
+    usage_dirty: std::sync::atomic::AtomicBool,
 }
 
 impl Live {
@@ -188,9 +191,22 @@ impl Live {
     /// A worker took a quota lease: wake the store's writer to save it (a futex wake
     /// at most once per lease, not per request).
     pub fn lease_taken(&self) {
+        self.usage_changed();
         if let Some(t) = self.writer.get() {
             t.unpark();
         }
+    }
+
+    /// Requests were counted: the writer has something to save.
+    pub fn usage_changed(&self) {
+        if !self.usage_dirty.load(Ordering::Relaxed) {
+            self.usage_dirty.store(true, Ordering::Release);
+        }
+    }
+
+    /// Takes the "something changed" mark (the writer, before it scans).
+    pub fn take_usage_changed(&self) -> bool {
+        self.usage_dirty.swap(false, Ordering::AcqRel)
     }
 }
 

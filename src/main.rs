@@ -203,8 +203,8 @@ impl StoreWriter {
                 while !flag.load(Ordering::Acquire) {
                     std::thread::park_timeout(Duration::from_millis(50));
                     let result = match registry.lock() {
-                        Ok(mut r) => r.flush(),
-                        Err(poisoned) => poisoned.into_inner().flush(),
+                        Ok(mut r) => r.flush_if_changed(),
+                        Err(poisoned) => poisoned.into_inner().flush_if_changed(),
                     };
                     if let Err(e) = result {
                         tracing::error!(error = %format!("{e:#}"), "store write failed; retrying");

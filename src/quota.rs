@@ -371,8 +371,9 @@ impl Leases {
     }
 
     /// Adds the requests served since the last call to their quotas (the worker's
-    /// tick, every 100 ms).
-    pub fn flush(&mut self) {
+    /// tick, every 100 ms); `true` if there were any.
+    pub fn flush(&mut self) -> bool {
+        let any = !self.dirty.is_empty();
         for i in self.dirty.drain(..) {
             let s = &mut self.slots[i as usize];
             if let Some(q) = &s.quota {
@@ -380,6 +381,7 @@ impl Leases {
             }
             s.unflushed = 0;
         }
+        any
     }
 
     /// Gives every unspent lease back and counts what was served (at shutdown), so
@@ -433,7 +435,9 @@ mod tests {
         assert_eq!((refused.limit, refused.remaining), (10, 0));
         let (period, _) = Period::Day.at(t);
         assert_eq!(q.spent(period), 0, "served counts wait for the tick");
-        workers.iter_mut().for_each(Leases::flush);
+        for w in &mut workers {
+            assert!(w.flush(), "each worker served some");
+        }
         assert_eq!(q.spent(period), 10);
         // The next day starts afresh.
         assert_eq!(

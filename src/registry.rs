@@ -1026,6 +1026,16 @@ impl Registry {
         self.store.write_counts(&writes)
     }
 
+    /// `flush`, when a worker marked something changed since the last one (the
+    /// writer's loop: an idle gateway scans nothing).
+    pub fn flush_if_changed(&mut self) -> anyhow::Result<()> {
+        if self.live.take_usage_changed() {
+            self.flush()
+        } else {
+            Ok(())
+        }
+    }
+
     /// AWS's usage report: for each key of the plan (or `key_id`), one
     /// `[used, remaining]` per day from `start` to `end` (days since 1970-01-01).
     /// `remaining` is `None` for a plan without a quota.

@@ -198,7 +198,9 @@ async fn worker_main(
         monoio::time::sleep(Duration::from_millis(100)).await;
         shard.parked.borrow_mut().sweep(Instant::now());
         // Requests served this tick count towards their keys' daily usage.
-        shard.leases.borrow_mut().flush();
+        if shard.leases.borrow_mut().flush() {
+            plan.live.usage_changed();
+        }
         if plan.live.version() != shard.keyring.borrow().0 {
             // Between requests (this task runs only when no request is being
             // prepared): the next request sees the new keys.
