@@ -157,17 +157,55 @@ pub struct Live {
     /// Some quota changed since the writer last looked (set by workers on a lease
     /// or a tick that counted requests), so an idle gateway scans nothing.
     usage_dirty: std::sync::atomic::AtomicBool,
+    /// The keyring version each worker uses (0: not started).
+    seen: Box<[AtomicU64]>,
 }
 
 impl Live {
-    /// Publishes a new keyring; workers switch to it on their next tick.
-    pub fn publish(&self, ring: Keyring) {
-        let ring = Arc::new(ring);
-        match self.ring.lock() {
-            Ok(mut g) => *g = ring,
-            Err(poisoned) => *poisoned.into_inner() = ring,
+    pub fn new(workers: usize) -> Self {
+        Self {
+            seen: (0..workers).map(|_| AtomicU64::new(0)).collect(),
+            ..Self::default()
         }
-        self.version.fetch_add(1, Ordering::Release);
+    }
+
+    /// Publishes a new keyring; workers switch to it on their next tick. Returns
+    /// its version.
+    pub fn publish(&self, ring: Keyring) -> u64 {
+        let ring = Arc::new(ring);
+        let mut g = match self.ring.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *g = ring;
+        self.version.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Worker `w` now uses keyring `version`.
+    pub fn saw(&self, w: usize, version: u64) {
+        if let Some(s) = self.seen.get(w) {
+            s.store(version, Ordering::Release);
+        }
+    }
+
+    /// Waits until every running worker uses `version` or later (at most `within`),
+    /// so that a management call answers only once its change is live everywhere.
+    /// `false` if some worker did not switch in time.
+    pub fn wait_seen(&self, version: u64, within: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let behind = self.seen.iter().any(|s| {
+                let v = s.load(Ordering::Acquire);
+                v != 0 && v < version
+            });
+            if !behind {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
     }
 
     pub fn version(&self) -> u64 {
@@ -176,12 +214,12 @@ impl Live {
 
     /// The current keyring (a worker's tick, when `version` moved; never per request).
     pub fn current(&self) -> (u64, Arc<Keyring>) {
-        let v = self.version();
-        let ring = match self.ring.lock() {
-            Ok(g) => Arc::clone(&g),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        // Under the lock, so the version and the ring match.
+        let g = match self.ring.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
         };
-        (v, ring)
+        (self.version(), Arc::clone(&g))
     }
 
     pub fn set_writer(&self, t: std::thread::Thread) {

@@ -539,7 +539,18 @@ impl Registry {
                 stages: per_key.remove(&key.id).unwrap_or_default().into(),
             });
         }
-        self.live.publish(ring);
+        let version = self.live.publish(ring);
+        // Answer only once every worker uses it: a key the API just returned works
+        // on every core (workers switch on their 100 ms tick).
+        if !self
+            .live
+            .wait_seen(version, std::time::Duration::from_secs(1))
+        {
+            tracing::warn!(
+                version,
+                "a worker did not switch to the new keyring within 1 s"
+            );
+        }
     }
 
     // ---- keys ----

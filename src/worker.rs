@@ -176,6 +176,7 @@ async fn worker_main(
         plan.live.current(),
         seed,
     ));
+    plan.live.saw(id, shard.keyring.borrow().0);
     for (li, std_listener) in listeners.into_iter().enumerate() {
         let listener = match TcpListener::from_std(std_listener) {
             Ok(l) => l,
@@ -205,6 +206,7 @@ async fn worker_main(
             // Between requests (this task runs only when no request is being
             // prepared): the next request sees the new keys.
             *shard.keyring.borrow_mut() = plan.live.current();
+            plan.live.saw(id, shard.keyring.borrow().0);
         }
         tick = tick.wrapping_add(1);
         if tick.is_multiple_of(10) {
@@ -215,6 +217,8 @@ async fn worker_main(
         }
     }
     shard.draining.set(true);
+    // No more keyring switches here: management calls stop waiting for this worker.
+    plan.live.saw(id, 0);
     let deadline = Instant::now() + plan.drain_timeout;
     while shard.in_flight.get() > 0 && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(10)).await;

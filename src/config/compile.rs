@@ -456,7 +456,7 @@ pub fn compile(cfg: &ConfigFile, workers_override: Option<usize>) -> Result<Plan
             throttles,
             throttle: global_throttle,
             seed,
-            live: Arc::new(keys::Live::default()),
+            live: Arc::new(keys::Live::new(workers)),
             admin,
             store_path,
             epoch: std::time::Instant::now(),
