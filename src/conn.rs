@@ -14,11 +14,13 @@ use monoio::io::AsyncReadRent;
 use monoio::net::TcpStream;
 
 use crate::body::{self, Encode, PumpError, Source};
+use crate::cache::Lookup;
+use crate::config::UnauthorizedStrategy;
 use crate::error::GatewayError;
 use crate::keys::Binding;
 use crate::parse::{self, Framing, MAX_HEADERS};
 use crate::plan::{Integration, ListenerPlan, Plan, RouteId, RoutePlan, StageId, StagePlan};
-use crate::respond::{self, Persist, Tag};
+use crate::respond::{self, CacheStatus, Persist, Tag};
 use crate::route;
 use crate::shard::{InFlight, Shard};
 use crate::upstream::forward;
@@ -50,11 +52,15 @@ struct Prepared {
     idempotent: bool,
     tag: Tag,
     action: Action,
+    /// A cache miss to store once the upstream answers.
+    fill: Option<crate::cache::Fill>,
 }
 
 enum Action {
     Refuse(GatewayError),
     Mock(StageId, RouteId),
+    /// Served from this worker's cache.
+    CacheHit(std::rc::Rc<crate::cache::Entry>),
     /// The upstream head is in `Client::up_head`.
     Proxy(StageId, RouteId),
 }
@@ -321,6 +327,7 @@ fn prepare(
         ),
         tag: Tag::from(shard.next_request_id()),
         action: Action::Refuse(GatewayError::RouteNotFound),
+        fill: None,
     };
     if let Framing::Length(n) = head.framing {
         if n > lp.limits.max_body_bytes {
@@ -375,7 +382,53 @@ fn prepare(
             }
         }
     }
+    // A caller with a valid key may invalidate cache entries, on any route.
+    let authorized = binding.is_some()
+        || (route
+            .cache
+            .as_ref()
+            .is_some_and(|c| c.require_authorization)
+            && crate::cache::wants_refresh(headers)
+            && ring.1.check(headers, stage_id).is_ok());
     drop(ring);
+    if let (Some(rc), Integration::HttpProxy(_)) = (&route.cache, &route.integration) {
+        if !(rc.any_method || method == "GET" || method == "HEAD") {
+            p.tag.cache = Some(CacheStatus::Bypass);
+        } else {
+            let mut refresh = crate::cache::wants_refresh(headers);
+            if refresh && rc.require_authorization && !authorized {
+                // Only a caller with a valid key may invalidate (AWS:
+                // requireAuthorizationForCacheControl).
+                match rc.unauthorized {
+                    UnauthorizedStrategy::FailWith403 => {
+                        p.action = Action::Refuse(GatewayError::CacheControlForbidden);
+                        return p;
+                    }
+                    UnauthorizedStrategy::SucceedWithHeader => p.tag.cache_warning = true,
+                    UnauthorizedStrategy::SucceedWithoutHeader => {}
+                }
+                refresh = false;
+            }
+            let mut key = shard.cache_key.borrow_mut();
+            crate::cache::build_key(&mut key, method, path, head.query, headers, &m, &rc.key);
+            if !refresh {
+                let hit = shard.caches.borrow_mut()[stage_id]
+                    .as_mut()
+                    .map(|c| c.get(&key, crate::clock::unix_ms()));
+                if let Some(Lookup::Hit(entry)) = hit {
+                    p.tag.cache = Some(CacheStatus::Hit);
+                    p.action = Action::CacheHit(entry);
+                    return p;
+                }
+            }
+            p.tag.cache = Some(CacheStatus::Miss);
+            p.fill = Some(crate::cache::Fill {
+                stage: stage_id,
+                key: key.clone(),
+                ttl_ms: rc.ttl_ms,
+            });
+        }
+    }
     p.action = match &route.integration {
         Integration::Mock(_) => Action::Mock(stage_id, m.route),
         Integration::HttpProxy(target) => {
@@ -417,6 +470,42 @@ fn admit(
         .into_iter()
         .flatten()
         .all(|id| tokens.admit(id, &plan.throttles[id], now))
+}
+
+/// Writes a cached response: status line and this response's headers, then the
+/// stored header lines and body as they are. `true` if it was all written.
+async fn serve_hit(
+    c: &mut Client,
+    shard: &Shard,
+    entry: std::rc::Rc<crate::cache::Entry>,
+    tag: &Tag,
+    persist: Persist,
+    is_head: bool,
+) -> bool {
+    let persist = shard.persist(persist);
+    let date = *shard.date.borrow_mut().now();
+    c.out.clear();
+    respond::status_line(&mut c.out, 200, b"OK");
+    respond::common_headers(&mut c.out, &date, tag, persist);
+    let age = crate::clock::unix_s().saturating_sub(entry.stored_s);
+    c.out.extend_from_slice(b"age: ");
+    c.out
+        .extend_from_slice(itoa::Buffer::new().format(age).as_bytes());
+    c.out.extend_from_slice(b"\r\n");
+    c.out.extend_from_slice(&entry.head);
+    if is_head || entry.body.is_empty() {
+        return body::write_all(&mut c.stream, &mut c.out).await.is_ok();
+    }
+    if c.out.capacity() - c.out.len() >= entry.body.len() {
+        c.out.extend_from_slice(&entry.body);
+        return body::write_all(&mut c.stream, &mut c.out).await.is_ok();
+    }
+    if body::write_all(&mut c.stream, &mut c.out).await.is_err() {
+        return false;
+    }
+    use monoio::io::AsyncWriteRentExt;
+    let (res, _) = c.stream.write_all(crate::cache::BodyBuf(entry)).await;
+    res.is_ok()
 }
 
 /// Runs one request to its end; `true` to keep the connection.
@@ -473,6 +562,11 @@ async fn handle(
             respond::mock(&mut c.out, mock, &date, &p.tag, persist, p.is_head);
             body::write_all(&mut c.stream, &mut c.out).await.is_ok() && !persist.closes()
         }
+        Action::CacheHit(entry) => {
+            // An unread body is still on the wire: close rather than read it.
+            let persist = if has_body { Persist::Close } else { p.persist };
+            serve_hit(c, shard, entry, &p.tag, persist, p.is_head).await && !persist.closes()
+        }
         Action::Proxy(stage, route) => {
             let Integration::HttpProxy(target) = &plan.stages[stage].routes[route].integration
             else {
@@ -485,6 +579,7 @@ async fn handle(
                 expect_continue: p.expect_continue,
                 idempotent: p.idempotent,
                 tag: p.tag,
+                fill: p.fill,
             };
             match forward::proxy(c, shard, target, &req, &lp.limits).await {
                 Ok(keep) => keep,

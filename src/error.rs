@@ -28,6 +28,8 @@ pub enum GatewayError {
     Forbidden(crate::keys::KeyRefusal),
     #[error("usage plan quota spent")]
     QuotaExceeded,
+    #[error("Cache-Control: max-age=0 from a caller not authorized to invalidate")]
+    CacheControlForbidden,
 }
 
 /// A gateway response, ready to encode.
@@ -72,6 +74,8 @@ impl GatewayError {
             Self::Throttled => (429, r#"{"message":"Too Many Requests"}"#, false),
             Self::Forbidden(_) => (403, r#"{"message":"Forbidden"}"#, false),
             Self::QuotaExceeded => (429, r#"{"message":"Limit Exceeded"}"#, false),
+            // AWS's FAIL_WITH_403: "returns a 403 Unauthorized response".
+            Self::CacheControlForbidden => (403, r#"{"message":"Unauthorized"}"#, false),
         };
         let error_type = match self {
             Self::Throttled => Some("TooManyRequestsException"),

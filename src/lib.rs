@@ -27,6 +27,7 @@
 
 pub mod admin;
 pub mod body;
+pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod conn;

@@ -118,6 +118,29 @@ pub struct StagePlan {
     pub routes: Vec<RoutePlan>,
     /// The stage-wide throttle (`stages[].throttle`), over all its routes.
     pub throttle: Option<crate::throttle::ThrottleId>,
+    /// Bytes of response cache (`stages[].cache.capacity_mb`), over all workers;
+    /// 0 without a cache.
+    pub cache_bytes: usize,
+}
+
+/// How one route's responses are cached.
+#[derive(Debug, Clone)]
+pub struct RouteCache {
+    pub ttl_ms: u64,
+    /// The request parameters that vary the key, in the order configured.
+    pub key: Box<[KeyParam]>,
+    /// Methods besides GET and HEAD are cached (the route opted in).
+    pub any_method: bool,
+    pub require_authorization: bool,
+    pub unauthorized: crate::config::UnauthorizedStrategy,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyParam {
+    Query(Box<str>),
+    /// Lower case.
+    Header(Box<str>),
+    Path(Box<str>),
 }
 
 #[derive(Debug)]
@@ -129,6 +152,8 @@ pub struct RoutePlan {
     pub throttle: Option<crate::throttle::ThrottleId>,
     /// Requests need an `x-api-key` of a usage plan covering this stage.
     pub api_key_required: bool,
+    /// The stage's response cache for this route, if it caches.
+    pub cache: Option<RouteCache>,
 }
 
 #[derive(Debug)]

@@ -39,11 +39,28 @@ pub fn status_line(out: &mut Vec<u8>, status: u16, reason: &[u8]) {
 pub struct Tag {
     pub id: RequestId,
     pub quota: Option<QuotaState>,
+    /// On a route that caches: what the cache did (`x-cache`).
+    pub cache: Option<CacheStatus>,
+    /// An unauthorized `Cache-Control: max-age=0` was ignored (`warning` header).
+    pub cache_warning: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheStatus {
+    Hit,
+    Miss,
+    /// The route caches, but not this request (its method).
+    Bypass,
 }
 
 impl From<RequestId> for Tag {
     fn from(id: RequestId) -> Self {
-        Self { id, quota: None }
+        Self {
+            id,
+            quota: None,
+            cache: None,
+            cache_warning: false,
+        }
     }
 }
 
@@ -67,6 +84,18 @@ pub fn common_headers(out: &mut Vec<u8>, date: &[u8; HTTP_DATE_LEN], tag: &Tag, 
             out.extend_from_slice(n.format(v).as_bytes());
             out.extend_from_slice(b"\r\n");
         }
+    }
+    if let Some(c) = tag.cache {
+        out.extend_from_slice(match c {
+            CacheStatus::Hit => b"x-cache: Hit\r\n".as_slice(),
+            CacheStatus::Miss => b"x-cache: Miss\r\n",
+            CacheStatus::Bypass => b"x-cache: Bypass\r\n",
+        });
+    }
+    if tag.cache_warning {
+        out.extend_from_slice(
+            b"warning: 199 shardgate \"Cache-Control ignored: not authorized to invalidate\"\r\n",
+        );
     }
     match persist {
         Persist::KeepAlive => {}

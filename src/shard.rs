@@ -42,10 +42,23 @@ pub struct Shard {
     /// The keyring this worker reads, and its version: swapped by the worker's tick
     /// when the control plane publishes a new one, never during a request.
     pub keyring: RefCell<(u64, Arc<Keyring>)>,
+    /// This worker's response cache of each stage (`None`: the stage has none).
+    pub caches: RefCell<Vec<Option<crate::cache::Cache>>>,
+    /// Where a request's cache key is built (reused).
+    pub cache_key: RefCell<Vec<u8>>,
     /// Connection buffers not in use (parked connections hold none).
     bufs: RefCell<Vec<Vec<u8>>>,
     next_request: Cell<u64>,
     id_seed: u32,
+}
+
+/// A shard's limits, keys and caches, built by the worker from the plan.
+#[derive(Default)]
+pub struct Parts {
+    pub tokens: LocalTokens,
+    pub leases: Leases,
+    pub keyring: (u64, Arc<Keyring>),
+    pub caches: Vec<Option<crate::cache::Cache>>,
 }
 
 /// A request id: 16 URL-safe base64 characters, unique per process start, worker and
@@ -57,11 +70,15 @@ impl Shard {
         id: usize,
         uring: bool,
         pool_limits: PoolLimits,
-        tokens: LocalTokens,
-        leases: Leases,
-        keyring: (u64, Arc<Keyring>),
+        parts: Parts,
         id_seed: u32,
     ) -> Self {
+        let Parts {
+            tokens,
+            leases,
+            keyring,
+            caches,
+        } = parts;
         Self {
             id,
             uring,
@@ -73,6 +90,8 @@ impl Shard {
             tokens: RefCell::new(tokens),
             leases: RefCell::new(leases),
             keyring: RefCell::new(keyring),
+            caches: RefCell::new(caches),
+            cache_key: RefCell::new(Vec::new()),
             bufs: RefCell::new(Vec::new()),
             next_request: Cell::new(0),
             id_seed,
@@ -230,9 +249,7 @@ mod tests {
             3,
             false,
             PoolLimits::default(),
-            LocalTokens::default(),
-            Leases::default(),
-            (0, Arc::default()),
+            Parts::default(),
             0xdead_beef,
         );
         let a = s.next_request_id();

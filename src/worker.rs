@@ -167,15 +167,21 @@ async fn worker_main(
     shutdown: Arc<AtomicBool>,
     seed: u32,
 ) {
-    let shard = Rc::new(Shard::new(
-        id,
-        uring,
-        plan.pool,
-        crate::throttle::LocalTokens::new(plan.throttles.len(), plan.epoch),
-        crate::quota::Leases::new(plan.workers),
-        plan.live.current(),
-        seed,
-    ));
+    let parts = crate::shard::Parts {
+        tokens: crate::throttle::LocalTokens::new(plan.throttles.len(), plan.epoch),
+        leases: crate::quota::Leases::new(plan.workers),
+        keyring: plan.live.current(),
+        // Each stage's cache budget, split evenly across workers.
+        caches: plan
+            .stages
+            .iter()
+            .map(|s| {
+                (s.cache_bytes > 0)
+                    .then(|| crate::cache::Cache::new(s.cache_bytes / plan.workers.max(1)))
+            })
+            .collect(),
+    };
+    let shard = Rc::new(Shard::new(id, uring, plan.pool, parts, seed));
     plan.live.saw(id, shard.keyring.borrow().0);
     for (li, std_listener) in listeners.into_iter().enumerate() {
         let listener = match TcpListener::from_std(std_listener) {

@@ -112,7 +112,7 @@ fn later_features_are_refused_not_ignored() {
       - route: POST /orders
         authorizer: users
         integration: { type: mock }
-    stages: [ { name: prod, cache: { ttl_s: 10 } } ]
+    stages: [ { name: prod, access_log: { path: stdout } } ]
 ";
     let (code, out) = validate(&config(keyed));
     assert_eq!(code, 1);
@@ -121,7 +121,7 @@ fn later_features_are_refused_not_ignored() {
         "{out}"
     );
     assert!(
-        out.contains("not supported yet: apis[0].stages[0].cache"),
+        out.contains("not supported yet: apis[0].stages[0].access_log"),
         "{out}"
     );
     // `run` refuses the same config and exits 1 without listening.

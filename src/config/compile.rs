@@ -10,8 +10,8 @@ use std::time::Duration;
 use super::{ConfigErrors, ConfigFile, IntegrationFile, SecretFile, ThrottleFile, Workers};
 use crate::keys;
 use crate::plan::{
-    AdminPlan, BaseMapping, Integration, Limits, ListenerPlan, MockResponse, PathPart, Plan,
-    PoolLimits, ProxyTarget, RoutePlan, StageId, StagePlan,
+    AdminPlan, BaseMapping, Integration, KeyParam, Limits, ListenerPlan, MockResponse, PathPart,
+    Plan, PoolLimits, ProxyTarget, RouteCache, RoutePlan, StageId, StagePlan,
 };
 use crate::registry::{self, KeyDef, Seed, StageInfo};
 use crate::route::{RouteKey, Router};
@@ -152,6 +152,80 @@ fn compile_admin(cfg: &ConfigFile, errs: &mut ConfigErrors) -> Option<AdminPlan>
     })
 }
 
+/// AWS: TTL 300 s by default, 0 to 3600 s, 0 disables.
+const DEFAULT_CACHE_TTL_S: u64 = 300;
+
+fn check_ttl(ttl: Option<u64>, path: &str, errs: &mut ConfigErrors) -> Option<u64> {
+    let t = ttl?;
+    if t > 3600 {
+        errs.push(path, "must be 0 to 3600 seconds (0 disables)");
+        return None;
+    }
+    Some(t)
+}
+
+/// A route's caching: the stage's TTL unless the route sets one; GET and HEAD only
+/// unless the route has a `cache` of its own (it opted in).
+fn route_cache(
+    stage_ttl: u64,
+    over: Option<&super::RouteCacheFile>,
+    key: Option<&RouteKey>,
+    path: &str,
+    errs: &mut ConfigErrors,
+) -> Option<RouteCache> {
+    let ttl = over
+        .and_then(|o| check_ttl(o.ttl_s, &format!("{path}.ttl_s"), errs))
+        .unwrap_or(stage_ttl);
+    let method = match key {
+        Some(RouteKey::Path {
+            method: Some(m), ..
+        }) => m.as_str(),
+        // ANY and $default: GET and HEAD requests are cached.
+        _ => "ANY",
+    };
+    if ttl == 0 || (over.is_none() && !matches!(method, "GET" | "HEAD" | "ANY")) {
+        return None;
+    }
+    let mut params = Vec::new();
+    for (i, p) in over
+        .map_or(&[][..], |o| o.key.as_slice())
+        .iter()
+        .enumerate()
+    {
+        let param = match p.split_once('.') {
+            Some(("query", n)) if !n.is_empty() => Some(KeyParam::Query(n.into())),
+            Some(("header", n)) if !n.is_empty() => {
+                Some(KeyParam::Header(n.to_ascii_lowercase().into()))
+            }
+            Some(("path", n)) if key.is_some_and(|k| k.params().contains(&n)) => {
+                Some(KeyParam::Path(n.into()))
+            }
+            Some(("path", n)) => {
+                errs.push(
+                    format!("{path}.key[{i}]"),
+                    format!("the route has no path parameter {n:?}"),
+                );
+                None
+            }
+            _ => {
+                errs.push(
+                    format!("{path}.key[{i}]"),
+                    format!("{p:?}: expected query.NAME, header.NAME or path.NAME"),
+                );
+                None
+            }
+        };
+        params.extend(param);
+    }
+    Some(RouteCache {
+        ttl_ms: ttl * 1000,
+        key: params.into(),
+        any_method: over.is_some() && !matches!(method, "GET" | "HEAD"),
+        require_authorization: over.is_some_and(|o| o.require_authorization),
+        unauthorized: over.map(|o| o.unauthorized_strategy).unwrap_or_default(),
+    })
+}
+
 fn check_limit(t: ThrottleFile, path: &str, errs: &mut ConfigErrors) -> bool {
     if !t.rate.is_finite() || t.rate < 0.0 {
         errs.push(
@@ -248,14 +322,22 @@ pub fn compile(cfg: &ConfigFile, workers_override: Option<usize>) -> Result<Plan
             let Some(stage) = stage else { continue };
             let spath = format!("{path}.stages[{si}]");
             check_stage_name(&stage.name, &format!("{spath}.name"), &mut errs);
-            for (key, present) in [
-                ("cache", stage.cache.is_some()),
-                ("access_log", stage.access_log.is_some()),
-            ] {
-                if present {
-                    errs.not_supported(format!("{spath}.{key}"));
-                }
+            if stage.access_log.is_some() {
+                errs.not_supported(format!("{spath}.access_log"));
             }
+            let stage_ttl = stage.cache.as_ref().map(|c| {
+                check_ttl(c.ttl_s, &format!("{spath}.cache.ttl_s"), &mut errs)
+                    .unwrap_or(DEFAULT_CACHE_TTL_S)
+            });
+            let cache_bytes = stage.cache.as_ref().map_or(0, |c| {
+                if c.capacity_mb == 0 || c.capacity_mb > 1 << 20 {
+                    errs.push(
+                        format!("{spath}.cache.capacity_mb"),
+                        "must be 1 to 1048576 (MiB)",
+                    );
+                }
+                (c.capacity_mb.min(1 << 20) as usize) << 20
+            });
             let stage_throttle = stage.throttle.and_then(|t| {
                 add_throttle(
                     &mut throttles,
@@ -275,8 +357,11 @@ pub fn compile(cfg: &ConfigFile, workers_override: Option<usize>) -> Result<Plan
                         format!("no route {key:?} in API {:?}", api.name),
                     );
                 }
-                if over.cache.is_some() {
-                    errs.not_supported(format!("{rpath}.cache"));
+                if over.cache.is_some() && stage.cache.is_none() {
+                    errs.push(
+                        format!("{rpath}.cache"),
+                        "a route's cache needs the stage's (stages[].cache)",
+                    );
                 }
                 if let Some(t) = over.throttle {
                     if let Some(id) = add_throttle(
@@ -312,6 +397,7 @@ pub fn compile(cfg: &ConfigFile, workers_override: Option<usize>) -> Result<Plan
                         }),
                         throttle: None,
                         api_key_required: false,
+                        cache: None,
                     });
                     continue;
                 };
@@ -325,11 +411,27 @@ pub fn compile(cfg: &ConfigFile, workers_override: Option<usize>) -> Result<Plan
                     &mut errs,
                 );
                 if let Some(integration) = integration {
+                    let over = stage
+                        .routes
+                        .get(&route.route)
+                        .and_then(|o| o.cache.as_ref());
+                    let cache = match (stage_ttl, &integration) {
+                        (Some(ttl), Integration::HttpProxy(_)) => route_cache(
+                            ttl,
+                            over,
+                            keys.get(ri),
+                            &format!("{spath}.routes[{:?}].cache", route.route),
+                            &mut errs,
+                        ),
+                        // Mock responses cost less to make than to look up.
+                        _ => None,
+                    };
                     routes.push(RoutePlan {
                         key: route.route.clone(),
                         integration,
                         throttle: route_throttles.get(route.route.as_str()).copied(),
                         api_key_required: route.api_key_required == Some(true),
+                        cache,
                     });
                 }
             }
@@ -341,6 +443,7 @@ pub fn compile(cfg: &ConfigFile, workers_override: Option<usize>) -> Result<Plan
                 router: Arc::clone(&router),
                 routes,
                 throttle: stage_throttle,
+                cache_bytes,
             });
         }
         api_stages.push(mine);
@@ -856,7 +959,7 @@ apis:
         let errs = errors_of(&text);
         for want in [
             "throttle.rate: must be a number of requests per second",
-            "not supported yet: apis[0].stages[0].routes[\"GET /pets\"].cache",
+            "apis[0].stages[0].routes[\"GET /pets\"].cache: a route's cache needs the stage's",
             "apis[0].stages[0].routes[\"GET /cats\"]: no route \"GET /cats\" in API \"p\"",
         ] {
             assert!(errs.iter().any(|e| e.contains(want)), "{want}: {errs:?}");
@@ -883,11 +986,11 @@ apis:
       - route: POST /orders
         api_key_required: true
         integration: {{ type: mock }}
-    stages: [ {{ name: prod, cache: {{ ttl_s: 1 }} }} ]
+    stages: [ {{ name: prod, access_log: {{ path: stdout }} }} ]
 "
         );
         let errs = errors_of(&text);
-        for key in ["store.redis", "apis[0].stages[0].cache"] {
+        for key in ["store.redis", "apis[0].stages[0].access_log"] {
             assert!(
                 errs.iter()
                     .any(|e| e.contains(&format!("not supported yet: {key}"))),

@@ -214,7 +214,7 @@ pub struct StageFile {
     #[serde(default)]
     pub throttle: Option<ThrottleFile>,
     #[serde(default)]
-    pub cache: Option<Value>,
+    pub cache: Option<StageCacheFile>,
     #[serde(default)]
     pub access_log: Option<Value>,
     /// Per-route overrides, keyed by route key (`"GET /pets"`).
@@ -228,7 +228,52 @@ pub struct StageRouteFile {
     #[serde(default)]
     pub throttle: Option<ThrottleFile>,
     #[serde(default)]
-    pub cache: Option<Value>,
+    pub cache: Option<RouteCacheFile>,
+}
+
+/// `stages[].cache`: the stage's response cache.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageCacheFile {
+    /// Memory for the stage's cache, split evenly across workers.
+    #[serde(default = "default_capacity_mb")]
+    pub capacity_mb: u64,
+    /// Default 300; 0 to 3600; 0 disables.
+    #[serde(default)]
+    pub ttl_s: Option<u64>,
+}
+
+fn default_capacity_mb() -> u64 {
+    64
+}
+
+/// `stages[].routes[key].cache`: one route's caching, over the stage's.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteCacheFile {
+    #[serde(default)]
+    pub ttl_s: Option<u64>,
+    /// Request parameters that vary the key: `query.NAME`, `header.NAME`, `path.NAME`.
+    #[serde(default)]
+    pub key: Vec<String>,
+    /// `Cache-Control: max-age=0` invalidates only for an authorized caller.
+    #[serde(default)]
+    pub require_authorization: bool,
+    #[serde(default)]
+    pub unauthorized_strategy: UnauthorizedStrategy,
+}
+
+/// What an unauthorized `Cache-Control: max-age=0` gets (AWS's
+/// `unauthorizedCacheControlHeaderStrategy`; AWS's default is to succeed with a
+/// warning header).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum UnauthorizedStrategy {
+    #[serde(rename = "fail_with_403")]
+    FailWith403,
+    #[default]
+    SucceedWithHeader,
+    SucceedWithoutHeader,
 }
 
 /// A usage plan: in the config, in the store, and in the management API's bodies.

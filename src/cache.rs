@@ -1,0 +1,382 @@
+//! The response cache: one per worker and stage, no locks. Each holds a byte budget
+//! (the stage's `capacity_mb` split across workers), evicts the least recently used
+//! entry when full, and checks expiry on read.
+//!
+//! An entry keeps what a hit needs, ready to write: the stored header lines (the
+//! upstream's, with `content-length`) and the body. A hit writes the status line and
+//! the per-response headers (`date`, request id, `x-cache`, `age`) and then those
+//! bytes: no upstream work and no re-serialisation.
+//!
+//! Keys are the bytes of (method, path, the values of the route's `cache.key`
+//! parameters), built into a reused buffer; the map holds their 64-bit hash and each
+//! entry its full key, compared on lookup, so a hash collision is a miss, never a
+//! wrong response.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use rustc_hash::FxBuildHasher;
+
+/// What one entry costs besides its key, headers and body (slab slot, map entry,
+/// `Rc` and `Vec` headers), counted against the budget.
+pub const ENTRY_OVERHEAD: usize = 160;
+
+/// A stored response.
+#[derive(Debug)]
+pub struct Entry {
+    pub key: Box<[u8]>,
+    /// Header lines after the per-response ones, ending with the blank line.
+    pub head: Box<[u8]>,
+    pub body: Box<[u8]>,
+    /// Unix seconds when stored; `age` counts from here.
+    pub stored_s: u64,
+    /// Unix milliseconds after which the entry is stale.
+    pub expires_ms: u64,
+    /// The response's `Vary` request-header values, as they were when stored.
+    pub vary: Option<Box<[u8]>>,
+}
+
+impl Entry {
+    fn cost(&self) -> usize {
+        self.key.len()
+            + self.head.len()
+            + self.body.len()
+            + self.vary.as_ref().map_or(0, |v| v.len())
+            + ENTRY_OVERHEAD
+    }
+}
+
+const NIL: u32 = u32::MAX;
+
+struct Slot {
+    entry: Option<Rc<Entry>>,
+    hash: u64,
+    prev: u32,
+    next: u32,
+}
+
+/// One worker's cache of one stage.
+pub struct Cache {
+    budget: usize,
+    used: usize,
+    map: HashMap<u64, u32, FxBuildHasher>,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    /// Most recently used.
+    head: u32,
+    /// Least recently used: evicted first.
+    tail: u32,
+}
+
+/// What a lookup found.
+pub enum Lookup {
+    Hit(Rc<Entry>),
+    /// Nothing, or an entry past its TTL (removed).
+    Miss,
+}
+
+pub fn hash_key(key: &[u8]) -> u64 {
+    // FxHash is fast but weak; the full key is compared anyway.
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = FxBuildHasher.build_hasher();
+    h.write(key);
+    h.finish()
+}
+
+impl Cache {
+    pub fn new(budget: usize) -> Self {
+        Self {
+            budget,
+            used: 0,
+            map: HashMap::default(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            head: NIL,
+            tail: NIL,
+        }
+    }
+
+    /// Bytes held, counting each entry's overhead.
+    pub fn used(&self) -> usize {
+        self.used
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    fn unlink(&mut self, i: u32) {
+        let (prev, next) = {
+            let s = &self.slots[i as usize];
+            (s.prev, s.next)
+        };
+        if prev == NIL {
+            self.head = next;
+        } else {
+            self.slots[prev as usize].next = next;
+        }
+        if next == NIL {
+            self.tail = prev;
+        } else {
+            self.slots[next as usize].prev = prev;
+        }
+    }
+
+    fn push_front(&mut self, i: u32) {
+        let old = self.head;
+        {
+            let s = &mut self.slots[i as usize];
+            s.prev = NIL;
+            s.next = old;
+        }
+        if old != NIL {
+            self.slots[old as usize].prev = i;
+        }
+        self.head = i;
+        if self.tail == NIL {
+            self.tail = i;
+        }
+    }
+
+    fn remove_slot(&mut self, i: u32) {
+        self.unlink(i);
+        let s = &mut self.slots[i as usize];
+        if let Some(e) = s.entry.take() {
+            self.used -= e.cost();
+        }
+        self.map.remove(&s.hash);
+        self.free.push(i);
+    }
+
+    /// Looks `key` up at `now_ms`; a hit becomes the most recently used.
+    pub fn get(&mut self, key: &[u8], now_ms: u64) -> Lookup {
+        let h = hash_key(key);
+        let Some(&i) = self.map.get(&h) else {
+            return Lookup::Miss;
+        };
+        let entry = match &self.slots[i as usize].entry {
+            Some(e) if *e.key == *key => Rc::clone(e),
+            _ => return Lookup::Miss,
+        };
+        if entry.expires_ms <= now_ms {
+            self.remove_slot(i);
+            return Lookup::Miss;
+        }
+        if self.head != i {
+            self.unlink(i);
+            self.push_front(i);
+        }
+        Lookup::Hit(entry)
+    }
+
+    /// Stores `entry`, replacing one with the same key, evicting the least recently
+    /// used until it fits; `false` if it is larger than the whole budget.
+    pub fn insert(&mut self, entry: Entry) -> bool {
+        let cost = entry.cost();
+        if cost > self.budget {
+            return false;
+        }
+        let h = hash_key(&entry.key);
+        if let Some(&i) = self.map.get(&h) {
+            self.remove_slot(i);
+        }
+        while self.used + cost > self.budget && self.tail != NIL {
+            self.remove_slot(self.tail);
+        }
+        let slot = Slot {
+            entry: Some(Rc::new(entry)),
+            hash: h,
+            prev: NIL,
+            next: NIL,
+        };
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize] = slot;
+                i
+            }
+            None => {
+                self.slots.push(slot);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.map.insert(h, i);
+        self.push_front(i);
+        self.used += cost;
+        true
+    }
+
+    /// Removes the entry for `key`, if any.
+    pub fn remove(&mut self, key: &[u8]) -> bool {
+        let h = hash_key(key);
+        match self.map.get(&h) {
+            Some(&i)
+                if self.slots[i as usize]
+                    .entry
+                    .as_ref()
+                    .is_some_and(|e| *e.key == *key) =>
+            {
+                self.remove_slot(i);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Drops every entry.
+    pub fn clear(&mut self) {
+        self.map.clear();
+        self.slots.clear();
+        self.free.clear();
+        self.head = NIL;
+        self.tail = NIL;
+        self.used = 0;
+    }
+}
+
+/// The largest response stored (AWS: 1,048,576 bytes).
+pub const MAX_CACHED_BODY: u64 = 1024 * 1024;
+
+/// A miss to store, once the upstream answers: the stage's cache, the key, the TTL.
+#[derive(Debug)]
+pub struct Fill {
+    pub stage: crate::plan::StageId,
+    pub key: Vec<u8>,
+    pub ttl_ms: u64,
+}
+
+/// Builds the key of a request: method (HEAD is served from GET's entry), path,
+/// then each configured parameter's value (missing and empty differ).
+pub fn build_key(
+    out: &mut Vec<u8>,
+    method: &str,
+    path: &str,
+    query: Option<&str>,
+    headers: &[httparse::Header<'_>],
+    m: &crate::route::RouteMatch<'_, '_>,
+    params: &[crate::plan::KeyParam],
+) {
+    use crate::plan::KeyParam;
+    out.clear();
+    out.extend_from_slice(if method == "HEAD" {
+        b"GET"
+    } else {
+        method.as_bytes()
+    });
+    out.push(b' ');
+    out.extend_from_slice(path.as_bytes());
+    for p in params {
+        let (tag, value): (u8, Option<&[u8]>) = match p {
+            KeyParam::Query(n) => (
+                b'q',
+                query.and_then(|q| {
+                    q.split('&')
+                        .find_map(|kv| match kv.split_once('=') {
+                            Some((k, v)) if k == &**n => Some(v),
+                            None if kv == &**n => Some(""),
+                            _ => None,
+                        })
+                        .map(str::as_bytes)
+                }),
+            ),
+            KeyParam::Header(n) => (
+                b'h',
+                headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case(n))
+                    .map(|h| h.value),
+            ),
+            KeyParam::Path(n) => (b'p', m.param(n).map(str::as_bytes)),
+        };
+        out.push(b'\n');
+        out.push(tag);
+        match value {
+            Some(v) => {
+                out.push(b'=');
+                out.extend_from_slice(v);
+            }
+            None => out.push(b'!'),
+        }
+    }
+}
+
+/// `Cache-Control: max-age=0` on the request: refetch and replace.
+pub fn wants_refresh(headers: &[httparse::Header<'_>]) -> bool {
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("cache-control"))
+        .any(|h| {
+            h.value
+                .split(|&b| b == b',')
+                .any(|d| d.trim_ascii().eq_ignore_ascii_case(b"max-age=0"))
+        })
+}
+
+/// An entry's body as a write buffer: written from the entry itself, no copy.
+pub struct BodyBuf(pub Rc<Entry>);
+
+// SAFETY: the body is a boxed slice owned by the entry, which the Rc keeps alive and
+// unmoved for as long as the buffer exists; it is fully initialised.
+unsafe impl monoio::buf::IoBuf for BodyBuf {
+    fn read_ptr(&self) -> *const u8 {
+        self.0.body.as_ptr()
+    }
+    fn bytes_init(&self) -> usize {
+        self.0.body.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(key: &str, body: usize, expires_ms: u64) -> Entry {
+        Entry {
+            key: key.as_bytes().into(),
+            head: Box::new(*b"content-length: 0\r\n\r\n"),
+            body: vec![b'x'; body].into(),
+            stored_s: 0,
+            expires_ms,
+            vary: None,
+        }
+    }
+
+    #[test]
+    fn hits_expire_and_keys_are_compared_whole() {
+        let mut c = Cache::new(1 << 20);
+        assert!(c.insert(entry("GET /a", 10, 1_000)));
+        assert!(matches!(c.get(b"GET /a", 999), Lookup::Hit(_)));
+        assert!(matches!(c.get(b"GET /b", 999), Lookup::Miss));
+        assert!(matches!(c.get(b"GET /a", 1_000), Lookup::Miss), "expired");
+        assert!(c.is_empty(), "an expired entry is dropped on read");
+        assert_eq!(c.used(), 0);
+    }
+
+    #[test]
+    fn the_least_recently_used_goes_first_and_the_budget_holds() {
+        let one = entry("k0", 1000, u64::MAX).cost();
+        let mut c = Cache::new(3 * one);
+        for k in ["k0", "k1", "k2"] {
+            assert!(c.insert(entry(k, 1000, u64::MAX)));
+        }
+        // k0 is used, so k1 is now the oldest.
+        assert!(matches!(c.get(b"k0", 0), Lookup::Hit(_)));
+        assert!(c.insert(entry("k3", 1000, u64::MAX)));
+        assert!(matches!(c.get(b"k1", 0), Lookup::Miss));
+        for k in ["k0", "k2", "k3"] {
+            assert!(matches!(c.get(k.as_bytes(), 0), Lookup::Hit(_)), "{k}");
+        }
+        assert!(c.used() <= 3 * one);
+        // Replacing a key does not grow the cache; too large an entry is refused.
+        assert!(c.insert(entry("k3", 1000, u64::MAX)));
+        assert_eq!(c.len(), 3);
+        assert!(!c.insert(entry("huge", 4 * one, u64::MAX)));
+        assert!(c.remove(b"k3"));
+        assert!(!c.remove(b"k3"));
+        c.clear();
+        assert!(c.is_empty() && c.used() == 0);
+    }
+}
