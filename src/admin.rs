@@ -16,6 +16,9 @@
 //! DELETE /usageplans/{id}/keys/{keyId}
 //! GET    /usageplans/{id}/usage?startDate=&endDate=[&keyId=][&limit=][&position=]
 //! PATCH  /usageplans/{id}/keys/{keyId}/usage
+//! GET    /cache                              (sizes, hits and misses per route)
+//! DELETE /cache/{api}/{stage}                (flush the stage's cache)
+//! POST   /cache/{api}/{stage}/flush          (flush one entry)
 //! POST   /test/clock      (only with SHARDGATE_TEST_CLOCK=1)
 //! ```
 
@@ -30,7 +33,7 @@ use serde_json::{json, Value};
 
 use crate::config::UsagePlanFile;
 use crate::keys::ct_eq;
-use crate::plan::AdminPlan;
+use crate::plan::{AdminPlan, Plan};
 use crate::registry::{ApiError, KeyDef, KeyPatch, NewKey, Registry};
 
 const MAX_HEAD: usize = 16 * 1024;
@@ -48,18 +51,24 @@ const TICK_WAIT: Duration = Duration::from_millis(120);
 struct Ctx {
     token: Option<String>,
     registry: Arc<Mutex<Registry>>,
+    plan: Arc<Plan>,
     test_clock: bool,
 }
 
 /// Binds the admin listener and serves it on a thread of its own.
-pub fn start(plan: &AdminPlan, registry: Arc<Mutex<Registry>>) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(plan.bind).map_err(|e| {
-        std::io::Error::new(e.kind(), format!("cannot bind admin {}: {e}", plan.bind))
+pub fn start(
+    admin: &AdminPlan,
+    registry: Arc<Mutex<Registry>>,
+    plan: Arc<Plan>,
+) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(admin.bind).map_err(|e| {
+        std::io::Error::new(e.kind(), format!("cannot bind admin {}: {e}", admin.bind))
     })?;
     let addr = listener.local_addr()?;
     let ctx = Arc::new(Ctx {
-        token: plan.token.clone(),
+        token: admin.token.clone(),
         registry,
+        plan,
         test_clock: std::env::var_os("SHARDGATE_TEST_CLOCK").is_some_and(|v| v == "1"),
     });
     std::thread::Builder::new()
@@ -448,6 +457,13 @@ fn route(ctx: &Ctx, req: &Request, m: &str, segs: &[&str]) -> Result<Response, A
             _ => Err(not_allowed()),
         },
         ["usageplans", id, "usage"] if m == "GET" => usage(ctx, req, id),
+        ["cache"] if m == "GET" => Ok(Response::ok(cache_stats(&ctx.plan))),
+        ["cache", api, stage] if m == "DELETE" => {
+            let sid = cached_stage(&ctx.plan, api, stage)?;
+            ctx.plan.cache.flush_stage(sid);
+            Ok(Response::no_content())
+        }
+        ["cache", api, stage, "flush"] if m == "POST" => flush_entry(ctx, req, api, stage),
         ["usageplans", id, "keys", key, "usage"] if m == "PATCH" => update_usage(ctx, req, id, key),
         ["test", "clock"] if m == "POST" && ctx.test_clock => {
             #[derive(Deserialize)]
@@ -460,6 +476,97 @@ fn route(ctx: &Ctx, req: &Request, m: &str, segs: &[&str]) -> Result<Response, A
         }
         _ => Err(ApiError::new(404, "Not Found")),
     }
+}
+
+/// A stage with a cache, by API and stage name.
+fn cached_stage(plan: &Plan, api: &str, stage: &str) -> Result<usize, ApiError> {
+    plan.stages
+        .iter()
+        .position(|s| s.api == api && s.stage == stage && s.cache_bytes > 0)
+        .ok_or_else(|| ApiError::new(404, format!("no cache for stage {api}/{stage}")))
+}
+
+/// Every stage cache: size, capacity, and hits and misses per route.
+fn cache_stats(plan: &Plan) -> Value {
+    let items: Vec<Value> = plan
+        .stages
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.cache_bytes > 0)
+        .map(|(i, s)| {
+            let (entries, bytes) = plan.cache.stage_size(i);
+            let routes: Vec<Value> = s
+                .routes
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.cache.is_some())
+                .map(|(ri, r)| {
+                    let (hits, misses) = plan.cache.route_counts(i, ri);
+                    json!({ "route": r.key, "hits": hits, "misses": misses })
+                })
+                .collect();
+            json!({
+                "api": s.api,
+                "stage": s.stage,
+                "capacity_bytes": s.cache_bytes,
+                "entries": entries,
+                "bytes": bytes,
+                "routes": routes,
+            })
+        })
+        .collect();
+    json!({ "items": items })
+}
+
+/// Flushes one entry: `{"method":"GET","path":"/pets?type=a","headers":{...}}`,
+/// the request whose entry to drop (stage-relative path).
+fn flush_entry(ctx: &Ctx, req: &Request, api: &str, stage: &str) -> Result<Response, ApiError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Which {
+        #[serde(default = "get")]
+        method: String,
+        path: String,
+        #[serde(default)]
+        headers: std::collections::BTreeMap<String, String>,
+    }
+    fn get() -> String {
+        "GET".into()
+    }
+    let w: Which = body(req)?;
+    let sid = cached_stage(&ctx.plan, api, stage)?;
+    let sp = &ctx.plan.stages[sid];
+    let (path, query) = match w.path.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (w.path.as_str(), None),
+    };
+    let lookup = if w.method == "HEAD" {
+        "GET"
+    } else {
+        w.method.as_str()
+    };
+    let m = sp
+        .router
+        .find(lookup, path)
+        .ok_or_else(|| ApiError::new(404, format!("no route for {} {path}", w.method)))?;
+    let rc = sp.routes[m.route].cache.as_ref().ok_or_else(|| {
+        ApiError::new(
+            404,
+            format!("route {:?} does not cache", sp.routes[m.route].key),
+        )
+    })?;
+    let headers: Vec<httparse::Header<'_>> = w
+        .headers
+        .iter()
+        .map(|(n, v)| httparse::Header {
+            name: n,
+            value: v.as_bytes(),
+        })
+        .collect();
+    let mut key = Vec::new();
+    crate::cache::build_key(&mut key, &w.method, path, query, &headers, &m, &rc.key);
+    ctx.plan.cache.flush_key(sid, key);
+    Ok(Response::no_content())
 }
 
 fn import(ctx: &Ctx, req: &Request) -> Result<Response, ApiError> {

@@ -12,8 +12,12 @@
 //! entry its full key, compared on lookup, so a hash collision is a miss, never a
 //! wrong response.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use crate::plan::StageId;
 
 use rustc_hash::FxBuildHasher;
 
@@ -237,6 +241,258 @@ impl Cache {
     }
 }
 
+/// What the control plane and the workers share about the caches: flushes (read by
+/// each worker at its next lookup of that stage, one Relaxed load when nothing
+/// changed), and the counters and sizes the workers publish for the management API
+/// and metrics. Each worker writes only its own counters (no read-modify-write
+/// contention).
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// Per stage: bumped to drop the stage's whole cache on every worker.
+    stage_gen: Box<[AtomicU64]>,
+    /// Bumped for each single-entry flush, recorded in `flushes`.
+    flush_version: AtomicU64,
+    flushes: Mutex<VecDeque<(u64, StageId, Vec<u8>)>>,
+    /// `[worker][stage route slot] → (hits, misses)`.
+    counters: Box<[(AtomicU64, AtomicU64)]>,
+    /// `[worker][stage] → bytes held`.
+    used: Box<[AtomicU64]>,
+    /// `[worker][stage] → entries held`.
+    entries: Box<[AtomicU64]>,
+    /// First route slot of each stage.
+    route_base: Box<[usize]>,
+    routes_total: usize,
+    stages: usize,
+}
+
+/// Single-entry flushes kept for workers that have not looked yet; one further
+/// behind drops the whole stage instead.
+const MAX_PENDING_FLUSHES: usize = 4096;
+
+impl Shared {
+    /// `routes[stage]` is the number of routes of each stage.
+    pub fn new(workers: usize, routes: &[usize]) -> Self {
+        let mut route_base = Vec::with_capacity(routes.len());
+        let mut total = 0;
+        for &n in routes {
+            route_base.push(total);
+            total += n;
+        }
+        let counters = (0..workers * total)
+            .map(|_| (AtomicU64::new(0), AtomicU64::new(0)))
+            .collect();
+        let per_stage = || {
+            (0..workers * routes.len())
+                .map(|_| AtomicU64::new(0))
+                .collect()
+        };
+        Self {
+            stage_gen: (0..routes.len()).map(|_| AtomicU64::new(0)).collect(),
+            flush_version: AtomicU64::new(0),
+            flushes: Mutex::new(VecDeque::new()),
+            counters,
+            used: per_stage(),
+            entries: per_stage(),
+            route_base: route_base.into(),
+            routes_total: total,
+            stages: routes.len(),
+        }
+    }
+
+    /// Drops a stage's whole cache, on every worker.
+    pub fn flush_stage(&self, stage: StageId) {
+        if let Some(g) = self.stage_gen.get(stage) {
+            g.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Drops one entry of a stage, on every worker.
+    pub fn flush_key(&self, stage: StageId, key: Vec<u8>) {
+        let mut q = match self.flushes.lock() {
+            Ok(q) => q,
+            Err(p) => p.into_inner(),
+        };
+        let v = self.flush_version.load(Ordering::Acquire) + 1;
+        q.push_back((v, stage, key));
+        while q.len() > MAX_PENDING_FLUSHES {
+            q.pop_front();
+        }
+        self.flush_version.store(v, Ordering::Release);
+    }
+
+    fn bump(&self, worker: usize, stage: StageId, route: usize, hit: bool) {
+        let i = worker * self.routes_total + self.route_base[stage] + route;
+        if let Some((h, m)) = self.counters.get(i) {
+            // Only this worker writes its counters: no atomic read-modify-write.
+            let c = if hit { h } else { m };
+            c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// `(hits, misses)` of one route of a stage, summed over workers.
+    pub fn route_counts(&self, stage: StageId, route: usize) -> (u64, u64) {
+        let workers = self.counters.len() / self.routes_total.max(1);
+        (0..workers).fold((0, 0), |(h, m), w| {
+            let (ch, cm) = &self.counters[w * self.routes_total + self.route_base[stage] + route];
+            (
+                h + ch.load(Ordering::Relaxed),
+                m + cm.load(Ordering::Relaxed),
+            )
+        })
+    }
+
+    /// `(entries, bytes)` a stage's caches hold, summed over workers.
+    pub fn stage_size(&self, stage: StageId) -> (u64, u64) {
+        let workers = self.used.len() / self.stages.max(1);
+        (0..workers).fold((0, 0), |(e, b), w| {
+            let i = w * self.stages + stage;
+            (
+                e + self.entries[i].load(Ordering::Relaxed),
+                b + self.used[i].load(Ordering::Relaxed),
+            )
+        })
+    }
+}
+
+/// One worker's caches, one per stage, and what it has seen of the shared flushes.
+pub struct Caches {
+    worker: usize,
+    shared: std::sync::Arc<Shared>,
+    stages: Vec<Option<Cache>>,
+    seen_gen: Vec<u64>,
+    seen_flush: u64,
+}
+
+impl Caches {
+    pub fn new(worker: usize, shared: std::sync::Arc<Shared>, stages: Vec<Option<Cache>>) -> Self {
+        let n = stages.len();
+        Self {
+            worker,
+            shared,
+            stages,
+            seen_gen: vec![0; n],
+            seen_flush: 0,
+        }
+    }
+
+    /// Applies flushes the control plane made since this worker last looked.
+    fn catch_up(&mut self, stage: StageId) {
+        let shared = &*self.shared;
+        let g = shared.stage_gen[stage].load(Ordering::Acquire);
+        if g != self.seen_gen[stage] {
+            self.seen_gen[stage] = g;
+            if let Some(c) = &mut self.stages[stage] {
+                c.clear();
+            }
+        }
+        let v = shared.flush_version.load(Ordering::Acquire);
+        if v != self.seen_flush {
+            let q = match shared.flushes.lock() {
+                Ok(q) => q,
+                Err(p) => p.into_inner(),
+            };
+            let oldest = q.front().map_or(v, |f| f.0);
+            if oldest > self.seen_flush + 1 {
+                // Fell behind what is kept: drop everything.
+                self.stages.iter_mut().flatten().for_each(Cache::clear);
+            } else {
+                for (fv, s, key) in q.iter() {
+                    if *fv > self.seen_flush {
+                        if let Some(c) = &mut self.stages[*s] {
+                            c.remove(key);
+                        }
+                    }
+                }
+            }
+            self.seen_flush = v;
+        }
+    }
+
+    fn publish(&self, stage: StageId) {
+        let shared = &*self.shared;
+        if let Some(c) = &self.stages[stage] {
+            let i = self.worker * shared.stages + stage;
+            shared.used[i].store(c.used() as u64, Ordering::Relaxed);
+            shared.entries[i].store(c.len() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Looks a request up, counting the hit or miss for its route.
+    /// Looks a request up (not counted: see `count`).
+    pub fn get(&mut self, stage: StageId, key: &[u8], now_ms: u64) -> Lookup {
+        self.catch_up(stage);
+        let Some(c) = &mut self.stages[stage] else {
+            return Lookup::Miss;
+        };
+        let found = c.get(key, now_ms);
+        if matches!(found, Lookup::Miss) {
+            // An expired entry may have gone.
+            self.publish(stage);
+        }
+        found
+    }
+
+    /// Counts a request served from the cache (`hit`) or from the integration.
+    pub fn count(&self, stage: StageId, route: usize, hit: bool) {
+        self.shared.bump(self.worker, stage, route, hit);
+    }
+
+    pub fn insert(&mut self, stage: StageId, entry: Entry) {
+        self.catch_up(stage);
+        if let Some(c) = &mut self.stages[stage] {
+            c.insert(entry);
+        }
+        self.publish(stage);
+    }
+}
+
+/// Misses being fetched on this worker, by (stage, key hash), with the requests
+/// waiting for them: concurrent misses for one key make one upstream request.
+#[derive(Default)]
+pub struct Fills {
+    pending: HashMap<(StageId, u64), Vec<std::task::Waker>, FxBuildHasher>,
+}
+
+impl Fills {
+    /// `true` if this request leads (fetches); `false` if one is already fetching.
+    pub fn lead(&mut self, stage: StageId, hash: u64) -> bool {
+        match self.pending.entry((stage, hash)) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(Vec::new());
+                true
+            }
+        }
+    }
+
+    /// The leader is done (stored or not): wake the waiters.
+    pub fn done(&mut self, stage: StageId, hash: u64) {
+        if let Some(waiters) = self.pending.remove(&(stage, hash)) {
+            for w in waiters {
+                w.wake();
+            }
+        }
+    }
+
+    /// Polled by a waiting request: ready once the leader is done.
+    pub fn poll_done(
+        &mut self,
+        stage: StageId,
+        hash: u64,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        match self.pending.get_mut(&(stage, hash)) {
+            None => std::task::Poll::Ready(()),
+            Some(w) => {
+                if !w.iter().any(|x| x.will_wake(cx.waker())) {
+                    w.push(cx.waker().clone());
+                }
+                std::task::Poll::Pending
+            }
+        }
+    }
+}
+
 /// The largest response stored (AWS: 1,048,576 bytes).
 pub const MAX_CACHED_BODY: u64 = 1024 * 1024;
 
@@ -244,6 +500,7 @@ pub const MAX_CACHED_BODY: u64 = 1024 * 1024;
 #[derive(Debug)]
 pub struct Fill {
     pub stage: crate::plan::StageId,
+    pub route: usize,
     pub key: Vec<u8>,
     pub ttl_ms: u64,
 }

@@ -54,6 +54,26 @@ struct Prepared {
     action: Action,
     /// A cache miss to store once the upstream answers.
     fill: Option<crate::cache::Fill>,
+    coalesce: Coalesce,
+}
+
+/// A cache miss's part in coalescing: fetching for others, or waiting for another.
+#[derive(Clone, Copy)]
+enum Coalesce {
+    None,
+    /// (stage, key hash)
+    Lead(StageId, u64),
+    Wait(StageId, u64),
+}
+
+/// Ends a leading fetch however it ends (stored, failed, cancelled): the requests
+/// waiting for it go on.
+struct Leading<'a>(&'a Shard, StageId, u64);
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        self.0.fills.borrow_mut().done(self.1, self.2);
+    }
 }
 
 enum Action {
@@ -328,6 +348,7 @@ fn prepare(
         tag: Tag::from(shard.next_request_id()),
         action: Action::Refuse(GatewayError::RouteNotFound),
         fill: None,
+        coalesce: Coalesce::None,
     };
     if let Framing::Length(n) = head.framing {
         if n > lp.limits.max_body_bytes {
@@ -411,19 +432,30 @@ fn prepare(
             }
             let mut key = shard.cache_key.borrow_mut();
             crate::cache::build_key(&mut key, method, path, head.query, headers, &m, &rc.key);
+            let mut caches = shard.caches.borrow_mut();
             if !refresh {
-                let hit = shard.caches.borrow_mut()[stage_id]
-                    .as_mut()
-                    .map(|c| c.get(&key, crate::clock::unix_ms()));
-                if let Some(Lookup::Hit(entry)) = hit {
+                if let Lookup::Hit(entry) = caches.get(stage_id, &key, crate::clock::unix_ms()) {
+                    caches.count(stage_id, m.route, true);
                     p.tag.cache = Some(CacheStatus::Hit);
                     p.action = Action::CacheHit(entry);
                     return p;
                 }
+                // Another request on this worker is fetching the same key: wait
+                // for it (counted when served).
+                let hash = crate::cache::hash_key(&key);
+                p.coalesce = if shard.fills.borrow_mut().lead(stage_id, hash) {
+                    Coalesce::Lead(stage_id, hash)
+                } else {
+                    Coalesce::Wait(stage_id, hash)
+                };
+            }
+            if !matches!(p.coalesce, Coalesce::Wait(..)) {
+                caches.count(stage_id, m.route, false);
             }
             p.tag.cache = Some(CacheStatus::Miss);
             p.fill = Some(crate::cache::Fill {
                 stage: stage_id,
+                route: m.route,
                 key: key.clone(),
                 ttl_ms: rc.ttl_ms,
             });
@@ -572,13 +604,49 @@ async fn handle(
             else {
                 return false;
             };
+            let mut tag = p.tag;
+            let _leading = match p.coalesce {
+                Coalesce::Lead(stage, hash) => Some(Leading(shard, stage, hash)),
+                Coalesce::Wait(stage_id, hash) => {
+                    // Bounded like the fetch itself; after that, fetch alone.
+                    let done = std::future::poll_fn(|cx| {
+                        shard.fills.borrow_mut().poll_done(stage_id, hash, cx)
+                    });
+                    let _ = monoio::time::timeout(target.timeout, done).await;
+                    let hit = p.fill.as_ref().and_then(|f| {
+                        match shard.caches.borrow_mut().get(
+                            f.stage,
+                            &f.key,
+                            crate::clock::unix_ms(),
+                        ) {
+                            Lookup::Hit(e) => Some((f.route, e)),
+                            Lookup::Miss => None,
+                        }
+                    });
+                    // Served from what the leader stored, or (not stored: not a 200,
+                    // say) fetched by this request itself.
+                    let route_id = hit.as_ref().map_or(route, |h| h.0);
+                    shard
+                        .caches
+                        .borrow()
+                        .count(stage_id, route_id, hit.is_some());
+                    if let Some((_, entry)) = hit {
+                        tag.cache = Some(CacheStatus::Hit);
+                        let persist = if has_body { Persist::Close } else { p.persist };
+                        return serve_hit(c, shard, entry, &tag, persist, p.is_head).await
+                            && !persist.closes();
+                    }
+                    None
+                }
+                Coalesce::None => None,
+            };
             let req = forward::Request {
                 framing: p.framing,
                 persist: p.persist,
                 is_head: p.is_head,
                 expect_continue: p.expect_continue,
                 idempotent: p.idempotent,
-                tag: p.tag,
+                tag,
                 fill: p.fill,
             };
             match forward::proxy(c, shard, target, &req, &lp.limits).await {

@@ -144,11 +144,6 @@ fn run(
         // in-memory store is only read by the usage report, every 50 ms is enough.
         plan.live.set_writer(writer.thread());
     }
-    if let Some(admin) = &plan.admin {
-        let addr = shardgate::admin::start(admin, Arc::clone(&registry))?;
-        // `admin=`, not `addr=`: tools wait for the public listener's `addr=`.
-        tracing::info!(admin = %addr, token = admin.token.is_some(), "admin listening");
-    }
     // Signals are taken before any worker starts so none is lost.
     let mut signals = Signals::new([SIGTERM, SIGINT])?;
     let sockets = worker::bind_all(&plan)?;
@@ -156,9 +151,16 @@ fn run(
         // A listener configured with port 0 now has a real one: the plan says which,
         // so `X-Forwarded-Port` names it.
         lp.bind = *addr;
-        tracing::info!(listener = %lp.name, addr = %addr, workers = plan.workers, "listening");
     }
     let plan = Arc::new(plan);
+    if let Some(admin) = &plan.admin {
+        let addr = shardgate::admin::start(admin, Arc::clone(&registry), Arc::clone(&plan))?;
+        // `admin=`, not `addr=`: tools wait for the public listener's `addr=`.
+        tracing::info!(admin = %addr, token = admin.token.is_some(), "admin listening");
+    }
+    for lp in &plan.listeners {
+        tracing::info!(listener = %lp.name, addr = %lp.bind, workers = plan.workers, "listening");
+    }
     let workers = worker::start(Arc::clone(&plan), sockets)?;
     if let Some(sig) = signals.forever().next() {
         tracing::info!(

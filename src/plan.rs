@@ -29,6 +29,8 @@ pub struct Plan {
     pub live: Arc<crate::keys::Live>,
     /// The management API's listener, if `admin:` is configured.
     pub admin: Option<AdminPlan>,
+    /// Cache flushes, counters and sizes shared by the workers and the admin API.
+    pub cache: Arc<crate::cache::Shared>,
     /// `store.path`: where keys and usage persist; in memory when absent.
     pub store_path: Option<std::path::PathBuf>,
     /// The instant throttle clocks count from, the same for every worker.

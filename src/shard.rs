@@ -42,10 +42,12 @@ pub struct Shard {
     /// The keyring this worker reads, and its version: swapped by the worker's tick
     /// when the control plane publishes a new one, never during a request.
     pub keyring: RefCell<(u64, Arc<Keyring>)>,
-    /// This worker's response cache of each stage (`None`: the stage has none).
-    pub caches: RefCell<Vec<Option<crate::cache::Cache>>>,
+    /// This worker's response cache of each stage.
+    pub caches: RefCell<crate::cache::Caches>,
     /// Where a request's cache key is built (reused).
     pub cache_key: RefCell<Vec<u8>>,
+    /// Cache misses being fetched, and the requests waiting for them.
+    pub fills: RefCell<crate::cache::Fills>,
     /// Connection buffers not in use (parked connections hold none).
     bufs: RefCell<Vec<Vec<u8>>>,
     next_request: Cell<u64>,
@@ -58,7 +60,7 @@ pub struct Parts {
     pub tokens: LocalTokens,
     pub leases: Leases,
     pub keyring: (u64, Arc<Keyring>),
-    pub caches: Vec<Option<crate::cache::Cache>>,
+    pub caches: Option<crate::cache::Caches>,
 }
 
 /// A request id: 16 URL-safe base64 characters, unique per process start, worker and
@@ -90,8 +92,11 @@ impl Shard {
             tokens: RefCell::new(tokens),
             leases: RefCell::new(leases),
             keyring: RefCell::new(keyring),
-            caches: RefCell::new(caches),
+            caches: RefCell::new(
+                caches.unwrap_or_else(|| crate::cache::Caches::new(id, Arc::default(), Vec::new())),
+            ),
             cache_key: RefCell::new(Vec::new()),
+            fills: RefCell::new(crate::cache::Fills::default()),
             bufs: RefCell::new(Vec::new()),
             next_request: Cell::new(0),
             id_seed,

@@ -172,14 +172,17 @@ async fn worker_main(
         leases: crate::quota::Leases::new(plan.workers),
         keyring: plan.live.current(),
         // Each stage's cache budget, split evenly across workers.
-        caches: plan
-            .stages
-            .iter()
-            .map(|s| {
-                (s.cache_bytes > 0)
-                    .then(|| crate::cache::Cache::new(s.cache_bytes / plan.workers.max(1)))
-            })
-            .collect(),
+        caches: Some(crate::cache::Caches::new(
+            id,
+            Arc::clone(&plan.cache),
+            plan.stages
+                .iter()
+                .map(|s| {
+                    (s.cache_bytes > 0)
+                        .then(|| crate::cache::Cache::new(s.cache_bytes / plan.workers.max(1)))
+                })
+                .collect(),
+        )),
     };
     let shard = Rc::new(Shard::new(id, uring, plan.pool, parts, seed));
     plan.live.saw(id, shard.keyring.borrow().0);

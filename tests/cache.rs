@@ -23,6 +23,7 @@ fn upstream() -> Upstream {
             "/big" => r.body = vec![b'b'; 1024 * 1024 + 1],
             "/large" => r.body = vec![b'l'; 256 * 1024],
             "/missing" => r.status = 404,
+            "/slow" => r.delay = std::time::Duration::from_millis(300),
             "/cookie" => r.headers.push(("set-cookie".into(), "a=b".into())),
             "/nostore" => r.headers.push(("cache-control".into(), "no-store".into())),
             "/private" => r
@@ -340,4 +341,120 @@ fn cache_config_errors_name_the_key() {
     ] {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");
     }
+}
+
+fn admin_call(gw: &Gateway, method: &str, path: &str, body: &str) -> Response {
+    let auth = format!("Bearer {TOKEN}");
+    Client::connect(gw.admin.unwrap()).request(
+        method,
+        path,
+        "a",
+        &[("authorization", &auth)],
+        body.as_bytes(),
+    )
+}
+
+#[test]
+fn concurrent_misses_make_one_upstream_request() {
+    let up = upstream();
+    let gw = gateway(&up);
+    let addr = gw.addr;
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                barrier.wait();
+                let r = get(&mut c, "/prod/slow", &[]);
+                (r.status, cache(&r).map(str::to_owned), r.body)
+            })
+        })
+        .collect();
+    let results: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    assert_eq!(upstream_count(&up, "/slow"), 1, "one worker, one fetch");
+    let misses = results
+        .iter()
+        .filter(|r| r.1.as_deref() == Some("Miss"))
+        .count();
+    assert_eq!(misses, 1, "{results:?}");
+    assert!(results.iter().all(|r| r.0 == 200 && r.2 == results[0].2));
+}
+
+#[test]
+fn the_management_api_flushes_and_reports() {
+    let up = upstream();
+    let gw = gateway(&up);
+    let mut c = Client::connect(gw.addr);
+    get(&mut c, "/prod/pets", &[]);
+    assert_eq!(cache(&get(&mut c, "/prod/pets", &[])), Some("Hit"));
+    get(&mut c, "/prod/search?type=a", &[("accept-language", "fr")]);
+    assert_eq!(
+        cache(&get(
+            &mut c,
+            "/prod/search?type=a",
+            &[("accept-language", "fr")]
+        )),
+        Some("Hit")
+    );
+
+    // One entry: the request it was stored for.
+    let r = admin_call(
+        &gw,
+        "POST",
+        "/cache/pets/prod/flush",
+        r#"{"path":"/search?type=a&other=1","headers":{"Accept-Language":"fr"}}"#,
+    );
+    assert_eq!(r.status, 204, "{}", r.text());
+    assert_eq!(
+        cache(&get(
+            &mut c,
+            "/prod/search?type=a",
+            &[("accept-language", "fr")]
+        )),
+        Some("Miss")
+    );
+    assert_eq!(
+        cache(&get(&mut c, "/prod/pets", &[])),
+        Some("Hit"),
+        "other entries stay"
+    );
+
+    let stats = admin_call(&gw, "GET", "/cache", "");
+    assert_eq!(stats.status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&stats.body).unwrap();
+    let stage = &v["items"][0];
+    assert_eq!(stage["stage"], "prod");
+    assert_eq!(stage["capacity_bytes"], 16 * 1024 * 1024);
+    assert_eq!(stage["entries"], 2, "{v}");
+    assert!(stage["bytes"].as_u64().unwrap() > 0);
+    let pets = stage["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["route"] == "GET /pets")
+        .unwrap();
+    assert_eq!(
+        (pets["hits"].as_u64(), pets["misses"].as_u64()),
+        (Some(2), Some(1)),
+        "{v}"
+    );
+
+    // The whole stage.
+    assert_eq!(
+        admin_call(&gw, "DELETE", "/cache/pets/prod", "").status,
+        204
+    );
+    assert_eq!(cache(&get(&mut c, "/prod/pets", &[])), Some("Miss"));
+    assert_eq!(
+        admin_call(&gw, "DELETE", "/cache/pets/nope", "").status,
+        404
+    );
+    let r = admin_call(
+        &gw,
+        "POST",
+        "/cache/pets/prod/flush",
+        r#"{"path":"/nothing/here/at/all","method":"POST"}"#,
+    );
+    assert_eq!(r.status, 404, "{}", r.text());
 }

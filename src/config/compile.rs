@@ -548,6 +548,7 @@ pub fn compile(cfg: &ConfigFile, workers_override: Option<usize>) -> Result<Plan
         errs.push("listeners", "at least one listener is required");
     }
     let drain_ms = cfg.drain_timeout_ms.unwrap_or(DEFAULT_DRAIN_MS);
+    let routes_per_stage: Vec<usize> = stages.iter().map(|s| s.routes.len()).collect();
     if errs.is_empty() {
         Ok(Plan {
             workers,
@@ -560,6 +561,7 @@ pub fn compile(cfg: &ConfigFile, workers_override: Option<usize>) -> Result<Plan
             throttle: global_throttle,
             seed,
             live: Arc::new(keys::Live::new(workers)),
+            cache: Arc::new(crate::cache::Shared::new(workers, &routes_per_stage)),
             admin,
             store_path,
             epoch: std::time::Instant::now(),

@@ -315,16 +315,17 @@ pub async fn proxy(
 
 /// Keeps a response in the worker's cache of its stage.
 fn store(shard: &Shard, fill: &crate::cache::Fill, head: &[u8], body: &[u8]) {
-    if let Some(cache) = shard.caches.borrow_mut()[fill.stage].as_mut() {
-        cache.insert(crate::cache::Entry {
+    shard.caches.borrow_mut().insert(
+        fill.stage,
+        crate::cache::Entry {
             key: fill.key.as_slice().into(),
             head: head.into(),
             body: body.into(),
             stored_s: crate::clock::unix_s(),
             expires_ms: crate::clock::unix_ms() + fill.ttl_ms,
             vary: None,
-        });
-    }
+        },
+    );
 }
 
 /// Reads from the upstream until `up.buf` holds `want` bytes; nothing has been sent
