@@ -187,5 +187,52 @@ fn route(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, parse, parse_resp, route, chunked, throttle, api_key);
+/// The response cache with 100,000 entries of 1 KiB: a hit (hash, compare the key,
+/// move to the front of the LRU list), and an insert that evicts the oldest.
+fn cache(c: &mut Criterion) {
+    use shardgate::cache::{Cache, Entry, Lookup};
+    const N: usize = 100_000;
+    let entry = |i: usize| Entry {
+        key: format!("GET /items/{i}\nq=type{}", i % 7)
+            .into_bytes()
+            .into(),
+        head: b"content-type: application/json\r\ncontent-length: 1024\r\n\r\n"[..].into(),
+        body: vec![b'x'; 1024].into(),
+        stored_s: 0,
+        expires_ms: u64::MAX,
+        vary: None,
+    };
+    // Room for exactly N: every insert past them evicts one.
+    let one = {
+        let mut probe = Cache::new(usize::MAX);
+        probe.insert(entry(0));
+        probe.used()
+    };
+    let mut cache = Cache::new(N * (one + 8));
+    for i in 0..N {
+        cache.insert(entry(i));
+    }
+    assert_eq!(cache.len(), N);
+    let keys: Vec<Vec<u8>> = (0..N).map(|i| entry(i).key.to_vec()).collect();
+    let mut i = 0usize;
+    c.bench_function("cache/lookup_hit/100k", |b| {
+        b.iter(|| {
+            i = (i + 7919) % N;
+            black_box(matches!(cache.get(&keys[i], 1), Lookup::Hit(_)))
+        })
+    });
+    let mut n = N;
+    c.bench_function("cache/insert_evict/100k", |b| {
+        b.iter_batched(
+            || {
+                n += 1;
+                entry(n)
+            },
+            |e| black_box(cache.insert(e)),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+}
+
+criterion_group!(benches, parse, parse_resp, route, chunked, throttle, api_key, cache);
 criterion_main!(benches);

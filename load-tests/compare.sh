@@ -44,7 +44,7 @@ SG=./target/release/shardgate
 
 # SO_REUSEPORT lets a leftover process share a port silently and take half the load
 # (and skew every per-request figure): refuse to start if any port is taken.
-busy=$(ss -Hltn 2>/dev/null | awk '{print $4}' | grep -E ':1808[1-7]$' || true)
+busy=$(ss -Hltn 2>/dev/null | awk '{print $4}' | grep -E ':1808[1-9]$' || true)
 [ -z "$busy" ] || { echo "ports in use, stop what listens there first: $busy"; exit 1; }
 
 RUN=$(mktemp -d)
@@ -62,7 +62,7 @@ for name, n in (("1k", 1024), ("16k", 16 * 1024), ("64k", 64 * 1024)):
     with open(f"{sys.argv[1]}/{name}", "wb") as f:
         f.write((b"0123456789abcdef" * (n // 16 + 1))[:n])
 EOF
-for f in upstream-nginx.conf proxy-nginx.conf proxy-haproxy.cfg; do
+for f in upstream-nginx.conf proxy-nginx.conf proxy-nginx-cache.conf proxy-haproxy.cfg; do
   sed "s#__RUN__#$RUN#g" "load-tests/peers/$f" >"$RUN/$f"
 done
 cp load-tests/peers/shardgate.yaml "$RUN/sg-epoll.yaml"
@@ -72,10 +72,10 @@ taskset -c 1 nginx -c "$RUN/upstream-nginx.conf" -p "$RUN" &
 for _ in $(seq 50); do curl -sf http://127.0.0.1:18081/ >/dev/null && break; sleep 0.1; done
 upstream_accepts() { curl -sf http://127.0.0.1:18081/status | awk 'NR==3 {print $1}'; }
 
-PROXIES=(sg-epoll sg-uring sg-keyed sg-keyed-store nginx haproxy)
+PROXIES=(sg-epoll sg-uring sg-keyed sg-keyed-store sg-cache nginx nginx-cache haproxy)
 # The memory phase's client sends no API key.
 MEM_PROXIES=(sg-epoll sg-uring nginx haproxy)
-declare -A PORT=([sg-epoll]=18083 [sg-uring]=18084 [sg-keyed]=18086 [sg-keyed-store]=18087 [nginx]=18082 [haproxy]=18085)
+declare -A PORT=([sg-epoll]=18083 [sg-uring]=18084 [sg-keyed]=18086 [sg-keyed-store]=18087 [sg-cache]=18088 [nginx]=18082 [nginx-cache]=18089 [haproxy]=18085)
 # The keyed setup with a persistent store: the writer thread saves each lease.
 { sed 's/18086/18087/' load-tests/peers/shardgate-keyed.yaml; echo "store: { path: $RUN/store }"; } >"$RUN/sg-keyed-store.yaml"
 KEY=bench0123456789abcdefXYZ  # peers/shardgate-keyed.yaml's key
@@ -88,7 +88,9 @@ start_proxy() {
     sg-uring) taskset -c 0 "$SG" run --config "$RUN/sg-uring.yaml" --runtime io_uring 2>>"$RUN/sg-uring.log" & ;;
     sg-keyed) taskset -c 0 "$SG" run --config load-tests/peers/shardgate-keyed.yaml --runtime epoll 2>>"$RUN/sg-keyed.log" & ;;
     sg-keyed-store) taskset -c 0 "$SG" run --config "$RUN/sg-keyed-store.yaml" --runtime epoll 2>>"$RUN/sg-keyed-store.log" & ;;
+    sg-cache) taskset -c 0 "$SG" run --config load-tests/peers/shardgate-cache.yaml --runtime epoll 2>>"$RUN/sg-cache.log" & ;;
     nginx) taskset -c 0 nginx -c "$RUN/proxy-nginx.conf" -p "$RUN" & ;;
+    nginx-cache) taskset -c 0 nginx -c "$RUN/proxy-nginx-cache.conf" -p "$RUN" & ;;
     haproxy) taskset -c 0 haproxy -f "$RUN/proxy-haproxy.cfg" -db 2>>"$RUN/haproxy.log" & ;;
   esac
   MAIN[$p]=$!
@@ -96,7 +98,12 @@ start_proxy() {
   for _ in $(seq 100); do curl -sf -H "x-api-key: $KEY" "http://127.0.0.1:${PORT[$p]}/" >/dev/null 2>&1 && break; sleep 0.05; done
   curl -sf -H "x-api-key: $KEY" "http://127.0.0.1:${PORT[$p]}/" >/dev/null || { echo "$p did not start"; exit 1; }
   # nginx serves from a forked worker: measure that process.
-  if [ "$p" = nginx ]; then PID[$p]=$(pgrep -P "${MAIN[$p]}" | head -1); fi
+  case $p in nginx|nginx-cache)
+    # Its cache manager and loader are children too: take the worker.
+    for c in $(pgrep -P "${MAIN[$p]}"); do
+      if grep -aq 'worker process' "/proc/$c/cmdline" 2>/dev/null; then PID[$p]=$c; fi
+    done ;;
+  esac
 }
 stop_proxy() {
   kill "${MAIN[$1]}" 2>/dev/null || true
@@ -113,6 +120,7 @@ CLK=$(getconf CLK_TCK)
 SCENARIOS=(
   "small-get|sg-epoll sg-uring nginx haproxy|wrk -c50|/"
   "small-get-keyed|sg-keyed sg-keyed-store|wrk -c50 keyed|/"
+  "cache-hit|sg-cache nginx-cache|wrk -c50|/"
   "1k|sg-epoll nginx haproxy|wrk -c50|/files/1k"
   "16k|sg-epoll nginx haproxy|wrk -c50|/files/16k"
   "64k|sg-epoll nginx haproxy|wrk -c50|/files/64k"
@@ -261,6 +269,11 @@ RESULT=$(mktemp)
   echo "Issue 4: small GET with an API key, a usage plan (throttle, quota) and a stage throttle:"
   echo "  cpu/req vs plain small GET: $(ratio "$kd_cpu" "$sg_cpu")x (${kd_cpu} vs ${sg_cpu} us) -> $(verdict "$(awk -v a="$kd_cpu" -v b="$sg_cpu" 'BEGIN{print (a <= 1.1 * b)}')") (bar: <= 1.10x)"
   echo "  with store.path (each lease saved by the writer thread): $(ratio "$ks_cpu" "$sg_cpu")x (${ks_cpu} us)"
+  ch_cpu=$(echo "${R_CPU[cache-hit|sg-cache]}" | median)
+  nc_cpu=$(echo "${R_CPU[cache-hit|nginx-cache]}" | median)
+  echo "Issue 5: cache hit (small GET served from the cache):"
+  echo "  cpu/req vs nginx proxying: $(ratio "$ch_cpu" "$ng_cpu")x (${ch_cpu} vs ${ng_cpu} us) -> $(verdict "$(awk -v a="$ch_cpu" -v b="$ng_cpu" 'BEGIN{print (a <= 0.3 * b)}')") (bar: <= 0.30x)"
+  echo "  cpu/req vs nginx proxy_cache hit: $(ratio "$ch_cpu" "$nc_cpu")x (${ch_cpu} vs ${nc_cpu} us) -> $(verdict "$(awk -v a="$ch_cpu" -v b="$nc_cpu" 'BEGIN{print (a <= 0.5 * b)}')") (bar: <= 0.50x)"
 } >"$RESULT"
 echo
 cat "$RESULT"
