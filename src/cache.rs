@@ -21,6 +21,14 @@ use crate::plan::StageId;
 
 use rustc_hash::FxBuildHasher;
 
+/// A stored response's `Vary`: the request headers it names (lower case,
+/// `\n`-separated) and their values in the request it was stored for.
+#[derive(Debug)]
+pub struct Vary {
+    pub names: Box<[u8]>,
+    pub values: Box<[u8]>,
+}
+
 /// What one entry costs besides its key, headers and body (slab slot, map entry,
 /// `Rc` and `Vec` headers), counted against the budget.
 pub const ENTRY_OVERHEAD: usize = 160;
@@ -36,8 +44,10 @@ pub struct Entry {
     pub stored_s: u64,
     /// Unix milliseconds after which the entry is stale.
     pub expires_ms: u64,
-    /// The response's `Vary` request-header values, as they were when stored.
-    pub vary: Option<Box<[u8]>>,
+    /// The response's `Vary`: the request headers named (lower case, `\n`-separated)
+    /// and their values in the request it was stored for (`vary_values`'s form).
+    /// A request whose values differ misses, and its response replaces the entry.
+    pub vary: Option<Vary>,
 }
 
 impl Entry {
@@ -45,7 +55,10 @@ impl Entry {
         self.key.len()
             + self.head.len()
             + self.body.len()
-            + self.vary.as_ref().map_or(0, |v| v.len())
+            + self
+                .vary
+                .as_ref()
+                .map_or(0, |v| v.names.len() + v.values.len())
             + ENTRY_OVERHEAD
     }
 }
@@ -558,6 +571,35 @@ pub fn build_key(
             None => out.push(b'!'),
         }
     }
+}
+
+/// The values of the request headers `names` (`\n`-separated, lower case) names,
+/// each as `value\n` (`!\n` when absent), into `out`.
+pub fn vary_values(names: &[u8], headers: &[httparse::Header<'_>], out: &mut Vec<u8>) {
+    out.clear();
+    for name in names.split(|&b| b == b'\n').filter(|n| !n.is_empty()) {
+        match headers
+            .iter()
+            .find(|h| h.name.as_bytes().eq_ignore_ascii_case(name))
+        {
+            Some(h) => {
+                out.push(b'=');
+                out.extend_from_slice(h.value);
+            }
+            None => out.push(b'!'),
+        }
+        out.push(b'\n');
+    }
+}
+
+/// Whether `entry` was stored for a request with the same `Vary` header values.
+pub fn vary_matches(entry: &Entry, headers: &[httparse::Header<'_>]) -> bool {
+    let Some(v) = &entry.vary else {
+        return true;
+    };
+    let mut mine = Vec::with_capacity(v.values.len());
+    vary_values(&v.names, headers, &mut mine);
+    *mine == *v.values
 }
 
 /// `Cache-Control: max-age=0` on the request: refetch and replace.

@@ -434,7 +434,13 @@ fn prepare(
             crate::cache::build_key(&mut key, method, path, head.query, headers, &m, &rc.key);
             let mut caches = shard.caches.borrow_mut();
             if !refresh {
-                if let Lookup::Hit(entry) = caches.get(stage_id, &key, crate::clock::unix_ms()) {
+                let found = match caches.get(stage_id, &key, crate::clock::unix_ms()) {
+                    // Stored for other values of the headers its Vary names: a miss,
+                    // whose response replaces it.
+                    Lookup::Hit(e) if !crate::cache::vary_matches(&e, headers) => Lookup::Miss,
+                    other => other,
+                };
+                if let Lookup::Hit(entry) = found {
                     caches.count(stage_id, m.route, true);
                     p.tag.cache = Some(CacheStatus::Hit);
                     p.action = Action::CacheHit(entry);
@@ -619,8 +625,9 @@ async fn handle(
                             &f.key,
                             crate::clock::unix_ms(),
                         ) {
-                            Lookup::Hit(e) => Some((f.route, e)),
-                            Lookup::Miss => None,
+                            // An entry with a Vary may be another variant: fetch.
+                            Lookup::Hit(e) if e.vary.is_none() => Some((f.route, e)),
+                            _ => None,
                         }
                     });
                     // Served from what the leader stored, or (not stored: not a 200,

@@ -24,6 +24,12 @@ fn upstream() -> Upstream {
             "/large" => r.body = vec![b'l'; 256 * 1024],
             "/missing" => r.status = 404,
             "/slow" => r.delay = std::time::Duration::from_millis(300),
+            "/varied" => {
+                r.headers
+                    .push(("vary".into(), "Accept-Encoding, X-Tenant".into()));
+                r.body = format!("{} for {:?} #{i}", s.target, s.header("x-tenant")).into_bytes();
+            }
+            "/star" => r.headers.push(("vary".into(), "*".into())),
             "/cookie" => r.headers.push(("set-cookie".into(), "a=b".into())),
             "/nostore" => r.headers.push(("cache-control".into(), "no-store".into())),
             "/private" => r
@@ -176,7 +182,9 @@ fn some_responses_are_never_stored() {
     let up = upstream();
     let gw = gateway(&up);
     let mut c = Client::connect(gw.addr);
-    for path in ["/missing", "/cookie", "/nostore", "/private", "/big"] {
+    for path in [
+        "/missing", "/cookie", "/nostore", "/private", "/big", "/star",
+    ] {
         let a = get(&mut c, &format!("/prod{path}"), &[]);
         let b = get(&mut c, &format!("/prod{path}"), &[]);
         assert_eq!(
@@ -457,4 +465,26 @@ fn the_management_api_flushes_and_reports() {
         r#"{"path":"/nothing/here/at/all","method":"POST"}"#,
     );
     assert_eq!(r.status, 404, "{}", r.text());
+}
+
+#[test]
+fn vary_keeps_variants_apart() {
+    let up = upstream();
+    let gw = gateway(&up);
+    let mut c = Client::connect(gw.addr);
+    let a = [("x-tenant", "a")];
+    let b = [("x-tenant", "b")];
+    let a1 = get(&mut c, "/prod/varied", &a);
+    let a2 = get(&mut c, "/prod/varied", &a);
+    assert_eq!((cache(&a1), cache(&a2)), (Some("Miss"), Some("Hit")));
+    assert_eq!(a2.body, a1.body);
+    // Another tenant never gets a's variant: a miss, which replaces the entry.
+    let b1 = get(&mut c, "/prod/varied", &b);
+    assert_eq!(cache(&b1), Some("Miss"));
+    assert!(b1.text().contains("\"b\""), "{}", b1.text());
+    let b2 = get(&mut c, "/prod/varied", &b);
+    assert_eq!((cache(&b2), &b2.body), (Some("Hit"), &b1.body));
+    // No x-tenant at all is a variant of its own.
+    assert_eq!(cache(&get(&mut c, "/prod/varied", &[])), Some("Miss"));
+    assert_eq!(upstream_count(&up, "/varied"), 3);
 }

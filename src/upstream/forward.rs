@@ -143,8 +143,10 @@ pub struct Answered {
     /// entry keeps).
     pub headers_from: usize,
     /// A 200 the cache may keep: no `Set-Cookie`, no `Cache-Control: no-store` or
-    /// `private`, no `Vary`. Only worked out when the request is a cache miss.
+    /// `private`, no `Vary: *`. Only worked out when the request is a cache miss.
     pub storable: bool,
+    /// The header names its `Vary` lists (`\n`-separated), if any.
+    pub vary: Vec<u8>,
 }
 
 enum ExchangeError {
@@ -252,11 +254,24 @@ pub async fn proxy(
         if n <= inline && (up.buf.len() - body_start) as u64 >= n {
             let end = body_start + n as usize;
             if let (true, Some(fill)) = (answered.storable, &req.fill) {
+                let vary = (!answered.vary.is_empty()).then(|| {
+                    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                    let mut r = httparse::Request::new(&mut headers);
+                    let mut values = Vec::new();
+                    if r.parse(&c.buf).is_ok() {
+                        crate::cache::vary_values(&answered.vary, r.headers, &mut values);
+                    }
+                    crate::cache::Vary {
+                        names: answered.vary.as_slice().into(),
+                        values: values.into(),
+                    }
+                });
                 store(
                     shard,
                     fill,
                     &c.out[answered.headers_from..],
                     &up.buf[body_start..end],
+                    vary,
                 );
             }
             // A body that fits behind the head in `c.out` as it is goes in one write;
@@ -314,7 +329,13 @@ pub async fn proxy(
 }
 
 /// Keeps a response in the worker's cache of its stage.
-fn store(shard: &Shard, fill: &crate::cache::Fill, head: &[u8], body: &[u8]) {
+fn store(
+    shard: &Shard,
+    fill: &crate::cache::Fill,
+    head: &[u8],
+    body: &[u8],
+    vary: Option<crate::cache::Vary>,
+) {
     shard.caches.borrow_mut().insert(
         fill.stage,
         crate::cache::Entry {
@@ -323,7 +344,7 @@ fn store(shard: &Shard, fill: &crate::cache::Fill, head: &[u8], body: &[u8]) {
             body: body.into(),
             stored_s: crate::clock::unix_s(),
             expires_ms: crate::clock::unix_ms() + fill.ttl_ms,
-            vary: None,
+            vary,
         },
     );
 }
@@ -453,11 +474,19 @@ async fn exchange(
                         date,
                         &req.tag,
                     );
-                    a.storable = req.fill.is_some()
+                    if req.fill.is_some()
                         && !req.is_head
                         && head.status == 200
                         && matches!(head.framing, Framing::Length(n) if n <= crate::cache::MAX_CACHED_BODY)
-                        && storable(hdrs);
+                    {
+                        if let Some(vary) = storable(hdrs) {
+                            // The request's values for a Vary come from its head,
+                            // still at the front of the client buffer when it had
+                            // no body.
+                            a.storable = vary.is_empty() || req.framing == Framing::None;
+                            a.vary = vary;
+                        }
+                    }
                     up.pos += head.head_len;
                     return Ok(a);
                 }
@@ -532,23 +561,39 @@ pub fn write_response_head(
         client_persist,
         headers_from,
         storable: false,
+        vary: Vec::new(),
     }
 }
 
-/// The response headers allow caching: no `Set-Cookie`, no `Cache-Control`
-/// `no-store` or `private`, and no `Vary` (whose request headers the key would need).
-fn storable(headers: &[httparse::Header<'_>]) -> bool {
-    headers.iter().all(|h| {
+/// Whether the response headers allow caching: `None` with `Set-Cookie`,
+/// `Cache-Control` `no-store` or `private`, or `Vary: *`; else the header names
+/// `Vary` lists (lower case, `\n`-separated; empty without `Vary`).
+fn storable(headers: &[httparse::Header<'_>]) -> Option<Vec<u8>> {
+    let mut vary = Vec::new();
+    for h in headers {
         let n = h.name.as_bytes();
-        if n.eq_ignore_ascii_case(b"set-cookie") || n.eq_ignore_ascii_case(b"vary") {
-            return false;
+        if n.eq_ignore_ascii_case(b"set-cookie") {
+            return None;
         }
-        if n.eq_ignore_ascii_case(b"cache-control") {
-            return !h.value.split(|&b| b == b',').any(|d| {
+        if n.eq_ignore_ascii_case(b"cache-control")
+            && h.value.split(|&b| b == b',').any(|d| {
                 let d = d.trim_ascii();
                 d.eq_ignore_ascii_case(b"no-store") || d.eq_ignore_ascii_case(b"private")
-            });
+            })
+        {
+            return None;
         }
-        true
-    })
+        if n.eq_ignore_ascii_case(b"vary") {
+            for name in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if name == b"*" {
+                    return None;
+                }
+                if !name.is_empty() {
+                    vary.extend(name.iter().map(u8::to_ascii_lowercase));
+                    vary.push(b'\n');
+                }
+            }
+        }
+    }
+    Some(vary)
 }
