@@ -615,11 +615,7 @@ fn usage(ctx: &Ctx, req: &Request, plan: &str) -> Result<Response, ApiError> {
     std::thread::sleep(TICK_WAIT);
     let report = lock(ctx).usage(plan, query(req, "keyId"), start, end)?;
     let total = report.len();
-    let mut values = serde_json::Map::new();
-    for (id, days) in report.into_iter().skip(position).take(limit) {
-        let days: Vec<Value> = days.into_iter().map(|(u, r)| json!([u, r])).collect();
-        values.insert(id, Value::Array(days));
-    }
+    let values = values_json(report.into_iter().skip(position).take(limit));
     let mut out = json!({
         "usagePlanId": plan,
         "startDate": crate::clock::format_date(start),
@@ -630,6 +626,19 @@ fn usage(ctx: &Ctx, req: &Request, plan: &str) -> Result<Response, ApiError> {
         out["position"] = Value::String((position + limit).to_string());
     }
     Ok(Response::ok(out))
+}
+
+/// The `values` of AWS's usage report: key id → `[[used, remaining], ...]`.
+fn values_json(
+    report: impl IntoIterator<Item = (String, Vec<(u64, Option<u64>)>)>,
+) -> serde_json::Map<String, Value> {
+    report
+        .into_iter()
+        .map(|(id, days)| {
+            let days = days.into_iter().map(|(u, r)| json!([u, r])).collect();
+            (id, Value::Array(days))
+        })
+        .collect()
 }
 
 /// AWS's UpdateUsage: `{"patchOperations":[{"op":"replace","path":"/remaining",
@@ -661,12 +670,7 @@ fn update_usage(ctx: &Ctx, req: &Request, plan: &str, key: &str) -> Result<Respo
     let today = crate::clock::unix_s() / 86_400;
     let mut reg = lock(ctx);
     reg.set_remaining(plan, key, remaining)?;
-    let report = reg.usage(plan, Some(key), today, today)?;
-    let mut values = serde_json::Map::new();
-    for (id, days) in report {
-        let days: Vec<Value> = days.into_iter().map(|(u, r)| json!([u, r])).collect();
-        values.insert(id, Value::Array(days));
-    }
+    let values = values_json(reg.usage(plan, Some(key), today, today)?);
     Ok(Response::ok(json!({
         "usagePlanId": plan,
         "startDate": crate::clock::format_date(today),

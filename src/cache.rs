@@ -607,11 +607,7 @@ pub fn wants_refresh(headers: &[httparse::Header<'_>]) -> bool {
     headers
         .iter()
         .filter(|h| h.name.eq_ignore_ascii_case("cache-control"))
-        .any(|h| {
-            h.value
-                .split(|&b| b == b',')
-                .any(|d| d.trim_ascii().eq_ignore_ascii_case(b"max-age=0"))
-        })
+        .any(|h| crate::parse::tokens(h.value).any(|d| d.eq_ignore_ascii_case(b"max-age=0")))
 }
 
 /// An entry's body as a write buffer: written from the entry itself, no copy.

@@ -576,15 +576,13 @@ fn storable(headers: &[httparse::Header<'_>]) -> Option<Vec<u8>> {
             return None;
         }
         if n.eq_ignore_ascii_case(b"cache-control")
-            && h.value.split(|&b| b == b',').any(|d| {
-                let d = d.trim_ascii();
-                d.eq_ignore_ascii_case(b"no-store") || d.eq_ignore_ascii_case(b"private")
-            })
+            && parse::tokens(h.value)
+                .any(|d| d.eq_ignore_ascii_case(b"no-store") || d.eq_ignore_ascii_case(b"private"))
         {
             return None;
         }
         if n.eq_ignore_ascii_case(b"vary") {
-            for name in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            for name in parse::tokens(h.value) {
                 if name == b"*" {
                     return None;
                 }
