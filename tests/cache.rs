@@ -331,15 +331,8 @@ fn cache_config_errors_name_the_key() {
           'GET /b': { cache: { ttl_s: 10 } }
 ",
     );
-    let path = write_config(&yaml);
-    let out = std::process::Command::new(bin())
-        .args(["validate", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let _ = std::fs::remove_file(&path);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let (code, text) = validate(&yaml);
+    assert_eq!(code, 1, "{text}");
     for want in [
         "apis[0].stages[0].cache.ttl_s: must be 0 to 3600",
         "apis[0].stages[0].cache.capacity_mb",

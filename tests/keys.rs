@@ -86,7 +86,7 @@ fn usage_plan_throttle_is_per_key() {
 
 #[test]
 fn key_config_errors_name_the_key() {
-    let path = write_config(&config(
+    let (code, text) = validate(&config(
         "apis: [ { name: p, routes: [ { route: GET /a, integration: { type: mock } } ], stages: [ { name: prod } ] } ]
 usage_plans:
   - { name: gold, stages: [p/prod, p/nope], routes: { \"p/prod/GET /zzz\": { rate: 1, burst: 1 } } }
@@ -96,15 +96,7 @@ api_keys:
   - { name: lost, value: lost0123456789abcdefXYZ, plans: [platinum] }
 ",
     ));
-    let out = std::process::Command::new(bin())
-        .args(["validate", "--config"])
-        .arg(&path)
-        .env_remove("SHARDGATE_TEST_UNSET_KEY_VAR")
-        .output()
-        .unwrap();
-    let _ = std::fs::remove_file(&path);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert_eq!(code, 1, "{text}");
     for want in [
         "usage_plans[0].stages[1]: no stage \"p/nope\"",
         "usage_plans[0].routes[\"p/prod/GET /zzz\"]: no route",

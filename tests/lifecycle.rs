@@ -7,21 +7,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn validate(yaml: &str) -> (i32, String) {
-    let path = write_config(yaml);
-    let out = Command::new(bin())
-        .arg("validate")
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
-    let _ = std::fs::remove_file(&path);
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
-
 #[test]
 fn validate_reports_every_error_with_its_path() {
     let (code, out) = validate(
@@ -52,36 +37,24 @@ apis:
 
 #[test]
 fn validate_accepts_the_keys_example() {
-    let out = Command::new(bin())
-        .args(["validate", "--config"])
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/keys.yaml"))
-        .env("SHARDGATE_ADMIN_TOKEN", "example-admin-token-0123")
-        .env("ALICE_API_KEY", "alice0123456789abcdefXYZ")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
+    let (code, out) = validate_file(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/examples/keys.yaml").as_ref(),
+        &[
+            ("SHARDGATE_ADMIN_TOKEN", "example-admin-token-0123"),
+            ("ALICE_API_KEY", "alice0123456789abcdefXYZ"),
+        ],
     );
+    assert_eq!(code, 0, "{out}");
 }
 
 #[test]
 fn validate_accepts_the_quickstart() {
-    let out = Command::new(bin())
-        .args(["validate", "--config"])
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/examples/quickstart.yaml"
-        ))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
+    let (code, out) = validate_file(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/examples/quickstart.yaml").as_ref(),
+        &[],
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out.lines().count(), 1);
 }
 
 #[test]

@@ -148,15 +148,8 @@ fn admin_config_errors_are_reported() {
     let text = yaml("", None)
         .replace("bind: \"127.0.0.1:0\", token", "bind: \"nowhere\", token")
         .replace("SG_TEST_ADMIN_TOKEN", "SG_TEST_UNSET_TOKEN_VAR");
-    let path = write_config(&text);
-    let out = std::process::Command::new(bin())
-        .args(["validate", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let _ = std::fs::remove_file(&path);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let (code, text) = validate(&text);
+    assert_eq!(code, 1, "{text}");
     assert!(text.contains("admin.bind"), "{text}");
     assert!(
         text.contains("admin.token.env: environment variable SG_TEST_UNSET_TOKEN_VAR is not set"),

@@ -36,6 +36,30 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_shardgate")
 }
 
+/// Runs `shardgate validate` on `path` with extra environment variables: the exit
+/// code and what it printed.
+pub fn validate_file(path: &std::path::Path, env: &[(&str, &str)]) -> (i32, String) {
+    let out = Command::new(bin())
+        .arg("validate")
+        .arg("--config")
+        .arg(path)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run shardgate validate");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// `validate_file` on `yaml`, written to a temporary file.
+pub fn validate(yaml: &str) -> (i32, String) {
+    let path = write_config(yaml);
+    let result = validate_file(&path, &[]);
+    let _ = std::fs::remove_file(&path);
+    result
+}
+
 /// Writes `yaml` to a temporary file and returns its path.
 pub fn write_config(yaml: &str) -> std::path::PathBuf {
     let path = unique("config.yaml");
