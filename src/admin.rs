@@ -277,10 +277,12 @@ fn authorized(ctx: &Ctx, req: &Request) -> bool {
 }
 
 fn lock(ctx: &Ctx) -> MutexGuard<'_, Registry> {
-    match ctx.registry.lock() {
-        Ok(g) => g,
-        Err(poisoned) => poisoned.into_inner(),
-    }
+    crate::lock(&ctx.registry)
+}
+
+/// A key as a usage plan lists it (AWS's UsagePlanKey).
+fn plan_key_json(k: &KeyDef) -> Value {
+    json!({ "id": k.id, "name": k.name, "type": "API_KEY" })
 }
 
 fn body<T: for<'de> Deserialize<'de>>(req: &Request) -> Result<T, ApiError> {
@@ -410,11 +412,7 @@ fn route(ctx: &Ctx, req: &Request, m: &str, segs: &[&str]) -> Result<Response, A
         ["usageplans", id, "keys"] => match m {
             "GET" => {
                 let reg = lock(ctx);
-                let items: Vec<Value> = reg
-                    .plan_keys(id)?
-                    .into_iter()
-                    .map(|k| json!({ "id": k.id, "name": k.name, "type": "API_KEY" }))
-                    .collect();
+                let items: Vec<Value> = reg.plan_keys(id)?.into_iter().map(plan_key_json).collect();
                 Ok(Response::ok(json!({ "items": items })))
             }
             "POST" => {
@@ -430,9 +428,7 @@ fn route(ctx: &Ctx, req: &Request, m: &str, segs: &[&str]) -> Result<Response, A
                     return Err(ApiError::new(400, "key_type must be API_KEY"));
                 }
                 let k = lock(ctx).attach(id, &a.key_id)?;
-                Ok(Response::created(
-                    json!({ "id": k.id, "name": k.name, "type": "API_KEY" }),
-                ))
+                Ok(Response::created(plan_key_json(&k)))
             }
             _ => Err(not_allowed()),
         },
@@ -446,9 +442,7 @@ fn route(ctx: &Ctx, req: &Request, m: &str, segs: &[&str]) -> Result<Response, A
                     .ok_or_else(|| {
                         ApiError::new(404, format!("no key {key:?} in usage plan {id:?}"))
                     })?;
-                Ok(Response::ok(
-                    json!({ "id": k.id, "name": k.name, "type": "API_KEY" }),
-                ))
+                Ok(Response::ok(plan_key_json(k)))
             }
             "DELETE" => {
                 lock(ctx).detach(id, key)?;

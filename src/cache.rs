@@ -321,10 +321,7 @@ impl Shared {
 
     /// Drops one entry of a stage, on every worker.
     pub fn flush_key(&self, stage: StageId, key: Vec<u8>) {
-        let mut q = match self.flushes.lock() {
-            Ok(q) => q,
-            Err(p) => p.into_inner(),
-        };
+        let mut q = crate::lock(&self.flushes);
         let v = self.flush_version.load(Ordering::Acquire) + 1;
         q.push_back((v, stage, key));
         while q.len() > MAX_PENDING_FLUSHES {
@@ -400,10 +397,7 @@ impl Caches {
         }
         let v = shared.flush_version.load(Ordering::Acquire);
         if v != self.seen_flush {
-            let q = match shared.flushes.lock() {
-                Ok(q) => q,
-                Err(p) => p.into_inner(),
-            };
+            let q = crate::lock(&shared.flushes);
             let oldest = q.front().map_or(v, |f| f.0);
             if oldest > self.seen_flush + 1 {
                 // Fell behind what is kept: drop everything.

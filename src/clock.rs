@@ -26,28 +26,25 @@ fn skew_ns() -> u64 {
     SKEW_NS.load(Ordering::Relaxed)
 }
 
-/// Unix seconds, from the coarse real-time clock.
-pub fn unix_s() -> u64 {
+/// The coarse real-time clock plus the skew, in nanoseconds since 1970.
+fn realtime_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: clock_gettime writes only the timespec we pass.
     unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) };
-    (ts.tv_sec.max(0) as u64) + skew_ns() / 1_000_000_000
+    (ts.tv_sec.max(0) as u64) * 1_000_000_000 + ts.tv_nsec.max(0) as u64 + skew_ns()
+}
+
+/// Unix seconds, from the coarse real-time clock.
+pub fn unix_s() -> u64 {
+    realtime_ns() / 1_000_000_000
 }
 
 /// Unix milliseconds, from the coarse real-time clock (cache expiry).
 pub fn unix_ms() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes only the timespec we pass.
-    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) };
-    (ts.tv_sec.max(0) as u64) * 1000
-        + (ts.tv_nsec.max(0) as u64) / 1_000_000
-        + skew_ns() / 1_000_000
+    realtime_ns() / 1_000_000
 }
 
 /// Monotonic nanoseconds since `epoch` (the instant every worker shares).

@@ -173,11 +173,7 @@ impl Live {
     /// its version.
     pub fn publish(&self, ring: Keyring) -> u64 {
         let ring = Arc::new(ring);
-        let mut g = match self.ring.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        *g = ring;
+        *crate::lock(&self.ring) = ring;
         self.version.fetch_add(1, Ordering::AcqRel) + 1
     }
 
@@ -215,10 +211,7 @@ impl Live {
     /// The current keyring (a worker's tick, when `version` moved; never per request).
     pub fn current(&self) -> (u64, Arc<Keyring>) {
         // Under the lock, so the version and the ring match.
-        let g = match self.ring.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let g = crate::lock(&self.ring);
         (self.version(), Arc::clone(&g))
     }
 

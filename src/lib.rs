@@ -44,3 +44,10 @@ pub mod store;
 pub mod throttle;
 pub mod upstream;
 pub mod worker;
+
+/// Locks `m` even if a thread panicked while holding it: the control-plane state
+/// behind these mutexes stays consistent between calls, and the gateway keeps
+/// serving rather than cascading the panic.
+pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

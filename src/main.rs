@@ -173,10 +173,7 @@ fn run(
     workers.join();
     // The workers gave back their unspent leases: save the exact counts.
     writer.stop();
-    let saved = match registry.lock() {
-        Ok(mut r) => r.shutdown(),
-        Err(poisoned) => poisoned.into_inner().shutdown(),
-    };
+    let saved = shardgate::lock(&registry).shutdown();
     if let Err(e) = saved {
         tracing::error!(error = %format!("{e:#}"), "could not save usage at shutdown");
     }
@@ -204,10 +201,7 @@ impl StoreWriter {
             .spawn(move || {
                 while !flag.load(Ordering::Acquire) {
                     std::thread::park_timeout(Duration::from_millis(50));
-                    let result = match registry.lock() {
-                        Ok(mut r) => r.flush_if_changed(),
-                        Err(poisoned) => poisoned.into_inner().flush_if_changed(),
-                    };
+                    let result = shardgate::lock(&registry).flush_if_changed();
                     if let Err(e) = result {
                         tracing::error!(error = %format!("{e:#}"), "store write failed; retrying");
                         std::thread::sleep(Duration::from_secs(1));

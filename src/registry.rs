@@ -555,6 +555,16 @@ impl Registry {
 
     // ---- keys ----
 
+    /// A random key id no key has yet.
+    fn new_key_id(&self) -> String {
+        loop {
+            let id = random_id();
+            if !self.keys.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
     pub fn keys(&self) -> Vec<&KeyDef> {
         self.keys.values().collect()
     }
@@ -604,12 +614,7 @@ impl Registry {
         let mut plans = new.plans;
         plans.dedup();
         self.check_plans(&plans)?;
-        let id = loop {
-            let id = random_id();
-            if !self.keys.contains_key(&id) {
-                break id;
-            }
-        };
+        let id = self.new_key_id();
         let name = new.name.unwrap_or_else(|| id.clone());
         if name.len() > 1024 {
             return Err(ApiError::bad("name must be at most 1,024 characters"));
@@ -767,12 +772,7 @@ impl Registry {
         let mut defs = Vec::with_capacity(rows.len());
         for (value, name, description, enabled, plans) in rows {
             let hash = keys::hash(value.as_bytes());
-            let id = loop {
-                let id = random_id();
-                if !self.keys.contains_key(&id) {
-                    break id;
-                }
-            };
+            let id = self.new_key_id();
             let def = KeyDef {
                 id: id.clone(),
                 name: if name.is_empty() { id.clone() } else { name },
