@@ -459,6 +459,20 @@ fn route(ctx: &Ctx, req: &Request, m: &str, segs: &[&str]) -> Result<Response, A
         }
         ["cache", api, stage, "flush"] if m == "POST" => flush_entry(ctx, req, api, stage),
         ["usageplans", id, "keys", key, "usage"] if m == "PATCH" => update_usage(ctx, req, id, key),
+        ["tls"] if m == "GET" => Ok(Response::ok(json!({
+            "listeners": crate::tls::describe_listeners(&ctx.plan.listeners)
+        }))),
+        ["tls", "reload"] if m == "POST" => {
+            let (loaded, errs) = crate::tls::reload_listeners(&ctx.plan.listeners);
+            if errs.is_empty() {
+                Ok(Response::ok(json!({ "listeners": loaded })))
+            } else {
+                Err(ApiError::new(
+                    400,
+                    format!("certificates not reloaded: {}", errs.join("; ")),
+                ))
+            }
+        }
         ["test", "clock"] if m == "POST" && ctx.test_clock => {
             #[derive(Deserialize)]
             struct Advance {

@@ -5,9 +5,9 @@
 use std::io;
 use std::time::Duration;
 
+use crate::stream::Stream;
 use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
-use monoio::net::TcpStream;
 
 use crate::parse::{Chunk, ChunkError, ChunkedDecoder, Framing};
 
@@ -42,7 +42,7 @@ pub enum PumpError {
 
 /// Appends what one read returns to `buf`; `Ok(0)` is end of stream.
 pub async fn read_more(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut Vec<u8>,
     min_spare: usize,
 ) -> io::Result<usize> {
@@ -58,7 +58,7 @@ pub async fn read_more(
 
 /// Writes `buf[start..end]`.
 pub async fn write_range(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut Vec<u8>,
     start: usize,
     end: usize,
@@ -73,14 +73,14 @@ pub async fn write_range(
 }
 
 /// Writes all of `buf`.
-pub async fn write_all(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<()> {
+pub async fn write_all(stream: &mut Stream, buf: &mut Vec<u8>) -> io::Result<()> {
     let end = buf.len();
     write_range(stream, buf, 0, end).await
 }
 
 /// The reading side of a copy: a socket and its buffer, of which `pos..` is unread.
 pub struct Source<'a> {
-    pub stream: &'a mut TcpStream,
+    pub stream: &'a mut Stream,
     pub buf: &'a mut Vec<u8>,
     pub pos: &'a mut usize,
     pub read_timeout: Duration,
@@ -99,7 +99,7 @@ impl Source<'_> {
 /// One read into `buf` (with at least `min_spare` room) that must come within `wait`;
 /// end of stream is `ReadClosed`.
 async fn read_within(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut Vec<u8>,
     min_spare: usize,
     wait: Duration,
@@ -114,7 +114,7 @@ async fn read_within(
 
 /// Reads until `buf` holds `want` bytes, each read within `wait`.
 pub async fn read_to(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut Vec<u8>,
     want: usize,
     wait: Duration,
@@ -130,7 +130,7 @@ pub async fn read_to(
 /// `scratch` is reused for chunk framing. Bytes past the body stay unread in `src`.
 pub async fn pump(
     src: &mut Source<'_>,
-    mut dst: Option<&mut TcpStream>,
+    mut dst: Option<&mut Stream>,
     framing: Framing,
     encode: Encode,
     scratch: &mut Vec<u8>,
@@ -222,7 +222,7 @@ pub async fn pump(
 }
 
 async fn emit(
-    dst: Option<&mut TcpStream>,
+    dst: Option<&mut Stream>,
     buf: &mut Vec<u8>,
     start: usize,
     end: usize,

@@ -13,6 +13,8 @@ use monoio::buf::RawBuf;
 use monoio::io::AsyncReadRent;
 use monoio::net::TcpStream;
 
+use crate::stream::{Stream, TlsStream};
+
 use crate::body::{self, Encode, PumpError, Source};
 use crate::cache::Lookup;
 use crate::config::UnauthorizedStrategy;
@@ -31,8 +33,10 @@ const CONN_BUF: usize = 4 * 1024;
 
 /// A client connection's socket and reused buffers.
 pub struct Client {
-    pub stream: TcpStream,
+    pub stream: Stream,
     pub peer: SocketAddr,
+    /// What the TLS handshake established (HTTPS listeners only).
+    pub tls: Option<Box<crate::tls::Session>>,
     /// Bytes read; `pos..` not yet consumed.
     pub buf: Vec<u8>,
     pub pos: usize,
@@ -103,22 +107,36 @@ pub fn serve(
     shard: Rc<Shard>,
 ) -> impl std::future::Future<Output = ()> {
     let _ = stream.set_nodelay(true);
-    // Boxed, and the task built by a plain fn, so the task's future holds a pointer
-    // rather than its own copies of the arguments: an idle connection's footprint is
-    // mostly this future.
-    let c = Box::new(Client {
+    serve_client(stream, peer, plan, listener, shard)
+}
+
+async fn serve_client(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    plan: Arc<Plan>,
+    listener: usize,
+    shard: Rc<Shard>,
+) {
+    let lp = &plan.listeners[listener];
+    let (stream, tls) = match &lp.tls {
+        None => (Stream::Plain(tcp), None),
+        // Boxed: the handshake's state is not kept for the connection's life.
+        Some(t) => match Box::pin(accept_tls(tcp, peer, t, lp.limits.header_timeout)).await {
+            Some((stream, session)) => (stream, Some(session)),
+            None => return,
+        },
+    };
+    // Boxed, so the task's future holds a pointer rather than the connection's
+    // state: an idle connection's footprint is mostly this future.
+    let mut c = Box::new(Client {
         stream,
         peer,
+        tls,
         buf: Vec::new(),
         pos: 0,
         out: Vec::new(),
         up_head: Vec::new(),
     });
-    serve_client(c, plan, listener, shard)
-}
-
-async fn serve_client(mut c: Box<Client>, plan: Arc<Plan>, listener: usize, shard: Rc<Shard>) {
-    let lp = &plan.listeners[listener];
     let mut woken = false;
     loop {
         c.buf = shard.take_buf(std::mem::take(&mut c.buf));
@@ -132,16 +150,52 @@ async fn serve_client(mut c: Box<Client>, plan: Arc<Plan>, listener: usize, shar
         shard.give_buf(std::mem::take(&mut c.buf));
         shard.give_buf(std::mem::take(&mut c.out));
         shard.give_buf(std::mem::take(&mut c.up_head));
-        if !keep || !park(&c.stream, &shard, lp.limits.idle_timeout).await {
+        if !keep || !park(&mut c.stream, &shard, lp.limits.idle_timeout).await {
             return;
         }
         woken = true;
     }
 }
 
+/// The TLS handshake of a connection on an HTTPS listener, within `wait`; a
+/// failure is logged with the peer and the reason and closes only this connection.
+async fn accept_tls(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    tls: &crate::tls::ListenerTls,
+    wait: Duration,
+) -> Option<(Stream, Box<crate::tls::Session>)> {
+    let session = match rustls::ServerConnection::new(tls.config()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "cannot start TLS");
+            return None;
+        }
+    };
+    let mut t = Box::new(TlsStream::new(tcp, session));
+    match monoio::time::timeout(wait, t.handshake()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(%peer, error = %e, "TLS handshake failed");
+            return None;
+        }
+        Err(_) => {
+            tracing::warn!(%peer, "TLS handshake timed out");
+            return None;
+        }
+    }
+    let session = Box::new(crate::tls::Session::of(&t.conn, &tls.spec));
+    Some((Stream::Server(t), session))
+}
+
 /// Waits, holding no buffer and no timer, until the connection is readable (`true`)
 /// or `idle` has passed or it failed (`false`).
-async fn park(stream: &TcpStream, shard: &Shard, idle: Duration) -> bool {
+async fn park(stream: &mut Stream, shard: &Shard, idle: Duration) -> bool {
+    if stream.has_buffered() {
+        return true;
+    }
+    stream.release();
+    let stream = stream.tcp();
     struct Slot<'a>(&'a Shard, usize);
     impl Drop for Slot<'_> {
         fn drop(&mut self) {
@@ -214,17 +268,12 @@ async fn read_head(
             let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
             match parse::parse_request(&c.buf, &mut headers, limits.max_header_bytes) {
                 Ok(Some((head, hdrs))) => {
-                    let local_port = lp.bind.port();
-                    let p = prepare(
-                        &head,
-                        hdrs,
-                        plan,
-                        lp,
-                        shard,
-                        c.peer,
-                        local_port,
-                        &mut c.up_head,
-                    );
+                    let origin = forward::Origin {
+                        peer: c.peer,
+                        local_port: lp.bind.port(),
+                        tls: c.tls.as_deref(),
+                    };
+                    let p = prepare(&head, hdrs, plan, lp, shard, &origin, &mut c.up_head);
                     return HeadRead::Ready(p);
                 }
                 Ok(None) => {}
@@ -234,8 +283,9 @@ async fn read_head(
         let spare =
             (limits.max_header_bytes - c.buf.len().min(limits.max_header_bytes)).clamp(1, CONN_BUF);
         let read = if c.buf.is_empty() && first_byte.is_none() {
-            // Between requests: read only what is already there, else park.
-            let now = if shard.uring {
+            // Between requests: read only what is already there, else park. TLS
+            // parks first too: decrypted bytes may already wait (`park` sees them).
+            let now = if shard.uring || !matches!(c.stream, Stream::Plain(_)) {
                 // A read on io_uring cannot be dropped safely once submitted (the
                 // kernel may fill the buffer): read only after readiness was seen.
                 if woken {
@@ -290,10 +340,13 @@ async fn timed_read(c: &mut Client, wait: Duration, spare: usize) -> Option<io::
 /// epoll driver only: one read of what is already there into `buf`'s spare room;
 /// `None` when nothing is (the read is dropped without a syscall in flight).
 async fn read_ready(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut Vec<u8>,
     spare: usize,
 ) -> Option<io::Result<usize>> {
+    let Stream::Plain(stream) = stream else {
+        return None;
+    };
     if buf.capacity() - buf.len() < spare {
         buf.reserve(spare);
     }
@@ -323,8 +376,7 @@ fn prepare(
     plan: &Plan,
     lp: &ListenerPlan,
     shard: &Shard,
-    peer: SocketAddr,
-    local_port: u16,
+    origin: &forward::Origin<'_>,
     up_head: &mut Vec<u8>,
 ) -> Prepared {
     let persist = shard.persist(if !head.keep_alive {
@@ -470,7 +522,7 @@ fn prepare(
     p.action = match &route.integration {
         Integration::Mock(_) => Action::Mock(stage_id, m.route),
         Integration::HttpProxy(target) => {
-            forward::write_request_head(up_head, target, head, headers, &m, path, peer, local_port);
+            forward::write_request_head(up_head, target, head, headers, &m, path, origin);
             Action::Proxy(stage_id, m.route)
         }
     };
@@ -706,7 +758,7 @@ pub async fn refuse(
     if persist.closes() {
         // Half-close so the client reads the answer before the reset a close with
         // unread input would cause (RFC 9112 §9.6).
-        let _ = shutdown_write(&c.stream);
+        let _ = c.stream.close_write().await;
         linger(c).await;
     }
     ok && !persist.closes()
@@ -732,16 +784,5 @@ async fn linger(c: &mut Client) {
             Ok(Ok(n)) if n > 0 => drained += n,
             _ => return,
         }
-    }
-}
-
-fn shutdown_write(stream: &TcpStream) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: the fd is owned by `stream` and open for the duration of the call.
-    let rc = unsafe { libc::shutdown(stream.as_raw_fd(), libc::SHUT_WR) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
     }
 }

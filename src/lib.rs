@@ -41,7 +41,9 @@ pub mod respond;
 pub mod route;
 pub mod shard;
 pub mod store;
+pub mod stream;
 pub mod throttle;
+pub mod tls;
 pub mod upstream;
 pub mod worker;
 

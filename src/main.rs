@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use shardgate::config::{self, RuntimeKind};
@@ -145,7 +145,7 @@ fn run(
         plan.live.set_writer(writer.thread());
     }
     // Signals are taken before any worker starts so none is lost.
-    let mut signals = Signals::new([SIGTERM, SIGINT])?;
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
     let sockets = worker::bind_all(&plan)?;
     for (lp, addr) in plan.listeners.iter_mut().zip(&sockets.bound) {
         // A listener configured with port 0 now has a real one: the plan says which,
@@ -162,12 +162,19 @@ fn run(
         tracing::info!(listener = %lp.name, addr = %lp.bind, workers = plan.workers, "listening");
     }
     let workers = worker::start(Arc::clone(&plan), sockets)?;
-    if let Some(sig) = signals.forever().next() {
+    for sig in signals.forever() {
+        if sig == SIGHUP {
+            // Certificates: new connections get the files as they are now.
+            tracing::info!("SIGHUP: reloading TLS certificates");
+            let _ = shardgate::tls::reload_listeners(&plan.listeners);
+            continue;
+        }
         tracing::info!(
             signal = sig,
             drain_ms = plan.drain_timeout.as_millis() as u64,
             "stopping: draining in-flight requests"
         );
+        break;
     }
     workers.begin_shutdown();
     workers.join();

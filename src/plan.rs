@@ -59,6 +59,8 @@ pub struct ListenerPlan {
     pub default_stage: Option<StageId>,
     /// Lower-case host → mappings, longest base path first.
     pub domains: HashMap<Box<str>, Vec<BaseMapping>>,
+    /// HTTPS: certificates, client authentication; swapped on reload.
+    pub tls: Option<Arc<crate::tls::ListenerTls>>,
 }
 
 #[derive(Debug, Clone)]
@@ -164,9 +166,20 @@ pub enum Integration {
     Mock(MockResponse),
 }
 
+/// Which pooled connections can carry a request: same address, same TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub addr: SocketAddr,
+    /// 0: plain TCP; otherwise one id per distinct upstream TLS config and name.
+    pub tls: u32,
+}
+
 #[derive(Debug)]
 pub struct ProxyTarget {
     pub addr: SocketAddr,
+    pub pool_key: PoolKey,
+    /// `https://`: how the upstream is verified.
+    pub tls: Option<crate::tls::UpstreamTls>,
     /// `host[:port]` as written in the URI: sent as the upstream `Host`.
     pub host_header: Box<str>,
     /// Path template; parameters refer to route parameter names.

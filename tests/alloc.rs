@@ -120,7 +120,11 @@ apis:
     );
     let plan = shardgate::config::load_plan(&path, Some(1)).expect("plan");
     let lp = &plan.listeners[0];
-    let peer = "127.0.0.1:5555".parse().unwrap();
+    let origin = shardgate::upstream::forward::Origin {
+        peer: "127.0.0.1:5555".parse().unwrap(),
+        local_port: 8080,
+        tls: None,
+    };
     let mut up_head = Vec::with_capacity(4096);
     let mut out = Vec::with_capacity(4096);
     let date = [b'x'; shardgate::clock::HTTP_DATE_LEN];
@@ -135,7 +139,7 @@ apis:
         let Integration::HttpProxy(target) = &st.routes[m.route].integration else {
             panic!("route is not a proxy");
         };
-        write_request_head(&mut up_head, target, &head, hdrs, &m, path, peer, 8080);
+        write_request_head(&mut up_head, target, &head, hdrs, &m, path, &origin);
 
         let mut rh = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let (resp, rhdrs) = parse_response(RESPONSE, &mut rh, false).unwrap().unwrap();

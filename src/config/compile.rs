@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use crate::plan::{
 use crate::registry::{self, KeyDef, Seed, StageInfo};
 use crate::route::{RouteKey, Router};
 use crate::throttle::{Limit, SharedBucket, ThrottleId};
+use crate::tls;
 
 /// AWS's default integration timeout (REST; the config contract picks it for all APIs).
 const DEFAULT_TIMEOUT_MS: u64 = 29_000;
@@ -274,6 +276,7 @@ pub fn compile(cfg: &ConfigFile, workers_override: Option<usize>) -> Result<Plan
         .throttle
         .and_then(|t| add_throttle(&mut throttles, t, workers, "throttle", &mut errs));
 
+    let mut up_tls = UpstreamTls::new(&cfg.base_dir);
     // APIs and their stages.
     let mut api_index: HashMap<&str, usize> = HashMap::new();
     let mut stages: Vec<StagePlan> = Vec::new();
@@ -408,6 +411,7 @@ pub fn compile(cfg: &ConfigFile, workers_override: Option<usize>) -> Result<Plan
                     &stage.variables,
                     &rpath,
                     &stage.name,
+                    &mut up_tls,
                     &mut errs,
                 );
                 if let Some(integration) = integration {
@@ -469,9 +473,9 @@ pub fn compile(cfg: &ConfigFile, workers_override: Option<usize>) -> Result<Plan
     for (li, l) in cfg.listeners.iter().enumerate() {
         let Some(l) = l else { continue };
         let path = format!("listeners[{li}]");
-        if l.tls.is_some() {
-            errs.not_supported(format!("{path}.tls"));
-        }
+        let tls = l.tls.as_ref().and_then(|t| {
+            compile_listener_tls(t, &cfg.base_dir, &format!("{path}.tls"), &mut errs)
+        });
         let bind: Option<SocketAddr> = match l.bind.parse() {
             Ok(a) => Some(a),
             Err(_) => {
@@ -533,6 +537,9 @@ pub fn compile(cfg: &ConfigFile, workers_override: Option<usize>) -> Result<Plan
             }
         }
         let domains = compile_domains(cfg, &api_index, &stage_ids, &served, &mut errs);
+        if let Some(tls) = &tls {
+            warn_uncovered_domains(&l.name, tls, domains.keys());
+        }
         if let Some(bind) = bind {
             listeners.push(ListenerPlan {
                 name: l.name.clone(),
@@ -541,6 +548,7 @@ pub fn compile(cfg: &ConfigFile, workers_override: Option<usize>) -> Result<Plan
                 stage_by_name,
                 default_stage,
                 domains,
+                tls,
             });
         }
     }
@@ -725,12 +733,195 @@ fn compile_domains(
     out
 }
 
+/// A relative path names a file beside the config, or else in the working directory.
+fn resolve_path(base: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_relative() && !base.as_os_str().is_empty() {
+        let beside = base.join(p);
+        if beside.exists() || !p.exists() {
+            return beside;
+        }
+    }
+    p.to_path_buf()
+}
+
+fn compile_listener_tls(
+    t: &super::ListenerTlsFile,
+    base: &Path,
+    path: &str,
+    errs: &mut ConfigErrors,
+) -> Option<Arc<tls::ListenerTls>> {
+    if t.certificates.is_empty() {
+        errs.push(
+            format!("{path}.certificates"),
+            "at least one certificate is required",
+        );
+        return None;
+    }
+    let mut ok = true;
+    let certificates = t
+        .certificates
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            for (j, n) in c.names.iter().enumerate() {
+                let bare = n.strip_prefix("*.").unwrap_or(n);
+                if bare.is_empty()
+                    || bare.contains('*')
+                    || !bare
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+                {
+                    ok = false;
+                    errs.push(
+                        format!("{path}.certificates[{i}].names[{j}]"),
+                        format!("{n:?} is not a host name or `*.` wildcard"),
+                    );
+                }
+            }
+            tls::CertSpec {
+                cert: resolve_path(base, &c.cert),
+                key: resolve_path(base, &c.key),
+                names: c.names.clone(),
+            }
+        })
+        .collect();
+    let client_auth = match &t.client_auth {
+        None => None,
+        Some(ca) => {
+            let mode = match ca.mode.as_str() {
+                "required" => tls::ClientAuthMode::Required,
+                "optional" => tls::ClientAuthMode::Optional,
+                other => {
+                    errs.push(
+                        format!("{path}.client_auth.mode"),
+                        format!("{other:?}: expected required or optional"),
+                    );
+                    return None;
+                }
+            };
+            Some((resolve_path(base, &ca.truststore), mode))
+        }
+    };
+    if !ok {
+        return None;
+    }
+    let spec = tls::ListenerTlsSpec {
+        certificates,
+        client_auth,
+        forward_client_cert: t.client_auth.as_ref().is_some_and(|c| c.forward_headers),
+    };
+    match tls::ListenerTls::load(spec) {
+        Ok(l) => Some(Arc::new(l)),
+        Err(problems) => {
+            for p in problems {
+                errs.push(path, p);
+            }
+            None
+        }
+    }
+}
+
+/// A custom domain on an HTTPS listener that no certificate names is served with
+/// the default certificate, which clients will refuse: say so at load time.
+fn warn_uncovered_domains<'a>(
+    listener: &str,
+    tls: &tls::ListenerTls,
+    domains: impl Iterator<Item = &'a Box<str>>,
+) {
+    let summary = tls.summary();
+    for d in domains {
+        let covered = summary.iter().flat_map(|c| &c.names).any(|n| {
+            n.as_str() == &**d
+                || n.strip_prefix("*.").is_some_and(|suffix| {
+                    d.split_once('.')
+                        .is_some_and(|(_, parent)| parent == suffix)
+                })
+        });
+        if !covered {
+            tracing::warn!(listener, domain = %d, "no certificate names this custom domain; it gets the default certificate");
+        }
+    }
+}
+
+/// Upstream TLS configs of the whole config: built once per distinct CA and
+/// client certificate, with an id per (config, server name) that keys the pools.
+struct UpstreamTls {
+    base: PathBuf,
+    builder: tls::UpstreamTlsBuilder,
+    ids: HashMap<(tls::UpstreamTlsSpec, String), u32>,
+}
+
+impl UpstreamTls {
+    fn new(base: &Path) -> Self {
+        Self {
+            base: base.to_path_buf(),
+            builder: tls::UpstreamTlsBuilder::default(),
+            ids: HashMap::new(),
+        }
+    }
+
+    fn compile(
+        &mut self,
+        t: Option<&super::UpstreamTlsFile>,
+        host: &str,
+        path: &str,
+        errs: &mut ConfigErrors,
+    ) -> Option<(tls::UpstreamTls, u32)> {
+        let default = super::UpstreamTlsFile::default();
+        let t = t.unwrap_or(&default);
+        let spec = tls::UpstreamTlsSpec {
+            ca: t.ca.as_deref().map(|p| resolve_path(&self.base, p)),
+            client_cert: t.client_cert.as_ref().map(|c| {
+                (
+                    resolve_path(&self.base, &c.cert),
+                    resolve_path(&self.base, &c.key),
+                )
+            }),
+        };
+        let name = t.server_name.as_deref().unwrap_or(host);
+        // `[::1]` in a URI is the address `::1`.
+        let name = name
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let server_name = match rustls::pki_types::ServerName::try_from(name.clone()) {
+            Ok(n) => n,
+            Err(_) => {
+                errs.push(
+                    format!("{path}.tls.server_name"),
+                    format!("{name:?} is not a host name or address"),
+                );
+                return None;
+            }
+        };
+        let config = match self.builder.build(&spec) {
+            Ok(c) => c,
+            Err(e) => {
+                errs.push(format!("{path}.tls"), e);
+                return None;
+            }
+        };
+        let next = self.ids.len() as u32 + 1;
+        let id = *self.ids.entry((spec, name)).or_insert(next);
+        Some((
+            tls::UpstreamTls {
+                config,
+                server_name,
+            },
+            id,
+        ))
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn compile_integration(
     i: &IntegrationFile,
     key: Option<&RouteKey>,
     vars: &BTreeMap<String, String>,
     path: &str,
     stage: &str,
+    up_tls: &mut UpstreamTls,
     errs: &mut ConfigErrors,
 ) -> Option<Integration> {
     match i {
@@ -781,7 +972,11 @@ fn compile_integration(
                 body: body.as_bytes().into(),
             }))
         }
-        IntegrationFile::HttpProxy { uri, timeout_ms } => {
+        IntegrationFile::HttpProxy {
+            uri,
+            timeout_ms,
+            tls,
+        } => {
             let timeout_ms = timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
             if !TIMEOUT_RANGE_MS.contains(&timeout_ms) {
                 errs.push(format!("{path}.timeout_ms"), "must be from 50 to 30000");
@@ -802,11 +997,24 @@ fn compile_integration(
                 Ok(mut target) => {
                     target.append_request_path = matches!(key, Some(RouteKey::Default));
                     target.timeout = Duration::from_millis(timeout_ms);
+                    if expanded.starts_with("https://") {
+                        let host = target
+                            .host_header
+                            .rsplit_once(':')
+                            .filter(|(h, p)| {
+                                !h.is_empty()
+                                    && p.bytes().all(|b| b.is_ascii_digit())
+                                    && !target.host_header.ends_with(']')
+                            })
+                            .map_or(&*target.host_header, |(h, _)| h)
+                            .to_owned();
+                        let (t, id) = up_tls.compile(tls.as_ref(), &host, path, errs)?;
+                        target.tls = Some(t);
+                        target.pool_key.tls = id;
+                    } else if tls.is_some() {
+                        errs.push(format!("{path}.tls"), "only for https:// URIs");
+                    }
                     Some(Integration::HttpProxy(target))
-                }
-                Err(UriError::NotSupported(what)) => {
-                    errs.not_supported(format!("{uri_path} ({what})"));
-                    None
                 }
                 Err(UriError::Invalid(msg)) => {
                     errs.push(uri_path, format!("{expanded:?} (stage {stage:?}): {msg}"));
@@ -841,19 +1049,20 @@ fn expand_stage_variables(uri: &str, vars: &BTreeMap<String, String>) -> Result<
 }
 
 enum UriError {
-    NotSupported(&'static str),
     Invalid(String),
 }
 
 /// Parses `http://host[:port][/path][?query]`, resolving the host now (the control
 /// plane) so workers never do DNS.
 fn parse_http_uri(uri: &str, params: &[&str]) -> Result<ProxyTarget, UriError> {
-    let rest = if let Some(r) = uri.strip_prefix("http://") {
-        r
-    } else if uri.starts_with("https://") {
-        return Err(UriError::NotSupported("https upstreams"));
+    let (rest, default_port) = if let Some(r) = uri.strip_prefix("http://") {
+        (r, 80)
+    } else if let Some(r) = uri.strip_prefix("https://") {
+        (r, 443)
     } else {
-        return Err(UriError::Invalid("must start with http://".into()));
+        return Err(UriError::Invalid(
+            "must start with http:// or https://".into(),
+        ));
     };
     let split = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(split);
@@ -868,7 +1077,7 @@ fn parse_http_uri(uri: &str, params: &[&str]) -> Result<ProxyTarget, UriError> {
     {
         authority.to_owned()
     } else {
-        format!("{authority}:80")
+        format!("{authority}:{default_port}")
     };
     let addr = with_port
         .to_socket_addrs()
@@ -916,6 +1125,8 @@ fn parse_http_uri(uri: &str, params: &[&str]) -> Result<ProxyTarget, UriError> {
     }
     Ok(ProxyTarget {
         addr,
+        pool_key: crate::plan::PoolKey { addr, tls: 0 },
+        tls: None,
         host_header: authority.into(),
         path: parts,
         append_request_path: false,

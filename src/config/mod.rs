@@ -112,6 +112,9 @@ pub struct ConfigFile {
     pub store: Option<StoreFile>,
     /// Present but not yet served: (key path, value).
     pub unsupported: Vec<String>,
+    /// The config file's directory: relative certificate paths are looked up there
+    /// first, then in the working directory.
+    pub base_dir: std::path::PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -120,12 +123,78 @@ pub struct ListenerFile {
     pub name: String,
     pub bind: String,
     #[serde(default)]
-    pub tls: Option<Value>,
+    pub tls: Option<ListenerTlsFile>,
     #[serde(default)]
     pub limits: LimitsFile,
     /// The APIs this listener serves; all when absent.
     #[serde(default)]
     pub apis: Option<Vec<String>>,
+}
+
+/// `listeners[].tls`: HTTPS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTlsFile {
+    /// Chosen by SNI; the first is the default.
+    pub certificates: Vec<CertificateFile>,
+    #[serde(default)]
+    pub client_auth: Option<ClientAuthFile>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateFile {
+    /// PEM certificate chain, leaf first.
+    pub cert: String,
+    /// PEM private key (PKCS#8; PKCS#1 and SEC1 also read).
+    pub key: String,
+    /// Server names it answers (exact or `*.example.com`); the certificate's DNS
+    /// subject alternative names when absent.
+    #[serde(default)]
+    pub names: Vec<String>,
+}
+
+/// Mutual TLS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientAuthFile {
+    /// PEM bundle of the CA certificates client certificates must chain to.
+    pub truststore: String,
+    #[serde(default = "default_client_auth_mode")]
+    pub mode: String,
+    /// Pass the verified certificate's subject, issuer, serial and validity to the
+    /// integration as `x-client-cert-*` headers.
+    #[serde(default)]
+    pub forward_headers: bool,
+}
+
+fn default_client_auth_mode() -> String {
+    "required".to_owned()
+}
+
+/// `integration.tls`: how an `https://` upstream is verified.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsFile {
+    /// PEM CA bundle the upstream's certificate must chain to; the system's
+    /// roots when absent.
+    #[serde(default)]
+    pub ca: Option<String>,
+    /// The name verified in the upstream's certificate and sent as SNI (AWS's
+    /// `serverNameToVerify`); the URI's host when absent.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// A certificate the gateway presents to the upstream (AWS's client
+    /// certificate for backends).
+    #[serde(default)]
+    pub client_cert: Option<ClientCertFile>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCertFile {
+    pub cert: String,
+    pub key: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -190,6 +259,8 @@ pub enum IntegrationFile {
         uri: String,
         #[serde(default)]
         timeout_ms: Option<u64>,
+        #[serde(default)]
+        tls: Option<UpstreamTlsFile>,
     },
     Mock {
         #[serde(default = "default_mock_status")]
@@ -389,7 +460,8 @@ pub fn load_plan(path: &Path, workers: Option<usize>) -> Result<crate::plan::Pla
         errs
     })?;
     let (cfg, mut errs) = parse_partial(&text);
-    let Some(cfg) = cfg else { return Err(errs) };
+    let Some(mut cfg) = cfg else { return Err(errs) };
+    cfg.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     match compile::compile(&cfg, workers) {
         Ok(plan) if errs.is_empty() => Ok(plan),
         Ok(_) => Err(errs),

@@ -3,6 +3,7 @@
 //! out dead and the request is idempotent), integration timeout, header rewriting.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use monoio::net::TcpStream;
@@ -16,6 +17,7 @@ use crate::plan::{Limits, PathPart, ProxyTarget};
 use crate::respond::{self, Persist, Tag};
 use crate::route::RouteMatch;
 use crate::shard::Shard;
+use crate::stream::{Stream, TlsStream};
 
 /// A body up to this size that has arrived with its head is sent in the same write.
 const INLINE_BODY: u64 = 16 * 1024;
@@ -44,8 +46,15 @@ pub enum Failed {
     Abort,
 }
 
+/// Where a request came in, as the forwarded headers tell the upstream.
+pub struct Origin<'a> {
+    pub peer: SocketAddr,
+    pub local_port: u16,
+    /// HTTPS: what the handshake established.
+    pub tls: Option<&'a crate::tls::Session>,
+}
+
 /// Writes the upstream request head for `target` into `out`.
-#[allow(clippy::too_many_arguments)]
 pub fn write_request_head(
     out: &mut Vec<u8>,
     target: &ProxyTarget,
@@ -53,8 +62,7 @@ pub fn write_request_head(
     headers: &[httparse::Header<'_>],
     m: &RouteMatch<'_, '_>,
     routed_path: &str,
-    peer: SocketAddr,
-    local_port: u16,
+    origin: &Origin<'_>,
 ) {
     out.clear();
     out.extend_from_slice(head.method.as_bytes());
@@ -99,6 +107,7 @@ pub fn write_request_head(
     out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
     out.extend_from_slice(target.host_header.as_bytes());
     out.extend_from_slice(b"\r\n");
+    let forwards_cert = origin.tls.is_some_and(|t| t.forwards_client_cert);
     respond::copy_headers(out, headers, |n| {
         n.eq_ignore_ascii_case(b"host")
             || n.eq_ignore_ascii_case(b"expect")
@@ -106,6 +115,10 @@ pub fn write_request_head(
             || n.eq_ignore_ascii_case(b"x-forwarded-proto")
             || n.eq_ignore_ascii_case(b"x-forwarded-host")
             || n.eq_ignore_ascii_case(b"x-forwarded-port")
+            // Only the gateway says which client certificate was verified.
+            || (forwards_cert
+                && n.len() >= 14
+                && n[..14].eq_ignore_ascii_case(b"x-client-cert-"))
     });
     out.extend_from_slice(b"x-forwarded-for: ");
     for h in headers
@@ -115,12 +128,19 @@ pub fn write_request_head(
         out.extend_from_slice(h.value);
         out.extend_from_slice(b", ");
     }
-    write_ip(out, peer.ip());
-    out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\nx-forwarded-host: ");
+    write_ip(out, origin.peer.ip());
+    out.extend_from_slice(if origin.tls.is_some() {
+        &b"\r\nx-forwarded-proto: https\r\nx-forwarded-host: "[..]
+    } else {
+        &b"\r\nx-forwarded-proto: http\r\nx-forwarded-host: "[..]
+    });
     out.extend_from_slice(head.host);
     out.extend_from_slice(b"\r\nx-forwarded-port: ");
-    out.extend_from_slice(itoa::Buffer::new().format(local_port).as_bytes());
+    out.extend_from_slice(itoa::Buffer::new().format(origin.local_port).as_bytes());
     out.extend_from_slice(b"\r\n");
+    if let Some(lines) = origin.tls.and_then(|t| t.client_cert_headers.as_deref()) {
+        out.extend_from_slice(lines);
+    }
     match head.framing {
         Framing::Length(n) => respond::content_length(out, n),
         Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
@@ -210,11 +230,14 @@ pub async fn proxy(
     let exchange = async {
         let mut retried = false;
         loop {
-            let pooled = shard.pool.borrow_mut().take(target.addr, Instant::now());
+            let pooled = shard
+                .pool
+                .borrow_mut()
+                .take(target.pool_key, Instant::now());
             let reused = pooled.is_some();
             let mut up = match pooled {
                 Some(up) => up,
-                None => connect(shard, target.addr).await?,
+                None => connect(shard, target).await?,
             };
             match exchange(c, &mut up, req, has_body, limits, shard).await {
                 Ok(a) => return Ok((up, a)),
@@ -374,17 +397,41 @@ async fn gather(up: &mut UpConn, want: usize, target: &ProxyTarget) -> Result<()
 /// Pools the upstream connection if it can carry another request.
 fn finish(shard: &Shard, target: &ProxyTarget, up: UpConn, a: &Answered) -> bool {
     if !a.upstream_close && a.framing != Framing::UntilClose {
-        shard.pool.borrow_mut().put(target.addr, up, Instant::now());
+        shard
+            .pool
+            .borrow_mut()
+            .put(target.pool_key, up, Instant::now());
     }
     !a.client_persist.closes()
 }
 
-async fn connect(shard: &Shard, addr: SocketAddr) -> Result<UpConn, Failed> {
+async fn connect(shard: &Shard, target: &ProxyTarget) -> Result<UpConn, Failed> {
+    let addr = target.addr;
     match TcpStream::connect_addr(addr).await {
         Ok(s) => {
             let _ = s.set_nodelay(true);
             shard.pool.borrow_mut().connects += 1;
-            Ok(UpConn::new(s))
+            let Some(tls) = &target.tls else {
+                return Ok(UpConn::new(Stream::Plain(s)));
+            };
+            let session = rustls::ClientConnection::new(
+                Arc::clone(&tls.config),
+                tls.server_name.clone(),
+            )
+            .map_err(|e| {
+                tracing::warn!(upstream = %addr, error = %e, "cannot start TLS to integration");
+                Failed::Answer(GatewayError::UpstreamFailed("TLS failed"))
+            })?;
+            let mut t = Box::new(TlsStream::new(s, session));
+            match t.handshake().await {
+                Ok(()) => Ok(UpConn::new(Stream::Client(t))),
+                Err(e) => {
+                    tracing::warn!(upstream = %addr, server_name = ?tls.server_name, error = %e, "TLS handshake with integration failed");
+                    Err(Failed::Answer(GatewayError::UpstreamFailed(
+                        "TLS handshake failed",
+                    )))
+                }
+            }
         }
         Err(e) => {
             tracing::warn!(upstream = %addr, error = %e, "cannot connect to integration");

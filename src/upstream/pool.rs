@@ -3,18 +3,17 @@
 //! to have been closed by the upstream).
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::time::Instant;
 
-use monoio::net::TcpStream;
 use rustc_hash::FxHashMap;
 
-use crate::plan::PoolLimits;
+use crate::plan::{PoolKey, PoolLimits};
+use crate::stream::Stream;
 
 /// An upstream connection with its own read buffer (kept across requests so a
 /// pooled request allocates nothing).
 pub struct UpConn {
-    pub stream: TcpStream,
+    pub stream: Stream,
     pub buf: Vec<u8>,
     /// Bytes of `buf` already consumed.
     pub pos: usize,
@@ -25,7 +24,7 @@ pub struct UpConn {
 pub const UPSTREAM_BUF: usize = 16 * 1024;
 
 impl UpConn {
-    pub fn new(stream: TcpStream) -> Self {
+    pub fn new(stream: Stream) -> Self {
         Self {
             stream,
             buf: Vec::with_capacity(UPSTREAM_BUF),
@@ -41,7 +40,7 @@ struct Idle {
 
 pub struct Pool {
     // Fx, not SipHash: keys are our own upstream addresses, hashed on every request.
-    idle: FxHashMap<SocketAddr, VecDeque<Idle>>,
+    idle: FxHashMap<PoolKey, VecDeque<Idle>>,
     limits: PoolLimits,
     /// New upstream connections opened by this worker (a counter for metrics).
     pub connects: u64,
@@ -57,7 +56,7 @@ impl Pool {
     }
 
     /// The most recently returned live connection to `addr`, dropping expired ones.
-    pub fn take(&mut self, addr: SocketAddr, now: Instant) -> Option<UpConn> {
+    pub fn take(&mut self, addr: PoolKey, now: Instant) -> Option<UpConn> {
         let list = self.idle.get_mut(&addr)?;
         // Oldest at the front: drop the expired ones.
         while list
@@ -70,8 +69,8 @@ impl Pool {
     }
 
     /// Returns a connection whose last response was read completely.
-    pub fn put(&mut self, addr: SocketAddr, mut conn: UpConn, now: Instant) {
-        if conn.pos < conn.buf.len() {
+    pub fn put(&mut self, addr: PoolKey, mut conn: UpConn, now: Instant) {
+        if conn.pos < conn.buf.len() || conn.stream.has_buffered() {
             // The upstream sent bytes past the response: the stream is out of step.
             return;
         }

@@ -510,34 +510,7 @@ impl Client {
     }
 
     pub fn read_response(&mut self, head_request: bool) -> Option<Response> {
-        loop {
-            let head = read_message_head(&mut self.reader)?;
-            let status: u16 = head.start.split(' ').nth(1)?.parse().ok()?;
-            if status == 100 {
-                continue;
-            }
-            let body = if head_request || status == 204 || status == 304 {
-                Vec::new()
-            } else if head
-                .header("transfer-encoding")
-                .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
-            {
-                read_chunked(&mut self.reader)?
-            } else if let Some(n) = head.header("content-length") {
-                let mut b = vec![0; n.parse().ok()?];
-                self.reader.read_exact(&mut b).ok()?;
-                b
-            } else {
-                let mut b = Vec::new();
-                self.reader.read_to_end(&mut b).ok()?;
-                b
-            };
-            return Some(Response {
-                status,
-                headers: head.headers,
-                body,
-            });
-        }
+        read_response(&mut self.reader, head_request)
     }
 
     /// True when the server closed the connection (EOF) within the timeout.
@@ -545,6 +518,38 @@ impl Client {
         let mut b = [0u8; 1];
         matches!(self.reader.read(&mut b), Ok(0))
             || matches!(self.reader.read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+    }
+}
+
+/// Reads one response (skipping `100 Continue`) from any buffered stream.
+pub fn read_response(r: &mut impl BufRead, head_request: bool) -> Option<Response> {
+    loop {
+        let head = read_message_head(r)?;
+        let status: u16 = head.start.split(' ').nth(1)?.parse().ok()?;
+        if status == 100 {
+            continue;
+        }
+        let body = if head_request || status == 204 || status == 304 {
+            Vec::new()
+        } else if head
+            .header("transfer-encoding")
+            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+        {
+            read_chunked(r)?
+        } else if let Some(n) = head.header("content-length") {
+            let mut b = vec![0; n.parse().ok()?];
+            r.read_exact(&mut b).ok()?;
+            b
+        } else {
+            let mut b = Vec::new();
+            r.read_to_end(&mut b).ok()?;
+            b
+        };
+        return Some(Response {
+            status,
+            headers: head.headers,
+            body,
+        });
     }
 }
 
