@@ -36,7 +36,7 @@ need_apt() {
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}") >/dev/null
   fi
 }
-need_apt wrk:wrk nginx:nginx haproxy:haproxy curl:curl python3:python3
+need_apt wrk:wrk nginx:nginx haproxy:haproxy curl:curl python3:python3 openssl:openssl
 export PATH="$HOME/.cargo/bin:$PATH"
 command -v oha >/dev/null || { echo "installing oha (cargo install, a few minutes)"; cargo install oha --locked --quiet; }
 cargo build --release --quiet
@@ -44,7 +44,7 @@ SG=./target/release/shardgate
 
 # SO_REUSEPORT lets a leftover process share a port silently and take half the load
 # (and skew every per-request figure): refuse to start if any port is taken.
-busy=$(ss -Hltn 2>/dev/null | awk '{print $4}' | grep -E ':1808[1-9]$' || true)
+busy=$(ss -Hltn 2>/dev/null | awk '{print $4}' | grep -E ':(1808[1-9]|1809[0-2])$' || true)
 [ -z "$busy" ] || { echo "ports in use, stop what listens there first: $busy"; exit 1; }
 
 RUN=$(mktemp -d)
@@ -62,7 +62,14 @@ for name, n in (("1k", 1024), ("16k", 16 * 1024), ("64k", 64 * 1024)):
     with open(f"{sys.argv[1]}/{name}", "wb") as f:
         f.write((b"0123456789abcdef" * (n // 16 + 1))[:n])
 EOF
-for f in upstream-nginx.conf proxy-nginx.conf proxy-nginx-cache.conf proxy-haproxy.cfg; do
+# One certificate for every TLS proxy: ECDSA P-256, as most public APIs now use.
+mkdir -p "$RUN/tls"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+  -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+  -keyout "$RUN/tls/key.pem" -out "$RUN/tls/cert.pem" 2>/dev/null
+cat "$RUN/tls/cert.pem" "$RUN/tls/key.pem" >"$RUN/tls/combined.pem"
+for f in upstream-nginx.conf proxy-nginx.conf proxy-nginx-cache.conf proxy-haproxy.cfg \
+  proxy-nginx-tls.conf proxy-haproxy-tls.cfg shardgate-tls.yaml; do
   sed "s#__RUN__#$RUN#g" "load-tests/peers/$f" >"$RUN/$f"
 done
 cp load-tests/peers/shardgate.yaml "$RUN/sg-epoll.yaml"
@@ -72,10 +79,11 @@ taskset -c 1 nginx -c "$RUN/upstream-nginx.conf" -p "$RUN" &
 for _ in $(seq 50); do curl -sf http://127.0.0.1:18081/ >/dev/null && break; sleep 0.1; done
 upstream_accepts() { curl -sf http://127.0.0.1:18081/status | awk 'NR==3 {print $1}'; }
 
-PROXIES=(sg-epoll sg-uring sg-keyed sg-keyed-store sg-cache nginx nginx-cache haproxy)
+PROXIES=(sg-epoll sg-uring sg-keyed sg-keyed-store sg-cache nginx nginx-cache haproxy sg-tls nginx-tls haproxy-tls)
 # The memory phase's client sends no API key.
 MEM_PROXIES=(sg-epoll sg-uring nginx haproxy)
-declare -A PORT=([sg-epoll]=18083 [sg-uring]=18084 [sg-keyed]=18086 [sg-keyed-store]=18087 [sg-cache]=18088 [nginx]=18082 [nginx-cache]=18089 [haproxy]=18085)
+declare -A PORT=([sg-epoll]=18083 [sg-uring]=18084 [sg-keyed]=18086 [sg-keyed-store]=18087 [sg-cache]=18088 [nginx]=18082 [nginx-cache]=18089 [haproxy]=18085 [sg-tls]=18090 [nginx-tls]=18091 [haproxy-tls]=18092)
+scheme() { case $1 in *-tls) echo https ;; *) echo http ;; esac; }
 # The keyed setup with a persistent store: the writer thread saves each lease.
 { sed 's/18086/18087/' load-tests/peers/shardgate-keyed.yaml; echo "store: { path: $RUN/store }"; } >"$RUN/sg-keyed-store.yaml"
 KEY=bench0123456789abcdefXYZ  # peers/shardgate-keyed.yaml's key
@@ -92,13 +100,18 @@ start_proxy() {
     nginx) taskset -c 0 nginx -c "$RUN/proxy-nginx.conf" -p "$RUN" & ;;
     nginx-cache) taskset -c 0 nginx -c "$RUN/proxy-nginx-cache.conf" -p "$RUN" & ;;
     haproxy) taskset -c 0 haproxy -f "$RUN/proxy-haproxy.cfg" -db 2>>"$RUN/haproxy.log" & ;;
+    sg-tls) taskset -c 0 "$SG" run --config "$RUN/shardgate-tls.yaml" --runtime epoll 2>>"$RUN/sg-tls.log" & ;;
+    nginx-tls) taskset -c 0 nginx -c "$RUN/proxy-nginx-tls.conf" -p "$RUN" & ;;
+    haproxy-tls) taskset -c 0 haproxy -f "$RUN/proxy-haproxy-tls.cfg" -db 2>>"$RUN/haproxy-tls.log" & ;;
   esac
   MAIN[$p]=$!
   PID[$p]=$!
-  for _ in $(seq 100); do curl -sf -H "x-api-key: $KEY" "http://127.0.0.1:${PORT[$p]}/" >/dev/null 2>&1 && break; sleep 0.05; done
-  curl -sf -H "x-api-key: $KEY" "http://127.0.0.1:${PORT[$p]}/" >/dev/null || { echo "$p did not start"; exit 1; }
+  local url
+  url="$(scheme "$p")://127.0.0.1:${PORT[$p]}/"
+  for _ in $(seq 100); do curl -sfk -H "x-api-key: $KEY" "$url" >/dev/null 2>&1 && break; sleep 0.05; done
+  curl -sfk -H "x-api-key: $KEY" "$url" >/dev/null || { echo "$p did not start"; exit 1; }
   # nginx serves from a forked worker: measure that process.
-  case $p in nginx|nginx-cache)
+  case $p in nginx|nginx-cache|nginx-tls)
     # Its cache manager and loader are children too: take the worker.
     for c in $(pgrep -P "${MAIN[$p]}"); do
       if grep -aq 'worker process' "/proc/$c/cmdline" 2>/dev/null; then PID[$p]=$c; fi
@@ -128,6 +141,10 @@ SCENARIOS=(
   "new-conn|sg-epoll nginx haproxy|wrk -c50 close|/"
   "c1000|sg-epoll nginx haproxy|wrk -c1000|/"
   "open-${RATE}rps|sg-epoll sg-uring nginx haproxy|oha|/"
+  # HTTPS: each proxy terminates TLS with the same certificate; keep-alive, and a
+  # new connection (a full handshake, wrk resumes no session) per request.
+  "https-get|sg-tls nginx-tls haproxy-tls|wrk -c50|/"
+  "https-new-conn|sg-tls nginx-tls haproxy-tls|wrk -c50 close|/"
 )
 if [ -n "${ONLY:-}" ]; then
   kept=()
@@ -141,7 +158,7 @@ declare -A R_RPS R_P50 R_P99 R_CPU R_CORE R_UP R_ERR
 # measure SCENARIO PROXY LOAD PATH: one run, appended to the R_* lists.
 measure() {
   local s=$1 p=$2 load=$3 path=$4 url out t0 t1 k0 k1 a0 a1 reqs rps p50 p99 errs
-  url="http://127.0.0.1:${PORT[$p]}$path"
+  url="$(scheme "$p")://127.0.0.1:${PORT[$p]}$path"
   local conns script extra=()
   conns=$(echo "$load" | grep -o -- '-c[0-9]*' | tr -d -c '0-9' || true)
   script=load-tests/wrk/report.lua
@@ -239,13 +256,15 @@ RESULT=$(mktemp)
   echo "shardgate (epoll) / peer, medians:   cpu/req  core/req     p99   req/s"
   for sc in "${SCENARIOS[@]}"; do
     IFS='|' read -r s procs _ _ <<<"$sc"
-    [[ " $procs " == *" sg-epoll "* ]] || continue
-    for peer in nginx haproxy; do
-      printf '  %-16s / %-8s %12s %9s %7s %7s\n' "$s" "$peer" \
-        "$(ratio "$(echo "${R_CPU[$s|sg-epoll]}" | median)" "$(echo "${R_CPU[$s|$peer]}" | median)")" \
-        "$(ratio "$(echo "${R_CORE[$s|sg-epoll]}" | median)" "$(echo "${R_CORE[$s|$peer]}" | median)")" \
-        "$(ratio "$(echo "${R_P99[$s|sg-epoll]}" | median)" "$(echo "${R_P99[$s|$peer]}" | median)")" \
-        "$(ratio "$(echo "${R_RPS[$s|sg-epoll]}" | median)" "$(echo "${R_RPS[$s|$peer]}" | median)")"
+    sg=sg-epoll sfx=
+    [[ " $procs " == *" sg-tls "* ]] && sg=sg-tls sfx=-tls
+    [[ " $procs " == *" $sg "* ]] || continue
+    for peer in nginx$sfx haproxy$sfx; do
+      printf '  %-16s / %-11s %9s %9s %7s %7s\n' "$s" "$peer" \
+        "$(ratio "$(echo "${R_CPU[$s|$sg]}" | median)" "$(echo "${R_CPU[$s|$peer]}" | median)")" \
+        "$(ratio "$(echo "${R_CORE[$s|$sg]}" | median)" "$(echo "${R_CORE[$s|$peer]}" | median)")" \
+        "$(ratio "$(echo "${R_P99[$s|$sg]}" | median)" "$(echo "${R_P99[$s|$peer]}" | median)")" \
+        "$(ratio "$(echo "${R_RPS[$s|$sg]}" | median)" "$(echo "${R_RPS[$s|$peer]}" | median)")"
     done
   done
   echo
@@ -274,6 +293,13 @@ RESULT=$(mktemp)
   echo "Issue 5: cache hit (small GET served from the cache):"
   echo "  cpu/req vs nginx proxying: $(ratio "$ch_cpu" "$ng_cpu")x (${ch_cpu} vs ${ng_cpu} us) -> $(verdict "$(awk -v a="$ch_cpu" -v b="$ng_cpu" 'BEGIN{print (a <= 0.3 * b)}')") (bar: <= 0.30x)"
   echo "  cpu/req vs nginx proxy_cache hit: $(ratio "$ch_cpu" "$nc_cpu")x (${ch_cpu} vs ${nc_cpu} us) -> $(verdict "$(awk -v a="$ch_cpu" -v b="$nc_cpu" 'BEGIN{print (a <= 0.5 * b)}')") (bar: <= 0.50x)"
+  ht_cpu=$(echo "${R_CPU[https-get|sg-tls]}" | median); nt_cpu=$(echo "${R_CPU[https-get|nginx-tls]}" | median)
+  ht_rps=$(echo "${R_RPS[https-get|sg-tls]}" | median); nt_rps=$(echo "${R_RPS[https-get|nginx-tls]}" | median)
+  echo "Issue 6: HTTPS keep-alive small GET, against nginx terminating TLS with the same certificate:"
+  echo "  req/s >= nginx's: $(ratio "$ht_rps" "$nt_rps")x (${ht_rps} vs ${nt_rps}) -> $(verdict "$(awk -v a="$ht_rps" -v b="$nt_rps" 'BEGIN{print (a >= b)}')")"
+  echo "  cpu/req <= 0.8x nginx: $(ratio "$ht_cpu" "$nt_cpu")x (${ht_cpu} vs ${nt_cpu} us) -> $(verdict "$(awk -v a="$ht_cpu" -v b="$nt_cpu" 'BEGIN{print (a <= 0.8 * b)}')")"
+  hn_cpu=$(echo "${R_CPU[https-new-conn|sg-tls]}" | median); nn_cpu=$(echo "${R_CPU[https-new-conn|nginx-tls]}" | median)
+  echo "  a new TLS connection per request (full handshake): ${hn_cpu} vs ${nn_cpu} us/req -> $(ratio "$hn_cpu" "$nn_cpu")x"
 } >"$RESULT"
 echo
 cat "$RESULT"

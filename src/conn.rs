@@ -121,7 +121,7 @@ async fn serve_client(
     let (stream, tls) = match &lp.tls {
         None => (Stream::Plain(tcp), None),
         // Boxed: the handshake's state is not kept for the connection's life.
-        Some(t) => match Box::pin(accept_tls(tcp, peer, t, lp.limits.header_timeout)).await {
+        Some(t) => match Box::pin(accept_tls(tcp, peer, t, &lp.limits, shard.uring)).await {
             Some((stream, session)) => (stream, Some(session)),
             None => return,
         },
@@ -163,7 +163,8 @@ async fn accept_tls(
     tcp: TcpStream,
     peer: SocketAddr,
     tls: &crate::tls::ListenerTls,
-    wait: Duration,
+    limits: &crate::plan::Limits,
+    uring: bool,
 ) -> Option<(Stream, Box<crate::tls::Session>)> {
     let session = match rustls::ServerConnection::new(tls.config()) {
         Ok(s) => s,
@@ -172,8 +173,8 @@ async fn accept_tls(
             return None;
         }
     };
-    let mut t = Box::new(TlsStream::new(tcp, session));
-    match monoio::time::timeout(wait, t.handshake()).await {
+    let mut t = Box::new(TlsStream::new(tcp, session, uring));
+    match monoio::time::timeout(limits.header_timeout, t.handshake()).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             tracing::warn!(%peer, error = %e, "TLS handshake failed");
@@ -283,9 +284,8 @@ async fn read_head(
         let spare =
             (limits.max_header_bytes - c.buf.len().min(limits.max_header_bytes)).clamp(1, CONN_BUF);
         let read = if c.buf.is_empty() && first_byte.is_none() {
-            // Between requests: read only what is already there, else park. TLS
-            // parks first too: decrypted bytes may already wait (`park` sees them).
-            let now = if shard.uring || !matches!(c.stream, Stream::Plain(_)) {
+            // Between requests: read only what is already there, else park.
+            let now = if shard.uring {
                 // A read on io_uring cannot be dropped safely once submitted (the
                 // kernel may fill the buffer): read only after readiness was seen.
                 if woken {
@@ -339,14 +339,14 @@ async fn timed_read(c: &mut Client, wait: Duration, spare: usize) -> Option<io::
 
 /// epoll driver only: one read of what is already there into `buf`'s spare room;
 /// `None` when nothing is (the read is dropped without a syscall in flight).
+///
+/// A TLS read dropped here leaves its stream whole: what was decrypted stays in
+/// rustls, and its socket read is in place (`TlsStream::in_place`).
 async fn read_ready(
     stream: &mut Stream,
     buf: &mut Vec<u8>,
     spare: usize,
 ) -> Option<io::Result<usize>> {
-    let Stream::Plain(stream) = stream else {
-        return None;
-    };
     if buf.capacity() - buf.len() < spare {
         buf.reserve(spare);
     }

@@ -143,6 +143,10 @@ pub struct TlsStream<C> {
     wbuf: Vec<u8>,
     /// The peer closed the TCP stream.
     eof: bool,
+    /// The epoll driver: socket reads go straight into `rbuf` (the syscall runs
+    /// inside `poll`, so a dropped read leaves nothing pointing at it). io_uring
+    /// reads take the buffer, as the kernel may fill it after a drop.
+    in_place: bool,
 }
 
 impl<C, SD> TlsStream<C>
@@ -150,7 +154,8 @@ where
     C: DerefMut + Deref<Target = ConnectionCommon<SD>>,
     SD: SideData,
 {
-    pub fn new(tcp: TcpStream, conn: C) -> Self {
+    /// `uring`: the worker runs the io_uring driver.
+    pub fn new(tcp: TcpStream, conn: C, uring: bool) -> Self {
         Self {
             tcp,
             conn,
@@ -158,6 +163,7 @@ where
             rpos: 0,
             wbuf: Vec::new(),
             eof: false,
+            in_place: !uring,
         }
     }
 
@@ -206,11 +212,22 @@ where
             if self.rbuf.capacity() < TLS_READ {
                 self.rbuf.reserve(TLS_READ);
             }
-            let owned = std::mem::take(&mut self.rbuf);
-            let cap = owned.capacity();
-            let (res, slice) = self.tcp.read(owned.slice_mut(0..cap)).await;
-            self.rbuf = slice.into_inner();
-            if res? == 0 {
+            let n = if self.in_place {
+                // SAFETY: `rbuf`'s room, valid while `self` is borrowed here; on the
+                // epoll driver the read syscall runs inside `poll`.
+                let raw = unsafe { RawBuf::new(self.rbuf.as_mut_ptr(), self.rbuf.capacity()) };
+                let n = self.tcp.read(raw).await.0?;
+                // SAFETY: the kernel initialised `n` bytes.
+                unsafe { self.rbuf.set_len(n) };
+                n
+            } else {
+                let owned = std::mem::take(&mut self.rbuf);
+                let cap = owned.capacity();
+                let (res, slice) = self.tcp.read(owned.slice_mut(0..cap)).await;
+                self.rbuf = slice.into_inner();
+                res?
+            };
+            if n == 0 {
                 self.eof = true;
                 // Tells rustls the stream ended (a close without close_notify).
                 let _ = self.conn.read_tls(&mut io::empty());

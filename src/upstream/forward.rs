@@ -422,7 +422,7 @@ async fn connect(shard: &Shard, target: &ProxyTarget) -> Result<UpConn, Failed> 
                 tracing::warn!(upstream = %addr, error = %e, "cannot start TLS to integration");
                 Failed::Answer(GatewayError::UpstreamFailed("TLS failed"))
             })?;
-            let mut t = Box::new(TlsStream::new(s, session));
+            let mut t = Box::new(TlsStream::new(s, session, shard.uring));
             match t.handshake().await {
                 Ok(()) => Ok(UpConn::new(Stream::Client(t))),
                 Err(e) => {
