@@ -994,21 +994,15 @@ fn compile_integration(
             };
             let params = key.map(RouteKey::params).unwrap_or_default();
             match parse_http_uri(&expanded, &params) {
-                Ok(mut target) => {
+                Ok(ParsedUri {
+                    mut target,
+                    https,
+                    host,
+                }) => {
                     target.append_request_path = matches!(key, Some(RouteKey::Default));
                     target.timeout = Duration::from_millis(timeout_ms);
-                    if expanded.starts_with("https://") {
-                        let host = target
-                            .host_header
-                            .rsplit_once(':')
-                            .filter(|(h, p)| {
-                                !h.is_empty()
-                                    && p.bytes().all(|b| b.is_ascii_digit())
-                                    && !target.host_header.ends_with(']')
-                            })
-                            .map_or(&*target.host_header, |(h, _)| h)
-                            .to_owned();
-                        let (t, id) = up_tls.compile(tls.as_ref(), &host, path, errs)?;
+                    if https {
+                        let (t, id) = up_tls.compile(tls.as_ref(), host, path, errs)?;
                         target.tls = Some(t);
                         target.pool_key.tls = id;
                     } else if tls.is_some() {
@@ -1054,7 +1048,14 @@ enum UriError {
 
 /// Parses `http://host[:port][/path][?query]`, resolving the host now (the control
 /// plane) so workers never do DNS.
-fn parse_http_uri(uri: &str, params: &[&str]) -> Result<ProxyTarget, UriError> {
+struct ParsedUri<'a> {
+    target: ProxyTarget,
+    https: bool,
+    /// The URI's host without its port.
+    host: &'a str,
+}
+
+fn parse_http_uri<'a>(uri: &'a str, params: &[&str]) -> Result<ParsedUri<'a>, UriError> {
     let (rest, default_port) = if let Some(r) = uri.strip_prefix("http://") {
         (r, 80)
     } else if let Some(r) = uri.strip_prefix("https://") {
@@ -1071,13 +1072,12 @@ fn parse_http_uri(uri: &str, params: &[&str]) -> Result<ProxyTarget, UriError> {
             "host {authority:?} must be a fixed host[:port] (parameters belong in the path)"
         )));
     }
-    let with_port = if authority
+    let (host, with_port) = match authority
         .rsplit_once(':')
-        .is_some_and(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()) && !authority.ends_with(']'))
+        .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()) && !authority.ends_with(']'))
     {
-        authority.to_owned()
-    } else {
-        format!("{authority}:{default_port}")
+        Some((host, _)) => (host, authority.to_owned()),
+        None => (authority, format!("{authority}:{default_port}")),
     };
     let addr = with_port
         .to_socket_addrs()
@@ -1123,7 +1123,7 @@ fn parse_http_uri(uri: &str, params: &[&str]) -> Result<ProxyTarget, UriError> {
     if !rest.is_empty() {
         parts.push(PathPart::Literal(rest.into()));
     }
-    Ok(ProxyTarget {
+    let target = ProxyTarget {
         addr,
         pool_key: crate::plan::PoolKey { addr, tls: 0 },
         tls: None,
@@ -1132,6 +1132,11 @@ fn parse_http_uri(uri: &str, params: &[&str]) -> Result<ProxyTarget, UriError> {
         append_request_path: false,
         query: query.filter(|q| !q.is_empty()).map(Into::into),
         timeout: Duration::from_millis(DEFAULT_TIMEOUT_MS),
+    };
+    Ok(ParsedUri {
+        target,
+        https: default_port == 443,
+        host,
     })
 }
 
