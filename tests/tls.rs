@@ -398,11 +398,16 @@ fn tls_versions_alpn_and_refusals() {
         .and_then(|_| s.read(&mut [0u8; 64]))
         .is_err());
 
-    assert!(common::wait_until(Duration::from_secs(2), || {
-        let log = gw.log();
-        log.contains("TLS handshake failed") && log.contains("peer=127.0.0.1:")
-    }));
-    assert!(gw.log().contains("peer is incompatible"), "{}", gw.log());
+    assert!(
+        common::wait_until(Duration::from_secs(2), || {
+            let log = gw.log();
+            log.contains("TLS handshake failed")
+                && log.contains("peer=127.0.0.1:")
+                && log.contains("peer is incompatible")
+        }),
+        "{}",
+        gw.log()
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -726,7 +731,14 @@ apis:
         assert_eq!(r.status, 502, "{path}: {}", r.text());
         assert_eq!(r.text(), r#"{"message":"Bad Gateway"}"#);
     }
-    assert!(gw.log().contains("TLS handshake with integration failed"));
+    // The log is read from the gateway's stderr by another thread: wait for it.
+    assert!(
+        common::wait_until(Duration::from_secs(2), || gw
+            .log()
+            .contains("TLS handshake with integration failed")),
+        "{}",
+        gw.log()
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
