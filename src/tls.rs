@@ -69,6 +69,9 @@ pub struct ListenerTls {
     pub spec: ListenerTlsSpec,
     current: ArcSwap<ServerConfig>,
     summary: ArcSwap<Vec<CertSummary>>,
+    /// The current config's certificate picker, for questions asked off the
+    /// handshake (which names are covered).
+    resolver: ArcSwap<SniResolver>,
 }
 
 impl std::fmt::Debug for ListenerTls {
@@ -82,11 +85,12 @@ impl std::fmt::Debug for ListenerTls {
 impl ListenerTls {
     /// Loads every file the spec names; every problem at once.
     pub fn load(spec: ListenerTlsSpec) -> Result<Self, Vec<String>> {
-        let (config, summary) = build_server(&spec)?;
+        let (config, summary, resolver) = build_server(&spec)?;
         Ok(Self {
             spec,
             current: ArcSwap::from_pointee(config),
             summary: ArcSwap::from_pointee(summary),
+            resolver: ArcSwap::new(resolver),
         })
     }
 
@@ -101,15 +105,24 @@ impl ListenerTls {
 
     /// Reads the files again; on any error the running config stays.
     pub fn reload(&self) -> Result<Arc<Vec<CertSummary>>, Vec<String>> {
-        let (config, summary) = build_server(&self.spec)?;
+        let (config, summary, resolver) = build_server(&self.spec)?;
         let summary = Arc::new(summary);
         self.current.store(Arc::new(config));
         self.summary.store(Arc::clone(&summary));
+        self.resolver.store(resolver);
         Ok(summary)
+    }
+
+    /// A certificate names `host` (exactly or by wildcard): SNI `host` does not
+    /// fall back to the default.
+    pub fn covers(&self, host: &str) -> bool {
+        self.resolver.load().pick(host).is_some()
     }
 }
 
-fn build_server(spec: &ListenerTlsSpec) -> Result<(ServerConfig, Vec<CertSummary>), Vec<String>> {
+type Built = (ServerConfig, Vec<CertSummary>, Arc<SniResolver>);
+
+fn build_server(spec: &ListenerTlsSpec) -> Result<Built, Vec<String>> {
     let provider = provider();
     let mut errs = Vec::new();
     let mut resolver = SniResolver::default();
@@ -176,7 +189,9 @@ fn build_server(spec: &ListenerTlsSpec) -> Result<(ServerConfig, Vec<CertSummary
         Some(v) => builder.with_client_cert_verifier(v),
         None => builder.with_no_client_auth(),
     };
-    let mut config = builder.with_cert_resolver(Arc::new(resolver));
+    let resolver = Arc::new(resolver);
+    let mut config =
+        builder.with_cert_resolver(Arc::clone(&resolver) as Arc<dyn ResolvesServerCert>);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     // Stateless resumption: tickets, so a client that comes back to another worker
     // resumes too.
@@ -184,7 +199,7 @@ fn build_server(spec: &ListenerTlsSpec) -> Result<(ServerConfig, Vec<CertSummary
         Ok(t) => config.ticketer = t,
         Err(e) => tracing::warn!(error = %e, "no TLS session tickets"),
     }
-    Ok((config, summary))
+    Ok((config, summary, resolver))
 }
 
 /// Reads the certificate, key and truststore files of every HTTPS listener again
@@ -246,12 +261,7 @@ fn load_certified_key(
     provider: &CryptoProvider,
 ) -> Result<(CertifiedKey, LeafInfo), String> {
     let chain = load_certs(cert)?;
-    let der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
-        format!(
-            "{}: no private key (PEM, PKCS#8, PKCS#1 or SEC1): {e}",
-            key.display()
-        )
-    })?;
+    let der = load_key(key)?;
     let signing = provider
         .key_provider
         .load_private_key(der)
@@ -291,6 +301,15 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
         return Err(format!("{}: no PEM certificate in it", path.display()));
     }
     Ok(certs)
+}
+
+fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| {
+        format!(
+            "{}: no private key (PEM, PKCS#8, PKCS#1 or SEC1): {e}",
+            path.display()
+        )
+    })
 }
 
 fn load_roots(path: &Path) -> Result<RootCertStore, String> {
@@ -464,8 +483,7 @@ impl UpstreamTlsBuilder {
             None => builder.with_no_client_auth(),
             Some((cert, key)) => {
                 let chain = load_certs(cert)?;
-                let der = PrivateKeyDer::from_pem_file(key)
-                    .map_err(|e| format!("{}: no private key: {e}", key.display()))?;
+                let der = load_key(key)?;
                 builder
                     .with_client_auth_cert(chain, der)
                     .map_err(|e| format!("{}: {e}", cert.display()))?

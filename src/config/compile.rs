@@ -829,18 +829,8 @@ fn warn_uncovered_domains<'a>(
     tls: &tls::ListenerTls,
     domains: impl Iterator<Item = &'a Box<str>>,
 ) {
-    let summary = tls.summary();
-    for d in domains {
-        let covered = summary.iter().flat_map(|c| &c.names).any(|n| {
-            n.as_str() == &**d
-                || n.strip_prefix("*.").is_some_and(|suffix| {
-                    d.split_once('.')
-                        .is_some_and(|(_, parent)| parent == suffix)
-                })
-        });
-        if !covered {
-            tracing::warn!(listener, domain = %d, "no certificate names this custom domain; it gets the default certificate");
-        }
+    for d in domains.filter(|d| !tls.covers(d)) {
+        tracing::warn!(listener, domain = %d, "no certificate names this custom domain; it gets the default certificate");
     }
 }
 
