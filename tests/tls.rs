@@ -369,7 +369,7 @@ fn tls_versions_alpn_and_refusals() {
     assert_eq!(upstream.last().header("x-forwarded-proto"), Some("https"));
 
     // A TLS 1.1 ClientHello gets an alert, not a handshake.
-    let reply = raw(gw.addr, &tls11_client_hello());
+    let reply = common::raw_exchange(gw.addr, &tls11_client_hello());
     assert_eq!(reply.first(), Some(&0x15), "an alert record: {reply:02x?}");
 
     // Plain HTTP on the TLS port: refused without an HTTP answer, and a TLS
@@ -379,7 +379,7 @@ fn tls_versions_alpn_and_refusals() {
         ..Default::default()
     };
     let mut open = Tls::connect(gw.addr, "localhost", &o).unwrap();
-    let reply = raw(gw.addr, b"GET /hello HTTP/1.1\r\nhost: x\r\n\r\n");
+    let reply = common::raw_exchange(gw.addr, b"GET /hello HTTP/1.1\r\nhost: x\r\n\r\n");
     assert!(
         !String::from_utf8_lossy(&reply).contains("HTTP/1."),
         "no plaintext answer: {reply:02x?}"
@@ -409,16 +409,6 @@ fn tls_versions_alpn_and_refusals() {
         gw.log()
     );
     let _ = std::fs::remove_dir_all(dir);
-}
-
-/// Sends raw bytes; what came back until the gateway closed.
-fn raw(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    s.write_all(bytes).unwrap();
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    out
 }
 
 /// A ClientHello that offers only TLS 1.1 (0x0302) and two TLS 1.1 suites.
