@@ -10,6 +10,8 @@
 //! GET    /apikeys                             POST /apikeys
 //! POST   /apikeys/import  (text/csv; also POST /apikeys?mode=import)
 //! GET    /apikeys/{id}    PATCH /apikeys/{id}   DELETE /apikeys/{id}
+//! GET    /accesskeys                          POST /accesskeys (SigV4)
+//! GET    /accesskeys/{id}                     DELETE /accesskeys/{id}
 //! GET    /usageplans                          POST /usageplans
 //! GET    /usageplans/{id} PUT /usageplans/{id}  DELETE /usageplans/{id}
 //! GET    /usageplans/{id}/keys                POST /usageplans/{id}/keys
@@ -312,6 +314,15 @@ fn key_json(k: &KeyDef) -> Value {
     })
 }
 
+fn access_key_json(k: &crate::access::sigv4::AccessKey) -> Value {
+    json!({
+        "id": k.id,
+        "allow": k.allow,
+        "source": k.source,
+        "created_s": k.created_s,
+    })
+}
+
 fn plan_json(p: &UsagePlanFile) -> Value {
     let mut v = serde_json::to_value(p).unwrap_or(Value::Null);
     if let Value::Object(m) = &mut v {
@@ -381,6 +392,39 @@ fn route(ctx: &Ctx, req: &Request, m: &str, segs: &[&str]) -> Result<Response, A
             }
             "DELETE" => {
                 lock(ctx).delete_key(id)?;
+                Ok(Response::no_content())
+            }
+            _ => Err(not_allowed()),
+        },
+        ["accesskeys"] => match m {
+            "GET" => {
+                let reg = lock(ctx);
+                let items: Vec<Value> =
+                    reg.access_keys().into_iter().map(access_key_json).collect();
+                Ok(Response::ok(json!({ "items": items })))
+            }
+            "POST" => {
+                let new: crate::registry::NewAccessKey = body(req)?;
+                let key = lock(ctx).create_access_key(new)?;
+                let mut v = access_key_json(&key);
+                // The secret is shown once, as IAM does.
+                v["secret"] = Value::String(key.secret);
+                Ok(Response::created(v))
+            }
+            _ => Err(not_allowed()),
+        },
+        ["accesskeys", id] => match m {
+            "GET" => {
+                let reg = lock(ctx);
+                let keys = reg.access_keys();
+                let k = keys
+                    .iter()
+                    .find(|k| k.id == *id)
+                    .ok_or_else(|| ApiError::new(404, format!("no access key {id:?}")))?;
+                Ok(Response::ok(access_key_json(k)))
+            }
+            "DELETE" => {
+                lock(ctx).delete_access_key(id)?;
                 Ok(Response::no_content())
             }
             _ => Err(not_allowed()),

@@ -15,6 +15,7 @@ use monoio::net::TcpStream;
 
 use crate::stream::{Stream, TlsStream};
 
+use crate::access::{Authorizer, BodyRead, Grant, Pass, Work};
 use crate::body::{self, Encode, PumpError, Source};
 use crate::cache::Lookup;
 use crate::config::UnauthorizedStrategy;
@@ -82,6 +83,10 @@ impl Drop for Leading<'_> {
 
 enum Action {
     Refuse(GatewayError),
+    /// Something to do (read the body, ask an authorizer) before deciding.
+    Work(Work),
+    /// A CORS preflight, answered by the gateway (headers in the tag).
+    Preflight,
     Mock(StageId, RouteId),
     /// Served from this worker's cache.
     CacheHit(std::rc::Rc<crate::cache::Entry>),
@@ -235,7 +240,8 @@ async fn active(
             c.buf.drain(..c.pos);
             c.pos = 0;
         }
-        let prepared = match read_head(c, plan, lp, shard, woken).await {
+        let mut pass = Pass::default();
+        let mut prepared = match read_head(c, plan, lp, shard, woken, &mut pass).await {
             HeadRead::Ready(p) => p,
             HeadRead::Gone => return false,
             HeadRead::Park => return true,
@@ -248,6 +254,36 @@ async fn active(
         };
         woken = false;
         let _in_flight = InFlight::enter(shard);
+        while matches!(prepared.action, Action::Work(_)) {
+            let Action::Work(work) = std::mem::replace(&mut prepared.action, Action::Preflight)
+            else {
+                break;
+            };
+            pass.rounds += 1;
+            pass.id = Some(prepared.tag.id);
+            match do_work(c, plan, lp, shard, &prepared, work, &mut pass).await {
+                Ok(()) if pass.rounds <= 4 => prepared = look_again(c, plan, lp, shard, &mut pass),
+                Ok(()) => {
+                    prepared.action =
+                        Action::Refuse(GatewayError::AuthorizerFailed("too many rounds"));
+                }
+                Err(Some(err)) => {
+                    tracing::debug!(peer = %c.peer, %err, "request refused");
+                    // What is left of the body may still be on the wire: close.
+                    c.pos = prepared.head_len;
+                    return refuse(
+                        c,
+                        shard,
+                        err,
+                        &prepared.tag,
+                        Persist::Close,
+                        prepared.is_head,
+                    )
+                    .await;
+                }
+                Err(None) => return false,
+            }
+        }
         let keep = handle(c, plan, lp, shard, prepared).await;
         if !keep || shard.draining.get() {
             return false;
@@ -261,6 +297,7 @@ async fn read_head(
     lp: &ListenerPlan,
     shard: &Shard,
     woken: bool,
+    pass: &mut Pass,
 ) -> HeadRead {
     let limits = lp.limits;
     let mut first_byte: Option<Instant> = None;
@@ -274,7 +311,17 @@ async fn read_head(
                         local_port: lp.bind.port(),
                         tls: c.tls.as_deref(),
                     };
-                    let p = prepare(&head, hdrs, plan, lp, shard, &origin, &mut c.up_head);
+                    let p = prepare(
+                        &head,
+                        hdrs,
+                        plan,
+                        lp,
+                        shard,
+                        &origin,
+                        &mut c.up_head,
+                        pass,
+                        None,
+                    );
                     return HeadRead::Ready(p);
                 }
                 Ok(None) => {}
@@ -330,6 +377,175 @@ async fn read_head(
     }
 }
 
+/// Looks at a request again after work for it (its head is still at the front of
+/// the buffer, and a body read for it right after).
+fn look_again(
+    c: &mut Client,
+    plan: &Plan,
+    lp: &ListenerPlan,
+    shard: &Shard,
+    pass: &mut Pass,
+) -> Prepared {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let parsed = parse::parse_request(&c.buf, &mut headers, lp.limits.max_header_bytes);
+    let Ok(Some((head, hdrs))) = parsed else {
+        // It parsed the first time; it cannot fail now.
+        return Prepared {
+            head_len: 0,
+            framing: Framing::None,
+            persist: Persist::Close,
+            is_head: false,
+            expect_continue: false,
+            idempotent: false,
+            tag: Tag::from(shard.next_request_id()),
+            action: Action::Refuse(GatewayError::AuthorizerFailed("request lost")),
+            fill: None,
+            coalesce: Coalesce::None,
+        };
+    };
+    let origin = forward::Origin {
+        peer: c.peer,
+        local_port: lp.bind.port(),
+        tls: c.tls.as_deref(),
+    };
+    let read = pass.body.take();
+    let body = match &read {
+        Some(BodyRead::InBuf(n)) => c.buf.get(head.head_len..head.head_len + n),
+        Some(BodyRead::Decoded(v)) => Some(v.as_slice()),
+        None => None,
+    };
+    let p = prepare(
+        &head,
+        hdrs,
+        plan,
+        lp,
+        shard,
+        &origin,
+        &mut c.up_head,
+        pass,
+        body,
+    );
+    pass.body = read;
+    p
+}
+
+/// Does the work a request needs; `Err(None)` when the connection is gone.
+async fn do_work(
+    c: &mut Client,
+    plan: &Plan,
+    lp: &ListenerPlan,
+    shard: &Shard,
+    p: &Prepared,
+    work: Work,
+    pass: &mut Pass,
+) -> Result<(), Option<GatewayError>> {
+    match work {
+        Work::ReadBody => {
+            if p.expect_continue && send_continue(c).await.is_err() {
+                return Err(None);
+            }
+            pass.body = Some(read_whole_body(c, p, lp).await?);
+            Ok(())
+        }
+        Work::Jwks { authorizer, seen } => {
+            if let Some(Authorizer::Jwt(j)) = plan.authorizers.get(authorizer) {
+                let until = Instant::now() + crate::access::jwt::FETCH_TIMEOUT * 2;
+                while j.keys.attempts.load(std::sync::atomic::Ordering::Acquire) == seen
+                    && Instant::now() < until
+                {
+                    monoio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            pass.refreshed = true;
+            Ok(())
+        }
+        Work::Call(call) => {
+            let Some(Authorizer::Request(r)) = plan.authorizers.get(call.authorizer) else {
+                return Err(Some(GatewayError::AuthorizerFailed("no such authorizer")));
+            };
+            match r.call(shard, &call.payload).await {
+                Ok(d) => {
+                    let d = std::rc::Rc::new(d);
+                    if let Some(key) = call.key {
+                        let until = crate::clock::unix_ms() + r.ttl_s * 1000;
+                        shard.access.borrow_mut().decisions.put(
+                            call.authorizer,
+                            key,
+                            until,
+                            std::rc::Rc::clone(&d),
+                        );
+                    }
+                    pass.decision = Some(d);
+                    Ok(())
+                }
+                Err(why) => {
+                    tracing::warn!(authorizer = %r.name, reason = why, "request authorizer failed");
+                    Err(Some(GatewayError::AuthorizerFailed(why)))
+                }
+            }
+        }
+    }
+}
+
+/// Reads a request's whole body into the connection's buffer (after its head),
+/// within `max_buffered_body_bytes`; a chunked body is also decoded.
+async fn read_whole_body(
+    c: &mut Client,
+    p: &Prepared,
+    lp: &ListenerPlan,
+) -> Result<BodyRead, Option<GatewayError>> {
+    let limit = lp.limits.max_buffered_body_bytes;
+    let wait = lp.limits.idle_timeout;
+    match p.framing {
+        Framing::Length(n) => {
+            if n > limit {
+                return Err(Some(GatewayError::BodyTooLarge));
+            }
+            let want = p.head_len + n as usize;
+            body::read_to(&mut c.stream, &mut c.buf, want, wait)
+                .await
+                .map_err(body_error)?;
+            Ok(BodyRead::InBuf(n as usize))
+        }
+        Framing::Chunked => {
+            let mut decoder = parse::ChunkedDecoder::default();
+            let mut at = p.head_len;
+            let mut out = Vec::new();
+            loop {
+                if at == c.buf.len() {
+                    match monoio::time::timeout(
+                        wait,
+                        body::read_more(&mut c.stream, &mut c.buf, CONN_BUF),
+                    )
+                    .await
+                    {
+                        Ok(Ok(n)) if n > 0 => {}
+                        Ok(_) => return Err(None),
+                        Err(_) => return Err(Some(GatewayError::HeaderTimeout)),
+                    }
+                }
+                match decoder.decode(&c.buf[at..]) {
+                    Err(e) => return Err(Some(GatewayError::BadBody(e.0))),
+                    Ok(parse::Chunk::Data {
+                        consumed,
+                        start,
+                        len,
+                    }) => {
+                        if (out.len() + len) as u64 > limit {
+                            return Err(Some(GatewayError::BodyTooLarge));
+                        }
+                        out.extend_from_slice(&c.buf[at + start..at + start + len]);
+                        at += consumed;
+                    }
+                    Ok(parse::Chunk::NeedMore) => at = c.buf.len(),
+                    Ok(parse::Chunk::Done { .. }) => return Ok(BodyRead::Decoded(out)),
+                }
+            }
+        }
+        Framing::None | Framing::UntilClose => Ok(BodyRead::InBuf(0)),
+    }
+}
+
 /// A read into `c.buf` that gives up after `wait` (`None`).
 async fn timed_read(c: &mut Client, wait: Duration, spare: usize) -> Option<io::Result<usize>> {
     monoio::time::timeout(wait, body::read_more(&mut c.stream, &mut c.buf, spare))
@@ -378,6 +594,8 @@ fn prepare(
     shard: &Shard,
     origin: &forward::Origin<'_>,
     up_head: &mut Vec<u8>,
+    pass: &mut Pass,
+    body: Option<&[u8]>,
 ) -> Prepared {
     let persist = shard.persist(if !head.keep_alive {
         Persist::Close
@@ -392,12 +610,13 @@ fn prepare(
         framing: head.framing,
         persist,
         is_head: method == "HEAD",
-        expect_continue: head.expect_continue,
+        // A body read whole already had its `100 Continue`.
+        expect_continue: head.expect_continue && body.is_none(),
         idempotent: matches!(
             method,
             "GET" | "HEAD" | "PUT" | "DELETE" | "OPTIONS" | "TRACE"
         ),
-        tag: Tag::from(shard.next_request_id()),
+        tag: Tag::from(pass.id.unwrap_or_else(|| shard.next_request_id())),
         action: Action::Refuse(GatewayError::RouteNotFound),
         fill: None,
         coalesce: Coalesce::None,
@@ -412,10 +631,74 @@ fn prepare(
         return p;
     };
     let stage = &plan.stages[stage_id];
+    let access = &stage.access;
+    if let Some(policy) = &access.policy {
+        let ip = crate::access::policy::client_ip(origin.peer.ip(), &access.trusted, headers);
+        if !policy.allows(ip, head.host) {
+            p.action = Action::Refuse(GatewayError::AccessDenied("resource policy"));
+            return p;
+        }
+    }
+    if let Some(cors) = &access.cors {
+        p.tag.cors_api = true;
+        if let Some(from) = header(headers, "origin") {
+            if method == "OPTIONS" && header(headers, "access-control-request-method").is_some() {
+                p.tag.cors =
+                    cors.preflight(from, header(headers, "access-control-request-headers"));
+                p.action = Action::Preflight;
+                return p;
+            }
+            p.tag.cors = cors.actual(from);
+        }
+    }
     let Some(m) = stage.router.find(method, path) else {
         return p;
     };
     let route = &stage.routes[m.route];
+    // Routes that need the whole body read it first (bounded), before anything
+    // that changes state.
+    if body.is_none() && head.framing != Framing::None {
+        let sigv4 = route.auth.as_ref().is_some_and(|a| {
+            matches!(
+                plan.authorizers.get(a.authorizer),
+                Some(Authorizer::Sigv4(_))
+            )
+        });
+        let validates = route
+            .validate
+            .as_ref()
+            .is_some_and(|v| v.wants_body(headers));
+        if sigv4 || validates {
+            p.action = match head.framing {
+                Framing::Length(n) if n > lp.limits.max_buffered_body_bytes => {
+                    Action::Refuse(GatewayError::BodyTooLarge)
+                }
+                _ => Action::Work(Work::ReadBody),
+            };
+            return p;
+        }
+    }
+    let mut grant = Grant::default();
+    if let Some(auth) = &route.auth {
+        let facts = AuthFacts {
+            head,
+            headers,
+            routed_path: path,
+            stage,
+            route,
+            m: &m,
+            origin,
+            tag: &p.tag,
+            body,
+        };
+        match authorize(plan, shard, auth, &facts, pass) {
+            Ok(g) => grant = g,
+            Err(action) => {
+                p.action = action;
+                return p;
+            }
+        }
+    }
     // The key's usage plan for this stage, where the route takes a key. The keyring
     // is this shard's snapshot, swapped by the worker's tick between requests.
     let ring = shard.keyring.borrow();
@@ -425,6 +708,19 @@ fn prepare(
             Ok(b) => binding = Some(b),
             Err(why) => {
                 p.action = Action::Refuse(GatewayError::Forbidden(why));
+                return p;
+            }
+        }
+    }
+    if let Some(v) = &route.validate {
+        if let Some(err) = v.missing(headers, head.query, |n| m.param(n).map(str::to_owned)) {
+            p.action = Action::Refuse(err);
+            return p;
+        }
+        if v.wants_body(headers) {
+            if let Err(err) = v.check_body(body.unwrap_or_default()) {
+                tracing::debug!(%err, "request refused by validation");
+                p.action = Action::Refuse(err);
                 return p;
             }
         }
@@ -522,11 +818,172 @@ fn prepare(
     p.action = match &route.integration {
         Integration::Mock(_) => Action::Mock(stage_id, m.route),
         Integration::HttpProxy(target) => {
-            forward::write_request_head(up_head, target, head, headers, &m, path, origin);
+            let extra = forward::Extra {
+                strip: &access.strip,
+                grant: &grant,
+            };
+            forward::write_request_head(up_head, target, head, headers, &m, path, origin, &extra);
             Action::Proxy(stage_id, m.route)
         }
     };
     p
+}
+
+/// The value of the first header `name`.
+fn header<'a>(headers: &'a [httparse::Header<'a>], name: &str) -> Option<&'a [u8]> {
+    headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| h.value)
+}
+
+/// What an authorizer may look at.
+struct AuthFacts<'a, 'h> {
+    head: &'a parse::RequestHead<'h>,
+    headers: &'a [httparse::Header<'h>],
+    routed_path: &'a str,
+    stage: &'a StagePlan,
+    route: &'a RoutePlan,
+    m: &'a route::RouteMatch<'a, 'a>,
+    origin: &'a forward::Origin<'a>,
+    tag: &'a Tag,
+    body: Option<&'a [u8]>,
+}
+
+/// Runs the route's authorizer: what it granted, or what to do instead (refuse,
+/// or work first: a JWKS refetch, a call to a request authorizer).
+fn authorize(
+    plan: &Plan,
+    shard: &Shard,
+    auth: &crate::access::RouteAuth,
+    f: &AuthFacts<'_, '_>,
+    pass: &mut Pass,
+) -> Result<Grant, Action> {
+    use crate::access::jwt::Check;
+    let refuse = |e: GatewayError| Action::Refuse(e);
+    match &plan.authorizers[auth.authorizer] {
+        Authorizer::Jwt(j) => {
+            let now = crate::clock::unix_s();
+            let checked = j.check(
+                auth.authorizer,
+                f.headers,
+                f.head.query,
+                &auth.scopes,
+                &mut shard.access.borrow_mut().tokens,
+                now,
+                pass.refreshed,
+            );
+            match checked {
+                Check::Granted(v) => Ok(Grant {
+                    lines: (!v.lines.is_empty()).then(|| std::rc::Rc::from(&*v.lines)),
+                    drop_authorization: false,
+                }),
+                Check::Refused(e) => Err(refuse(e)),
+                Check::UnknownKey => match j.ask_refresh(now) {
+                    Some(seen) => Err(Action::Work(Work::Jwks {
+                        authorizer: auth.authorizer,
+                        seen,
+                    })),
+                    None => Err(refuse(GatewayError::Unauthorized(
+                        crate::error::Challenge::Bearer(crate::access::jwt::UNKNOWN_KEY),
+                    ))),
+                },
+            }
+        }
+        Authorizer::Request(r) => {
+            let decision = match pass.decision.take() {
+                Some(d) => d,
+                None => {
+                    let source_ip = crate::access::policy::client_ip(
+                        f.origin.peer.ip(),
+                        &f.stage.access.trusted,
+                        f.headers,
+                    );
+                    let host = std::str::from_utf8(f.head.host).unwrap_or("");
+                    let id = String::from_utf8_lossy(&f.tag.id).into_owned();
+                    let mut params = serde_json::Map::new();
+                    if let Some(ps) = &f.m.params {
+                        for (k, v) in ps.iter() {
+                            params.insert(k.to_owned(), serde_json::Value::String(v.to_owned()));
+                        }
+                    }
+                    let facts = crate::access::request::RequestFacts {
+                        api: &f.stage.api,
+                        stage: &f.stage.stage,
+                        route_key: &f.route.key,
+                        method: f.head.method,
+                        raw_path: f.head.path,
+                        query: f.head.query,
+                        source_ip,
+                        host,
+                        request_id: &id,
+                        path_params: params,
+                        headers: f.headers,
+                    };
+                    let Some(identity) = r.identity(&facts) else {
+                        return Err(refuse(GatewayError::Unauthorized(
+                            crate::error::Challenge::Plain("identity source missing"),
+                        )));
+                    };
+                    let key = (r.ttl_s > 0 && !r.sources.is_empty())
+                        .then(|| identity.join("\u{0}").into_boxed_str());
+                    if let Some(k) = &key {
+                        let hit = shard.access.borrow().decisions.get(
+                            auth.authorizer,
+                            k,
+                            crate::clock::unix_ms(),
+                        );
+                        if let Some(d) = hit {
+                            return decided(&d);
+                        }
+                    }
+                    return Err(Action::Work(Work::Call(Box::new(
+                        crate::access::request::Call {
+                            authorizer: auth.authorizer,
+                            key,
+                            payload: r.payload(&facts, &identity),
+                        },
+                    ))));
+                }
+            };
+            decided(&decision)
+        }
+        Authorizer::Sigv4(s) => {
+            let hash = crate::access::sigv4::sha256_hex(f.body.unwrap_or_default());
+            let resource = format!(
+                "{}/{}/{}{}",
+                f.stage.api, f.stage.stage, f.head.method, f.routed_path
+            );
+            let signed = crate::access::sigv4::Signed {
+                method: f.head.method,
+                raw_path: f.head.path,
+                query: f.head.query,
+                headers: f.headers,
+                body_hash: &hash,
+                resource: &resource,
+            };
+            match s.verify(&signed, crate::clock::unix_s()) {
+                Ok(_) => Ok(Grant {
+                    lines: None,
+                    drop_authorization: true,
+                }),
+                Err(e) => Err(refuse(e)),
+            }
+        }
+    }
+}
+
+/// A request authorizer's decision as a grant or a refusal.
+fn decided(d: &crate::access::request::Decision) -> Result<Grant, Action> {
+    if !d.authorized {
+        return Err(Action::Refuse(GatewayError::AccessDenied(
+            "the authorizer said isAuthorized: false",
+        )));
+    }
+    Ok(Grant {
+        lines: (!d.lines.is_empty()).then(|| std::rc::Rc::from(&*d.lines)),
+        drop_authorization: false,
+    })
 }
 
 /// Checks the throttles that apply, most specific first (the key's plan for this
@@ -609,6 +1066,15 @@ async fn handle(
     c.pos = p.head_len;
     let has_body = p.framing != Framing::None;
     match p.action {
+        Action::Work(_) => false,
+        Action::Preflight => {
+            let persist = if has_body { Persist::Close } else { p.persist };
+            c.out.clear();
+            let date = *shard.date.borrow_mut().now();
+            let persist = shard.persist(persist);
+            respond::no_content(&mut c.out, &date, &p.tag, persist);
+            body::write_all(&mut c.stream, &mut c.out).await.is_ok() && !persist.closes()
+        }
         Action::Refuse(err) => {
             // An unread body is still on the wire: close rather than read it.
             let persist = if has_body { Persist::Close } else { p.persist };
@@ -662,7 +1128,7 @@ async fn handle(
             else {
                 return false;
             };
-            let mut tag = p.tag;
+            let mut tag = p.tag.clone();
             let _leading = match p.coalesce {
                 Coalesce::Lead(stage, hash) => Some(Leading(shard, stage, hash)),
                 Coalesce::Wait(stage_id, hash) => {

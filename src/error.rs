@@ -4,7 +4,7 @@
 use crate::parse::HeadError;
 
 /// Why the gateway answered instead of the integration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GatewayError {
     #[error("no stage or route matches")]
     RouteNotFound,
@@ -30,23 +30,97 @@ pub enum GatewayError {
     QuotaExceeded,
     #[error("Cache-Control: max-age=0 from a caller not authorized to invalidate")]
     CacheControlForbidden,
+    /// No or an invalid credential (401 `Unauthorized`).
+    #[error("unauthorized: {0}")]
+    Unauthorized(Challenge),
+    /// A valid credential without the right (403 `Forbidden`): insufficient scope,
+    /// an authorizer's `isAuthorized: false`, a resource policy.
+    #[error("forbidden: {0}")]
+    AccessDenied(&'static str),
+    /// The authorizer could not decide (500).
+    #[error("authorizer failed: {0}")]
+    AuthorizerFailed(&'static str),
+    /// A refusal whose message names request values (SigV4, validation).
+    #[error("{}", .0.log)]
+    Detailed(Box<Detailed>),
+}
+
+/// How a 401 tells the client what to fix (`www-authenticate`), if at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Challenge {
+    /// A request authorizer refused the identity, or it is missing.
+    Plain(&'static str),
+    /// A bearer token: RFC 6750's `invalid_token` with this description.
+    Bearer(&'static str),
+    /// A token without any of the route's scopes (RFC 6750's `insufficient_scope`,
+    /// a 403).
+    Scope,
+}
+
+impl std::fmt::Display for Challenge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Plain(why) | Self::Bearer(why) => f.write_str(why),
+            Self::Scope => f.write_str("insufficient scope"),
+        }
+    }
+}
+
+/// A refusal with a body made for this request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Detailed {
+    pub status: u16,
+    /// The JSON body.
+    pub body: String,
+    pub error_type: Option<&'static str>,
+    /// What the log says (no secrets).
+    pub log: String,
+}
+
+impl GatewayError {
+    /// A refusal with `{"message": message}` (or `{"Message": ...}`) as its body.
+    pub fn detailed(
+        status: u16,
+        key: &str,
+        message: &str,
+        error_type: Option<&'static str>,
+    ) -> Self {
+        let body = serde_json::json!({ key: message }).to_string();
+        Self::Detailed(Box::new(Detailed {
+            status,
+            body,
+            error_type,
+            log: message.to_owned(),
+        }))
+    }
 }
 
 /// A gateway response, ready to encode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Refusal {
+pub struct Refusal<'a> {
     pub status: u16,
     /// The JSON body, `{"message":"..."}`, AWS's wording.
-    pub body: &'static str,
+    pub body: &'a str,
     /// Close the connection after answering: the byte stream can no longer be trusted
     /// (malformed framing) or an unread body is still on the wire.
     pub close: bool,
     /// AWS's `x-amzn-ErrorType` value, where AWS sends one.
     pub error_type: Option<&'static str>,
+    /// More header lines (`www-authenticate`), each ending in CRLF.
+    pub headers: &'static str,
 }
 
 impl GatewayError {
-    pub fn refusal(self) -> Refusal {
+    pub fn refusal(&self) -> Refusal<'_> {
+        if let Self::Detailed(d) = self {
+            return Refusal {
+                status: d.status,
+                body: &d.body,
+                close: false,
+                error_type: d.error_type,
+                headers: "",
+            };
+        }
         let (status, body, close) = match self {
             Self::RouteNotFound => (404, r#"{"message":"Not Found"}"#, false),
             Self::BadHead(HeadError::TooLarge) => (
@@ -76,19 +150,58 @@ impl GatewayError {
             Self::QuotaExceeded => (429, r#"{"message":"Limit Exceeded"}"#, false),
             // AWS's FAIL_WITH_403: "returns a 403 Unauthorized response".
             Self::CacheControlForbidden => (403, r#"{"message":"Unauthorized"}"#, false),
+            Self::Unauthorized(Challenge::Scope) | Self::AccessDenied(_) => {
+                (403, r#"{"message":"Forbidden"}"#, false)
+            }
+            Self::Unauthorized(_) => (401, r#"{"message":"Unauthorized"}"#, false),
+            Self::AuthorizerFailed(_) => (500, r#"{"message":"Internal Server Error"}"#, false),
+            Self::Detailed(_) => unreachable!("answered above"),
         };
         let error_type = match self {
             Self::Throttled => Some("TooManyRequestsException"),
             Self::Forbidden(_) => Some("ForbiddenException"),
             Self::QuotaExceeded => Some("LimitExceededException"),
+            Self::Unauthorized(Challenge::Scope) => Some("ForbiddenException"),
+            Self::Unauthorized(_) => Some("UnauthorizedException"),
+            Self::AccessDenied(_) => Some("ForbiddenException"),
             _ => None,
+        };
+        let headers = match self {
+            Self::Unauthorized(Challenge::Bearer(why)) => bearer_challenge(why),
+            Self::Unauthorized(Challenge::Scope) => {
+                "www-authenticate: Bearer scope=\"\" error=\"insufficient_scope\" error_description=\"the token does not have the scope the route requires\"\r\n"
+            }
+            _ => "",
         };
         Refusal {
             status,
             body,
             close,
             error_type,
+            headers,
         }
+    }
+}
+
+/// AWS's JWT authorizer challenge, per description (a fixed set, so no allocation).
+fn bearer_challenge(why: &str) -> &'static str {
+    macro_rules! line {
+        ($d:literal) => {
+            concat!(
+                "www-authenticate: Bearer scope=\"\" error=\"invalid_token\" error_description=\"",
+                $d,
+                "\"\r\n"
+            )
+        };
+    }
+    match why {
+        crate::access::jwt::NO_TOKEN => "www-authenticate: Bearer\r\n",
+        crate::access::jwt::EXPIRED => line!("the token has expired"),
+        crate::access::jwt::NOT_YET => line!("the token is not valid yet"),
+        crate::access::jwt::AUDIENCE => line!("the token does not have a valid audience"),
+        crate::access::jwt::ISSUER => line!("the token does not have a valid issuer"),
+        crate::access::jwt::SIGNATURE => line!("the token signature is invalid"),
+        _ => line!("the token is invalid"),
     }
 }
 

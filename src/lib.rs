@@ -25,6 +25,7 @@
 //! - `respond`: response heads; `error`: the one error type and its responses.
 //! - `clock`: the HTTP Date value.
 
+pub mod access;
 pub mod admin;
 pub mod body;
 pub mod cache;

@@ -136,6 +136,16 @@ fn run(
         store,
         &plan.seed,
     )?;
+    let mut registry = registry;
+    registry.attach_access_keys(
+        Arc::clone(&plan.access_keys),
+        std::mem::take(&mut plan.config_access_keys),
+    )?;
+    // JWKS fetchers start now, so keys are there (or being fetched) by the first
+    // request.
+    for a in &plan.authorizers {
+        a.start();
+    }
     let persistent = plan.store_path.is_some();
     let registry = Arc::new(Mutex::new(registry));
     let writer = StoreWriter::start(Arc::clone(&registry))?;

@@ -35,6 +35,12 @@ pub struct Plan {
     pub store_path: Option<std::path::PathBuf>,
     /// The instant throttle clocks count from, the same for every worker.
     pub epoch: std::time::Instant,
+    /// Every API's authorizers; routes refer to them by index.
+    pub authorizers: Vec<crate::access::Authorizer>,
+    /// SigV4 access keys (the config's and the management API's).
+    pub access_keys: Arc<crate::access::sigv4::KeyTable>,
+    /// The access keys the config declares.
+    pub config_access_keys: Vec<crate::access::sigv4::AccessKey>,
 }
 
 #[derive(Debug, Clone)]
@@ -76,6 +82,8 @@ pub struct Limits {
     pub max_body_bytes: u64,
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Bodies read whole before forwarding (validation, SigV4) are at most this.
+    pub max_buffered_body_bytes: u64,
 }
 
 impl Default for Limits {
@@ -87,6 +95,7 @@ impl Default for Limits {
             max_body_bytes: 10 * 1024 * 1024,
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            max_buffered_body_bytes: 1024 * 1024,
         }
     }
 }
@@ -125,6 +134,7 @@ pub struct StagePlan {
     /// Bytes of response cache (`stages[].cache.capacity_mb`), over all workers;
     /// 0 without a cache.
     pub cache_bytes: usize,
+    pub access: crate::access::StageAccess,
 }
 
 /// How one route's responses are cached.
@@ -158,6 +168,8 @@ pub struct RoutePlan {
     pub api_key_required: bool,
     /// The stage's response cache for this route, if it caches.
     pub cache: Option<RouteCache>,
+    pub auth: Option<crate::access::RouteAuth>,
+    pub validate: Option<Arc<crate::access::validate::Validator>>,
 }
 
 #[derive(Debug)]

@@ -35,9 +35,14 @@ pub fn status_line(out: &mut Vec<u8>, status: u16, reason: &[u8]) {
 
 /// What a response says about its request: the request id and, for a keyed request
 /// under a quota, the quota's state.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Tag {
     pub id: RequestId,
+    /// CORS header lines for this request's origin (an API with `cors`).
+    pub cors: Option<Box<[u8]>>,
+    /// The API answers CORS itself: the integration's `access-control-*` headers
+    /// are dropped (AWS ignores them when CORS is configured).
+    pub cors_api: bool,
     pub quota: Option<QuotaState>,
     /// On a route that caches: what the cache did (`x-cache`).
     pub cache: Option<CacheStatus>,
@@ -57,6 +62,8 @@ impl From<RequestId> for Tag {
     fn from(id: RequestId) -> Self {
         Self {
             id,
+            cors: None,
+            cors_api: false,
             quota: None,
             cache: None,
             cache_warning: false,
@@ -92,6 +99,9 @@ pub fn common_headers(out: &mut Vec<u8>, date: &[u8; HTTP_DATE_LEN], tag: &Tag, 
             CacheStatus::Bypass => b"x-cache: Bypass\r\n",
         });
     }
+    if let Some(lines) = &tag.cors {
+        out.extend_from_slice(lines);
+    }
     if tag.cache_warning {
         out.extend_from_slice(
             b"warning: 199 shardgate \"Cache-Control ignored: not authorized to invalidate\"\r\n",
@@ -113,7 +123,7 @@ pub fn content_length(out: &mut Vec<u8>, n: u64) {
 
 pub fn refusal(
     out: &mut Vec<u8>,
-    r: Refusal,
+    r: Refusal<'_>,
     date: &[u8; HTTP_DATE_LEN],
     tag: &Tag,
     persist: Persist,
@@ -127,11 +137,19 @@ pub fn refusal(
         out.extend_from_slice(t.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    out.extend_from_slice(r.headers.as_bytes());
     content_length(out, r.body.len() as u64);
     out.extend_from_slice(b"\r\n");
     if !head_only {
         out.extend_from_slice(r.body.as_bytes());
     }
+}
+
+/// `204 No Content` with the common headers (a CORS preflight's answer).
+pub fn no_content(out: &mut Vec<u8>, date: &[u8; HTTP_DATE_LEN], tag: &Tag, persist: Persist) {
+    status_line(out, 204, reason(204));
+    common_headers(out, date, tag, persist);
+    out.extend_from_slice(b"\r\n");
 }
 
 pub fn mock(

@@ -48,6 +48,8 @@ pub struct Shard {
     pub cache_key: RefCell<Vec<u8>>,
     /// Cache misses being fetched, and the requests waiting for them.
     pub fills: RefCell<crate::cache::Fills>,
+    /// Tokens this worker verified and authorizer decisions it was given.
+    pub access: RefCell<crate::access::AccessCache>,
     /// Connection buffers not in use (parked connections hold none).
     bufs: RefCell<Vec<Vec<u8>>>,
     next_request: Cell<u64>,
@@ -97,6 +99,7 @@ impl Shard {
             ),
             cache_key: RefCell::new(Vec::new()),
             fills: RefCell::new(crate::cache::Fills::default()),
+            access: RefCell::new(crate::access::AccessCache::default()),
             bufs: RefCell::new(Vec::new()),
             next_request: Cell::new(0),
             id_seed,

@@ -39,6 +39,9 @@ const QUOTAS: TableDefinition<(&str, &str), (u8, u64, u64, u64)> = TableDefiniti
 /// `u64::MAX` for a plan without a quota).
 const USAGE: TableDefinition<(&str, &str, u64), (u64, u64)> = TableDefinition::new("usage");
 
+/// SigV4 access key id → `AccessKey` as JSON (those made through the management API).
+const ACCESS_KEYS: TableDefinition<&str, &str> = TableDefinition::new("access_keys");
+
 const NO_QUOTA: u64 = u64::MAX;
 
 pub struct Store {
@@ -92,6 +95,7 @@ impl Store {
         tx.open_table(PLANS)?;
         tx.open_table(QUOTAS)?;
         tx.open_table(USAGE)?;
+        tx.open_table(ACCESS_KEYS)?;
         tx.commit()?;
         Ok(Self { db, persistent })
     }
@@ -145,6 +149,37 @@ impl Store {
         f(&tx)?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// The SigV4 access keys made through the management API.
+    pub fn access_keys(&self) -> anyhow::Result<Vec<crate::access::sigv4::AccessKey>> {
+        let tx = self.db.begin_read()?;
+        let mut out = Vec::new();
+        for row in tx.open_table(ACCESS_KEYS)?.iter()? {
+            let (id, json) = row?;
+            match serde_json::from_str(json.value()) {
+                Ok(k) => out.push(k),
+                Err(e) => {
+                    tracing::warn!(access_key = id.value(), error = %e, "unreadable access key in the store; skipped")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn put_access_key(&self, key: &crate::access::sigv4::AccessKey) -> anyhow::Result<()> {
+        self.write(|tx| {
+            tx.open_table(ACCESS_KEYS)?
+                .insert(key.id.as_str(), serde_json::to_string(key)?.as_str())?;
+            Ok(())
+        })
+    }
+
+    pub fn delete_access_key(&self, id: &str) -> anyhow::Result<()> {
+        self.write(|tx| {
+            tx.open_table(ACCESS_KEYS)?.remove(id)?;
+            Ok(())
+        })
     }
 
     pub fn put_key(&self, key: &KeyDef) -> anyhow::Result<()> {

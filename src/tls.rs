@@ -450,7 +450,7 @@ pub struct UpstreamTls {
     pub server_name: ServerName<'static>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct UpstreamTlsSpec {
     /// PEM CA bundle; the system's roots when absent.
     pub ca: Option<PathBuf>,

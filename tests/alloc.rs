@@ -139,7 +139,16 @@ apis:
         let Integration::HttpProxy(target) = &st.routes[m.route].integration else {
             panic!("route is not a proxy");
         };
-        write_request_head(&mut up_head, target, &head, hdrs, &m, path, &origin);
+        write_request_head(
+            &mut up_head,
+            target,
+            &head,
+            hdrs,
+            &m,
+            path,
+            &origin,
+            &shardgate::upstream::forward::Extra::NONE,
+        );
 
         let mut rh = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let (resp, rhdrs) = parse_response(RESPONSE, &mut rh, false).unwrap().unwrap();

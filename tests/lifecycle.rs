@@ -89,8 +89,9 @@ fn later_features_are_refused_not_ignored() {
 ";
     let (code, out) = validate(&config(keyed));
     assert_eq!(code, 1);
+    // An authorizer the API does not define is named as such.
     assert!(
-        out.contains("not supported yet: apis[0].routes[0].authorizer"),
+        out.contains("apis[0].routes[0].authorizer: no authorizer \"users\""),
         "{out}"
     );
     assert!(
@@ -108,7 +109,7 @@ fn later_features_are_refused_not_ignored() {
     let _ = std::fs::remove_file(&path);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr)
-        .contains("not supported yet: apis[0].routes[0].authorizer"));
+        .contains("not supported yet: apis[0].stages[0].access_log"));
 }
 
 const MOCK_API: &str = "apis:

@@ -202,6 +202,9 @@ pub struct ClientCertFile {
 pub struct LimitsFile {
     pub max_header_bytes: Option<usize>,
     pub max_body_bytes: Option<u64>,
+    /// Bodies a route must read whole before forwarding (request validation, SigV4
+    /// payload hashes) may be at most this long; default 1 MiB.
+    pub max_buffered_body_bytes: Option<u64>,
     pub header_timeout_ms: Option<u64>,
     pub idle_timeout_ms: Option<u64>,
 }
@@ -212,6 +215,139 @@ pub struct ApiFile {
     pub kind: String,
     pub routes: Vec<Option<RouteFile>>,
     pub stages: Vec<Option<StageFile>>,
+    pub cors: Option<CorsFile>,
+    /// List elements that failed to parse are `None`, so indexes stay those of the file.
+    pub authorizers: Vec<Option<AuthorizerFile>>,
+    pub resource_policy: Option<ResourcePolicyFile>,
+    /// CIDRs of the proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<String>,
+}
+
+/// `apis[].cors`: AWS HTTP APIs' `corsConfiguration`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsFile {
+    #[serde(default)]
+    pub allow_origins: Vec<String>,
+    #[serde(default)]
+    pub allow_methods: Vec<String>,
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    #[serde(default)]
+    pub max_age_s: Option<i64>,
+    #[serde(default)]
+    pub allow_credentials: bool,
+}
+
+/// `resource_policy`: who may call an API (or one stage), evaluated before
+/// authorizers; a deny wins.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourcePolicyFile {
+    #[serde(default)]
+    pub allow_cidrs: Vec<String>,
+    #[serde(default)]
+    pub deny_cidrs: Vec<String>,
+    /// Host names (custom domains) the API may be called through.
+    #[serde(default)]
+    pub allow_hosts: Vec<String>,
+    #[serde(default)]
+    pub deny_hosts: Vec<String>,
+}
+
+/// `apis[].authorizers[]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AuthorizerFile {
+    Jwt {
+        name: String,
+        issuer: String,
+        audience: Vec<String>,
+        /// Where the signing keys are; `{issuer}/.well-known/openid-configuration`
+        /// names it when absent (and `jwks` is absent).
+        #[serde(default)]
+        jwks_uri: Option<String>,
+        /// The keys themselves, as a JWKS document (`{ keys: [...] }`).
+        #[serde(default)]
+        jwks: Option<Value>,
+        /// Accepted signature algorithms; default RS256 and ES256.
+        #[serde(default)]
+        algorithms: Option<Vec<String>>,
+        /// Clock skew allowed on `exp`, `nbf` and `iat`; default 60, at most 300.
+        #[serde(default)]
+        leeway_s: Option<u64>,
+        /// Where the token is read: `header.NAME` (default `header.authorization`)
+        /// or `query.NAME`.
+        #[serde(default)]
+        identity_source: Option<String>,
+        /// A refetch for an unknown `kid` happens at most once per this many
+        /// seconds; default 60.
+        #[serde(default)]
+        refresh_interval_s: Option<u64>,
+        /// Verified claims passed to the integration: claim name → header name.
+        #[serde(default)]
+        forward: BTreeMap<String, String>,
+    },
+    Request {
+        name: String,
+        uri: String,
+        #[serde(default)]
+        identity_sources: Vec<String>,
+        /// Seconds a decision is cached per identity; default 300, 0 to 3600.
+        #[serde(default)]
+        ttl_s: Option<u64>,
+        /// Default 10000 (AWS's authorizer timeout).
+        #[serde(default)]
+        timeout_ms: Option<u64>,
+        #[serde(default)]
+        tls: Option<UpstreamTlsFile>,
+        /// Context values passed to the integration: context key → header name.
+        #[serde(default)]
+        forward: BTreeMap<String, String>,
+    },
+    Sigv4 {
+        name: String,
+        region: String,
+        #[serde(default)]
+        access_keys: Vec<AccessKeyFile>,
+    },
+}
+
+impl AuthorizerFile {
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Jwt { name, .. } | Self::Request { name, .. } | Self::Sigv4 { name, .. } => name,
+        }
+    }
+}
+
+/// A SigV4 access key: in the config, in the store and in the management API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessKeyFile {
+    pub id: String,
+    pub secret: SecretFile,
+    /// `api/stage/route` patterns the key may call (`*` as the last part, or a
+    /// whole part); every route when empty.
+    #[serde(default)]
+    pub allow: Vec<String>,
+}
+
+/// `routes[].validate`: AWS's request validator.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidateFile {
+    /// `header.NAME`, `query.NAME` or `path.NAME`: present and not blank.
+    #[serde(default)]
+    pub required: Vec<String>,
+    /// JSON Schema (draft 4 unless `$schema` names another) of the body.
+    #[serde(default)]
+    pub body_schema: Option<Value>,
+    /// Media types whose bodies are validated; default `[application/json]`.
+    #[serde(default)]
+    pub content_types: Option<Vec<String>>,
 }
 
 /// The keys of an API besides `routes` and `stages`.
@@ -222,13 +358,11 @@ struct ApiHead {
     #[serde(rename = "type", default = "default_api_type")]
     kind: String,
     #[serde(default)]
-    cors: Option<Value>,
+    cors: Option<CorsFile>,
     #[serde(default)]
-    authorizers: Option<Value>,
+    resource_policy: Option<ResourcePolicyFile>,
     #[serde(default)]
-    resource_policy: Option<Value>,
-    #[serde(default)]
-    trusted_proxies: Option<Value>,
+    trusted_proxies: Vec<String>,
     #[serde(default)]
     gateway_responses: Option<Value>,
 }
@@ -244,12 +378,14 @@ pub struct RouteFile {
     pub integration: IntegrationFile,
     #[serde(default)]
     pub api_key_required: Option<bool>,
+    /// The name of one of the API's authorizers.
     #[serde(default)]
-    pub authorizer: Option<Value>,
+    pub authorizer: Option<String>,
+    /// JWT: the token must carry at least one of these scopes.
     #[serde(default)]
-    pub scopes: Option<Value>,
+    pub scopes: Vec<String>,
     #[serde(default)]
-    pub validate: Option<Value>,
+    pub validate: Option<ValidateFile>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -288,6 +424,9 @@ pub struct StageFile {
     pub cache: Option<StageCacheFile>,
     #[serde(default)]
     pub access_log: Option<Value>,
+    /// Replaces the API's resource policy for this stage.
+    #[serde(default)]
+    pub resource_policy: Option<ResourcePolicyFile>,
     /// Per-route overrides, keyed by route key (`"GET /pets"`).
     #[serde(default)]
     pub routes: BTreeMap<String, StageRouteFile>,
@@ -599,6 +738,7 @@ fn parse_api(v: Value, path: &str, errs: &mut ConfigErrors) -> Option<ApiFile> {
     };
     let routes = take(&mut m, "routes");
     let stages = take(&mut m, "stages");
+    let authorizers = take(&mut m, "authorizers");
     let head: Option<ApiHead> = de(Value::Mapping(m), path, errs);
     let routes = match routes {
         Some(r) => de_list(r, &format!("{path}.routes"), errs, de),
@@ -614,24 +754,23 @@ fn parse_api(v: Value, path: &str, errs: &mut ConfigErrors) -> Option<ApiFile> {
             Vec::new()
         }
     };
+    let authorizers = match authorizers {
+        Some(a) => de_list(a, &format!("{path}.authorizers"), errs, de),
+        None => Vec::new(),
+    };
     let head = head?;
-    let unsupported = [
-        ("cors", head.cors.is_some()),
-        ("authorizers", head.authorizers.is_some()),
-        ("resource_policy", head.resource_policy.is_some()),
-        ("trusted_proxies", head.trusted_proxies.is_some()),
-        ("gateway_responses", head.gateway_responses.is_some()),
-    ];
-    for (key, present) in unsupported {
-        if present {
-            errs.not_supported(format!("{path}.{key}"));
-        }
+    if head.gateway_responses.is_some() {
+        errs.not_supported(format!("{path}.gateway_responses"));
     }
     Some(ApiFile {
         name: head.name,
         kind: head.kind,
         routes,
         stages,
+        cors: head.cors,
+        authorizers,
+        resource_policy: head.resource_policy,
+        trusted_proxies: head.trusted_proxies,
     })
 }
 

@@ -54,7 +54,25 @@ pub struct Origin<'a> {
     pub tls: Option<&'a crate::tls::Session>,
 }
 
+/// What access control adds to, and removes from, the upstream request.
+pub struct Extra<'a> {
+    /// Header names only the gateway sets (its authorizers' forwarded values).
+    pub strip: &'a [Box<str>],
+    pub grant: &'a crate::access::Grant,
+}
+
+impl Extra<'_> {
+    pub const NONE: Extra<'static> = Extra {
+        strip: &[],
+        grant: &crate::access::Grant {
+            lines: None,
+            drop_authorization: false,
+        },
+    };
+}
+
 /// Writes the upstream request head for `target` into `out`.
+#[allow(clippy::too_many_arguments)]
 pub fn write_request_head(
     out: &mut Vec<u8>,
     target: &ProxyTarget,
@@ -63,6 +81,7 @@ pub fn write_request_head(
     m: &RouteMatch<'_, '_>,
     routed_path: &str,
     origin: &Origin<'_>,
+    extra: &Extra<'_>,
 ) {
     out.clear();
     out.extend_from_slice(head.method.as_bytes());
@@ -119,6 +138,8 @@ pub fn write_request_head(
             || (forwards_cert
                 && n.len() >= 14
                 && n[..14].eq_ignore_ascii_case(b"x-client-cert-"))
+            || (extra.grant.drop_authorization && n.eq_ignore_ascii_case(b"authorization"))
+            || extra.strip.iter().any(|s| n.eq_ignore_ascii_case(s.as_bytes()))
     });
     out.extend_from_slice(b"x-forwarded-for: ");
     for h in headers
@@ -139,6 +160,9 @@ pub fn write_request_head(
     out.extend_from_slice(itoa::Buffer::new().format(origin.local_port).as_bytes());
     out.extend_from_slice(b"\r\n");
     if let Some(lines) = origin.tls.and_then(|t| t.client_cert_headers.as_deref()) {
+        out.extend_from_slice(lines);
+    }
+    if let Some(lines) = &extra.grant.lines {
         out.extend_from_slice(lines);
     }
     match head.framing {
@@ -405,7 +429,7 @@ fn finish(shard: &Shard, target: &ProxyTarget, up: UpConn, a: &Answered) -> bool
     !a.client_persist.closes()
 }
 
-async fn connect(shard: &Shard, target: &ProxyTarget) -> Result<UpConn, Failed> {
+pub async fn connect(shard: &Shard, target: &ProxyTarget) -> Result<UpConn, Failed> {
     let addr = target.addr;
     match TcpStream::connect_addr(addr).await {
         Ok(s) => {
@@ -584,7 +608,9 @@ pub fn write_response_head(
     // The upstream's Content-Length stays meaningful where there is no body to frame.
     let keep_length = is_head || head.status == 304;
     respond::copy_headers(out, headers, |n| {
-        n.eq_ignore_ascii_case(b"date") || n.eq_ignore_ascii_case(b"apigw-requestid")
+        n.eq_ignore_ascii_case(b"date")
+            || n.eq_ignore_ascii_case(b"apigw-requestid")
+            || (tag.cors_api && n.len() > 15 && n[..15].eq_ignore_ascii_case(b"access-control-"))
     });
     match head.framing {
         Framing::Length(n) => respond::content_length(out, n),
