@@ -234,7 +234,7 @@ async fn active(
     shard: &Shard,
     mut woken: bool,
 ) -> bool {
-    loop {
+    'requests: loop {
         if c.pos > 0 {
             // Keep a pipelined next request at the front of the buffer.
             c.buf.drain(..c.pos);
@@ -269,17 +269,19 @@ async fn active(
                 }
                 Err(Some(err)) => {
                     tracing::debug!(peer = %c.peer, %err, "request refused");
-                    // What is left of the body may still be on the wire: close.
+                    // A body, read or not, is not skipped: close after it.
+                    let persist = if prepared.framing == Framing::None {
+                        prepared.persist
+                    } else {
+                        Persist::Close
+                    };
                     c.pos = prepared.head_len;
-                    return refuse(
-                        c,
-                        shard,
-                        err,
-                        &prepared.tag,
-                        Persist::Close,
-                        prepared.is_head,
-                    )
-                    .await;
+                    if !refuse(c, shard, err, &prepared.tag, persist, prepared.is_head).await
+                        || shard.draining.get()
+                    {
+                        return false;
+                    }
+                    continue 'requests;
                 }
                 Err(None) => return false,
             }

@@ -104,7 +104,13 @@ fn exchange<S: Read + Write>(
         set_timeout(s, wait).map_err(|e| e.to_string())?;
         match s.read(&mut chunk) {
             Ok(0) => break,
-            Ok(n) => raw.extend_from_slice(&chunk[..n]),
+            Ok(n) => {
+                raw.extend_from_slice(&chunk[..n]);
+                // Servers may keep the connection open despite `connection: close`.
+                if complete(&raw) {
+                    break;
+                }
+            }
             // A peer closing without TLS close_notify still ends the body.
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
             Err(e) => return Err(format!("read: {e}")),
@@ -178,4 +184,26 @@ pub fn decode_chunked(mut input: &[u8]) -> Result<Vec<u8>, String> {
             Chunk::NeedMore => return Err("chunked body cut short".into()),
         }
     }
+}
+
+/// Whether `buf` holds a whole response: its head, and a body as long as its
+/// `content-length` or a complete chunked body.
+pub fn complete(buf: &[u8]) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut resp = httparse::Response::new(&mut headers);
+    let Ok(httparse::Status::Complete(n)) = resp.parse(buf) else {
+        return false;
+    };
+    for h in resp.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            return std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .is_some_and(|len| buf.len() >= n + len);
+        }
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            return decode_chunked(&buf[n..]).is_ok();
+        }
+    }
+    false
 }

@@ -327,7 +327,7 @@ impl RequestAuthorizer {
                 Ok(0) => break,
                 Ok(_) if buf.len() > MAX_ANSWER_BYTES => return Err("the answer is too large"),
                 Ok(_) => {
-                    if complete(&buf) {
+                    if super::fetch::complete(&buf) {
                         break;
                     }
                 }
@@ -341,25 +341,4 @@ impl RequestAuthorizer {
         })?;
         self.decide(&body)
     }
-}
-
-/// Whether `buf` holds a whole response with a `content-length` (so there is no
-/// need to wait for the close).
-fn complete(buf: &[u8]) -> bool {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut resp = httparse::Response::new(&mut headers);
-    let Ok(httparse::Status::Complete(n)) = resp.parse(buf) else {
-        return false;
-    };
-    resp.headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-        .and_then(|h| {
-            std::str::from_utf8(h.value)
-                .ok()?
-                .trim()
-                .parse::<usize>()
-                .ok()
-        })
-        .is_some_and(|len| buf.len() >= n + len)
 }

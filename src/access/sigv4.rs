@@ -353,9 +353,9 @@ impl Sigv4Authorizer {
             )));
         }
         if auth.service != "execute-api" {
-            return Err(forbidden(&format!(
-                "Credential should be scoped to correct service: 'execute-api'. "
-            )));
+            return Err(forbidden(
+                "Credential should be scoped to correct service: 'execute-api'. ",
+            ));
         }
         if auth.terminator != "aws4_request" {
             return Err(forbidden(
@@ -366,38 +366,43 @@ impl Sigv4Authorizer {
         if !signed.contains(&"host") {
             return Err(mismatch());
         }
-        let payload = if auth.expires.is_some() {
-            "UNSIGNED-PAYLOAD"
-        } else {
+        let payload =
             match header(r.headers, "x-amz-content-sha256") {
                 Some(h) if h.eq_ignore_ascii_case(r.body_hash) => r.body_hash,
                 Some(_) => return Err(forbidden(
                     "The provided 'x-amz-content-sha256' header does not match what was computed.",
                 )),
                 None => r.body_hash,
-            }
-        };
+            };
         let signing_key = signing_key(&key.secret, auth.date, auth.region);
         let presigned = auth.expires.is_some();
+        // A presigned URL may also leave the payload unsigned (S3's convention).
+        let payloads: &[&str] = if presigned {
+            &[payload, "UNSIGNED-PAYLOAD"]
+        } else {
+            &[payload]
+        };
         let mut matched = false;
         // The strict canonical query string (each name and value decoded and
         // re-encoded, as AWS computes it) and, for clients that sign the query as it
         // is written (botocore), that form too.
-        for strict in [true, false] {
-            let canonical =
-                canonical_request(r, &signed, auth.signed_headers, payload, strict, presigned);
-            let sts = format!(
-                "AWS4-HMAC-SHA256\n{}\n{}/{}/execute-api/aws4_request\n{}",
-                auth.amz_date,
-                auth.date,
-                auth.region,
-                sha256_hex(canonical.as_bytes())
-            );
-            let sig = hmac::sign(&signing_key, sts.as_bytes());
-            let expected = crate::registry::hex(sig.as_ref());
-            if constant_time_eq(expected.as_bytes(), auth.signature.as_bytes()) {
-                matched = true;
-                break;
+        'forms: for strict in [true, false] {
+            for payload in payloads {
+                let canonical =
+                    canonical_request(r, &signed, auth.signed_headers, payload, strict, presigned);
+                let sts = format!(
+                    "AWS4-HMAC-SHA256\n{}\n{}/{}/execute-api/aws4_request\n{}",
+                    auth.amz_date,
+                    auth.date,
+                    auth.region,
+                    sha256_hex(canonical.as_bytes())
+                );
+                let sig = hmac::sign(&signing_key, sts.as_bytes());
+                let expected = crate::registry::hex(sig.as_ref());
+                if constant_time_eq(expected.as_bytes(), auth.signature.as_bytes()) {
+                    matched = true;
+                    break 'forms;
+                }
             }
         }
         if !matched {

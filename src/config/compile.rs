@@ -1040,7 +1040,7 @@ fn compile_route_access(
             },
         };
         auths.push(auth);
-        let validator = route.validate.as_ref().and_then(|v| {
+        let validator = route.validate.as_ref().map(|v| {
             let vpath = format!("{rpath}.validate");
             let mut required = Vec::new();
             for (j, r) in v.required.iter().enumerate() {
@@ -1069,11 +1069,11 @@ fn compile_route_access(
                 .iter()
                 .map(|t| t.trim().to_ascii_lowercase().into())
                 .collect();
-            Some(Arc::new(Validator {
+            Arc::new(Validator {
                 required: required.into(),
                 schema,
                 content_types,
-            }))
+            })
         });
         validators.push(validator);
     }
