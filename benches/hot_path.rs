@@ -234,5 +234,79 @@ fn cache(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, parse, parse_resp, route, chunked, throttle, api_key, cache);
+/// A JWT authorizer with its key already fetched: a full check (signature and
+/// claims), and the per-worker cache hit a repeated token gets.
+fn jwt(c: &mut Criterion) {
+    use jsonwebtoken::jwk::{Jwk, JwkSet};
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    use shardgate::access::jwt::{JwtAuthorizer, KeySet, KeySource, KeyState, Source, TokenCache};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = serde_json::json!({
+        "iss": "https://id.test/", "aud": "petstore", "sub": "alice",
+        "exp": now + 3600, "iat": now, "scope": "pets:read",
+    });
+    let mut group = c.benchmark_group("jwt");
+    for (alg, rc) in [
+        (Algorithm::RS256, &rcgen::PKCS_RSA_SHA256),
+        (Algorithm::ES256, &rcgen::PKCS_ECDSA_P256_SHA256),
+    ] {
+        let kp = rcgen::KeyPair::generate_for(rc).unwrap();
+        let pem = kp.serialize_pem();
+        let enc = match alg {
+            Algorithm::ES256 => EncodingKey::from_ec_pem(pem.as_bytes()).unwrap(),
+            _ => EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap(),
+        };
+        let mut jwk = Jwk::from_encoding_key(&enc, alg).unwrap();
+        jwk.common.key_id = Some("k1".into());
+        let set = serde_json::to_vec(&JwkSet { keys: vec![jwk] }).unwrap();
+        let mut header = Header::new(alg);
+        header.kid = Some("k1".into());
+        let token = jsonwebtoken::encode(&header, &claims, &enc).unwrap();
+        let auth = JwtAuthorizer {
+            name: "users".into(),
+            issuer: "https://id.test/".into(),
+            audience: vec!["petstore".into()].into(),
+            algorithms: vec![Algorithm::RS256, Algorithm::ES256].into(),
+            leeway_s: 60,
+            source: Source::Header("authorization".into()),
+            refresh_interval_s: 60,
+            forward: vec![("sub".into(), "x-jwt-claim-sub".into())].into(),
+            keys: std::sync::Arc::new(KeyState::new(KeySet::parse(&set).unwrap())),
+            key_source: KeySource::Inline,
+            asks: Default::default(),
+        };
+        let value = format!("Bearer {token}");
+        let headers = [httparse::Header {
+            name: "authorization",
+            value: value.as_bytes(),
+        }];
+        let scopes: Vec<Box<str>> = vec!["pets:read".into()];
+        group.bench_function(BenchmarkId::new("verify", format!("{alg:?}")), |b| {
+            b.iter(|| auth.verify(black_box(&token), now, false).is_ok())
+        });
+        let mut cache = TokenCache::default();
+        group.bench_function(BenchmarkId::new("cached", format!("{alg:?}")), |b| {
+            b.iter(|| {
+                matches!(
+                    auth.check(
+                        0,
+                        black_box(&headers),
+                        None,
+                        &scopes,
+                        &mut cache,
+                        now,
+                        false
+                    ),
+                    shardgate::access::jwt::Check::Granted(_)
+                )
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, parse, parse_resp, route, chunked, throttle, api_key, cache, jwt);
 criterion_main!(benches);

@@ -44,7 +44,7 @@ SG=./target/release/shardgate
 
 # SO_REUSEPORT lets a leftover process share a port silently and take half the load
 # (and skew every per-request figure): refuse to start if any port is taken.
-busy=$(ss -Hltn 2>/dev/null | awk '{print $4}' | grep -E ':(1808[1-9]|1809[0-2])$' || true)
+busy=$(ss -Hltn 2>/dev/null | awk '{print $4}' | grep -E ':(1808[1-9]|1809[0-3])$' || true)
 [ -z "$busy" ] || { echo "ports in use, stop what listens there first: $busy"; exit 1; }
 
 RUN=$(mktemp -d)
@@ -73,16 +73,34 @@ for f in upstream-nginx.conf proxy-nginx.conf proxy-nginx-cache.conf proxy-hapro
   sed "s#__RUN__#$RUN#g" "load-tests/peers/$f" >"$RUN/$f"
 done
 cp load-tests/peers/shardgate.yaml "$RUN/sg-epoll.yaml"
+# A JWT for the sg-jwt proxy: an RSA-2048 key, its JWKS inline in the config, and
+# an RS256 token signed with openssl (valid for a day).
+openssl genrsa -out "$RUN/jwt.key" 2048 2>/dev/null
+JWT=$(python3 - "$RUN/jwt.key" "$RUN/jwks.json" <<'EOF'
+import base64, json, subprocess, sys, time
+key, jwks_path = sys.argv[1], sys.argv[2]
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+mod = subprocess.run(["openssl", "rsa", "-in", key, "-noout", "-modulus"], capture_output=True, text=True, check=True)
+n = bytes.fromhex(mod.stdout.strip().split("=", 1)[1])
+json.dump({"keys": [{"kty": "RSA", "kid": "bench", "alg": "RS256", "use": "sig", "n": b64(n), "e": "AQAB"}]}, open(jwks_path, "w"))
+now = int(time.time())
+head = b64(json.dumps({"alg": "RS256", "typ": "JWT", "kid": "bench"}).encode())
+body = b64(json.dumps({"iss": "https://id.bench/", "aud": "bench", "sub": "bench-user", "scope": "bench:read", "iat": now, "exp": now + 86400}).encode())
+sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", key], input=f"{head}.{body}".encode(), capture_output=True, check=True).stdout
+print(f"{head}.{body}.{b64(sig)}")
+EOF
+)
+sed "s#__JWKS__#$(cat "$RUN/jwks.json")#" load-tests/peers/shardgate-jwt.yaml >"$RUN/sg-jwt.yaml"
 sed 's/18083/18084/' load-tests/peers/shardgate.yaml >"$RUN/sg-uring.yaml"
 
 taskset -c 1 nginx -c "$RUN/upstream-nginx.conf" -p "$RUN" &
 for _ in $(seq 50); do curl -sf http://127.0.0.1:18081/ >/dev/null && break; sleep 0.1; done
 upstream_accepts() { curl -sf http://127.0.0.1:18081/status | awk 'NR==3 {print $1}'; }
 
-PROXIES=(sg-epoll sg-uring sg-keyed sg-keyed-store sg-cache nginx nginx-cache haproxy sg-tls nginx-tls haproxy-tls)
+PROXIES=(sg-epoll sg-uring sg-keyed sg-keyed-store sg-cache nginx nginx-cache haproxy sg-tls nginx-tls haproxy-tls sg-jwt)
 # The memory phase's client sends no API key.
 MEM_PROXIES=(sg-epoll sg-uring nginx haproxy)
-declare -A PORT=([sg-epoll]=18083 [sg-uring]=18084 [sg-keyed]=18086 [sg-keyed-store]=18087 [sg-cache]=18088 [nginx]=18082 [nginx-cache]=18089 [haproxy]=18085 [sg-tls]=18090 [nginx-tls]=18091 [haproxy-tls]=18092)
+declare -A PORT=([sg-epoll]=18083 [sg-uring]=18084 [sg-keyed]=18086 [sg-keyed-store]=18087 [sg-cache]=18088 [nginx]=18082 [nginx-cache]=18089 [haproxy]=18085 [sg-tls]=18090 [nginx-tls]=18091 [haproxy-tls]=18092 [sg-jwt]=18093)
 scheme() { case $1 in *-tls) echo https ;; *) echo http ;; esac; }
 # The keyed setup with a persistent store: the writer thread saves each lease.
 { sed 's/18086/18087/' load-tests/peers/shardgate-keyed.yaml; echo "store: { path: $RUN/store }"; } >"$RUN/sg-keyed-store.yaml"
@@ -103,13 +121,15 @@ start_proxy() {
     sg-tls) taskset -c 0 "$SG" run --config "$RUN/shardgate-tls.yaml" --runtime epoll 2>>"$RUN/sg-tls.log" & ;;
     nginx-tls) taskset -c 0 nginx -c "$RUN/proxy-nginx-tls.conf" -p "$RUN" & ;;
     haproxy-tls) taskset -c 0 haproxy -f "$RUN/proxy-haproxy-tls.cfg" -db 2>>"$RUN/haproxy-tls.log" & ;;
+    sg-jwt) taskset -c 0 "$SG" run --config "$RUN/sg-jwt.yaml" --runtime epoll 2>>"$RUN/sg-jwt.log" & ;;
   esac
   MAIN[$p]=$!
   PID[$p]=$!
   local url
   url="$(scheme "$p")://127.0.0.1:${PORT[$p]}/"
-  for _ in $(seq 100); do curl -sfk -H "x-api-key: $KEY" "$url" >/dev/null 2>&1 && break; sleep 0.05; done
-  curl -sfk -H "x-api-key: $KEY" "$url" >/dev/null || { echo "$p did not start"; exit 1; }
+  local auth=(-H "x-api-key: $KEY" -H "authorization: Bearer $JWT")
+  for _ in $(seq 100); do curl -sfk "${auth[@]}" "$url" >/dev/null 2>&1 && break; sleep 0.05; done
+  curl -sfk "${auth[@]}" "$url" >/dev/null || { echo "$p did not start"; exit 1; }
   # nginx serves from a forked worker: measure that process.
   case $p in nginx|nginx-cache|nginx-tls)
     # Its cache manager and loader are children too: take the worker.
@@ -145,6 +165,10 @@ SCENARIOS=(
   # new connection (a full handshake, wrk resumes no session) per request.
   "https-get|sg-tls nginx-tls haproxy-tls|wrk -c50|/"
   "https-new-conn|sg-tls nginx-tls haproxy-tls|wrk -c50 close|/"
+  # Issue 7: every request carries a bearer token the JWT authorizer checks (the
+  # same token on every connection: verified once per worker, then remembered);
+  # sg-epoll in the same scenario gets the same header and ignores it.
+  "small-get-jwt|sg-jwt sg-epoll|wrk -c50 jwt|/"
 )
 if [ -n "${ONLY:-}" ]; then
   kept=()
@@ -165,6 +189,7 @@ measure() {
   case "$load" in *post*) script=load-tests/wrk/post-4k-report.lua ;; esac
   case "$load" in *close*) extra=(-H "Connection: close") ;; esac
   case "$load" in *keyed*) extra=(-H "x-api-key: $KEY") ;; esac
+  case "$load" in *jwt*) extra=(-H "authorization: Bearer $JWT") ;; esac
   if [[ $load == oha ]]; then
     taskset -c 1 oha -z "${WARMUP}s" -c 50 --no-tui --output-format quiet "$url" >/dev/null 2>&1 || true
     a0=$(upstream_accepts); t0=$(cpu_ticks "${PID[$p]}"); k0=$(core_ticks)
@@ -227,7 +252,7 @@ for r in $(seq "$ROUNDS"); do
   [ -n "${ONLY:-}" ] || for p in "${MEM_PROXIES[@]}"; do measure_memory "$p"; done
 done
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR ? a[int((NR+1)/2)] : "-")}'; }
+median() { tr ' ' '\n' | { grep -v '^$' || true; } | sort -g | awk '{a[NR]=$1} END {print (NR ? a[int((NR+1)/2)] : "-")}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 > 0 && a != "-") printf "%.2f", a / b; else print "-" }'; }
 
 RESULT=$(mktemp)
@@ -301,6 +326,11 @@ set +u  # a partial run (ONLY=...) leaves other scenarios' figures unset: shown 
   echo "  cpu/req <= 0.8x nginx: $(ratio "$ht_cpu" "$nt_cpu")x (${ht_cpu} vs ${nt_cpu} us) -> $(verdict "$(awk -v a="$ht_cpu" -v b="$nt_cpu" 'BEGIN{print (a <= 0.8 * b)}')")"
   hn_cpu=$(echo "${R_CPU[https-new-conn|sg-tls]}" | median); nn_cpu=$(echo "${R_CPU[https-new-conn|nginx-tls]}" | median)
   echo "  a new TLS connection per request (full handshake): ${hn_cpu} vs ${nn_cpu} us/req -> $(ratio "$hn_cpu" "$nn_cpu")x"
+  jw_cpu=$(echo "${R_CPU[small-get-jwt|sg-jwt]}" | median); jp_cpu=$(echo "${R_CPU[small-get-jwt|sg-epoll]}" | median)
+  jw_p99=$(echo "${R_P99[small-get-jwt|sg-jwt]}" | median); jp_p99=$(echo "${R_P99[small-get-jwt|sg-epoll]}" | median)
+  echo "Issue 7: small GET with a JWT authorizer (RS256, a scope, one forwarded claim), against the same GET without:"
+  echo "  cpu/req <= 1.15x: $(ratio "$jw_cpu" "$jp_cpu")x (${jw_cpu} vs ${jp_cpu} us) -> $(verdict "$(awk -v a="$jw_cpu" -v b="$jp_cpu" 'BEGIN{print (a <= 1.15 * b)}')")"
+  echo "  p99: ${jw_p99} vs ${jp_p99} us"
 } >"$RESULT"
 echo
 cat "$RESULT"

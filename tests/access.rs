@@ -445,7 +445,7 @@ fn signed(args: &[&str]) -> (u16, String) {
         .expect("python3");
     assert!(
         out.status.success(),
-        "botocore client failed (pip install botocore): {}",
+        "botocore client failed (python3 -m pip install -r tests/requirements.txt): {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -950,4 +950,53 @@ apis:
         br#"{"x":1}"#,
     );
     assert_eq!(r.status, 400);
+}
+
+/// Without `jwks_uri`, the keys are found through the issuer's discovery document.
+#[test]
+fn jwt_keys_by_discovery() {
+    let k1 = ec_key("d1");
+    let set = serde_json::to_vec(&JwkSet {
+        keys: vec![k1.jwk.clone()],
+    })
+    .unwrap();
+    let base = Arc::new(Mutex::new(String::new()));
+    let b2 = Arc::clone(&base);
+    let idp = Upstream::start(move |s| {
+        if s.target == "/.well-known/openid-configuration" {
+            let doc = json!({"jwks_uri": format!("{}/keys", b2.lock().unwrap())});
+            Reply::ok(doc.to_string())
+        } else if s.target == "/keys" {
+            Reply::ok(set.clone())
+        } else {
+            let mut r = Reply::ok("");
+            r.status = 404;
+            r
+        }
+    });
+    *base.lock().unwrap() = idp.url();
+    let yaml = config(&format!(
+        "apis:
+  - name: p
+    authorizers:
+      - {{ name: users, type: jwt, issuer: \"{iss}\", audience: [petstore] }}
+    routes:
+      - {{ route: GET /me, authorizer: users, integration: {{ type: mock, body: me }} }}
+    stages: [ {{ name: prod }} ]
+",
+        iss = idp.url()
+    ));
+    let gw = Gateway::start(&yaml);
+    let t = token(&k1, &claims(json!({"iss": idp.url()})));
+    let mut c = Client::connect(gw.addr);
+    let r = c.request(
+        "GET",
+        "/prod/me",
+        "gw.test",
+        &[("authorization", &bearer(&t))],
+        b"",
+    );
+    assert_eq!((r.status, r.text().as_str()), (200, "me"));
+    let targets: Vec<String> = idp.seen().iter().map(|s| s.target.clone()).collect();
+    assert_eq!(targets[..2], ["/.well-known/openid-configuration", "/keys"]);
 }
