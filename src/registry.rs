@@ -87,10 +87,11 @@ impl KeyDef {
     }
 }
 
-/// A random secret: URL-safe base64 without padding.
+/// A random secret in AWS's shape: 40 characters of standard base64 (never a
+/// leading `-`, which command lines would take for an option).
 fn base64_secret(raw: &[u8]) -> String {
     use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    base64::engine::general_purpose::STANDARD_NO_PAD.encode(raw)
 }
 
 pub fn hex(bytes: &[u8]) -> String {
