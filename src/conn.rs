@@ -643,10 +643,14 @@ fn prepare(
     }
     if let Some(cors) = &access.cors {
         p.tag.cors_api = true;
-        if let Some(from) = header(headers, "origin") {
-            if method == "OPTIONS" && header(headers, "access-control-request-method").is_some() {
-                p.tag.cors =
-                    cors.preflight(from, header(headers, "access-control-request-headers"));
+        if let Some(from) = parse::header(headers, "origin") {
+            if method == "OPTIONS"
+                && parse::header(headers, "access-control-request-method").is_some()
+            {
+                p.tag.cors = cors.preflight(
+                    from,
+                    parse::header(headers, "access-control-request-headers"),
+                );
                 p.action = Action::Preflight;
                 return p;
             }
@@ -829,14 +833,6 @@ fn prepare(
         }
     };
     p
-}
-
-/// The value of the first header `name`.
-fn header<'a>(headers: &'a [httparse::Header<'a>], name: &str) -> Option<&'a [u8]> {
-    headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case(name))
-        .map(|h| h.value)
 }
 
 /// What an authorizer may look at.

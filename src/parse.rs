@@ -260,6 +260,14 @@ fn parse_content_length(v: &[u8]) -> Result<u64, HeadError> {
     Ok(v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
+/// The value of the first header named `name` (any case).
+pub fn header<'a>(headers: &[httparse::Header<'a>], name: &str) -> Option<&'a [u8]> {
+    headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| h.value)
+}
+
 /// Comma-separated tokens with optional whitespace trimmed (RFC 9110 §5.6.1).
 pub fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
     v.split(|&b| b == b',').map(trim_ows)

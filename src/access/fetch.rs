@@ -139,17 +139,8 @@ pub fn body_of(raw: &[u8], max: usize) -> Result<Vec<u8>, String> {
         h.name.eq_ignore_ascii_case("transfer-encoding")
             && crate::parse::tokens(h.value).any(|t| t.eq_ignore_ascii_case(b"chunked"))
     });
-    let length = resp
-        .headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-        .and_then(|h| {
-            std::str::from_utf8(h.value)
-                .ok()?
-                .trim()
-                .parse::<usize>()
-                .ok()
-        });
+    let length = crate::parse::header(resp.headers, "content-length")
+        .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<usize>().ok());
     let rest = &raw[head_len..];
     let body = if chunked {
         decode_chunked(rest)?

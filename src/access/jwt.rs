@@ -167,10 +167,8 @@ impl Source {
         query: Option<&'a str>,
     ) -> Option<std::borrow::Cow<'a, str>> {
         match self {
-            Self::Header(name) => headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case(name))
-                .and_then(|h| std::str::from_utf8(h.value).ok())
+            Self::Header(name) => crate::parse::header(headers, name)
+                .and_then(|v| std::str::from_utf8(v).ok())
                 .map(std::borrow::Cow::Borrowed),
             Self::Query(name) => query.and_then(|q| {
                 form_urlencoded::parse(q.as_bytes())

@@ -252,9 +252,8 @@ impl RequestAuthorizer {
                     "path": f.raw_path,
                     "protocol": "HTTP/1.1",
                     "sourceIp": f.source_ip.to_string(),
-                    "userAgent": f.headers.iter()
-                        .find(|h| h.name.eq_ignore_ascii_case("user-agent"))
-                        .map(|h| String::from_utf8_lossy(h.value).into_owned())
+                    "userAgent": crate::parse::header(f.headers, "user-agent")
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
                         .unwrap_or_default(),
                 },
                 "requestId": f.request_id,

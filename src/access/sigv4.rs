@@ -134,11 +134,8 @@ fn mismatch() -> GatewayError {
     )
 }
 
-fn header<'a>(headers: &'a [httparse::Header<'a>], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case(name))
-        .and_then(|h| std::str::from_utf8(h.value).ok())
+fn header<'a>(headers: &[httparse::Header<'a>], name: &str) -> Option<&'a str> {
+    crate::parse::header(headers, name).and_then(|v| std::str::from_utf8(v).ok())
 }
 
 pub fn sha256_hex(data: &[u8]) -> String {

@@ -114,10 +114,8 @@ impl Validator {
         if self.schema.is_none() {
             return false;
         }
-        let ct = headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case("content-type"))
-            .map_or(&b"application/json"[..], |h| media_type(h.value));
+        let ct = crate::parse::header(headers, "content-type")
+            .map_or(&b"application/json"[..], media_type);
         self.content_types
             .iter()
             .any(|t| t.as_bytes().eq_ignore_ascii_case(ct))
