@@ -111,29 +111,39 @@ struct Request {
 struct Response {
     status: u16,
     body: Value,
+    /// A body that is not JSON: (content type, text).
+    text: Option<(&'static str, String)>,
 }
 
 impl Response {
     fn ok(body: Value) -> Self {
-        Self { status: 200, body }
+        Self::with(200, body)
     }
     fn created(body: Value) -> Self {
-        Self { status: 201, body }
+        Self::with(201, body)
     }
     fn no_content() -> Self {
+        Self::with(204, Value::Null)
+    }
+    fn with(status: u16, body: Value) -> Self {
         Self {
-            status: 204,
+            status,
+            body,
+            text: None,
+        }
+    }
+    fn text(content_type: &'static str, text: String) -> Self {
+        Self {
+            status: 200,
             body: Value::Null,
+            text: Some((content_type, text)),
         }
     }
 }
 
 impl From<ApiError> for Response {
     fn from(e: ApiError) -> Self {
-        Self {
-            status: e.status,
-            body: json!({ "message": e.message }),
-        }
+        Self::with(e.status, json!({ "message": e.message }))
     }
 }
 
@@ -155,6 +165,8 @@ fn serve(mut stream: TcpStream, ctx: &Ctx) {
     };
     let body = if resp.status == 204 {
         Vec::new()
+    } else if let Some((_, text)) = &resp.text {
+        text.clone().into_bytes()
     } else {
         let mut b = serde_json::to_vec(&resp.body).unwrap_or_default();
         b.push(b'\n');
@@ -166,7 +178,9 @@ fn serve(mut stream: TcpStream, ctx: &Ctx) {
         reason(resp.status),
         body.len()
     );
-    if !body.is_empty() {
+    if let Some((ctype, _)) = &resp.text {
+        head.push_str(&format!("content-type: {ctype}\r\n"));
+    } else if !body.is_empty() {
         head.push_str("content-type: application/json\r\n");
     }
     if resp.status == 401 {
@@ -344,8 +358,24 @@ fn handle(ctx: &Ctx, req: &Request) -> Response {
         .collect();
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
     let m = req.method.as_str();
-    if segs == ["health"] && m == "GET" {
-        return Response::ok(json!({ "status": "ok" }));
+    // Probes and scrapes need no token (bind the admin listener to a private
+    // address).
+    match (m, segs.as_slice()) {
+        ("GET", ["health"] | ["healthz"]) => return Response::ok(json!({ "status": "ok" })),
+        ("GET", ["readyz"]) => {
+            return if ctx.plan.metrics.ready.load(Ordering::Acquire) {
+                Response::ok(json!({ "status": "ready", "listeners": ctx.plan.listeners.len() }))
+            } else {
+                Response::with(503, json!({ "status": "not ready" }))
+            };
+        }
+        ("GET", ["metrics"]) => {
+            return Response::text(
+                "text/plain; version=0.0.4; charset=utf-8",
+                ctx.plan.metrics.render(),
+            )
+        }
+        _ => {}
     }
     if !authorized(ctx, req) {
         let message = if ctx.token.is_none() {

@@ -45,6 +45,38 @@ pub struct Client {
     pub out: Vec<u8>,
     /// The upstream request head.
     pub up_head: Vec<u8>,
+    /// What the request being served did (metrics, access log).
+    pub outcome: Outcome,
+}
+
+/// What one request did: its route, status, sizes and times.
+#[derive(Debug)]
+pub struct Outcome {
+    pub route: Option<(StageId, RouteId)>,
+    pub status: u16,
+    /// Response body bytes (as framed; 0 for HEAD).
+    pub bytes: u64,
+    /// When the request went to the integration.
+    pub sent: Instant,
+    pub integration_us: Option<u64>,
+    /// For the access log line, when the stage logs.
+    pub log: Option<Box<crate::accesslog::Facts>>,
+    /// The refusal's message (logged requests only).
+    pub error: Option<Box<str>>,
+}
+
+impl Outcome {
+    fn at(started: Instant) -> Self {
+        Self {
+            route: None,
+            status: 0,
+            bytes: 0,
+            sent: started,
+            integration_us: None,
+            log: None,
+            error: None,
+        }
+    }
 }
 
 /// What a parsed head asks for, with everything borrowed from the buffer resolved.
@@ -60,6 +92,11 @@ struct Prepared {
     /// A cache miss to store once the upstream answers.
     fill: Option<crate::cache::Fill>,
     coalesce: Coalesce,
+    /// The stage and route it matched.
+    route: Option<(StageId, RouteId)>,
+    /// What its access log line needs (stages that log).
+    log: Option<Box<crate::accesslog::Facts>>,
+    trace: Option<crate::trace::Trace>,
 }
 
 /// A cache miss's part in coalescing: fetching for others, or waiting for another.
@@ -94,6 +131,9 @@ enum Action {
     Proxy(StageId, RouteId),
 }
 
+// `Ready` is the common case and lives on the stack once per request; boxing it
+// would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
 enum HeadRead {
     Ready(Prepared),
     /// Closed or idle: nothing to answer.
@@ -141,6 +181,7 @@ async fn serve_client(
         pos: 0,
         out: Vec::new(),
         up_head: Vec::new(),
+        outcome: Outcome::at(Instant::now()),
     });
     let mut woken = false;
     loop {
@@ -241,7 +282,10 @@ async fn active(
             c.pos = 0;
         }
         let mut pass = Pass::default();
-        let mut prepared = match read_head(c, plan, lp, shard, woken, &mut pass).await {
+        let read = read_head(c, plan, lp, shard, woken, &mut pass).await;
+        let started = Instant::now();
+        c.outcome = Outcome::at(started);
+        let mut prepared = match read {
             HeadRead::Ready(p) => p,
             HeadRead::Gone => return false,
             HeadRead::Park => return true,
@@ -249,9 +293,12 @@ async fn active(
                 tracing::debug!(peer = %c.peer, %err, "request refused");
                 let tag = Tag::from(shard.next_request_id());
                 let _ = refuse(c, shard, err, &tag, Persist::Close, false).await;
+                record(c, plan, shard, started, &Flags::default());
                 return false;
             }
         };
+        c.outcome.route = prepared.route;
+        c.outcome.log = prepared.log.take();
         woken = false;
         let _in_flight = InFlight::enter(shard);
         while matches!(prepared.action, Action::Work(_)) {
@@ -276,9 +323,10 @@ async fn active(
                         Persist::Close
                     };
                     c.pos = prepared.head_len;
-                    if !refuse(c, shard, err, &prepared.tag, persist, prepared.is_head).await
-                        || shard.draining.get()
-                    {
+                    let keep =
+                        refuse(c, shard, err, &prepared.tag, persist, prepared.is_head).await;
+                    record(c, plan, shard, started, &Flags::default());
+                    if !keep || shard.draining.get() {
                         return false;
                     }
                     continue 'requests;
@@ -286,11 +334,66 @@ async fn active(
                 Err(None) => return false,
             }
         }
+        let flags = Flags {
+            throttled: matches!(prepared.action, Action::Refuse(GatewayError::Throttled)),
+            quota: matches!(prepared.action, Action::Refuse(GatewayError::QuotaExceeded)),
+            cache: match prepared.tag.cache {
+                Some(CacheStatus::Hit) => Some(true),
+                Some(CacheStatus::Miss) => Some(false),
+                _ => None,
+            },
+        };
         let keep = handle(c, plan, lp, shard, prepared).await;
+        record(c, plan, shard, started, &flags);
         if !keep || shard.draining.get() {
             return false;
         }
     }
+}
+
+/// What a request's action says about it, for the metrics.
+#[derive(Default)]
+struct Flags {
+    throttled: bool,
+    quota: bool,
+    cache: Option<bool>,
+}
+
+/// Counts a finished request in this worker's metrics.
+fn record(c: &mut Client, plan: &Plan, shard: &Shard, started: Instant, f: &Flags) {
+    let sample = crate::metrics::Sample {
+        status: c.outcome.status,
+        latency_us: started.elapsed().as_micros() as u64,
+        integration_us: c.outcome.integration_us,
+        throttled: f.throttled,
+        quota: f.quota,
+        cache: f.cache,
+    };
+    plan.metrics.record(shard.id, c.outcome.route, &sample);
+    let Some(facts) = c.outcome.log.take() else {
+        return;
+    };
+    let stage = &plan.stages[facts.stage];
+    let Some(spec) = &stage.access_log else {
+        return;
+    };
+    let route_key = c
+        .outcome
+        .route
+        .map_or("-", |(s, r)| plan.stages[s].routes[r].key.as_str());
+    let response = crate::accesslog::Response {
+        route_key,
+        api: &stage.api,
+        stage: &stage.stage,
+        status: c.outcome.status,
+        bytes: c.outcome.bytes,
+        integration_us: c.outcome.integration_us,
+        latency_us: sample.latency_us,
+        error: c.outcome.error.as_deref(),
+    };
+    shard.log_line(&plan.logs, spec.sink, |out| {
+        crate::accesslog::format_line(out, &spec.format, &facts, &response)
+    });
 }
 
 async fn read_head(
@@ -403,6 +506,9 @@ fn look_again(
             action: Action::Refuse(GatewayError::AuthorizerFailed("request lost")),
             fill: None,
             coalesce: Coalesce::None,
+            route: None,
+            log: None,
+            trace: None,
         };
     };
     let origin = forward::Origin {
@@ -622,6 +728,9 @@ fn prepare(
         action: Action::Refuse(GatewayError::RouteNotFound),
         fill: None,
         coalesce: Coalesce::None,
+        route: None,
+        log: None,
+        trace: None,
     };
     if let Framing::Length(n) = head.framing {
         if n > lp.limits.max_body_bytes {
@@ -634,6 +743,12 @@ fn prepare(
     };
     let stage = &plan.stages[stage_id];
     let access = &stage.access;
+    if plan.tracing.create || stage.access_log.is_some() {
+        p.trace = crate::trace::of_request(headers, &plan.tracing, || shard.random());
+    }
+    if stage.access_log.is_some() {
+        p.log = Some(log_facts(head, headers, stage_id, stage, origin, &p));
+    }
     if let Some(policy) = &access.policy {
         let ip = crate::access::policy::client_ip(origin.peer.ip(), &access.trusted, headers);
         if !policy.allows(ip, head.host) {
@@ -661,6 +776,7 @@ fn prepare(
         return p;
     };
     let route = &stage.routes[m.route];
+    p.route = Some((stage_id, m.route));
     // Routes that need the whole body read it first (bounded), before anything
     // that changes state.
     if body.is_none() && head.framing != Framing::None {
@@ -698,7 +814,13 @@ fn prepare(
             body,
         };
         match authorize(plan, shard, auth, &facts, pass) {
-            Ok(g) => grant = g,
+            Ok(g) => {
+                if let Some(log) = &mut p.log {
+                    log.claims = g.claims.clone();
+                    log.context = g.context.clone();
+                }
+                grant = g;
+            }
             Err(action) => {
                 p.action = action;
                 return p;
@@ -711,7 +833,12 @@ fn prepare(
     let mut binding: Option<&Binding> = None;
     if route.api_key_required {
         match ring.1.check(headers, stage_id) {
-            Ok(b) => binding = Some(b),
+            Ok(b) => {
+                if let Some(log) = &mut p.log {
+                    log.api_key_id = Some(std::sync::Arc::clone(&b.key_id));
+                }
+                binding = Some(b);
+            }
             Err(why) => {
                 p.action = Action::Refuse(GatewayError::Forbidden(why));
                 return p;
@@ -827,12 +954,44 @@ fn prepare(
             let extra = forward::Extra {
                 strip: &access.strip,
                 grant: &grant,
+                trace: p.trace.as_ref(),
             };
             forward::write_request_head(up_head, target, head, headers, &m, path, origin, &extra);
             Action::Proxy(stage_id, m.route)
         }
     };
     p
+}
+
+/// What a logged request's line needs from its head.
+fn log_facts(
+    head: &parse::RequestHead<'_>,
+    headers: &[httparse::Header<'_>],
+    stage_id: StageId,
+    stage: &StagePlan,
+    origin: &forward::Origin<'_>,
+    p: &Prepared,
+) -> Box<crate::accesslog::Facts> {
+    let text = |v: &[u8]| String::from_utf8_lossy(v).into_owned().into_boxed_str();
+    Box::new(crate::accesslog::Facts {
+        request_id: p.tag.id,
+        stage: stage_id,
+        time_ms: crate::clock::unix_ms(),
+        method: head.method.into(),
+        path: head.path.into(),
+        http10: head.http10,
+        host: text(head.host),
+        source_ip: crate::access::policy::client_ip(
+            origin.peer.ip(),
+            &stage.access.trusted,
+            headers,
+        ),
+        user_agent: text(parse::header(headers, "user-agent").unwrap_or_default()),
+        trace_id: p.trace.as_ref().map(|t| text(&t.id)).unwrap_or_default(),
+        api_key_id: None,
+        claims: None,
+        context: None,
+    })
 }
 
 /// What an authorizer may look at.
@@ -875,6 +1034,8 @@ fn authorize(
                 Check::Granted(v) => Ok(Grant {
                     lines: (!v.lines.is_empty()).then(|| std::rc::Rc::from(&*v.lines)),
                     drop_authorization: false,
+                    claims: Some(v),
+                    context: None,
                 }),
                 Check::Refused(e) => Err(refuse(e)),
                 Check::UnknownKey => match j.ask_refresh(now) {
@@ -932,7 +1093,7 @@ fn authorize(
                             crate::clock::unix_ms(),
                         );
                         if let Some(d) = hit {
-                            return decided(&d);
+                            return decided(d);
                         }
                     }
                     return Err(Action::Work(Work::Call(Box::new(
@@ -944,7 +1105,7 @@ fn authorize(
                     ))));
                 }
             };
-            decided(&decision)
+            decided(decision)
         }
         Authorizer::Sigv4(s) => {
             let hash = crate::access::sigv4::sha256_hex(f.body.unwrap_or_default());
@@ -962,8 +1123,8 @@ fn authorize(
             };
             match s.verify(&signed, crate::clock::unix_s()) {
                 Ok(_) => Ok(Grant {
-                    lines: None,
                     drop_authorization: true,
+                    ..Grant::default()
                 }),
                 Err(e) => Err(refuse(e)),
             }
@@ -972,7 +1133,7 @@ fn authorize(
 }
 
 /// A request authorizer's decision as a grant or a refusal.
-fn decided(d: &crate::access::request::Decision) -> Result<Grant, Action> {
+fn decided(d: std::rc::Rc<crate::access::request::Decision>) -> Result<Grant, Action> {
     if !d.authorized {
         return Err(Action::Refuse(GatewayError::AccessDenied(
             "the authorizer said isAuthorized: false",
@@ -981,6 +1142,8 @@ fn decided(d: &crate::access::request::Decision) -> Result<Grant, Action> {
     Ok(Grant {
         lines: (!d.lines.is_empty()).then(|| std::rc::Rc::from(&*d.lines)),
         drop_authorization: false,
+        claims: None,
+        context: Some(d),
     })
 }
 
@@ -1029,6 +1192,8 @@ async fn serve_hit(
 ) -> bool {
     let persist = shard.persist(persist);
     let date = *shard.date.borrow_mut().now();
+    c.outcome.status = 200;
+    c.outcome.bytes = if is_head { 0 } else { entry.body.len() as u64 };
     c.out.clear();
     respond::status_line(&mut c.out, 200, b"OK");
     respond::common_headers(&mut c.out, &date, tag, persist);
@@ -1071,6 +1236,7 @@ async fn handle(
             let date = *shard.date.borrow_mut().now();
             let persist = shard.persist(persist);
             respond::no_content(&mut c.out, &date, &p.tag, persist);
+            c.outcome.status = 204;
             body::write_all(&mut c.stream, &mut c.out).await.is_ok() && !persist.closes()
         }
         Action::Refuse(err) => {
@@ -1114,6 +1280,8 @@ async fn handle(
             // A drain that began while the body was read closes this connection.
             let persist = shard.persist(p.persist);
             respond::mock(&mut c.out, mock, &date, &p.tag, persist, p.is_head);
+            c.outcome.status = mock.status;
+            c.outcome.bytes = if p.is_head { 0 } else { mock.body.len() as u64 };
             body::write_all(&mut c.stream, &mut c.out).await.is_ok() && !persist.closes()
         }
         Action::CacheHit(entry) => {
@@ -1215,6 +1383,15 @@ pub async fn refuse(
 ) -> bool {
     let r = err.refusal();
     let persist = if r.close { Persist::Close } else { persist };
+    c.outcome.status = r.status;
+    c.outcome.bytes = if head_only { 0 } else { r.body.len() as u64 };
+    if c.outcome.log.is_some() {
+        // `{"message":"..."}` (or `Message`): the message itself.
+        let message = serde_json::from_str::<serde_json::Value>(r.body)
+            .ok()
+            .and_then(|v| v.as_object()?.values().next()?.as_str().map(Into::into));
+        c.outcome.error = message;
+    }
     c.out.clear();
     let date = *shard.date.borrow_mut().now();
     respond::refusal(&mut c.out, r, &date, tag, persist, head_only);

@@ -26,6 +26,7 @@
 //! - `clock`: the HTTP Date value.
 
 pub mod access;
+pub mod accesslog;
 pub mod admin;
 pub mod body;
 pub mod cache;
@@ -34,6 +35,7 @@ pub mod config;
 pub mod conn;
 pub mod error;
 pub mod keys;
+pub mod metrics;
 pub mod parse;
 pub mod plan;
 pub mod quota;
@@ -45,6 +47,7 @@ pub mod store;
 pub mod stream;
 pub mod throttle;
 pub mod tls;
+pub mod trace;
 pub mod upstream;
 pub mod worker;
 

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 
 use shardgate::config::{self, RuntimeKind};
@@ -146,6 +146,7 @@ fn run(
     for a in &plan.authorizers {
         a.start();
     }
+    plan.logs.start();
     let persistent = plan.store_path.is_some();
     let registry = Arc::new(Mutex::new(registry));
     let writer = StoreWriter::start(Arc::clone(&registry))?;
@@ -155,7 +156,7 @@ fn run(
         plan.live.set_writer(writer.thread());
     }
     // Signals are taken before any worker starts so none is lost.
-    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])?;
     let sockets = worker::bind_all(&plan)?;
     for (lp, addr) in plan.listeners.iter_mut().zip(&sockets.bound) {
         // A listener configured with port 0 now has a real one: the plan says which,
@@ -172,7 +173,17 @@ fn run(
         tracing::info!(listener = %lp.name, addr = %lp.bind, workers = plan.workers, "listening");
     }
     let workers = worker::start(Arc::clone(&plan), sockets)?;
+    // Config loaded, listeners bound, workers running: `/readyz` says so.
+    plan.metrics
+        .ready
+        .store(true, std::sync::atomic::Ordering::Release);
     for sig in signals.forever() {
+        if sig == SIGUSR1 {
+            // logrotate moved the files: the writer opens them anew.
+            tracing::info!("SIGUSR1: reopening access logs");
+            plan.logs.reopen();
+            continue;
+        }
         if sig == SIGHUP {
             // Certificates: new connections get the files as they are now.
             tracing::info!("SIGHUP: reloading TLS certificates");
@@ -186,8 +197,13 @@ fn run(
         );
         break;
     }
+    plan.metrics
+        .ready
+        .store(false, std::sync::atomic::Ordering::Release);
     workers.begin_shutdown();
     workers.join();
+    // Lines the workers handed over last reach their files.
+    plan.logs.drain(Duration::from_secs(1));
     // The workers gave back their unspent leases: save the exact counts.
     writer.stop();
     let saved = shardgate::lock(&registry).shutdown();

@@ -41,6 +41,19 @@ pub struct Plan {
     pub access_keys: Arc<crate::access::sigv4::KeyTable>,
     /// The access keys the config declares.
     pub config_access_keys: Vec<crate::access::sigv4::AccessKey>,
+    /// Per-worker counters and histograms, summed by `/metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Access log sinks and their writer.
+    pub logs: Arc<crate::accesslog::Logs>,
+    pub tracing: TracingPlan,
+}
+
+/// Trace headers created for requests that carry none.
+#[derive(Debug, Clone, Copy)]
+pub struct TracingPlan {
+    pub create: bool,
+    /// Of `u32::MAX`: created traces below it are sampled.
+    pub sample_below: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -135,6 +148,7 @@ pub struct StagePlan {
     /// 0 without a cache.
     pub cache_bytes: usize,
     pub access: crate::access::StageAccess,
+    pub access_log: Option<crate::accesslog::LogSpec>,
 }
 
 /// How one route's responses are cached.

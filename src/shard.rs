@@ -48,6 +48,13 @@ pub struct Shard {
     pub cache_key: RefCell<Vec<u8>>,
     /// Cache misses being fetched, and the requests waiting for them.
     pub fills: RefCell<crate::cache::Fills>,
+    /// Access log lines not yet handed to the writer, per sink.
+    pub log_bufs: RefCell<Vec<Vec<u8>>>,
+    /// Lines in each of `log_bufs`.
+    pub log_lines: RefCell<Vec<u64>>,
+    rng: Cell<u64>,
+    /// The process's metrics; this worker writes only its own cells.
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Tokens this worker verified and authorizer decisions it was given.
     pub access: RefCell<crate::access::AccessCache>,
     /// Connection buffers not in use (parked connections hold none).
@@ -63,6 +70,7 @@ pub struct Parts {
     pub leases: Leases,
     pub keyring: (u64, Arc<Keyring>),
     pub caches: Option<crate::cache::Caches>,
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// A request id: 16 URL-safe base64 characters, unique per process start, worker and
@@ -82,6 +90,7 @@ impl Shard {
             leases,
             keyring,
             caches,
+            metrics,
         } = parts;
         Self {
             id,
@@ -100,6 +109,12 @@ impl Shard {
             cache_key: RefCell::new(Vec::new()),
             fills: RefCell::new(crate::cache::Fills::default()),
             access: RefCell::new(crate::access::AccessCache::default()),
+            log_bufs: RefCell::new(Vec::new()),
+            log_lines: RefCell::new(Vec::new()),
+            rng: Cell::new(
+                (u64::from(id_seed) << 32 | id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+            ),
+            metrics: metrics.unwrap_or_else(|| Arc::new(crate::metrics::Metrics::new(id + 1, &[]))),
             bufs: RefCell::new(Vec::new()),
             next_request: Cell::new(0),
             id_seed,
@@ -133,6 +148,68 @@ impl Shard {
             buf.clear();
             free.push(buf);
         }
+    }
+
+    /// A pseudo-random number (xorshift64*): trace and span ids, sampling.
+    pub fn random(&self) -> u64 {
+        let mut x = self.rng.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng.set(x);
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Adds an access log line to the sink's buffer, handing the buffer to the
+    /// writer when full.
+    pub fn log_line(
+        &self,
+        logs: &crate::accesslog::Logs,
+        sink: usize,
+        fill: impl FnOnce(&mut Vec<u8>),
+    ) {
+        let mut bufs = self.log_bufs.borrow_mut();
+        let mut lines = self.log_lines.borrow_mut();
+        if bufs.len() <= sink {
+            bufs.resize_with(sink + 1, Vec::new);
+            lines.resize(sink + 1, 0);
+        }
+        fill(&mut bufs[sink]);
+        lines[sink] += 1;
+        if bufs[sink].len() >= crate::accesslog::BATCH_BYTES {
+            self.hand_over(logs, sink, &mut bufs[sink], &mut lines[sink]);
+        }
+    }
+
+    /// Hands every buffered line to the writer (each tick, and at the end).
+    pub fn flush_logs(&self, logs: &crate::accesslog::Logs) {
+        let mut bufs = self.log_bufs.borrow_mut();
+        let mut lines = self.log_lines.borrow_mut();
+        for (sink, (buf, n)) in bufs.iter_mut().zip(lines.iter_mut()).enumerate() {
+            if !buf.is_empty() {
+                self.hand_over(logs, sink, buf, n);
+            }
+        }
+    }
+
+    fn hand_over(
+        &self,
+        logs: &crate::accesslog::Logs,
+        sink: usize,
+        buf: &mut Vec<u8>,
+        lines: &mut u64,
+    ) {
+        let batch = std::mem::replace(
+            buf,
+            Vec::with_capacity(crate::accesslog::BATCH_BYTES + 1024),
+        );
+        let cell = &self.metrics.worker[self.id.min(self.metrics.worker.len() - 1)];
+        if logs.send(sink, batch) {
+            cell.log_lines.add(*lines);
+        } else {
+            cell.log_dropped.add(*lines);
+        }
+        *lines = 0;
     }
 
     pub fn next_request_id(&self) -> RequestId {

@@ -171,6 +171,7 @@ async fn worker_main(
         tokens: crate::throttle::LocalTokens::new(plan.throttles.len(), plan.epoch),
         leases: crate::quota::Leases::new(plan.workers),
         keyring: plan.live.current(),
+        metrics: Some(Arc::clone(&plan.metrics)),
         // Each stage's cache budget, split evenly across workers.
         caches: Some(crate::cache::Caches::new(
             id,
@@ -211,6 +212,7 @@ async fn worker_main(
         if shard.leases.borrow_mut().flush() {
             plan.live.usage_changed();
         }
+        shard.flush_logs(&plan.logs);
         if plan.live.version() != shard.keyring.borrow().0 {
             // Between requests (this task runs only when no request is being
             // prepared): the next request sees the new keys.
@@ -241,6 +243,7 @@ async fn worker_main(
     }
     // Unspent quota leases go back, so the store saves exact counts.
     shard.leases.borrow_mut().settle_all();
+    shard.flush_logs(&plan.logs);
 }
 
 async fn accept_loop(
@@ -253,6 +256,7 @@ async fn accept_loop(
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                plan.metrics.worker[shard.id].accepted.add(1);
                 monoio::spawn(crate::conn::serve(
                     stream,
                     peer,

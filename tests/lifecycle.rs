@@ -85,6 +85,7 @@ fn later_features_are_refused_not_ignored() {
       - route: POST /orders
         authorizer: users
         integration: { type: mock }
+    gateway_responses: { THROTTLED: { status: 503 } }
     stages: [ { name: prod, access_log: { path: stdout } } ]
 ";
     let (code, out) = validate(&config(keyed));
@@ -95,7 +96,7 @@ fn later_features_are_refused_not_ignored() {
         "{out}"
     );
     assert!(
-        out.contains("not supported yet: apis[0].stages[0].access_log"),
+        out.contains("not supported yet: apis[0].gateway_responses"),
         "{out}"
     );
     // `run` refuses the same config and exits 1 without listening.
@@ -109,7 +110,7 @@ fn later_features_are_refused_not_ignored() {
     let _ = std::fs::remove_file(&path);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr)
-        .contains("not supported yet: apis[0].stages[0].access_log"));
+        .contains("not supported yet: apis[0].gateway_responses"));
 }
 
 const MOCK_API: &str = "apis:

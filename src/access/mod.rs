@@ -59,6 +59,9 @@ pub struct Grant {
     pub lines: Option<Rc<[u8]>>,
     /// SigV4: the `Authorization` header is not forwarded (AWS).
     pub drop_authorization: bool,
+    /// What the access log may show: the token's claims, the authorizer's context.
+    pub claims: Option<Rc<jwt::Verified>>,
+    pub context: Option<Rc<request::Decision>>,
 }
 
 /// One worker's remembered verifications and decisions.

@@ -278,6 +278,7 @@ pub fn compile(cfg: &ConfigFile, workers_override: Option<usize>) -> Result<Plan
 
     let mut up_tls = UpstreamTls::new(&cfg.base_dir);
     let mut authorizers: Vec<crate::access::Authorizer> = Vec::new();
+    let mut logs = crate::accesslog::Logs::default();
     let mut config_access_keys: Vec<crate::access::sigv4::AccessKey> = Vec::new();
     let access_keys = Arc::new(crate::access::sigv4::KeyTable::default());
     // APIs and their stages.
@@ -339,9 +340,28 @@ pub fn compile(cfg: &ConfigFile, workers_override: Option<usize>) -> Result<Plan
             let Some(stage) = stage else { continue };
             let spath = format!("{path}.stages[{si}]");
             check_stage_name(&stage.name, &format!("{spath}.name"), &mut errs);
-            if stage.access_log.is_some() {
-                errs.not_supported(format!("{spath}.access_log"));
-            }
+            let access_log = stage.access_log.as_ref().and_then(|l| {
+                let format =
+                    match crate::accesslog::Format::parse(l.format.as_deref().unwrap_or("json")) {
+                        Ok(f) => f,
+                        Err(e) => {
+                            errs.push(format!("{spath}.access_log.format"), e);
+                            return None;
+                        }
+                    };
+                let target = match l.path.as_str() {
+                    "stdout" | "-" => crate::accesslog::Target::Stdout,
+                    "" => {
+                        errs.push(format!("{spath}.access_log.path"), "stdout or a file path");
+                        return None;
+                    }
+                    p => crate::accesslog::Target::File(resolve_path(&cfg.base_dir, p)),
+                };
+                Some(crate::accesslog::LogSpec {
+                    sink: logs.sink(target),
+                    format,
+                })
+            });
             let stage_ttl = stage.cache.as_ref().map(|c| {
                 check_ttl(c.ttl_s, &format!("{spath}.cache.ttl_s"), &mut errs)
                     .unwrap_or(DEFAULT_CACHE_TTL_S)
@@ -470,6 +490,7 @@ pub fn compile(cfg: &ConfigFile, workers_override: Option<usize>) -> Result<Plan
             mine.push(stages.len());
             stages.push(StagePlan {
                 access,
+                access_log,
                 api: api.name.clone(),
                 stage: stage.name.clone(),
                 // Stages of one API share the tree; they differ in integrations.
@@ -587,8 +608,22 @@ pub fn compile(cfg: &ConfigFile, workers_override: Option<usize>) -> Result<Plan
     let drain_ms = cfg.drain_timeout_ms.unwrap_or(DEFAULT_DRAIN_MS);
     let routes_per_stage: Vec<usize> = stages.iter().map(|s| s.routes.len()).collect();
     access_keys.publish(config_access_keys.iter().cloned());
+    let tracing = {
+        let t = cfg.tracing.as_ref();
+        let rate = t.and_then(|t| t.sample_rate).unwrap_or(0.05);
+        if !(0.0..=1.0).contains(&rate) {
+            errs.push("tracing.sample_rate", "must be from 0 to 1");
+        }
+        crate::plan::TracingPlan {
+            create: t.and_then(|t| t.create).unwrap_or(true),
+            sample_below: (rate.clamp(0.0, 1.0) * u32::MAX as f64) as u32,
+        }
+    };
     if errs.is_empty() {
         Ok(Plan {
+            metrics: Arc::new(crate::metrics::Metrics::new(workers, &stages)),
+            logs: Arc::new(logs),
+            tracing,
             authorizers,
             access_keys,
             config_access_keys,
@@ -1696,8 +1731,15 @@ apis:
     stages: [ {{ name: prod, access_log: {{ path: stdout }} }} ]
 "
         );
-        let errs = errors_of(&text);
-        for key in ["store.redis", "apis[0].stages[0].access_log"] {
+        let with_responses = text.replace(
+            "    stages:",
+            "    gateway_responses: { THROTTLED: { status: 503 } }\n    stages:",
+        );
+        for (text, key) in [
+            (&text, "store.redis"),
+            (&with_responses, "apis[0].gateway_responses"),
+        ] {
+            let errs = errors_of(text);
             assert!(
                 errs.iter()
                     .any(|e| e.contains(&format!("not supported yet: {key}"))),

@@ -110,6 +110,7 @@ pub struct ConfigFile {
     pub api_keys: Vec<Option<ApiKeyFile>>,
     pub admin: Option<AdminFile>,
     pub store: Option<StoreFile>,
+    pub tracing: Option<TracingFile>,
     /// Present but not yet served: (key path, value).
     pub unsupported: Vec<String>,
     /// The config file's directory: relative certificate paths are looked up there
@@ -423,7 +424,7 @@ pub struct StageFile {
     #[serde(default)]
     pub cache: Option<StageCacheFile>,
     #[serde(default)]
-    pub access_log: Option<Value>,
+    pub access_log: Option<AccessLogFile>,
     /// Replaces the API's resource policy for this stage.
     #[serde(default)]
     pub resource_policy: Option<ResourcePolicyFile>,
@@ -439,6 +440,17 @@ pub struct StageRouteFile {
     pub throttle: Option<ThrottleFile>,
     #[serde(default)]
     pub cache: Option<RouteCacheFile>,
+}
+
+/// `stages[].access_log`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogFile {
+    /// `stdout` or a file path (appended; reopened on SIGUSR1).
+    pub path: String,
+    /// `json` (default), `clf`, `csv`, or a template of `$context` variables.
+    #[serde(default)]
+    pub format: Option<String>,
 }
 
 /// `stages[].cache`: the stage's response cache.
@@ -524,6 +536,18 @@ pub struct StoreFile {
     pub path: Option<String>,
     #[serde(default)]
     pub redis: Option<Value>,
+}
+
+/// `tracing:`: trace headers the gateway creates when a request has none.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingFile {
+    /// Create `traceparent` and `X-Amzn-Trace-Id` when absent (default true).
+    #[serde(default)]
+    pub create: Option<bool>,
+    /// The share of created traces marked sampled, 0 to 1 (default 0.05).
+    #[serde(default)]
+    pub sample_rate: Option<f64>,
 }
 
 /// `{ limit, period }`: requests per key per calendar period (UTC).
@@ -665,10 +689,11 @@ pub fn parse_partial(text: &str) -> (Option<ConfigFile>, ConfigErrors) {
             "admin" if !v.is_null() => cfg.admin = de(v, "admin", &mut errs),
             "store" if !v.is_null() => cfg.store = de(v, "store", &mut errs),
             "admin" | "store" => {}
+            "tracing" => cfg.tracing = de(v, "tracing", &mut errs),
             other => errs.push(
                 other,
                 "unknown key: expected one of workers, runtime, drain_timeout_ms, listeners, \
-                 admin, store, apis, domains, usage_plans, api_keys, throttle",
+                 admin, store, apis, domains, usage_plans, api_keys, throttle, tracing",
             ),
         }
     }

@@ -59,6 +59,8 @@ pub struct Extra<'a> {
     /// Header names only the gateway sets (its authorizers' forwarded values).
     pub strip: &'a [Box<str>],
     pub grant: &'a crate::access::Grant,
+    /// Trace headers the request lacked.
+    pub trace: Option<&'a crate::trace::Trace>,
 }
 
 impl Extra<'_> {
@@ -67,7 +69,10 @@ impl Extra<'_> {
         grant: &crate::access::Grant {
             lines: None,
             drop_authorization: false,
+            claims: None,
+            context: None,
         },
+        trace: None,
     };
 }
 
@@ -165,6 +170,9 @@ pub fn write_request_head(
     if let Some(lines) = &extra.grant.lines {
         out.extend_from_slice(lines);
     }
+    if let Some(t) = extra.trace {
+        t.write(out);
+    }
     match head.framing {
         Framing::Length(n) => respond::content_length(out, n),
         Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
@@ -254,6 +262,7 @@ pub async fn proxy(
     let exchange = async {
         let mut retried = false;
         loop {
+            c.outcome.sent = Instant::now();
             let pooled = shard
                 .pool
                 .borrow_mut()
@@ -367,7 +376,10 @@ pub async fn proxy(
     )
     .await
     {
-        Ok(_) => Ok(finish(shard, target, up, &answered)),
+        Ok(n) => {
+            c.outcome.bytes = n;
+            Ok(finish(shard, target, up, &answered))
+        }
         Err(e) => {
             tracing::warn!(upstream = %target.addr, error = %e, "response body failed midway");
             Err(Failed::Abort)
@@ -435,6 +447,9 @@ pub async fn connect(shard: &Shard, target: &ProxyTarget) -> Result<UpConn, Fail
         Ok(s) => {
             let _ = s.set_nodelay(true);
             shard.pool.borrow_mut().connects += 1;
+            if let Some(w) = shard.metrics.worker.get(shard.id) {
+                w.upstream_connects.add(1);
+            }
             let Some(tls) = &target.tls else {
                 return Ok(UpConn::new(Stream::Plain(s)));
             };
@@ -536,6 +551,12 @@ async fn exchange(
                     let date = *shard.date.borrow_mut().now();
                     // A drain that began while the upstream worked closes this connection.
                     let persist = shard.persist(req.persist);
+                    c.outcome.status = head.status;
+                    c.outcome.integration_us = Some(c.outcome.sent.elapsed().as_micros() as u64);
+                    c.outcome.bytes = match head.framing {
+                        Framing::Length(n) if !req.is_head => n,
+                        _ => 0,
+                    };
                     let mut a = write_response_head(
                         &mut c.out,
                         &head,
