@@ -44,7 +44,7 @@ SG=./target/release/shardgate
 
 # SO_REUSEPORT lets a leftover process share a port silently and take half the load
 # (and skew every per-request figure): refuse to start if any port is taken.
-busy=$(ss -Hltn 2>/dev/null | awk '{print $4}' | grep -E ':(1808[1-9]|1809[0-3])$' || true)
+busy=$(ss -Hltn 2>/dev/null | awk '{print $4}' | grep -E ':(1808[1-9]|1809[0-5])$' || true)
 [ -z "$busy" ] || { echo "ports in use, stop what listens there first: $busy"; exit 1; }
 
 RUN=$(mktemp -d)
@@ -69,7 +69,7 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
   -keyout "$RUN/tls/key.pem" -out "$RUN/tls/cert.pem" 2>/dev/null
 cat "$RUN/tls/cert.pem" "$RUN/tls/key.pem" >"$RUN/tls/combined.pem"
 for f in upstream-nginx.conf proxy-nginx.conf proxy-nginx-cache.conf proxy-haproxy.cfg \
-  proxy-nginx-tls.conf proxy-haproxy-tls.cfg shardgate-tls.yaml; do
+  proxy-nginx-tls.conf proxy-haproxy-tls.cfg shardgate-tls.yaml shardgate-obs.yaml; do
   sed "s#__RUN__#$RUN#g" "load-tests/peers/$f" >"$RUN/$f"
 done
 cp load-tests/peers/shardgate.yaml "$RUN/sg-epoll.yaml"
@@ -97,10 +97,10 @@ taskset -c 1 nginx -c "$RUN/upstream-nginx.conf" -p "$RUN" &
 for _ in $(seq 50); do curl -sf http://127.0.0.1:18081/ >/dev/null && break; sleep 0.1; done
 upstream_accepts() { curl -sf http://127.0.0.1:18081/status | awk 'NR==3 {print $1}'; }
 
-PROXIES=(sg-epoll sg-uring sg-keyed sg-keyed-store sg-cache nginx nginx-cache haproxy sg-tls nginx-tls haproxy-tls sg-jwt)
+PROXIES=(sg-epoll sg-uring sg-keyed sg-keyed-store sg-cache nginx nginx-cache haproxy sg-tls nginx-tls haproxy-tls sg-jwt sg-bare sg-obs)
 # The memory phase's client sends no API key.
 MEM_PROXIES=(sg-epoll sg-uring nginx haproxy)
-declare -A PORT=([sg-epoll]=18083 [sg-uring]=18084 [sg-keyed]=18086 [sg-keyed-store]=18087 [sg-cache]=18088 [nginx]=18082 [nginx-cache]=18089 [haproxy]=18085 [sg-tls]=18090 [nginx-tls]=18091 [haproxy-tls]=18092 [sg-jwt]=18093)
+declare -A PORT=([sg-epoll]=18083 [sg-uring]=18084 [sg-keyed]=18086 [sg-keyed-store]=18087 [sg-cache]=18088 [nginx]=18082 [nginx-cache]=18089 [haproxy]=18085 [sg-tls]=18090 [nginx-tls]=18091 [haproxy-tls]=18092 [sg-jwt]=18093 [sg-bare]=18094 [sg-obs]=18095)
 scheme() { case $1 in *-tls) echo https ;; *) echo http ;; esac; }
 # The keyed setup with a persistent store: the writer thread saves each lease.
 { sed 's/18086/18087/' load-tests/peers/shardgate-keyed.yaml; echo "store: { path: $RUN/store }"; } >"$RUN/sg-keyed-store.yaml"
@@ -122,6 +122,8 @@ start_proxy() {
     nginx-tls) taskset -c 0 nginx -c "$RUN/proxy-nginx-tls.conf" -p "$RUN" & ;;
     haproxy-tls) taskset -c 0 haproxy -f "$RUN/proxy-haproxy-tls.cfg" -db 2>>"$RUN/haproxy-tls.log" & ;;
     sg-jwt) taskset -c 0 "$SG" run --config "$RUN/sg-jwt.yaml" --runtime epoll 2>>"$RUN/sg-jwt.log" & ;;
+    sg-bare) taskset -c 0 "$SG" run --config load-tests/peers/shardgate-bare.yaml --runtime epoll 2>>"$RUN/sg-bare.log" & ;;
+    sg-obs) taskset -c 0 "$SG" run --config "$RUN/shardgate-obs.yaml" --runtime epoll 2>>"$RUN/sg-obs.log" & ;;
   esac
   MAIN[$p]=$!
   PID[$p]=$!
@@ -169,6 +171,10 @@ SCENARIOS=(
   # same token on every connection: verified once per worker, then remembered);
   # sg-epoll in the same scenario gets the same header and ignores it.
   "small-get-jwt|sg-jwt sg-epoll|wrk -c50 jwt|/"
+  # Issue 8: metrics and a JSON access log line per request, against both off
+  # (trace-header creation off in both). The log writer thread is pinned with the worker (CPU 0), so its
+  # cost is in the process's CPU figure.
+  "small-get-obs|sg-obs sg-bare|wrk -c50|/"
 )
 if [ -n "${ONLY:-}" ]; then
   kept=()
@@ -331,6 +337,11 @@ set +u  # a partial run (ONLY=...) leaves other scenarios' figures unset: shown 
   echo "Issue 7: small GET with a JWT authorizer (RS256, a scope, one forwarded claim), against the same GET without:"
   echo "  cpu/req <= 1.15x: $(ratio "$jw_cpu" "$jp_cpu")x (${jw_cpu} vs ${jp_cpu} us) -> $(verdict "$(awk -v a="$jw_cpu" -v b="$jp_cpu" 'BEGIN{print (a <= 1.15 * b)}')")"
   echo "  p99: ${jw_p99} vs ${jp_p99} us"
+  ob_cpu=$(echo "${R_CPU[small-get-obs|sg-obs]}" | median); ba_cpu=$(echo "${R_CPU[small-get-obs|sg-bare]}" | median)
+  ob_p99=$(echo "${R_P99[small-get-obs|sg-obs]}" | median); ba_p99=$(echo "${R_P99[small-get-obs|sg-bare]}" | median)
+  echo "Issue 8: small GET with metrics and a JSON access log, against both off:"
+  echo "  cpu/req <= 1.05x: $(ratio "$ob_cpu" "$ba_cpu")x (${ob_cpu} vs ${ba_cpu} us) -> $(verdict "$(awk -v a="$ob_cpu" -v b="$ba_cpu" 'BEGIN{print (a <= 1.05 * b)}')")"
+  echo "  p99: ${ob_p99} vs ${ba_p99} us"
 } >"$RESULT"
 echo
 cat "$RESULT"

@@ -20,9 +20,9 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 type Batch = (usize, Vec<u8>);
 
 /// A worker hands its buffer over once it holds this much.
-pub const BATCH_BYTES: usize = 16 * 1024;
+pub const BATCH_BYTES: usize = 64 * 1024;
 /// Batches queued for the writer at most (over all workers).
-const QUEUE: usize = 32;
+const QUEUE: usize = 16;
 
 /// A `$context` variable.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,6 +169,25 @@ pub struct LogSpec {
     pub format: Format,
 }
 
+impl Format {
+    fn names(&self, want: &Var) -> bool {
+        match self {
+            Self::Json => JSON_FIELDS.iter().any(|(_, v)| v == want),
+            Self::Template(parts) => parts.iter().any(|p| matches!(p, Part::Var(v) if v == want)),
+        }
+    }
+
+    /// The line needs the `Host` header.
+    pub fn needs_host(&self) -> bool {
+        self.names(&Var::DomainName)
+    }
+
+    /// The line needs the `User-Agent` header.
+    pub fn needs_user_agent(&self) -> bool {
+        self.names(&Var::UserAgent)
+    }
+}
+
 /// Where lines go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
@@ -182,13 +201,18 @@ pub struct Facts {
     pub request_id: crate::shard::RequestId,
     pub stage: usize,
     pub time_ms: u64,
-    pub method: Box<str>,
+    /// `requestTime`, formatted once per second per worker.
+    pub time_text: [u8; CLF_TIME_LEN],
+    pub method: std::borrow::Cow<'static, str>,
     pub path: Box<str>,
     pub http10: bool,
+    /// Empty unless the format names `$context.domainName`.
     pub host: Box<str>,
     pub source_ip: IpAddr,
+    /// Empty unless the format names `$context.identity.userAgent`.
     pub user_agent: Box<str>,
-    pub trace_id: Box<str>,
+    /// 32 hex digits, or none.
+    pub trace_id: Option<[u8; 32]>,
     pub api_key_id: Option<Arc<str>>,
     pub claims: Option<Rc<crate::access::jwt::Verified>>,
     pub context: Option<Rc<crate::access::request::Decision>>,
@@ -204,6 +228,30 @@ pub struct Response<'a> {
     pub integration_us: Option<u64>,
     pub latency_us: u64,
     pub error: Option<&'a str>,
+}
+
+/// `24/Nov/2026:09:22:00 +0000`.
+pub const CLF_TIME_LEN: usize = 26;
+
+/// A worker's `requestTime` of the current second.
+#[derive(Debug, Default)]
+pub struct TimeCache {
+    secs: u64,
+    text: [u8; CLF_TIME_LEN],
+}
+
+impl TimeCache {
+    pub fn text(&mut self, unix_s: u64) -> [u8; CLF_TIME_LEN] {
+        if unix_s != self.secs || self.text[0] == 0 {
+            let mut v = Vec::with_capacity(CLF_TIME_LEN);
+            clf_time(&mut v, unix_s);
+            let n = v.len().min(CLF_TIME_LEN);
+            self.text = [b' '; CLF_TIME_LEN];
+            self.text[..n].copy_from_slice(&v[..n]);
+            self.secs = unix_s;
+        }
+        self.text
+    }
 }
 
 /// AWS's `requestTime`: `24/Nov/2026:09:22:00 +0000`.
@@ -245,11 +293,9 @@ fn value(out: &mut Vec<u8>, var: &Var, f: &Facts, r: &Response<'_>) -> bool {
     let mut num = itoa::Buffer::new();
     match var {
         Var::RequestId | Var::ExtendedRequestId => out.extend_from_slice(&f.request_id),
-        Var::SourceIp => {
-            let _ = write!(out, "{}", f.source_ip);
-        }
+        Var::SourceIp => crate::upstream::forward::write_ip(out, f.source_ip),
         Var::UserAgent => escaped(out, f.user_agent.as_bytes()),
-        Var::RequestTime => clf_time(out, f.time_ms / 1000),
+        Var::RequestTime => out.extend_from_slice(&f.time_text),
         Var::RequestTimeEpoch => out.extend_from_slice(num.format(f.time_ms).as_bytes()),
         Var::HttpMethod => escaped(out, f.method.as_bytes()),
         Var::Path => escaped(out, f.path.as_bytes()),
@@ -277,7 +323,10 @@ fn value(out: &mut Vec<u8>, var: &Var, f: &Facts, r: &Response<'_>) -> bool {
             Some(k) => escaped(out, k.as_bytes()),
             None => return false,
         },
-        Var::TraceId => escaped(out, f.trace_id.as_bytes()),
+        Var::TraceId => match &f.trace_id {
+            Some(t) => out.extend_from_slice(t),
+            None => return false,
+        },
         Var::Claim(name) => match f.claims.as_ref().and_then(|c| c.claims.get(&**name)) {
             Some(v) => json_value(out, v),
             None => return false,
@@ -354,16 +403,22 @@ pub struct Logs {
     pub targets: Vec<Target>,
     tx: Sender<Batch>,
     rx: Mutex<Option<Receiver<Batch>>>,
+    /// Written buffers come back for reuse (a fresh 64 KiB buffer costs page faults).
+    spare_tx: Sender<Vec<u8>>,
+    spare_rx: Receiver<Vec<u8>>,
     reopen: Arc<AtomicBool>,
 }
 
 impl Default for Logs {
     fn default() -> Self {
         let (tx, rx) = crossbeam_channel::bounded(QUEUE);
+        let (spare_tx, spare_rx) = crossbeam_channel::bounded(QUEUE * 2);
         Self {
             targets: Vec::new(),
             tx,
             rx: Mutex::new(Some(rx)),
+            spare_tx,
+            spare_rx,
             reopen: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -379,6 +434,13 @@ impl Logs {
                 self.targets.len() - 1
             }
         }
+    }
+
+    /// An empty buffer for the next batch: a written one if any came back.
+    pub fn spare(&self) -> Vec<u8> {
+        self.spare_rx
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(BATCH_BYTES + 4096))
     }
 
     /// Hands a batch to the writer; `false` (dropped) when its queue is full.
@@ -417,9 +479,10 @@ impl Logs {
         };
         let targets = self.targets.clone();
         let reopen = Arc::clone(&self.reopen);
+        let spare = self.spare_tx.clone();
         let spawned = std::thread::Builder::new()
             .name("shardgate-log".into())
-            .spawn(move || writer(&targets, &rx, &reopen));
+            .spawn(move || writer(&targets, &rx, &spare, &reopen));
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start the access log writer");
         }
@@ -449,7 +512,7 @@ fn open(t: &Target) -> Out {
     }
 }
 
-fn writer(targets: &[Target], rx: &Receiver<Batch>, reopen: &AtomicBool) {
+fn writer(targets: &[Target], rx: &Receiver<Batch>, spare: &Sender<Vec<u8>>, reopen: &AtomicBool) {
     let mut outs: Vec<Out> = targets.iter().map(open).collect();
     loop {
         let first = match rx.recv_timeout(Duration::from_millis(500)) {
@@ -466,7 +529,7 @@ fn writer(targets: &[Target], rx: &Receiver<Batch>, reopen: &AtomicBool) {
             outs = targets.iter().map(open).collect();
             tracing::info!("access logs reopened");
         }
-        for (sink, batch) in first.into_iter().chain(rx.try_iter()) {
+        for (sink, mut batch) in first.into_iter().chain(rx.try_iter()) {
             let written = match outs.get_mut(sink) {
                 Some(Out::Stdout) => std::io::stdout().lock().write_all(&batch),
                 Some(Out::File(w)) => w.write_all(&batch),
@@ -475,6 +538,8 @@ fn writer(targets: &[Target], rx: &Receiver<Batch>, reopen: &AtomicBool) {
             if let Err(e) = written {
                 tracing::warn!(error = %e, "access log write failed");
             }
+            batch.clear();
+            let _ = spare.try_send(batch);
         }
         for o in outs.iter_mut() {
             match o {

@@ -369,7 +369,9 @@ fn record(c: &mut Client, plan: &Plan, shard: &Shard, started: Instant, f: &Flag
         quota: f.quota,
         cache: f.cache,
     };
-    plan.metrics.record(shard.id, c.outcome.route, &sample);
+    if plan.metrics_on {
+        plan.metrics.record(shard.id, c.outcome.route, &sample);
+    }
     let Some(facts) = c.outcome.log.take() else {
         return;
     };
@@ -746,8 +748,10 @@ fn prepare(
     if plan.tracing.create || stage.access_log.is_some() {
         p.trace = crate::trace::of_request(headers, &plan.tracing, || shard.random());
     }
-    if stage.access_log.is_some() {
-        p.log = Some(log_facts(head, headers, stage_id, stage, origin, &p));
+    if let Some(spec) = &stage.access_log {
+        p.log = Some(log_facts(
+            head, headers, stage_id, stage, spec, origin, shard, &p,
+        ));
     }
     if let Some(policy) = &access.policy {
         let ip = crate::access::policy::client_ip(origin.peer.ip(), &access.trusted, headers);
@@ -964,30 +968,53 @@ fn prepare(
 }
 
 /// What a logged request's line needs from its head.
+#[allow(clippy::too_many_arguments)]
 fn log_facts(
     head: &parse::RequestHead<'_>,
     headers: &[httparse::Header<'_>],
     stage_id: StageId,
     stage: &StagePlan,
+    spec: &crate::accesslog::LogSpec,
     origin: &forward::Origin<'_>,
+    shard: &Shard,
     p: &Prepared,
 ) -> Box<crate::accesslog::Facts> {
     let text = |v: &[u8]| String::from_utf8_lossy(v).into_owned().into_boxed_str();
+    let time_ms = crate::clock::unix_ms();
+    let method: std::borrow::Cow<'static, str> = match head.method {
+        "GET" => "GET".into(),
+        "POST" => "POST".into(),
+        "PUT" => "PUT".into(),
+        "DELETE" => "DELETE".into(),
+        "PATCH" => "PATCH".into(),
+        "HEAD" => "HEAD".into(),
+        "OPTIONS" => "OPTIONS".into(),
+        other => other.to_owned().into(),
+    };
     Box::new(crate::accesslog::Facts {
         request_id: p.tag.id,
         stage: stage_id,
-        time_ms: crate::clock::unix_ms(),
-        method: head.method.into(),
+        time_ms,
+        time_text: shard.log_time.borrow_mut().text(time_ms / 1000),
+        method,
         path: head.path.into(),
         http10: head.http10,
-        host: text(head.host),
+        host: if spec.format.needs_host() {
+            text(head.host)
+        } else {
+            Box::default()
+        },
         source_ip: crate::access::policy::client_ip(
             origin.peer.ip(),
             &stage.access.trusted,
             headers,
         ),
-        user_agent: text(parse::header(headers, "user-agent").unwrap_or_default()),
-        trace_id: p.trace.as_ref().map(|t| text(&t.id)).unwrap_or_default(),
+        user_agent: if spec.format.needs_user_agent() {
+            text(parse::header(headers, "user-agent").unwrap_or_default())
+        } else {
+            Box::default()
+        },
+        trace_id: p.trace.as_ref().map(|t| t.id),
         api_key_id: None,
         claims: None,
         context: None,

@@ -17,6 +17,11 @@ pub const BUCKETS_S: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 const NB: usize = BUCKETS_S.len() + 1;
+/// `BUCKETS_S` in microseconds: what a request compares against.
+const BUCKETS_US: [u64; 14] = [
+    1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
+    5_000_000, 10_000_000, 30_000_000,
+];
 
 /// (name, help, value) of a per-route counter.
 type RouteCounter = (&'static str, &'static str, fn(&RouteCell) -> u64);
@@ -57,8 +62,7 @@ struct Histogram {
 impl Histogram {
     #[inline]
     fn observe(&self, us: u64) {
-        let s = us as f64 / 1e6;
-        let i = BUCKETS_S.iter().position(|&b| s <= b).unwrap_or(NB - 1);
+        let i = BUCKETS_US.iter().position(|&b| us <= b).unwrap_or(NB - 1);
         self.buckets[i].add(1);
         self.sum_us.add(us);
     }

@@ -43,6 +43,8 @@ pub struct Plan {
     pub config_access_keys: Vec<crate::access::sigv4::AccessKey>,
     /// Per-worker counters and histograms, summed by `/metrics`.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// `metrics: false` in the config: requests are not counted.
+    pub metrics_on: bool,
     /// Access log sinks and their writer.
     pub logs: Arc<crate::accesslog::Logs>,
     pub tracing: TracingPlan,

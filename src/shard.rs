@@ -53,6 +53,8 @@ pub struct Shard {
     /// Lines in each of `log_bufs`.
     pub log_lines: RefCell<Vec<u64>>,
     rng: Cell<u64>,
+    /// The access log's `requestTime` of the current second.
+    pub log_time: RefCell<crate::accesslog::TimeCache>,
     /// The process's metrics; this worker writes only its own cells.
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Tokens this worker verified and authorizer decisions it was given.
@@ -111,6 +113,7 @@ impl Shard {
             access: RefCell::new(crate::access::AccessCache::default()),
             log_bufs: RefCell::new(Vec::new()),
             log_lines: RefCell::new(Vec::new()),
+            log_time: RefCell::new(crate::accesslog::TimeCache::default()),
             rng: Cell::new(
                 (u64::from(id_seed) << 32 | id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
             ),
@@ -199,10 +202,7 @@ impl Shard {
         buf: &mut Vec<u8>,
         lines: &mut u64,
     ) {
-        let batch = std::mem::replace(
-            buf,
-            Vec::with_capacity(crate::accesslog::BATCH_BYTES + 1024),
-        );
+        let batch = std::mem::replace(buf, logs.spare());
         let cell = &self.metrics.worker[self.id.min(self.metrics.worker.len() - 1)];
         if logs.send(sink, batch) {
             cell.log_lines.add(*lines);

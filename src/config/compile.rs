@@ -624,6 +624,7 @@ pub fn compile(cfg: &ConfigFile, workers_override: Option<usize>) -> Result<Plan
             metrics: Arc::new(crate::metrics::Metrics::new(workers, &stages)),
             logs: Arc::new(logs),
             tracing,
+            metrics_on: cfg.metrics.unwrap_or(true),
             authorizers,
             access_keys,
             config_access_keys,

@@ -111,6 +111,8 @@ pub struct ConfigFile {
     pub admin: Option<AdminFile>,
     pub store: Option<StoreFile>,
     pub tracing: Option<TracingFile>,
+    /// `metrics: false` turns the per-request counters off (default on).
+    pub metrics: Option<bool>,
     /// Present but not yet served: (key path, value).
     pub unsupported: Vec<String>,
     /// The config file's directory: relative certificate paths are looked up there
@@ -690,10 +692,11 @@ pub fn parse_partial(text: &str) -> (Option<ConfigFile>, ConfigErrors) {
             "store" if !v.is_null() => cfg.store = de(v, "store", &mut errs),
             "admin" | "store" => {}
             "tracing" => cfg.tracing = de(v, "tracing", &mut errs),
+            "metrics" => cfg.metrics = de(v, "metrics", &mut errs),
             other => errs.push(
                 other,
                 "unknown key: expected one of workers, runtime, drain_timeout_ms, listeners, \
-                 admin, store, apis, domains, usage_plans, api_keys, throttle, tracing",
+                 admin, store, apis, domains, usage_plans, api_keys, throttle, tracing, metrics",
             ),
         }
     }

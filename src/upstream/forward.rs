@@ -209,7 +209,7 @@ enum ExchangeError {
 
 /// Appends `ip` as text; IPv4 (the common case) without `fmt`, which costs several
 /// times as much per request.
-fn write_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
+pub fn write_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
     match ip {
         std::net::IpAddr::V4(v4) => {
             let mut digits = itoa::Buffer::new();
