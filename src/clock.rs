@@ -47,6 +47,11 @@ pub fn unix_ms() -> u64 {
     realtime_ns() / 1_000_000
 }
 
+/// Wall-clock nanoseconds since 1970 (span times).
+pub fn unix_ns() -> u64 {
+    realtime_ns()
+}
+
 /// Monotonic nanoseconds since `epoch` (the instant every worker shares).
 pub fn since_ns(epoch: Instant) -> u64 {
     Instant::now().saturating_duration_since(epoch).as_nanos() as u64 + skew_ns()

@@ -63,6 +63,9 @@ pub struct Outcome {
     pub log: Option<Box<crate::accesslog::Facts>>,
     /// The refusal's message (logged requests only).
     pub error: Option<Box<str>>,
+    pub trace: Option<crate::trace::Trace>,
+    pub span: Option<Box<crate::telemetry::SpanFacts>>,
+    pub request_id: crate::shard::RequestId,
 }
 
 impl Outcome {
@@ -75,6 +78,9 @@ impl Outcome {
             integration_us: None,
             log: None,
             error: None,
+            trace: None,
+            span: None,
+            request_id: [b'-'; 16],
         }
     }
 }
@@ -97,6 +103,8 @@ struct Prepared {
     /// What its access log line needs (stages that log).
     log: Option<Box<crate::accesslog::Facts>>,
     trace: Option<crate::trace::Trace>,
+    /// A sampled request's span, when spans are exported.
+    span: Option<Box<crate::telemetry::SpanFacts>>,
 }
 
 /// A cache miss's part in coalescing: fetching for others, or waiting for another.
@@ -299,6 +307,9 @@ async fn active(
         };
         c.outcome.route = prepared.route;
         c.outcome.log = prepared.log.take();
+        c.outcome.trace = prepared.trace;
+        c.outcome.span = prepared.span.take();
+        c.outcome.request_id = prepared.tag.id;
         woken = false;
         let _in_flight = InFlight::enter(shard);
         while matches!(prepared.action, Action::Work(_)) {
@@ -371,6 +382,40 @@ fn record(c: &mut Client, plan: &Plan, shard: &Shard, started: Instant, f: &Flag
     };
     if plan.metrics_on {
         plan.metrics.record(shard.id, c.outcome.route, &sample);
+    }
+    if let (Some(exporter), Some(facts), Some(trace)) =
+        (&plan.telemetry, c.outcome.span.take(), c.outcome.trace)
+    {
+        let end_ns = crate::clock::unix_ns();
+        let (name, api, stage) = match c.outcome.route {
+            Some((s, r)) => {
+                let st = &plan.stages[s];
+                (
+                    st.routes[r].key.as_str(),
+                    st.api.as_str(),
+                    st.stage.as_str(),
+                )
+            }
+            None => ("unrouted", "", ""),
+        };
+        let span = crate::telemetry::Span {
+            trace_id: trace.id,
+            span_id: trace.span,
+            parent: trace.parent,
+            name: name.into(),
+            start_ns: end_ns.saturating_sub(sample.latency_us * 1000),
+            end_ns,
+            status: c.outcome.status,
+            facts,
+            api: api.into(),
+            stage: stage.into(),
+            request_id: c.outcome.request_id,
+        };
+        let mut spans = shard.spans.borrow_mut();
+        spans.push(span);
+        if spans.len() >= 256 {
+            exporter.send(std::mem::take(&mut *spans));
+        }
     }
     let Some(facts) = c.outcome.log.take() else {
         return;
@@ -511,6 +556,7 @@ fn look_again(
             route: None,
             log: None,
             trace: None,
+            span: None,
         };
     };
     let origin = forward::Origin {
@@ -733,6 +779,7 @@ fn prepare(
         route: None,
         log: None,
         trace: None,
+        span: None,
     };
     if let Framing::Length(n) = head.framing {
         if n > lp.limits.max_body_bytes {
@@ -745,8 +792,14 @@ fn prepare(
     };
     let stage = &plan.stages[stage_id];
     let access = &stage.access;
-    if plan.tracing.create || stage.access_log.is_some() {
+    if plan.tracing.create || stage.access_log.is_some() || plan.telemetry.is_some() {
         p.trace = crate::trace::of_request(headers, &plan.tracing, || shard.random());
+    }
+    if plan.telemetry.is_some() && p.trace.is_some_and(|t| t.sampled) {
+        p.span = Some(Box::new(crate::telemetry::SpanFacts {
+            method: head.method.into(),
+            path: head.path.into(),
+        }));
     }
     if let Some(spec) = &stage.access_log {
         p.log = Some(log_facts(

@@ -45,6 +45,7 @@ pub mod route;
 pub mod shard;
 pub mod store;
 pub mod stream;
+pub mod telemetry;
 pub mod throttle;
 pub mod tls;
 pub mod trace;

@@ -147,6 +147,9 @@ fn run(
         a.start();
     }
     plan.logs.start();
+    if let Some(exporter) = &plan.telemetry {
+        exporter.start();
+    }
     let persistent = plan.store_path.is_some();
     let registry = Arc::new(Mutex::new(registry));
     let writer = StoreWriter::start(Arc::clone(&registry))?;

@@ -48,6 +48,8 @@ pub struct Plan {
     /// Access log sinks and their writer.
     pub logs: Arc<crate::accesslog::Logs>,
     pub tracing: TracingPlan,
+    /// OTLP span export, when `telemetry.otlp_endpoint` is set.
+    pub telemetry: Option<Arc<crate::telemetry::Exporter>>,
 }
 
 /// Trace headers created for requests that carry none.

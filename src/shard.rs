@@ -53,6 +53,8 @@ pub struct Shard {
     /// Lines in each of `log_bufs`.
     pub log_lines: RefCell<Vec<u64>>,
     rng: Cell<u64>,
+    /// Finished spans not yet handed to the OTLP exporter.
+    pub spans: RefCell<Vec<crate::telemetry::Span>>,
     /// The access log's `requestTime` of the current second.
     pub log_time: RefCell<crate::accesslog::TimeCache>,
     /// The process's metrics; this worker writes only its own cells.
@@ -114,6 +116,7 @@ impl Shard {
             log_bufs: RefCell::new(Vec::new()),
             log_lines: RefCell::new(Vec::new()),
             log_time: RefCell::new(crate::accesslog::TimeCache::default()),
+            spans: RefCell::new(Vec::new()),
             rng: Cell::new(
                 (u64::from(id_seed) << 32 | id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
             ),

@@ -12,6 +12,8 @@ pub struct Trace {
     /// The gateway's span id, 16 hex digits (parent of the integration's).
     pub span: [u8; 16],
     pub sampled: bool,
+    /// The caller's span (the incoming `traceparent`'s parent id).
+    pub parent: Option<[u8; 16]>,
     /// Which headers the upstream request gets from the gateway.
     pub add_w3c: bool,
     pub add_amzn: bool,
@@ -36,6 +38,7 @@ pub fn of_request(
 ) -> Option<Trace> {
     let mut id = None;
     let mut sampled = None;
+    let mut parent = None;
     let w3c = crate::parse::header(headers, "traceparent");
     if let Some(v) = w3c {
         // 00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>
@@ -45,6 +48,12 @@ pub fn of_request(
             t.make_ascii_lowercase();
             id = Some(t);
             sampled = Some(v[54] & 1 == 1);
+            if is_hex(&v[36..52]) {
+                let mut p = [0u8; 16];
+                p.copy_from_slice(&v[36..52]);
+                p.make_ascii_lowercase();
+                parent = Some(p);
+            }
         }
     }
     let amzn = crate::parse::header(headers, "x-amzn-trace-id");
@@ -86,6 +95,7 @@ pub fn of_request(
         id,
         span,
         sampled,
+        parent,
         add_w3c: plan.create && w3c.is_none(),
         add_amzn: plan.create && amzn.is_none(),
     })

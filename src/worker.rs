@@ -213,6 +213,12 @@ async fn worker_main(
             plan.live.usage_changed();
         }
         shard.flush_logs(&plan.logs);
+        if let Some(exporter) = &plan.telemetry {
+            let spans = std::mem::take(&mut *shard.spans.borrow_mut());
+            if !spans.is_empty() {
+                exporter.send(spans);
+            }
+        }
         if plan.live.version() != shard.keyring.borrow().0 {
             // Between requests (this task runs only when no request is being
             // prepared): the next request sees the new keys.
@@ -244,6 +250,9 @@ async fn worker_main(
     // Unspent quota leases go back, so the store saves exact counts.
     shard.leases.borrow_mut().settle_all();
     shard.flush_logs(&plan.logs);
+    if let Some(exporter) = &plan.telemetry {
+        exporter.send(std::mem::take(&mut *shard.spans.borrow_mut()));
+    }
 }
 
 async fn accept_loop(

@@ -349,3 +349,98 @@ apis:
     drop(gw);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Sampled requests' spans reach an OTLP/HTTP collector as OTLP JSON.
+#[test]
+fn spans_are_exported_over_otlp() {
+    let collector = Upstream::start(|_| common::Reply::ok("{}"));
+    let backend = Upstream::echo();
+    let yaml = config(&format!(
+        "tracing: {{ sample_rate: 1.0 }}
+telemetry: {{ otlp_endpoint: \"{otlp}/v1/traces\", service_name: edge }}
+apis:
+  - name: shop
+    routes:
+      - {{ route: \"GET /items/{{id}}\", integration: {{ type: http_proxy, uri: \"{be}/items/{{id}}\" }} }}
+    stages: [ {{ name: prod }} ]
+",
+        otlp = collector.url(),
+        be = backend.url()
+    ));
+    let gw = Gateway::start(&yaml);
+    let mut c = Client::connect(gw.addr);
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    assert_eq!(
+        c.request(
+            "GET",
+            "/prod/items/1",
+            "gw.test",
+            &[("traceparent", tp)],
+            b""
+        )
+        .status,
+        200
+    );
+    let r = c.get("/prod/items/2");
+    assert_eq!(r.status, 200);
+    let created = backend.last().header("traceparent").unwrap().to_owned();
+    let mut spans: Vec<Value> = Vec::new();
+    common::wait_until(Duration::from_secs(5), || {
+        spans = collector
+            .seen()
+            .iter()
+            .filter(|s| s.method == "POST" && s.target == "/v1/traces")
+            .flat_map(|s| {
+                let v: Value = serde_json::from_slice(&s.body).unwrap_or(Value::Null);
+                assert_eq!(
+                    v["resourceSpans"][0]["resource"]["attributes"][0]["value"]["stringValue"],
+                    "edge"
+                );
+                v["resourceSpans"][0]["scopeSpans"][0]["spans"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .collect();
+        spans.len() >= 2
+    });
+    assert_eq!(spans.len(), 2, "{spans:?}");
+    let first = spans
+        .iter()
+        .find(|s| s["traceId"] == "4bf92f3577b34da6a3ce929d0e0e4736")
+        .expect("the caller's trace");
+    assert_eq!(first["parentSpanId"], "00f067aa0ba902b7");
+    assert_eq!(first["name"], "GET /items/{id}");
+    assert_eq!(first["kind"], 2);
+    let attrs = first["attributes"].as_array().unwrap();
+    let attr = |k: &str| {
+        attrs
+            .iter()
+            .find(|a| a["key"] == k)
+            .map(|a| a["value"].clone())
+            .unwrap()
+    };
+    assert_eq!(attr("http.response.status_code")["intValue"], "200");
+    assert_eq!(attr("url.path")["stringValue"], "/prod/items/1");
+    assert_eq!(
+        attr("apigw.request_id")["stringValue"]
+            .as_str()
+            .map(str::len),
+        Some(16)
+    );
+    let start: u64 = first["startTimeUnixNano"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let end: u64 = first["endTimeUnixNano"].as_str().unwrap().parse().unwrap();
+    assert!(end >= start && end - start < 5_000_000_000);
+    // The created trace's span has the id the integration saw, and no parent.
+    let second = spans
+        .iter()
+        .find(|s| s["traceId"] != first["traceId"])
+        .unwrap();
+    assert_eq!(second["traceId"].as_str(), created.split('-').nth(1));
+    assert_eq!(second["spanId"].as_str(), created.split('-').nth(2));
+    assert!(second.get("parentSpanId").is_none());
+}

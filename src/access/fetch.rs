@@ -15,6 +15,35 @@ pub fn get(
     timeout: Duration,
     max: usize,
 ) -> Result<Vec<u8>, String> {
+    let raw = send(uri, tls, "GET", None, timeout, max)?;
+    body_of(&raw, max)
+}
+
+/// POSTs `body` (`content_type`) to `uri`; the response's status.
+pub fn post(
+    uri: &str,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    body: (&str, &[u8]),
+    timeout: Duration,
+) -> Result<u16, String> {
+    let raw = send(uri, tls, "POST", Some(body), timeout, 64 * 1024)?;
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut resp = httparse::Response::new(&mut headers);
+    match resp.parse(&raw) {
+        Ok(httparse::Status::Complete(_)) => Ok(resp.code.unwrap_or(0)),
+        _ => Err("no response head".into()),
+    }
+}
+
+/// One request on a new connection (`connection: close`); the raw response.
+fn send(
+    uri: &str,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    method: &str,
+    body: Option<(&str, &[u8])>,
+    timeout: Duration,
+    max: usize,
+) -> Result<Vec<u8>, String> {
     let (https, rest) = if let Some(r) = uri.strip_prefix("https://") {
         (true, r)
     } else if let Some(r) = uri.strip_prefix("http://") {
@@ -47,9 +76,19 @@ pub fn get(
         .ok_or_else(|| format!("{authority} resolves to no address"))?;
     let tcp =
         TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nhost: {authority}\r\naccept: application/json\r\nconnection: close\r\nuser-agent: shardgate\r\n\r\n"
-    );
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {authority}\r\naccept: application/json\r\nconnection: close\r\nuser-agent: shardgate\r\n"
+    )
+    .into_bytes();
+    if let Some((ctype, b)) = body {
+        request.extend_from_slice(
+            format!("content-type: {ctype}\r\ncontent-length: {}\r\n", b.len()).as_bytes(),
+        );
+        request.extend_from_slice(b"\r\n");
+        request.extend_from_slice(b);
+    } else {
+        request.extend_from_slice(b"\r\n");
+    }
     let raw = if https {
         let config = tls.ok_or("https needs a TLS config")?;
         let name = rustls::pki_types::ServerName::try_from(
@@ -78,13 +117,13 @@ pub fn get(
             max,
         )?
     };
-    body_of(&raw, max)
+    Ok(raw)
 }
 
 fn exchange<S: Read + Write>(
     s: &mut S,
     set_timeout: impl Fn(&mut S, Duration) -> std::io::Result<()>,
-    request: &str,
+    request: &[u8],
     deadline: Instant,
     max: usize,
 ) -> Result<Vec<u8>, String> {
@@ -93,8 +132,7 @@ fn exchange<S: Read + Write>(
             .filter(|d| !d.is_zero())
     };
     set_timeout(s, left(deadline).ok_or("timed out")?).map_err(|e| e.to_string())?;
-    s.write_all(request.as_bytes())
-        .map_err(|e| format!("send: {e}"))?;
+    s.write_all(request).map_err(|e| format!("send: {e}"))?;
     let mut raw = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
     loop {

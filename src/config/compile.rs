@@ -608,6 +608,30 @@ pub fn compile(cfg: &ConfigFile, workers_override: Option<usize>) -> Result<Plan
     let drain_ms = cfg.drain_timeout_ms.unwrap_or(DEFAULT_DRAIN_MS);
     let routes_per_stage: Vec<usize> = stages.iter().map(|s| s.routes.len()).collect();
     access_keys.publish(config_access_keys.iter().cloned());
+    let telemetry = cfg.telemetry.as_ref().and_then(|t| {
+        let uri = t.otlp_endpoint.as_str();
+        let tls = if uri.starts_with("https://") {
+            match up_tls.builder.build(&tls::UpstreamTlsSpec::default()) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    errs.push("telemetry.otlp_endpoint", e);
+                    return None;
+                }
+            }
+        } else if uri.starts_with("http://") {
+            None
+        } else {
+            errs.push("telemetry.otlp_endpoint", "must be an http(s) URL");
+            return None;
+        };
+        Some(Arc::new(crate::telemetry::Exporter::new(
+            uri.to_owned(),
+            t.service_name
+                .clone()
+                .unwrap_or_else(|| "shardgate".to_owned()),
+            tls,
+        )))
+    });
     let tracing = {
         let t = cfg.tracing.as_ref();
         let rate = t.and_then(|t| t.sample_rate).unwrap_or(0.05);
@@ -625,6 +649,7 @@ pub fn compile(cfg: &ConfigFile, workers_override: Option<usize>) -> Result<Plan
             logs: Arc::new(logs),
             tracing,
             metrics_on: cfg.metrics.unwrap_or(true),
+            telemetry,
             authorizers,
             access_keys,
             config_access_keys,

@@ -111,6 +111,7 @@ pub struct ConfigFile {
     pub admin: Option<AdminFile>,
     pub store: Option<StoreFile>,
     pub tracing: Option<TracingFile>,
+    pub telemetry: Option<TelemetryFile>,
     /// `metrics: false` turns the per-request counters off (default on).
     pub metrics: Option<bool>,
     /// Present but not yet served: (key path, value).
@@ -540,6 +541,17 @@ pub struct StoreFile {
     pub redis: Option<Value>,
 }
 
+/// `telemetry:`: where sampled requests' spans go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryFile {
+    /// OTLP/HTTP traces endpoint, e.g. `http://127.0.0.1:4318/v1/traces`.
+    pub otlp_endpoint: String,
+    /// `service.name` of the spans; default `shardgate`.
+    #[serde(default)]
+    pub service_name: Option<String>,
+}
+
 /// `tracing:`: trace headers the gateway creates when a request has none.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -693,10 +705,11 @@ pub fn parse_partial(text: &str) -> (Option<ConfigFile>, ConfigErrors) {
             "admin" | "store" => {}
             "tracing" => cfg.tracing = de(v, "tracing", &mut errs),
             "metrics" => cfg.metrics = de(v, "metrics", &mut errs),
+            "telemetry" => cfg.telemetry = de(v, "telemetry", &mut errs),
             other => errs.push(
                 other,
                 "unknown key: expected one of workers, runtime, drain_timeout_ms, listeners, \
-                 admin, store, apis, domains, usage_plans, api_keys, throttle, tracing, metrics",
+                 admin, store, apis, domains, usage_plans, api_keys, throttle, tracing, metrics, telemetry",
             ),
         }
     }
