@@ -30,6 +30,7 @@ pub mod accesslog;
 pub mod admin;
 pub mod body;
 pub mod cache;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod conn;

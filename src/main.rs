@@ -44,6 +44,41 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// API keys of a running gateway (its admin API).
+    Keys {
+        #[command(subcommand)]
+        op: shardgate::cli::Keys,
+        #[command(flatten)]
+        target: shardgate::cli::Target,
+    },
+    /// Usage plans of a running gateway.
+    Plans {
+        #[command(subcommand)]
+        op: shardgate::cli::Plans,
+        #[command(flatten)]
+        target: shardgate::cli::Target,
+    },
+    /// SigV4 access keys of a running gateway.
+    AccessKeys {
+        #[command(subcommand)]
+        op: shardgate::cli::AccessKeys,
+        #[command(flatten)]
+        target: shardgate::cli::Target,
+    },
+    /// A usage plan's daily usage per key (AWS's GetUsage).
+    Usage {
+        plan: String,
+        /// First day, YYYY-MM-DD.
+        #[arg(long)]
+        from: String,
+        /// Last day, YYYY-MM-DD.
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        key: Option<String>,
+        #[command(flatten)]
+        target: shardgate::cli::Target,
+    },
 }
 
 fn main() -> ExitCode {
@@ -59,6 +94,19 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { config } => validate(&config),
+        Command::Keys { op, target } => admin(&target, shardgate::cli::keys(&op)),
+        Command::Plans { op, target } => admin(&target, Ok(shardgate::cli::plans(&op))),
+        Command::AccessKeys { op, target } => admin(&target, Ok(shardgate::cli::access_keys(&op))),
+        Command::Usage {
+            plan,
+            from,
+            to,
+            key,
+            target,
+        } => admin(
+            &target,
+            Ok(shardgate::cli::usage(&plan, &from, &to, key.as_deref())),
+        ),
         Command::Run {
             config,
             workers,
@@ -83,6 +131,22 @@ fn no_transparent_huge_pages() {
         // SAFETY: PR_SET_THP_DISABLE takes integer arguments and touches no memory
         // of ours; it fails harmlessly on kernels without it.
         unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    }
+}
+
+/// Runs one management call and prints its answer.
+fn admin(target: &shardgate::cli::Target, call: Result<shardgate::cli::Call, String>) -> ExitCode {
+    match call.and_then(|c| shardgate::cli::send(target, &c)) {
+        Ok(out) => {
+            if !out.is_empty() {
+                println!("{out}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("shardgate: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

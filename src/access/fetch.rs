@@ -15,8 +15,21 @@ pub fn get(
     timeout: Duration,
     max: usize,
 ) -> Result<Vec<u8>, String> {
-    let raw = send(uri, tls, "GET", None, timeout, max)?;
+    let raw = send(uri, tls, "GET", &[], None, timeout, max)?;
     body_of(&raw, max)
+}
+
+/// Any request: `(status, body)` whatever the status.
+pub fn request(
+    uri: &str,
+    method: &str,
+    headers: &[(&str, &str)],
+    body: Option<(&str, &[u8])>,
+    timeout: Duration,
+    max: usize,
+) -> Result<(u16, Vec<u8>), String> {
+    let raw = send(uri, None, method, headers, body, timeout, max)?;
+    response_of(&raw, max)
 }
 
 /// POSTs `body` (`content_type`) to `uri`; the response's status.
@@ -26,7 +39,7 @@ pub fn post(
     body: (&str, &[u8]),
     timeout: Duration,
 ) -> Result<u16, String> {
-    let raw = send(uri, tls, "POST", Some(body), timeout, 64 * 1024)?;
+    let raw = send(uri, tls, "POST", &[], Some(body), timeout, 64 * 1024)?;
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut resp = httparse::Response::new(&mut headers);
     match resp.parse(&raw) {
@@ -40,6 +53,7 @@ fn send(
     uri: &str,
     tls: Option<&Arc<rustls::ClientConfig>>,
     method: &str,
+    headers: &[(&str, &str)],
     body: Option<(&str, &[u8])>,
     timeout: Duration,
     max: usize,
@@ -80,6 +94,9 @@ fn send(
         "{method} {path} HTTP/1.1\r\nhost: {authority}\r\naccept: application/json\r\nconnection: close\r\nuser-agent: shardgate\r\n"
     )
     .into_bytes();
+    for (n, v) in headers {
+        request.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
+    }
     if let Some((ctype, b)) = body {
         request.extend_from_slice(
             format!("content-type: {ctype}\r\ncontent-length: {}\r\n", b.len()).as_bytes(),
@@ -162,6 +179,14 @@ fn exchange<S: Read + Write>(
 
 /// The body of a complete response read to its close.
 pub fn body_of(raw: &[u8], max: usize) -> Result<Vec<u8>, String> {
+    match response_of(raw, max)? {
+        (200, body) => Ok(body),
+        (status, _) => Err(format!("status {status}")),
+    }
+}
+
+/// The status and body of a complete response read to its close.
+pub fn response_of(raw: &[u8], max: usize) -> Result<(u16, Vec<u8>), String> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut resp = httparse::Response::new(&mut headers);
     let head_len = match resp.parse(raw) {
@@ -170,9 +195,6 @@ pub fn body_of(raw: &[u8], max: usize) -> Result<Vec<u8>, String> {
         Err(e) => return Err(format!("bad response head: {e}")),
     };
     let status = resp.code.unwrap_or(0);
-    if status != 200 {
-        return Err(format!("status {status}"));
-    }
     let chunked = resp.headers.iter().any(|h| {
         h.name.eq_ignore_ascii_case("transfer-encoding")
             && crate::parse::tokens(h.value).any(|t| t.eq_ignore_ascii_case(b"chunked"))
@@ -192,7 +214,7 @@ pub fn body_of(raw: &[u8], max: usize) -> Result<Vec<u8>, String> {
     if body.len() > max {
         return Err(format!("body larger than {max} bytes"));
     }
-    Ok(body)
+    Ok((status, body))
 }
 
 /// Decodes a whole chunked body.
