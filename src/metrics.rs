@@ -158,7 +158,9 @@ impl Metrics {
     #[inline]
     pub fn record(&self, w: usize, route: Option<(usize, usize)>, s: &Sample) {
         let Some((stage, r)) = route else {
-            let c = &self.worker[w];
+            let Some(c) = self.worker.get(w) else {
+                return;
+            };
             c.unrouted.add(1);
             match s.status {
                 400..=499 => c.unrouted_4xx.add(1),
