@@ -77,6 +77,12 @@ impl Default for DateCache {
 }
 
 impl DateCache {
+    /// The second of the last `now()` (0 before any): a clock read saved where a
+    /// second's precision is enough.
+    pub fn secs(&self) -> u64 {
+        self.secs
+    }
+
     pub fn now(&mut self) -> &[u8; HTTP_DATE_LEN] {
         let secs = unix_s();
         if secs != self.secs {

@@ -793,7 +793,11 @@ fn prepare(
     let stage = &plan.stages[stage_id];
     let access = &stage.access;
     if plan.tracing.create || stage.access_log.is_some() || plan.telemetry.is_some() {
-        p.trace = crate::trace::of_request(headers, &plan.tracing, || shard.random());
+        let secs = match shard.date.borrow().secs() {
+            0 => crate::clock::unix_s(),
+            s => s,
+        };
+        p.trace = crate::trace::of_request(headers, &plan.tracing, secs, || shard.random());
     }
     if plan.telemetry.is_some() && p.trace.is_some_and(|t| t.sampled) {
         p.span = Some(Box::new(crate::telemetry::SpanFacts {

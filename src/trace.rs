@@ -34,6 +34,7 @@ fn hex_into(out: &mut [u8], mut v: u64) {
 pub fn of_request(
     headers: &[httparse::Header<'_>],
     plan: &TracingPlan,
+    now_s: u64,
     random: impl Fn() -> u64,
 ) -> Option<Trace> {
     let mut id = None;
@@ -83,7 +84,7 @@ pub fn of_request(
     }
     let id = id.unwrap_or_else(|| {
         let mut t = [0u8; 32];
-        hex_into(&mut t[..8], crate::clock::unix_s());
+        hex_into(&mut t[..8], now_s);
         hex_into(&mut t[8..20], random());
         hex_into(&mut t[20..], random());
         t
@@ -145,6 +146,7 @@ mod tests {
                 b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             )],
             &plan,
+            1,
             || 7,
         )
         .unwrap();
@@ -162,13 +164,14 @@ mod tests {
                 b"Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=0",
             )],
             &plan,
+            1,
             || 7,
         )
         .unwrap();
         assert_eq!(&t.id, b"5759e988bd862e3fe1be46a994272793");
         assert!(!t.sampled && t.add_w3c && !t.add_amzn);
         // Neither: created, unsampled at rate 0.
-        let t = of_request(&[], &plan, || 0xabc).unwrap();
+        let t = of_request(&[], &plan, 1, || 0xabc).unwrap();
         assert!(t.add_w3c && t.add_amzn && !t.sampled);
         assert!(of_request(
             &[],
@@ -176,6 +179,7 @@ mod tests {
                 create: false,
                 sample_below: 0
             },
+            1,
             || 1
         )
         .is_none());
