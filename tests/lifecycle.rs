@@ -48,6 +48,15 @@ fn validate_accepts_the_keys_example() {
 }
 
 #[test]
+fn validate_accepts_the_access_example() {
+    let (code, out) = validate_file(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/examples/access.yaml").as_ref(),
+        &[],
+    );
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
 fn validate_accepts_the_quickstart() {
     let (code, out) = validate_file(
         concat!(env!("CARGO_MANIFEST_DIR"), "/examples/quickstart.yaml").as_ref(),
