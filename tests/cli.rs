@@ -37,15 +37,6 @@ impl Cli {
     }
 }
 
-fn today() -> String {
-    let days = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        / 86_400;
-    shardgate::clock::format_date(days)
-}
-
 #[test]
 fn keys_plans_usage_and_access_keys() {
     let yaml = config(
@@ -99,7 +90,7 @@ usage_plans:
     let plans = cli.json(&["plans", "list"]);
     assert_eq!(plans["items"][0]["name"], "gold");
     assert_eq!(cli.json(&["plans", "show", "gold"])["quota"]["limit"], 100);
-    let day = today();
+    let day = common::today();
     let usage = cli.json(&["usage", "gold", "--from", &day, "--to", &day, "--key", &id]);
     let used = usage["values"][&id][0][0].as_u64().unwrap();
     assert!(used >= 2, "{usage}");

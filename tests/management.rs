@@ -87,15 +87,6 @@ fn reaches(gw: &Gateway, stage: &str, key: &str, status: u16) -> bool {
     })
 }
 
-fn today() -> String {
-    let days = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        / 86_400;
-    shardgate::clock::format_date(days)
-}
-
 fn temp_store(name: &str) -> std::path::PathBuf {
     let p = std::env::temp_dir().join(format!("shardgate-store-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&p);
@@ -449,7 +440,7 @@ api_keys:
     for stage in ["prod", "beta", "prod", "beta"] {
         assert_eq!(pets(gw.addr, stage, ALICE).status, 200);
     }
-    let day = today();
+    let day = common::today();
     let report = api(
         &gw,
         "GET",

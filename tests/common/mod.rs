@@ -590,3 +590,13 @@ pub fn headers_map(r: &Response) -> HashMap<String, String> {
         .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
         .collect()
 }
+
+/// Today (UTC) as YYYY-MM-DD.
+pub fn today() -> String {
+    let days = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 86_400;
+    shardgate::clock::format_date(days)
+}
