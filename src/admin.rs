@@ -53,15 +53,15 @@ const TICK_WAIT: Duration = Duration::from_millis(120);
 struct Ctx {
     token: Option<String>,
     registry: Arc<Mutex<Registry>>,
-    plan: Arc<Plan>,
+    /// The running plan (replaced by reloads) and the reload itself.
+    control: Arc<crate::reload::Control>,
     test_clock: bool,
 }
 
 /// Binds the admin listener and serves it on a thread of its own.
 pub fn start(
     admin: &AdminPlan,
-    registry: Arc<Mutex<Registry>>,
-    plan: Arc<Plan>,
+    control: Arc<crate::reload::Control>,
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(admin.bind).map_err(|e| {
         std::io::Error::new(e.kind(), format!("cannot bind admin {}: {e}", admin.bind))
@@ -69,8 +69,8 @@ pub fn start(
     let addr = listener.local_addr()?;
     let ctx = Arc::new(Ctx {
         token: admin.token.clone(),
-        registry,
-        plan,
+        registry: Arc::clone(control.registry()),
+        control,
         test_clock: std::env::var_os("SHARDGATE_TEST_CLOCK").is_some_and(|v| v == "1"),
     });
     std::thread::Builder::new()
@@ -357,14 +357,16 @@ fn handle(ctx: &Ctx, req: &Request) -> Response {
         })
         .collect();
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+    // `/admin/...` and `/...` are the same calls.
+    let segs = segs.strip_prefix(&["admin"]).unwrap_or(&segs);
     let m = req.method.as_str();
     // Probes and scrapes need no token (bind the admin listener to a private
     // address).
-    match (m, segs.as_slice()) {
+    match (m, segs) {
         ("GET", ["health"] | ["healthz"]) => return Response::ok(json!({ "status": "ok" })),
         ("GET", ["readyz"]) => {
-            return if ctx.plan.metrics.ready.load(Ordering::Acquire) {
-                Response::ok(json!({ "status": "ready", "listeners": ctx.plan.listeners.len() }))
+            return if ctx.control.plan().metrics.ready.load(Ordering::Acquire) {
+                Response::ok(json!({ "status": "ready", "listeners": ctx.control.plan().listeners.len() }))
             } else {
                 Response::with(503, json!({ "status": "not ready" }))
             };
@@ -372,7 +374,7 @@ fn handle(ctx: &Ctx, req: &Request) -> Response {
         ("GET", ["metrics"]) => {
             return Response::text(
                 "text/plain; version=0.0.4; charset=utf-8",
-                ctx.plan.metrics.render(),
+                ctx.control.plan().metrics.render(),
             )
         }
         _ => {}
@@ -525,19 +527,26 @@ fn route(ctx: &Ctx, req: &Request, m: &str, segs: &[&str]) -> Result<Response, A
             _ => Err(not_allowed()),
         },
         ["usageplans", id, "usage"] if m == "GET" => usage(ctx, req, id),
-        ["cache"] if m == "GET" => Ok(Response::ok(cache_stats(&ctx.plan))),
+        ["cache"] if m == "GET" => Ok(Response::ok(cache_stats(&ctx.control.plan()))),
         ["cache", api, stage] if m == "DELETE" => {
-            let sid = cached_stage(&ctx.plan, api, stage)?;
-            ctx.plan.cache.flush_stage(sid);
+            let sid = cached_stage(&ctx.control.plan(), api, stage)?;
+            ctx.control.plan().cache.flush_stage(sid);
             Ok(Response::no_content())
         }
         ["cache", api, stage, "flush"] if m == "POST" => flush_entry(ctx, req, api, stage),
         ["usageplans", id, "keys", key, "usage"] if m == "PATCH" => update_usage(ctx, req, id, key),
+        ["reload"] if m == "POST" => match ctx.control.reload("admin API") {
+            Ok(done) => Ok(Response::ok(json!(done))),
+            Err(errors) => Ok(Response::with(
+                400,
+                json!({ "message": "config not reloaded: the running config stays", "errors": errors }),
+            )),
+        },
         ["tls"] if m == "GET" => Ok(Response::ok(json!({
-            "listeners": crate::tls::describe_listeners(&ctx.plan.listeners)
+            "listeners": crate::tls::describe_listeners(&ctx.control.plan().listeners)
         }))),
         ["tls", "reload"] if m == "POST" => {
-            let (loaded, errs) = crate::tls::reload_listeners(&ctx.plan.listeners);
+            let (loaded, errs) = crate::tls::reload_listeners(&ctx.control.plan().listeners);
             if errs.is_empty() {
                 Ok(Response::ok(json!({ "listeners": loaded })))
             } else {
@@ -616,8 +625,9 @@ fn flush_entry(ctx: &Ctx, req: &Request, api: &str, stage: &str) -> Result<Respo
         "GET".into()
     }
     let w: Which = body(req)?;
-    let sid = cached_stage(&ctx.plan, api, stage)?;
-    let sp = &ctx.plan.stages[sid];
+    let plan = ctx.control.plan();
+    let sid = cached_stage(&plan, api, stage)?;
+    let sp = &plan.stages[sid];
     let (path, query) = match w.path.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (w.path.as_str(), None),
@@ -646,8 +656,9 @@ fn flush_entry(ctx: &Ctx, req: &Request, api: &str, stage: &str) -> Result<Respo
         })
         .collect();
     let mut key = Vec::new();
-    crate::cache::build_key(&mut key, &w.method, path, query, &headers, &m, &rc.key);
-    ctx.plan.cache.flush_key(sid, key);
+    let sig = sp.routes[m.route].sig;
+    crate::cache::build_key(&mut key, sig, &w.method, path, query, &headers, &m, &rc.key);
+    plan.cache.flush_key(sid, key);
     Ok(Response::no_content())
 }
 

@@ -113,6 +113,10 @@ impl Cache {
         }
     }
 
+    pub fn budget(&self) -> usize {
+        self.budget
+    }
+
     /// Bytes held, counting each entry's overhead.
     pub fn used(&self) -> usize {
         self.used
@@ -331,7 +335,11 @@ impl Shared {
     }
 
     fn bump(&self, worker: usize, stage: StageId, route: usize, hit: bool) {
-        let i = worker * self.routes_total + self.route_base[stage] + route;
+        // (A request that began on an older plan may name a stage this one lacks.)
+        let Some(base) = self.route_base.get(stage) else {
+            return;
+        };
+        let i = worker * self.routes_total + base + route;
         if let Some((h, m)) = self.counters.get(i) {
             // Only this worker writes its counters: no atomic read-modify-write.
             let c = if hit { h } else { m };
@@ -383,6 +391,49 @@ impl Caches {
             seen_gen: vec![0; n],
             seen_flush: 0,
         }
+    }
+
+    /// These caches are laid out for the plan whose shared state is `shared` (a
+    /// request that began on an older plan does not touch them).
+    pub fn is_for(&self, shared: &std::sync::Arc<Shared>) -> bool {
+        std::sync::Arc::ptr_eq(&self.shared, shared)
+    }
+
+    /// The caches for a new plan: each stage that caches takes over the cache of
+    /// the stage of the same API and name in this plan (`old_stages`), with its
+    /// entries, after the flushes made so far are applied. `stages`: (api, stage,
+    /// bytes for this worker) of the new plan.
+    pub fn carry(
+        mut self,
+        old_stages: &[(String, String)],
+        shared: std::sync::Arc<Shared>,
+        stages: &[(String, String, usize)],
+    ) -> Self {
+        for sid in 0..self.stages.len() {
+            self.catch_up(sid);
+        }
+        let mut old: Vec<Option<Cache>> = std::mem::take(&mut self.stages);
+        let caches = stages
+            .iter()
+            .map(|(api, stage, bytes)| {
+                if *bytes == 0 {
+                    return None;
+                }
+                let kept = old_stages
+                    .iter()
+                    .position(|(a, s)| a == api && s == stage)
+                    .and_then(|i| old.get_mut(i).and_then(Option::take))
+                    .filter(|c| c.budget() == *bytes);
+                Some(kept.unwrap_or_else(|| Cache::new(*bytes)))
+            })
+            .collect();
+        let mut next = Caches::new(self.worker, shared, caches);
+        // Flushes made on the new shared state before this worker switched.
+        for sid in 0..next.stages.len() {
+            next.catch_up(sid);
+            next.publish(sid);
+        }
+        next
     }
 
     /// Applies flushes the control plane made since this worker last looked.
@@ -444,7 +495,10 @@ impl Caches {
         self.shared.bump(self.worker, stage, route, hit);
     }
 
-    pub fn insert(&mut self, stage: StageId, entry: Entry) {
+    pub fn insert(&mut self, owner: usize, stage: StageId, entry: Entry) {
+        if owner != std::sync::Arc::as_ptr(&self.shared) as usize {
+            return;
+        }
         self.catch_up(stage);
         if let Some(c) = &mut self.stages[stage] {
             c.insert(entry);
@@ -506,16 +560,22 @@ pub const MAX_CACHED_BODY: u64 = 1024 * 1024;
 /// A miss to store, once the upstream answers: the stage's cache, the key, the TTL.
 #[derive(Debug)]
 pub struct Fill {
+    /// The plan's shared cache state (its address): a response that arrives after
+    /// the worker switched plans is not stored.
+    pub owner: usize,
     pub stage: crate::plan::StageId,
     pub route: usize,
     pub key: Vec<u8>,
     pub ttl_ms: u64,
 }
 
-/// Builds the key of a request: method (HEAD is served from GET's entry), path,
-/// then each configured parameter's value (missing and empty differ).
+/// Builds the key of a request: the route's config digest (entries of a route a
+/// reload changed are never served), method (HEAD is served from GET's entry),
+/// path, then each configured parameter's value (missing and empty differ).
+#[allow(clippy::too_many_arguments)]
 pub fn build_key(
     out: &mut Vec<u8>,
+    sig: u64,
     method: &str,
     path: &str,
     query: Option<&str>,
@@ -525,6 +585,7 @@ pub fn build_key(
 ) {
     use crate::plan::KeyParam;
     out.clear();
+    out.extend_from_slice(&sig.to_le_bytes());
     out.extend_from_slice(if method == "HEAD" {
         b"GET"
     } else {

@@ -191,6 +191,7 @@ async fn serve_client(
         up_head: Vec::new(),
         outcome: Outcome::at(Instant::now()),
     });
+    let (mut plan, mut listener) = (plan, listener);
     let mut woken = false;
     loop {
         c.buf = shard.take_buf(std::mem::take(&mut c.buf));
@@ -198,17 +199,42 @@ async fn serve_client(
         c.up_head = shard.take_buf(std::mem::take(&mut c.up_head));
         // The request path's state is boxed so that a parked connection holds only
         // `Client` and its park.
-        let keep = Box::pin(active(&mut c, &plan, lp, &shard, woken)).await;
+        let lp = &plan.listeners[listener];
+        let next = Box::pin(active(&mut c, &plan, lp, &shard, woken)).await;
+        let idle = lp.limits.idle_timeout;
         // Parked (or closing): buffers go back to the shard, as nginx frees its
         // buffers on an idle keep-alive connection.
         shard.give_buf(std::mem::take(&mut c.buf));
         shard.give_buf(std::mem::take(&mut c.out));
         shard.give_buf(std::mem::take(&mut c.up_head));
-        if !keep || !park(&mut c.stream, &shard, lp.limits.idle_timeout).await {
-            return;
+        match next {
+            Next::Close => return,
+            Next::Park => {
+                if !park(&mut c.stream, &shard, idle).await {
+                    return;
+                }
+                woken = true;
+            }
+            // A reload: the next request uses the new plan; a listener it dropped
+            // closes its connections between requests.
+            Next::Switch(w) => match shard.switch(&plan, listener) {
+                Some((p, li)) => {
+                    (plan, listener) = (p, li);
+                    woken = w;
+                }
+                None => return,
+            },
         }
-        woken = true;
     }
+}
+
+/// What a connection does after `active`.
+enum Next {
+    Close,
+    /// Wait, holding no buffer, for the next request.
+    Park,
+    /// The worker runs a new plan: go on with it (`woken` as it was).
+    Switch(bool),
 }
 
 /// The TLS handshake of a connection on an HTTPS listener, within `wait`; a
@@ -282,12 +308,15 @@ async fn active(
     lp: &ListenerPlan,
     shard: &Shard,
     mut woken: bool,
-) -> bool {
+) -> Next {
     'requests: loop {
         if c.pos > 0 {
             // Keep a pipelined next request at the front of the buffer.
             c.buf.drain(..c.pos);
             c.pos = 0;
+        }
+        if !shard.runs(plan) {
+            return Next::Switch(woken);
         }
         let mut pass = Pass::default();
         let read = read_head(c, plan, lp, shard, woken, &mut pass).await;
@@ -295,14 +324,14 @@ async fn active(
         c.outcome = Outcome::at(started);
         let mut prepared = match read {
             HeadRead::Ready(p) => p,
-            HeadRead::Gone => return false,
-            HeadRead::Park => return true,
+            HeadRead::Gone => return Next::Close,
+            HeadRead::Park => return Next::Park,
             HeadRead::Refuse(err) => {
                 tracing::debug!(peer = %c.peer, %err, "request refused");
                 let tag = Tag::from(shard.next_request_id());
                 let _ = refuse(c, shard, err, &tag, Persist::Close, false).await;
                 record(c, plan, shard, started, &Flags::default());
-                return false;
+                return Next::Close;
             }
         };
         c.outcome.route = prepared.route;
@@ -338,11 +367,11 @@ async fn active(
                         refuse(c, shard, err, &prepared.tag, persist, prepared.is_head).await;
                     record(c, plan, shard, started, &Flags::default());
                     if !keep || shard.draining.get() {
-                        return false;
+                        return Next::Close;
                     }
                     continue 'requests;
                 }
-                Err(None) => return false,
+                Err(None) => return Next::Close,
             }
         }
         let flags = Flags {
@@ -357,7 +386,7 @@ async fn active(
         let keep = handle(c, plan, lp, shard, prepared).await;
         record(c, plan, shard, started, &flags);
         if !keep || shard.draining.get() {
-            return false;
+            return Next::Close;
         }
     }
 }
@@ -381,7 +410,11 @@ fn record(c: &mut Client, plan: &Plan, shard: &Shard, started: Instant, f: &Flag
         cache: f.cache,
     };
     if plan.metrics_on {
-        plan.metrics.record(shard.id, c.outcome.route, &sample);
+        let slot = c
+            .outcome
+            .route
+            .map(|(s, r)| plan.stages[s].routes[r].metric_slot);
+        plan.metrics.record(shard.id, slot, &sample);
     }
     if let (Some(exporter), Some(facts), Some(trace)) =
         (&plan.telemetry, c.outcome.span.take(), c.outcome.trace)
@@ -604,7 +637,7 @@ async fn do_work(
             Ok(())
         }
         Work::Jwks { authorizer, seen } => {
-            if let Some(Authorizer::Jwt(j)) = plan.authorizers.get(authorizer) {
+            if let Some(Authorizer::Jwt(j)) = plan.authorizers.get(authorizer).map(|a| &**a) {
                 let until = Instant::now() + crate::access::jwt::FETCH_TIMEOUT * 2;
                 while j.keys.attempts.load(std::sync::atomic::Ordering::Acquire) == seen
                     && Instant::now() < until
@@ -616,7 +649,8 @@ async fn do_work(
             Ok(())
         }
         Work::Call(call) => {
-            let Some(Authorizer::Request(r)) = plan.authorizers.get(call.authorizer) else {
+            let Some(Authorizer::Request(r)) = plan.authorizers.get(call.authorizer).map(|a| &**a)
+            else {
                 return Err(Some(GatewayError::AuthorizerFailed("no such authorizer")));
             };
             match r.call(shard, &call.payload).await {
@@ -625,7 +659,7 @@ async fn do_work(
                     if let Some(key) = call.key {
                         let until = crate::clock::unix_ms() + r.ttl_s * 1000;
                         shard.access.borrow_mut().decisions.put(
-                            call.authorizer,
+                            plan.authorizer_uids[call.authorizer],
                             key,
                             until,
                             std::rc::Rc::clone(&d),
@@ -843,7 +877,7 @@ fn prepare(
     if body.is_none() && head.framing != Framing::None {
         let sigv4 = route.auth.as_ref().is_some_and(|a| {
             matches!(
-                plan.authorizers.get(a.authorizer),
+                plan.authorizers.get(a.authorizer).map(|a| &**a),
                 Some(Authorizer::Sigv4(_))
             )
         });
@@ -955,7 +989,11 @@ fn prepare(
             && ring.1.check(headers, stage_id).is_ok());
     drop(ring);
     if let (Some(rc), Integration::HttpProxy(_)) = (&route.cache, &route.integration) {
-        if !(rc.any_method || method == "GET" || method == "HEAD") {
+        if !(rc.any_method || method == "GET" || method == "HEAD")
+            || !shard.caches.borrow().is_for(&plan.cache)
+        {
+            // (The second: a request that began before this worker switched plans,
+            // looked at again after an authorizer's answer.)
             p.tag.cache = Some(CacheStatus::Bypass);
         } else {
             let mut refresh = crate::cache::wants_refresh(headers);
@@ -973,7 +1011,16 @@ fn prepare(
                 refresh = false;
             }
             let mut key = shard.cache_key.borrow_mut();
-            crate::cache::build_key(&mut key, method, path, head.query, headers, &m, &rc.key);
+            crate::cache::build_key(
+                &mut key,
+                route.sig,
+                method,
+                path,
+                head.query,
+                headers,
+                &m,
+                &rc.key,
+            );
             let mut caches = shard.caches.borrow_mut();
             if !refresh {
                 let found = match caches.get(stage_id, &key, crate::clock::unix_ms()) {
@@ -1002,6 +1049,7 @@ fn prepare(
             }
             p.tag.cache = Some(CacheStatus::Miss);
             p.fill = Some(crate::cache::Fill {
+                owner: Arc::as_ptr(&plan.cache) as usize,
                 stage: stage_id,
                 route: m.route,
                 key: key.clone(),
@@ -1102,11 +1150,11 @@ fn authorize(
 ) -> Result<Grant, Action> {
     use crate::access::jwt::Check;
     let refuse = |e: GatewayError| Action::Refuse(e);
-    match &plan.authorizers[auth.authorizer] {
+    match &*plan.authorizers[auth.authorizer] {
         Authorizer::Jwt(j) => {
             let now = crate::clock::unix_s();
             let checked = j.check(
-                auth.authorizer,
+                plan.authorizer_uids[auth.authorizer],
                 f.headers,
                 f.head.query,
                 &auth.scopes,
@@ -1172,7 +1220,7 @@ fn authorize(
                         .then(|| identity.join("\u{0}").into_boxed_str());
                     if let Some(k) = &key {
                         let hit = shard.access.borrow().decisions.get(
-                            auth.authorizer,
+                            plan.authorizer_uids[auth.authorizer],
                             k,
                             crate::clock::unix_ms(),
                         );
@@ -1261,7 +1309,7 @@ fn admit(
     levels
         .into_iter()
         .flatten()
-        .all(|id| tokens.admit(id, &plan.throttles[id], now))
+        .all(|id| tokens.admit(&plan.throttles[id], now))
 }
 
 /// Writes a cached response: status line and this response's headers, then the
@@ -1388,6 +1436,11 @@ async fn handle(
                     });
                     let _ = monoio::time::timeout(target.timeout, done).await;
                     let hit = p.fill.as_ref().and_then(|f| {
+                        if f.owner != Arc::as_ptr(&plan.cache) as usize
+                            || !shard.caches.borrow().is_for(&plan.cache)
+                        {
+                            return None;
+                        }
                         match shard.caches.borrow_mut().get(
                             f.stage,
                             &f.key,

@@ -44,7 +44,7 @@ pub struct Slot {
 #[derive(Debug)]
 pub struct Bucket {
     pub slot: Slot,
-    pub shared: SharedBucket,
+    pub shared: Arc<SharedBucket>,
 }
 
 /// One API key in one usage plan: the plan's per-key limits, with this key's state.
@@ -89,12 +89,15 @@ pub struct KeyView {
 /// Every API key, by the hash of its value.
 #[derive(Debug, Default)]
 pub struct Keyring {
+    /// The plan generation whose stage and route ids the bindings use.
+    pub generation: u64,
     by_hash: HashMap<KeyHash, KeyView, rustc_hash::FxBuildHasher>,
 }
 
 impl Keyring {
     pub fn with_capacity(n: usize) -> Self {
         Self {
+            generation: 0,
             by_hash: HashMap::with_capacity_and_hasher(n, rustc_hash::FxBuildHasher),
         }
     }
@@ -252,7 +255,7 @@ mod tests {
             plan: "p".into(),
             throttle: Some(Bucket {
                 slot: Slot { index: 0, gen: 1 },
-                shared: SharedBucket::new(Limit { rate, burst: 1 }, 1),
+                shared: Arc::new(SharedBucket::new(Limit { rate, burst: 1 }, 1)),
             }),
             routes: Box::default(),
             quota: None,

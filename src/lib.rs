@@ -24,6 +24,7 @@
 //! - `upstream`: the `http_proxy` integration: connection pool and forwarding.
 //! - `respond`: response heads; `error`: the one error type and its responses.
 //! - `clock`: the HTTP Date value.
+//! - `reload`: hot reload: compile again, carry state over, hand workers the new plan.
 
 pub mod access;
 pub mod accesslog;
@@ -41,6 +42,7 @@ pub mod parse;
 pub mod plan;
 pub mod quota;
 pub mod registry;
+pub mod reload;
 pub mod respond;
 pub mod route;
 pub mod shard;

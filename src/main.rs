@@ -231,8 +231,14 @@ fn run(
         lp.bind = *addr;
     }
     let plan = Arc::new(plan);
+    let control = Arc::new(shardgate::reload::Control::new(
+        path.to_path_buf(),
+        workers,
+        Arc::clone(&plan),
+        Arc::clone(&registry),
+    ));
     if let Some(admin) = &plan.admin {
-        let addr = shardgate::admin::start(admin, Arc::clone(&registry), Arc::clone(&plan))?;
+        let addr = shardgate::admin::start(admin, Arc::clone(&control))?;
         // `admin=`, not `addr=`: tools wait for the public listener's `addr=`.
         tracing::info!(admin = %addr, token = admin.token.is_some(), "admin listening");
     }
@@ -240,6 +246,8 @@ fn run(
         tracing::info!(listener = %lp.name, addr = %lp.bind, workers = plan.workers, "listening");
     }
     let workers = worker::start(Arc::clone(&plan), sockets)?;
+    control.attach(&workers);
+    shardgate::reload::watch(Arc::clone(&control));
     // Config loaded, listeners bound, workers running: `/readyz` says so.
     plan.metrics
         .ready
@@ -248,13 +256,14 @@ fn run(
         if sig == SIGUSR1 {
             // logrotate moved the files: the writer opens them anew.
             tracing::info!("SIGUSR1: reopening access logs");
-            plan.logs.reopen();
+            control.plan().logs.reopen();
             continue;
         }
         if sig == SIGHUP {
-            // Certificates: new connections get the files as they are now.
-            tracing::info!("SIGHUP: reloading TLS certificates");
-            let _ = shardgate::tls::reload_listeners(&plan.listeners);
+            // The whole config, certificates included; errors are logged and the
+            // running config stays.
+            tracing::info!("SIGHUP: reloading the config");
+            let _ = control.reload("SIGHUP");
             continue;
         }
         tracing::info!(
@@ -270,7 +279,7 @@ fn run(
     workers.begin_shutdown();
     workers.join();
     // Lines the workers handed over last reach their files.
-    plan.logs.drain(Duration::from_secs(1));
+    control.plan().logs.drain(Duration::from_secs(1));
     // The workers gave back their unspent leases: save the exact counts.
     writer.stop();
     let saved = shardgate::lock(&registry).shutdown();

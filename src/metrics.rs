@@ -8,9 +8,17 @@
 //! when it is scraped.
 
 use std::fmt::Write as _;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use crate::plan::StagePlan;
+
+/// Route slots per chunk of cells; chunks are allocated as routes appear.
+const CHUNK: usize = 64;
+/// At most `CHUNKS × CHUNK` distinct (api, stage, route) series over the
+/// process's life; routes beyond are not counted per route.
+const CHUNKS: usize = 1024;
 
 /// Histogram bucket bounds, seconds (Prometheus's `le`), for both latencies.
 pub const BUCKETS_S: [f64; 14] = [
@@ -23,6 +31,8 @@ const BUCKETS_US: [u64; 14] = [
     5_000_000, 10_000_000, 30_000_000,
 ];
 
+/// (api, stage, route key) of a series.
+type Labels = (String, String, String);
 /// (name, help, value) of a per-route counter.
 type RouteCounter = (&'static str, &'static str, fn(&RouteCell) -> u64);
 type RouteHistogram = (&'static str, &'static str, fn(&RouteCell) -> &Histogram);
@@ -110,14 +120,14 @@ pub struct Sample {
     pub cache: Option<bool>,
 }
 
+/// The series of the process: one slot per (api, stage, route key) ever
+/// configured, kept across reloads so counters of unchanged routes go on.
 pub struct Metrics {
     workers: usize,
-    /// First slot of each stage.
-    base: Box<[usize]>,
-    slots: usize,
-    /// (api, stage, route key) per slot.
-    labels: Box<[(String, String, String)]>,
-    cells: Box<[RouteCell]>,
+    /// (api, stage, route key) per slot, and the slot of each.
+    labels: Mutex<(Vec<Labels>, HashMap<Labels, usize>)>,
+    /// `[slot / CHUNK]` → `[worker × CHUNK + slot % CHUNK]`.
+    cells: Box<[OnceLock<Box<[RouteCell]>>]>,
     pub worker: Box<[WorkerCell]>,
     /// Workers started and listening: `/readyz`.
     pub ready: AtomicBool,
@@ -127,37 +137,60 @@ impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Metrics")
             .field("workers", &self.workers)
-            .field("slots", &self.slots)
             .finish()
     }
 }
 
 impl Metrics {
-    pub fn new(workers: usize, stages: &[StagePlan]) -> Self {
-        let mut base = Vec::with_capacity(stages.len());
-        let mut labels = Vec::new();
-        for s in stages {
-            base.push(labels.len());
-            for r in &s.routes {
-                labels.push((s.api.clone(), s.stage.clone(), r.key.clone()));
-            }
-        }
-        let slots = labels.len();
+    pub fn new(workers: usize) -> Self {
         Self {
             workers,
-            base: base.into(),
-            slots,
-            labels: labels.into(),
-            cells: (0..workers * slots).map(|_| RouteCell::default()).collect(),
+            labels: Mutex::new((Vec::new(), HashMap::new())),
+            cells: (0..CHUNKS).map(|_| OnceLock::new()).collect(),
             worker: (0..workers).map(|_| WorkerCell::default()).collect(),
             ready: AtomicBool::new(false),
         }
     }
 
-    /// Records one request on worker `w`; `route`: (stage, route) when it matched.
+    /// Gives each route of `stages` its series: the slot its labels already have,
+    /// or a new one (`usize::MAX` when all are taken: not counted per route).
+    pub fn assign(&self, stages: &mut [StagePlan]) {
+        let mut guard = crate::lock(&self.labels);
+        let (list, by) = &mut *guard;
+        for s in stages {
+            for r in &mut s.routes {
+                let l: Labels = (s.api.clone(), s.stage.clone(), r.key.clone());
+                r.metric_slot = match by.get(&l) {
+                    Some(&slot) => slot,
+                    None if list.len() < CHUNK * CHUNKS => {
+                        let slot = list.len();
+                        self.cells[slot / CHUNK].get_or_init(|| {
+                            (0..self.workers * CHUNK)
+                                .map(|_| RouteCell::default())
+                                .collect()
+                        });
+                        list.push(l.clone());
+                        by.insert(l, slot);
+                        slot
+                    }
+                    None => usize::MAX,
+                };
+            }
+        }
+    }
+
     #[inline]
-    pub fn record(&self, w: usize, route: Option<(usize, usize)>, s: &Sample) {
-        let Some((stage, r)) = route else {
+    fn cell(&self, w: usize, slot: usize) -> Option<&RouteCell> {
+        self.cells
+            .get(slot / CHUNK)?
+            .get()?
+            .get(w * CHUNK + slot % CHUNK)
+    }
+
+    /// Records one request on worker `w`; `route`: the route's slot when it matched.
+    #[inline]
+    pub fn record(&self, w: usize, route: Option<usize>, s: &Sample) {
+        let Some(slot) = route else {
             let Some(c) = self.worker.get(w) else {
                 return;
             };
@@ -169,7 +202,7 @@ impl Metrics {
             }
             return;
         };
-        let Some(cell) = self.cells.get(w * self.slots + self.base[stage] + r) else {
+        let Some(cell) = self.cell(w, slot) else {
             return;
         };
         cell.requests.add(1);
@@ -197,7 +230,9 @@ impl Metrics {
 
     /// The Prometheus text exposition (format 0.0.4).
     pub fn render(&self) -> String {
-        let mut out = String::with_capacity(4096 + self.slots * 2048);
+        let labels = crate::lock(&self.labels).0.clone();
+        let slots = labels.len();
+        let mut out = String::with_capacity(4096 + slots * 2048);
         let esc = |v: &str| {
             v.replace('\\', "\\\\")
                 .replace('"', "\\\"")
@@ -205,7 +240,8 @@ impl Metrics {
         };
         let sum = |slot: usize, f: &dyn Fn(&RouteCell) -> u64| -> u64 {
             (0..self.workers)
-                .map(|w| f(&self.cells[w * self.slots + slot]))
+                .filter_map(|w| self.cell(w, slot))
+                .map(f)
                 .sum()
         };
         let counters: [RouteCounter; 7] = [
@@ -247,8 +283,7 @@ impl Metrics {
         ];
         for (name, help, f) in counters {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            for slot in 0..self.slots {
-                let (api, stage, route) = &self.labels[slot];
+            for (slot, (api, stage, route)) in labels.iter().enumerate() {
                 let _ = writeln!(
                     out,
                     "{name}{{api=\"{}\",stage=\"{}\",route=\"{}\"}} {}",
@@ -265,8 +300,7 @@ impl Metrics {
         ];
         for (name, help, f) in hists {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-            for slot in 0..self.slots {
-                let (api, stage, route) = &self.labels[slot];
+            for (slot, (api, stage, route)) in labels.iter().enumerate() {
                 let labels = format!(
                     "api=\"{}\",stage=\"{}\",route=\"{}\"",
                     esc(api),

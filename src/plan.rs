@@ -12,14 +12,21 @@ use crate::route::Router;
 
 #[derive(Debug)]
 pub struct Plan {
+    /// 0 for the plan the gateway started with; each reload adds one.
+    pub generation: u64,
+    /// `watch: true`: the file is reloaded when it changes.
+    pub watch: bool,
     pub workers: usize,
     pub runtime: RuntimeKind,
     pub drain_timeout: Duration,
     pub listeners: Vec<ListenerPlan>,
     pub stages: Vec<StagePlan>,
     pub pool: PoolLimits,
-    /// Every throttle of the config; shards hold their unspent tokens by index.
-    pub throttles: Vec<crate::throttle::SharedBucket>,
+    /// Every throttle of the config. A reload keeps the buckets whose name and
+    /// limit did not change (their levels and the shards' unspent tokens).
+    pub throttles: Vec<Arc<crate::throttle::SharedBucket>>,
+    /// Each throttle's name: `gateway`, `api/stage` or `api/stage/ROUTE KEY`.
+    pub throttle_names: Vec<String>,
     /// The gateway-wide throttle.
     pub throttle: Option<crate::throttle::ThrottleId>,
     /// The usage plans and API keys the config declares (the registry adds those
@@ -36,7 +43,11 @@ pub struct Plan {
     /// The instant throttle clocks count from, the same for every worker.
     pub epoch: std::time::Instant,
     /// Every API's authorizers; routes refer to them by index.
-    pub authorizers: Vec<crate::access::Authorizer>,
+    pub authorizers: Vec<Arc<crate::access::Authorizer>>,
+    /// Each authorizer's config digest: a reload keeps those that did not change.
+    pub authorizer_sigs: Vec<u64>,
+    /// Each authorizer's number for the workers' token and decision memories.
+    pub authorizer_uids: Vec<usize>,
     /// SigV4 access keys (the config's and the management API's).
     pub access_keys: Arc<crate::access::sigv4::KeyTable>,
     /// The access keys the config declares.
@@ -73,6 +84,8 @@ pub type RouteId = usize;
 #[derive(Debug)]
 pub struct ListenerPlan {
     pub name: String,
+    /// `bind` as configured (port 0 stays 0): a reload compares these.
+    pub configured: SocketAddr,
     /// As configured until the sockets are bound; then the address actually bound.
     pub bind: SocketAddr,
     pub limits: Limits,
@@ -188,6 +201,12 @@ pub struct RoutePlan {
     pub cache: Option<RouteCache>,
     pub auth: Option<crate::access::RouteAuth>,
     pub validate: Option<Arc<crate::access::validate::Validator>>,
+    /// This route's series in `Plan::metrics` (kept across reloads).
+    pub metric_slot: usize,
+    /// A digest of everything the route's config says (and its stage's
+    /// variables): cached responses of a route that a reload changed are not
+    /// served (the digest is part of the cache key).
+    pub sig: u64,
 }
 
 #[derive(Debug)]

@@ -106,7 +106,7 @@ pub struct Seed {
 }
 
 /// A usage plan resolved against the compiled stages.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Resolved {
     pub stages: Vec<StageId>,
     pub throttle: Option<Limit>,
@@ -330,6 +330,8 @@ pub struct KeyPatch {
 }
 
 pub struct Registry {
+    /// The plan generation `stages` come from; keyrings carry it.
+    generation: u64,
     stages: Vec<StageInfo>,
     workers: usize,
     live: Arc<Live>,
@@ -400,6 +402,7 @@ impl Registry {
         let loaded = store.load()?;
         let stages = StageInfo::of(stages);
         let mut r = Self {
+            generation: 0,
             stages,
             workers,
             live,
@@ -481,7 +484,7 @@ impl Registry {
         let workers = self.workers;
         let bucket = |slots: &mut Slots, l: Limit| Bucket {
             slot: slots.take(),
-            shared: SharedBucket::new(l, workers),
+            shared: Arc::new(SharedBucket::new(l, workers)),
         };
         let throttle = res.throttle.map(|l| bucket(&mut self.slots, l));
         let routes = res
@@ -528,14 +531,120 @@ impl Registry {
         }
     }
 
+    /// A reloaded config: its stages (plan `generation`), usage plans and keys.
+    /// Plans and keys of the management API stay (a plan that no longer matches
+    /// the stages is set aside with a warning, as at start). Bindings whose plan
+    /// resolves as before keep their buckets and quotas; the others are rebuilt
+    /// with their quota counts. The new keyring is published for the new plan:
+    /// workers take it when they switch to that plan.
+    pub fn replan(
+        &mut self,
+        stages: &[StagePlan],
+        seed: &Seed,
+        generation: u64,
+    ) -> anyhow::Result<()> {
+        let infos = StageInfo::of(stages);
+        let config: HashSet<&str> = seed.plans.iter().map(|p| p.name.as_str()).collect();
+        let mut plans = BTreeMap::new();
+        for def in &seed.plans {
+            let res = resolve(&infos, def)
+                .map_err(|e| anyhow::anyhow!("usage plan {:?}: {e:?}", def.name))?;
+            plans.insert(def.name.clone(), (def.clone(), res));
+        }
+        for (name, (def, _)) in &self.plans {
+            if config.contains(name.as_str()) {
+                continue;
+            }
+            match resolve(&infos, def) {
+                Ok(res) => {
+                    plans.insert(name.clone(), (def.clone(), res));
+                }
+                Err(errs) => tracing::warn!(
+                    plan = %name,
+                    errors = ?errs,
+                    "usage plan no longer matches the config's stages; set aside"
+                ),
+            }
+        }
+        for def in &seed.plans {
+            self.store.put_plan(def)?;
+        }
+        let seeded: Vec<KeyDef> = seed
+            .keys
+            .iter()
+            .cloned()
+            .map(|mut k| {
+                if let Some(old) = self.keys.get(&k.id) {
+                    k.created_s = old.created_s;
+                }
+                k
+            })
+            .collect();
+        for key in &seeded {
+            let Some(h) = key.key_hash() else { continue };
+            if let Some(other) = self.by_hash.get(&h).cloned() {
+                if other != key.id {
+                    self.keys.remove(&other);
+                }
+            }
+            self.by_hash.insert(h, key.id.clone());
+            self.keys.insert(key.id.clone(), key.clone());
+        }
+        self.store.put_keys(&seeded)?;
+        let changed: Vec<(String, String)> = self
+            .bindings
+            .keys()
+            .filter(|(_, p)| {
+                plans.get(p).map(|x| &x.1) != self.plans.get(p).map(|x| &x.1)
+                    || plans.get(p).map(|x| &x.0) != self.plans.get(p).map(|x| &x.0)
+            })
+            .cloned()
+            .collect();
+        for k in changed {
+            let Some(b) = self.bindings.remove(&k) else {
+                continue;
+            };
+            self.release(&b);
+            if let Some((_, q)) = &b.quota {
+                let (period, leased, spent) = q.snapshot();
+                self.restore.insert(
+                    k,
+                    SavedQuota {
+                        period_kind: period_kind(q.period),
+                        period,
+                        leased,
+                        spent,
+                    },
+                );
+            }
+        }
+        self.stages = infos;
+        self.plans = plans;
+        self.generation = generation;
+        self.publish(false);
+        Ok(())
+    }
+
+    /// The config's SigV4 keys after a reload (the management API's stay).
+    pub fn replace_config_access_keys(&mut self, config: Vec<crate::access::sigv4::AccessKey>) {
+        self.access.config = config;
+        self.publish_access_keys();
+    }
+
     /// Builds the keyring from the definitions and publishes it.
     fn rebuild(&mut self) {
+        self.publish(true);
+    }
+
+    /// Builds the keyring and publishes it; `wait`: until every worker uses it.
+    fn publish(&mut self, wait: bool) {
         let pairs: Vec<(String, String)> = self
             .keys
             .values()
             .flat_map(|k| k.plans.iter().map(move |p| (k.id.clone(), p.clone())))
             .collect();
         let mut ring = Keyring::with_capacity(self.keys.len());
+        ring.generation = self.generation;
         let mut per_key: HashMap<String, Vec<(StageId, Arc<Binding>)>> = HashMap::new();
         for (key_id, plan) in &pairs {
             let Some(b) = self.binding(key_id, plan) else {
@@ -572,7 +681,8 @@ impl Registry {
         let version = self.live.publish(ring);
         // Answer only once every worker uses it: a key the API just returned works
         // on every core (workers switch on their 100 ms tick).
-        if !self
+        if wait
+            && !self
             .live
             .wait_seen(version, std::time::Duration::from_secs(1))
         {

@@ -23,6 +23,9 @@ const MAX_FREE_BUFS: usize = 256;
 
 pub struct Shard {
     pub id: usize,
+    /// The plan new requests use: swapped by the worker's tick on a reload. A
+    /// connection compares its own with it before each request.
+    pub plan: RefCell<Option<Arc<crate::plan::Plan>>>,
     /// The worker runs monoio's io_uring driver (else epoll): a pending read there
     /// cannot be dropped without risking the bytes it reads.
     pub uring: bool,
@@ -52,6 +55,8 @@ pub struct Shard {
     pub log_bufs: RefCell<Vec<Vec<u8>>>,
     /// Lines in each of `log_bufs`.
     pub log_lines: RefCell<Vec<u64>>,
+    /// The address of the `Logs` whose sinks `log_bufs` are for (0: any).
+    pub log_owner: Cell<usize>,
     rng: Cell<u64>,
     /// Finished spans not yet handed to the OTLP exporter.
     pub spans: RefCell<Vec<crate::telemetry::Span>>,
@@ -75,6 +80,7 @@ pub struct Parts {
     pub keyring: (u64, Arc<Keyring>),
     pub caches: Option<crate::cache::Caches>,
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    pub plan: Option<Arc<crate::plan::Plan>>,
 }
 
 /// A request id: 16 URL-safe base64 characters, unique per process start, worker and
@@ -95,9 +101,11 @@ impl Shard {
             keyring,
             caches,
             metrics,
+            plan,
         } = parts;
         Self {
             id,
+            plan: RefCell::new(plan),
             uring,
             pool: RefCell::new(Pool::new(pool_limits)),
             in_flight: Cell::new(0),
@@ -115,16 +123,39 @@ impl Shard {
             access: RefCell::new(crate::access::AccessCache::default()),
             log_bufs: RefCell::new(Vec::new()),
             log_lines: RefCell::new(Vec::new()),
+            log_owner: Cell::new(0),
             log_time: RefCell::new(crate::accesslog::TimeCache::default()),
             spans: RefCell::new(Vec::new()),
             rng: Cell::new(
                 (u64::from(id_seed) << 32 | id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
             ),
-            metrics: metrics.unwrap_or_else(|| Arc::new(crate::metrics::Metrics::new(id + 1, &[]))),
+            metrics: metrics.unwrap_or_else(|| Arc::new(crate::metrics::Metrics::new(id + 1))),
             bufs: RefCell::new(Vec::new()),
             next_request: Cell::new(0),
             id_seed,
         }
+    }
+
+    /// `plan` is the one new requests use (always, where the shard has none).
+    #[inline]
+    pub fn runs(&self, plan: &crate::plan::Plan) -> bool {
+        self.plan
+            .borrow()
+            .as_ref()
+            .is_none_or(|p| std::ptr::eq(Arc::as_ptr(p), plan))
+    }
+
+    /// The plan new requests use, and the index in it of the listener named as
+    /// `old`'s `listener`; `None` when the new plan dropped that listener.
+    pub fn switch(
+        &self,
+        old: &crate::plan::Plan,
+        listener: usize,
+    ) -> Option<(Arc<crate::plan::Plan>, usize)> {
+        let name = &old.listeners.get(listener)?.name;
+        let plan = self.plan.borrow().clone()?;
+        let li = plan.listeners.iter().position(|l| l.name == *name)?;
+        Some((plan, li))
     }
 
     /// `persist`, unless a drain has begun: then the response closes the connection.
@@ -174,6 +205,20 @@ impl Shard {
         sink: usize,
         fill: impl FnOnce(&mut Vec<u8>),
     ) {
+        let owner = std::ptr::from_ref(logs) as usize;
+        if self.log_owner.get() != owner && self.log_owner.get() != 0 {
+            // A request that began before this worker switched to a plan with other
+            // sinks: its line goes to its own plan's writer, alone.
+            let mut one = Vec::new();
+            fill(&mut one);
+            let cell = &self.metrics.worker[self.id.min(self.metrics.worker.len() - 1)];
+            if logs.send(sink, one) {
+                cell.log_lines.add(1);
+            } else {
+                cell.log_dropped.add(1);
+            }
+            return;
+        }
         let mut bufs = self.log_bufs.borrow_mut();
         let mut lines = self.log_lines.borrow_mut();
         if bufs.len() <= sink {

@@ -81,32 +81,32 @@ impl Exporter {
         let Some(rx) = crate::lock(&self.rx).take() else {
             return;
         };
-        let me = Arc::clone(self);
+        // Weak: the thread ends when the last plan using this exporter is gone (its
+        // channel disconnects).
+        let me = Arc::downgrade(self);
         let spawned = std::thread::Builder::new()
             .name("shardgate-otlp".into())
-            .spawn(move || me.run(&rx));
+            .spawn(move || Self::run(&me, &rx));
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start the OTLP exporter");
         }
     }
 
-    fn run(&self, rx: &Receiver<Vec<Span>>) {
+    fn run(me: &std::sync::Weak<Self>, rx: &Receiver<Vec<Span>>) {
         let mut pending: Vec<Span> = Vec::new();
         let mut last = Instant::now();
         loop {
             match rx.recv_timeout(POST_EVERY) {
                 Ok(batch) => pending.extend(batch),
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
-                    self.post(&pending);
-                    return;
-                }
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
             }
             if !pending.is_empty()
                 && (last.elapsed() >= POST_EVERY || pending.len() >= MAX_PER_POST)
             {
+                let Some(me) = me.upgrade() else { return };
                 for chunk in pending.chunks(MAX_PER_POST) {
-                    self.post(chunk);
+                    me.post(chunk);
                 }
                 pending.clear();
                 last = Instant::now();

@@ -14,11 +14,15 @@
 //! request per worker where `burst < 4 × W`) and at most 10 ms of traffic per worker. One client on one worker can still use the whole
 //! rate: it draws batch after batch.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
-/// Index of a throttle in `Plan::throttles` (and of its tokens in each shard).
+/// Index of a throttle in `Plan::throttles`.
 pub type ThrottleId = usize;
+
+/// Gives every bucket a number of its own for the life of the process: a shard
+/// keeps its unspent tokens by it, so a bucket a reloaded plan kept keeps them.
+static NEXT_SLOT: AtomicU32 = AtomicU32::new(0);
 
 /// A configured limit: `rate` requests per second, `burst` bucket size.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -38,6 +42,8 @@ pub struct SharedBucket {
     tat_ns: AtomicU64,
     /// Tokens a worker draws at once.
     pub batch: u32,
+    /// Where shards keep their unspent tokens of this bucket.
+    pub slot: u32,
 }
 
 impl SharedBucket {
@@ -56,6 +62,7 @@ impl SharedBucket {
             tolerance_ns: interval_ns.saturating_mul(limit.burst),
             tat_ns: AtomicU64::new(0),
             batch,
+            slot: NEXT_SLOT.fetch_add(1, Ordering::Relaxed),
         }
     }
 
@@ -96,9 +103,9 @@ pub struct LocalTokens {
 }
 
 impl LocalTokens {
-    pub fn new(throttles: usize, epoch: Instant) -> Self {
+    pub fn new(epoch: Instant) -> Self {
         Self {
-            tokens: vec![0; throttles],
+            tokens: Vec::new(),
             slots: Vec::new(),
             epoch: Some(epoch),
         }
@@ -135,10 +142,14 @@ impl LocalTokens {
         true
     }
 
-    /// Spends one token of throttle `id`, drawing a batch from `shared` when none is
-    /// left; `false` when the throttle refuses the request.
-    pub fn admit(&mut self, id: ThrottleId, shared: &SharedBucket, now_ns: u64) -> bool {
-        let slot = &mut self.tokens[id];
+    /// Spends one token of `shared`, drawing a batch when none is left; `false`
+    /// when the throttle refuses the request.
+    pub fn admit(&mut self, shared: &SharedBucket, now_ns: u64) -> bool {
+        let i = shared.slot as usize;
+        if i >= self.tokens.len() {
+            self.tokens.resize(i + 1, 0);
+        }
+        let slot = &mut self.tokens[i];
         if *slot == 0 {
             *slot = shared.take(now_ns, shared.batch);
             if *slot == 0 {
@@ -197,14 +208,14 @@ mod tests {
         };
         let b = SharedBucket::new(limit, 2);
         let mut workers = [
-            LocalTokens::new(1, Instant::now()),
-            LocalTokens::new(1, Instant::now()),
+            LocalTokens::new(Instant::now()),
+            LocalTokens::new(Instant::now()),
         ];
         let mut admitted = 0u64;
         // Both offer 2,000 req/s each, interleaved, for 10 s.
         for step in 0..40_000u64 {
             let now = step * (SEC / 4000);
-            if workers[(step % 2) as usize].admit(0, &b, now) {
+            if workers[(step % 2) as usize].admit(&b, now) {
                 admitted += 1;
             }
         }

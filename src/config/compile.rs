@@ -241,27 +241,61 @@ fn check_limit(t: ThrottleFile, path: &str, errs: &mut ConfigErrors) -> bool {
 
 /// Validates a `{ rate, burst }` and adds its bucket; `None` when it is invalid.
 fn add_throttle(
-    throttles: &mut Vec<SharedBucket>,
+    throttles: &mut Throttles,
     t: ThrottleFile,
-    workers: usize,
+    name: String,
     path: &str,
     errs: &mut ConfigErrors,
 ) -> Option<ThrottleId> {
     if !check_limit(t, path, errs) {
         return None;
     }
-    throttles.push(SharedBucket::new(
+    throttles.buckets.push(Arc::new(SharedBucket::new(
         Limit {
             rate: t.rate,
             burst: t.burst,
         },
-        workers,
-    ));
-    Some(throttles.len() - 1)
+        throttles.workers,
+    )));
+    throttles.names.push(name);
+    Some(throttles.buckets.len() - 1)
+}
+
+/// The throttles being compiled, with their names.
+struct Throttles {
+    buckets: Vec<Arc<SharedBucket>>,
+    names: Vec<String>,
+    workers: usize,
 }
 
 /// Compiles the file into a plan. `workers_override` is the `--workers` flag.
 pub fn compile(cfg: &ConfigFile, workers_override: Option<usize>) -> Result<Plan, ConfigErrors> {
+    compile_with(
+        cfg,
+        &Options {
+            workers: workers_override,
+            ..Options::default()
+        },
+    )
+}
+
+/// What a compile takes besides the file.
+#[derive(Default)]
+pub struct Options {
+    /// `--workers`, or a running gateway's count on reload.
+    pub workers: Option<usize>,
+    /// A running gateway's SigV4 key table: its authorizers use it, and the
+    /// registry publishes the config's keys into it (a fresh table gets them here).
+    pub access_keys: Option<Arc<crate::access::sigv4::KeyTable>>,
+}
+
+/// Numbers each compiled authorizer for the life of the process: workers remember
+/// verified tokens and decisions by it, so a reload that keeps an authorizer
+/// keeps them, and one that replaces it cannot reuse them.
+static NEXT_AUTHORIZER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+
+pub fn compile_with(cfg: &ConfigFile, opts: &Options) -> Result<Plan, ConfigErrors> {
+    let workers_override = opts.workers;
     let mut errs = ConfigErrors::default();
     for key in &cfg.unsupported {
         errs.not_supported(key.clone());
@@ -271,16 +305,20 @@ pub fn compile(cfg: &ConfigFile, workers_override: Option<usize>) -> Result<Plan
         Workers::Count(n) => n,
     };
 
-    let mut throttles = Vec::new();
-    let global_throttle = cfg
-        .throttle
-        .and_then(|t| add_throttle(&mut throttles, t, workers, "throttle", &mut errs));
+    let mut throttles = Throttles {
+        buckets: Vec::new(),
+        names: Vec::new(),
+        workers,
+    };
+    let global_throttle = cfg.throttle.and_then(|t| {
+        add_throttle(&mut throttles, t, "gateway".into(), "throttle", &mut errs)
+    });
 
     let mut up_tls = UpstreamTls::new(&cfg.base_dir);
-    let mut authorizers: Vec<crate::access::Authorizer> = Vec::new();
+    let mut authorizers: Vec<Arc<crate::access::Authorizer>> = Vec::new();
     let mut logs = crate::accesslog::Logs::default();
     let mut config_access_keys: Vec<crate::access::sigv4::AccessKey> = Vec::new();
-    let access_keys = Arc::new(crate::access::sigv4::KeyTable::default());
+    let access_keys = opts.access_keys.clone().unwrap_or_default();
     // APIs and their stages.
     let mut api_index: HashMap<&str, usize> = HashMap::new();
     let mut stages: Vec<StagePlan> = Vec::new();
@@ -379,7 +417,7 @@ pub fn compile(cfg: &ConfigFile, workers_override: Option<usize>) -> Result<Plan
                 add_throttle(
                     &mut throttles,
                     t,
-                    workers,
+                    format!("{}/{}", api.name, stage.name),
                     &format!("{spath}.throttle"),
                     &mut errs,
                 )
@@ -404,7 +442,7 @@ pub fn compile(cfg: &ConfigFile, workers_override: Option<usize>) -> Result<Plan
                     if let Some(id) = add_throttle(
                         &mut throttles,
                         t,
-                        workers,
+                        format!("{}/{}/{key}", api.name, stage.name),
                         &format!("{rpath}.throttle"),
                         &mut errs,
                     ) {
@@ -437,6 +475,8 @@ pub fn compile(cfg: &ConfigFile, workers_override: Option<usize>) -> Result<Plan
                         cache: None,
                         auth: None,
                         validate: None,
+                        metric_slot: usize::MAX,
+                        sig: 0,
                     });
                     continue;
                 };
@@ -474,6 +514,14 @@ pub fn compile(cfg: &ConfigFile, workers_override: Option<usize>) -> Result<Plan
                         cache,
                         auth: route_auth.get(ri).cloned().flatten(),
                         validate: route_validate.get(ri).cloned().flatten(),
+                        metric_slot: usize::MAX,
+                        sig: digest(&(
+                            &api.name,
+                            route,
+                            &stage.variables,
+                            stage.routes.get(&route.route),
+                            &stage.cache,
+                        )),
                     });
                 }
             }
@@ -593,6 +641,7 @@ pub fn compile(cfg: &ConfigFile, workers_override: Option<usize>) -> Result<Plan
         if let Some(bind) = bind {
             listeners.push(ListenerPlan {
                 name: l.name.clone(),
+                configured: bind,
                 bind,
                 limits,
                 stage_by_name,
@@ -607,7 +656,25 @@ pub fn compile(cfg: &ConfigFile, workers_override: Option<usize>) -> Result<Plan
     }
     let drain_ms = cfg.drain_timeout_ms.unwrap_or(DEFAULT_DRAIN_MS);
     let routes_per_stage: Vec<usize> = stages.iter().map(|s| s.routes.len()).collect();
-    access_keys.publish(config_access_keys.iter().cloned());
+    if opts.access_keys.is_none() {
+        access_keys.publish(config_access_keys.iter().cloned());
+    }
+    // The order authorizers were compiled in: each API's, as listed.
+    let authorizer_sigs: Vec<u64> = cfg
+        .apis
+        .iter()
+        .flatten()
+        .flat_map(|api| {
+            api.authorizers
+                .iter()
+                .flatten()
+                .map(move |a| digest(&(&api.name, a)))
+        })
+        .collect();
+    let authorizer_uids = authorizers
+        .iter()
+        .map(|_| NEXT_AUTHORIZER.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+        .collect();
     let telemetry = cfg.telemetry.as_ref().and_then(|t| {
         let uri = t.otlp_endpoint.as_str();
         let tls = if uri.starts_with("https://") {
@@ -643,13 +710,24 @@ pub fn compile(cfg: &ConfigFile, workers_override: Option<usize>) -> Result<Plan
             sample_below: (rate.clamp(0.0, 1.0) * u32::MAX as f64) as u32,
         }
     };
+    let metrics = Arc::new(crate::metrics::Metrics::new(workers));
+    metrics.assign(&mut stages);
     if errs.is_empty() {
         Ok(Plan {
-            metrics: Arc::new(crate::metrics::Metrics::new(workers, &stages)),
+            generation: 0,
+            watch: cfg.watch.unwrap_or(false),
+            metrics,
             logs: Arc::new(logs),
             tracing,
             metrics_on: cfg.metrics.unwrap_or(true),
             telemetry,
+            authorizer_sigs: if authorizer_sigs.len() == authorizers.len() {
+                authorizer_sigs
+            } else {
+                // (Never expected: then no authorizer is carried over on reload.)
+                vec![0; authorizers.len()]
+            },
+            authorizer_uids,
             authorizers,
             access_keys,
             config_access_keys,
@@ -659,7 +737,8 @@ pub fn compile(cfg: &ConfigFile, workers_override: Option<usize>) -> Result<Plan
             listeners,
             stages,
             pool: PoolLimits::default(),
-            throttles,
+            throttles: throttles.buckets,
+            throttle_names: throttles.names,
             throttle: global_throttle,
             seed,
             live: Arc::new(keys::Live::new(workers)),
@@ -671,6 +750,14 @@ pub fn compile(cfg: &ConfigFile, workers_override: Option<usize>) -> Result<Plan
     } else {
         Err(errs)
     }
+}
+
+/// A digest of a piece of config, as written: equal digests, equal config.
+pub fn digest(v: &impl std::fmt::Debug) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    format!("{v:?}").hash(&mut h);
+    h.finish()
 }
 
 /// An API's access control, compiled once for all its stages.
@@ -756,7 +843,7 @@ fn compile_api_access(
     api: &super::ApiFile,
     path: &str,
     up_tls: &mut UpstreamTls,
-    authorizers: &mut Vec<crate::access::Authorizer>,
+    authorizers: &mut Vec<Arc<crate::access::Authorizer>>,
     config_keys: &mut Vec<crate::access::sigv4::AccessKey>,
     key_table: &Arc<crate::access::sigv4::KeyTable>,
     errs: &mut ConfigErrors,
@@ -1013,7 +1100,7 @@ fn compile_api_access(
             }
         };
         by_name.insert(a.name().to_owned(), authorizers.len());
-        authorizers.push(compiled);
+        authorizers.push(Arc::new(compiled));
     }
     let trusted: Arc<[ipnet::IpNet]> =
         match crate::access::policy::parse_cidrs(&api.trusted_proxies) {
@@ -1056,7 +1143,7 @@ fn compile_route_access(
     api: &super::ApiFile,
     path: &str,
     access: &ApiAccess,
-    authorizers: &[crate::access::Authorizer],
+    authorizers: &[Arc<crate::access::Authorizer>],
     errs: &mut ConfigErrors,
 ) -> RouteAccessList {
     use crate::access::validate::{compile_schema, Param, Validator};
@@ -1086,7 +1173,10 @@ fn compile_route_access(
                 }
                 Some(&id) => {
                     if !route.scopes.is_empty()
-                        && !matches!(authorizers.get(id), Some(crate::access::Authorizer::Jwt(_)))
+                        && !matches!(
+                            authorizers.get(id).map(|a| &**a),
+                            Some(crate::access::Authorizer::Jwt(_))
+                        )
                     {
                         errs.push(format!("{rpath}.scopes"), "scopes need a JWT authorizer");
                     }
@@ -1452,8 +1542,14 @@ impl UpstreamTls {
                 return None;
             }
         };
-        let next = self.ids.len() as u32 + 1;
-        let id = *self.ids.entry((spec, name)).or_insert(next);
+        // Stable across reloads (a digest, never 0), so pooled connections of an
+        // upstream whose TLS did not change are kept.
+        let id = *self.ids.entry((spec, name)).or_insert_with_key(|k| {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::hash::DefaultHasher::new();
+            k.hash(&mut h);
+            (h.finish() as u32).max(1)
+        });
         Some((
             tls::UpstreamTls {
                 config,

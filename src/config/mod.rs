@@ -114,6 +114,8 @@ pub struct ConfigFile {
     pub telemetry: Option<TelemetryFile>,
     /// `metrics: false` turns the per-request counters off (default on).
     pub metrics: Option<bool>,
+    /// `watch: true`: reload when the file changes.
+    pub watch: Option<bool>,
     /// Present but not yet served: (key path, value).
     pub unsupported: Vec<String>,
     /// The config file's directory: relative certificate paths are looked up there
@@ -631,6 +633,20 @@ pub struct MappingFile {
 /// Reads, parses and compiles a config file: every error at once, structural
 /// (unknown keys, wrong types) and semantic (conflicts, bad URIs).
 pub fn load_plan(path: &Path, workers: Option<usize>) -> Result<crate::plan::Plan, ConfigErrors> {
+    load_plan_with(
+        path,
+        &compile::Options {
+            workers,
+            ..compile::Options::default()
+        },
+    )
+}
+
+/// `load_plan` with a running gateway's options (a reload).
+pub fn load_plan_with(
+    path: &Path,
+    opts: &compile::Options,
+) -> Result<crate::plan::Plan, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         let mut errs = ConfigErrors::default();
         errs.push("", format!("cannot read {}: {e}", path.display()));
@@ -639,7 +655,7 @@ pub fn load_plan(path: &Path, workers: Option<usize>) -> Result<crate::plan::Pla
     let (cfg, mut errs) = parse_partial(&text);
     let Some(mut cfg) = cfg else { return Err(errs) };
     cfg.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    match compile::compile(&cfg, workers) {
+    match compile::compile_with(&cfg, opts) {
         Ok(plan) if errs.is_empty() => Ok(plan),
         Ok(_) => Err(errs),
         Err(more) => {
@@ -705,11 +721,13 @@ pub fn parse_partial(text: &str) -> (Option<ConfigFile>, ConfigErrors) {
             "admin" | "store" => {}
             "tracing" => cfg.tracing = de(v, "tracing", &mut errs),
             "metrics" => cfg.metrics = de(v, "metrics", &mut errs),
+            "watch" => cfg.watch = de(v, "watch", &mut errs),
             "telemetry" => cfg.telemetry = de(v, "telemetry", &mut errs),
             other => errs.push(
                 other,
                 "unknown key: expected one of workers, runtime, drain_timeout_ms, listeners, \
-                 admin, store, apis, domains, usage_plans, api_keys, throttle, tracing, metrics, telemetry",
+                 admin, store, apis, domains, usage_plans, api_keys, throttle, tracing, metrics, telemetry, \
+                 watch",
             ),
         }
     }

@@ -396,6 +396,7 @@ fn store(
     vary: Option<crate::cache::Vary>,
 ) {
     shard.caches.borrow_mut().insert(
+        fill.owner,
         fill.stage,
         crate::cache::Entry {
             key: fill.key.as_slice().into(),

@@ -176,6 +176,14 @@ impl Gateway {
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
+
+    /// Replaces the config file the gateway runs (written aside, then renamed, so
+    /// a watcher never reads half of it).
+    pub fn rewrite(&self, yaml: &str) {
+        let tmp = self.config_path.with_extension("tmp");
+        std::fs::write(&tmp, yaml).expect("write config");
+        std::fs::rename(&tmp, &self.config_path).expect("replace config");
+    }
 }
 
 impl Drop for Gateway {
