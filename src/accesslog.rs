@@ -515,12 +515,7 @@ fn open(t: &Target) -> Out {
 fn writer(targets: &[Target], rx: &Receiver<Batch>, spare: &Sender<Vec<u8>>, reopen: &AtomicBool) {
     // Below the workers: where it shares a core with one, the worker's requests go
     // first and the log catches up in the gaps (its queue absorbs the delay).
-    // SAFETY: gettid and setpriority take integers; on Linux PRIO_PROCESS with a
-    // thread id applies to that thread only. A failure leaves the default nice.
-    unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
-    }
+    crate::below_workers(10);
     let mut outs: Vec<Out> = targets.iter().map(open).collect();
     loop {
         let first = match rx.recv_timeout(Duration::from_millis(500)) {

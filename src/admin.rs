@@ -76,6 +76,9 @@ pub fn start(
     std::thread::Builder::new()
         .name("shardgate-admin".into())
         .spawn(move || {
+            // Scrapes and management calls (and the connection threads, which
+            // inherit it) yield to the workers on a shared core.
+            crate::below_workers(10);
             let open = Arc::new(AtomicUsize::new(0));
             for conn in listener.incoming() {
                 let Ok(stream) = conn else { continue };
@@ -366,7 +369,9 @@ fn handle(ctx: &Ctx, req: &Request) -> Response {
         ("GET", ["health"] | ["healthz"]) => return Response::ok(json!({ "status": "ok" })),
         ("GET", ["readyz"]) => {
             return if ctx.control.plan().metrics.ready.load(Ordering::Acquire) {
-                Response::ok(json!({ "status": "ready", "listeners": ctx.control.plan().listeners.len() }))
+                Response::ok(
+                    json!({ "status": "ready", "listeners": ctx.control.plan().listeners.len() }),
+                )
             } else {
                 Response::with(503, json!({ "status": "not ready" }))
             };

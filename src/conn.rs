@@ -202,11 +202,14 @@ async fn serve_client(
         let lp = &plan.listeners[listener];
         let next = Box::pin(active(&mut c, &plan, lp, &shard, woken)).await;
         let idle = lp.limits.idle_timeout;
-        // Parked (or closing): buffers go back to the shard, as nginx frees its
-        // buffers on an idle keep-alive connection.
-        shard.give_buf(std::mem::take(&mut c.buf));
-        shard.give_buf(std::mem::take(&mut c.out));
-        shard.give_buf(std::mem::take(&mut c.up_head));
+        if !matches!(next, Next::Switch(_)) {
+            // Parked (or closing): buffers go back to the shard, as nginx frees its
+            // buffers on an idle keep-alive connection. (A switching connection
+            // keeps them: its next request may be in them already.)
+            shard.give_buf(std::mem::take(&mut c.buf));
+            shard.give_buf(std::mem::take(&mut c.out));
+            shard.give_buf(std::mem::take(&mut c.up_head));
+        }
         match next {
             Next::Close => return,
             Next::Park => {
@@ -1012,14 +1015,7 @@ fn prepare(
             }
             let mut key = shard.cache_key.borrow_mut();
             crate::cache::build_key(
-                &mut key,
-                route.sig,
-                method,
-                path,
-                head.query,
-                headers,
-                &m,
-                &rc.key,
+                &mut key, route.sig, method, path, head.query, headers, &m, &rc.key,
             );
             let mut caches = shard.caches.borrow_mut();
             if !refresh {

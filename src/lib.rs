@@ -61,3 +61,16 @@ pub mod worker;
 pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+/// Lowers the calling thread's scheduling priority to `nice` (the control plane's
+/// threads: access log writer, admin API, reloads): where one shares a core with a
+/// worker, the worker's requests go first and this work fills the gaps. A failure
+/// leaves the thread as it was.
+pub fn below_workers(nice: i32) {
+    // SAFETY: gettid and setpriority take integers; on Linux PRIO_PROCESS with a
+    // thread id applies to that thread only (threads it starts inherit it).
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, nice);
+    }
+}

@@ -7,8 +7,8 @@
 //! line shared across cores on the request path. `/metrics` sums the workers' cells
 //! when it is scraped.
 
-use std::fmt::Write as _;
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 

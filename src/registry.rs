@@ -683,8 +683,8 @@ impl Registry {
         // on every core (workers switch on their 100 ms tick).
         if wait
             && !self
-            .live
-            .wait_seen(version, std::time::Duration::from_secs(1))
+                .live
+                .wait_seen(version, std::time::Duration::from_secs(1))
         {
             tracing::warn!(
                 version,

@@ -52,7 +52,14 @@ pub struct Control {
     workers: OnceLock<Attached>,
     /// One reload at a time.
     busy: Mutex<()>,
+    /// The reload thread's queue: (reason, where to answer).
+    asks: Mutex<Option<crossbeam_channel::Sender<Ask>>>,
 }
+
+type Ask = (
+    String,
+    crossbeam_channel::Sender<Result<Reloaded, Vec<String>>>,
+);
 
 impl Control {
     pub fn new(
@@ -68,15 +75,36 @@ impl Control {
             registry,
             workers: OnceLock::new(),
             busy: Mutex::new(()),
+            asks: Mutex::new(None),
         }
     }
 
-    /// The workers' channels, once they run.
-    pub fn attach(&self, workers: &crate::worker::Workers) {
+    /// The workers' channels, once they run; starts the reload thread. Reloads
+    /// run there, below the workers' priority: compiling takes a fraction of a
+    /// millisecond, and on a core shared with a worker it waits for the worker's
+    /// gaps instead of delaying its requests.
+    pub fn attach(self: &Arc<Self>, workers: &crate::worker::Workers) {
         let _ = self.workers.set(Attached {
             swaps: workers.swaps.clone(),
             running: Arc::clone(&workers.running),
         });
+        let (tx, rx) = crossbeam_channel::unbounded::<Ask>();
+        let me = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name("shardgate-reload".into())
+            .spawn(move || {
+                crate::below_workers(19);
+                for (why, answer) in rx {
+                    let Some(me) = me.upgrade() else { return };
+                    let _ = answer.send(me.reload_here(&why));
+                }
+            });
+        match spawned {
+            Ok(_) => *crate::lock(&self.asks) = Some(tx),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the reload thread; reloads run where asked")
+            }
+        }
     }
 
     /// The plan the workers run (or are switching to).
@@ -91,6 +119,19 @@ impl Control {
     /// Reloads the config file; on error the running plan stays and every error is
     /// returned (`path: message` lines).
     pub fn reload(&self, why: &str) -> Result<Reloaded, Vec<String>> {
+        let asks = crate::lock(&self.asks).clone();
+        let Some(asks) = asks else {
+            return self.reload_here(why);
+        };
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        if asks.send((why.to_owned(), tx)).is_err() {
+            return self.reload_here(why);
+        }
+        rx.recv()
+            .unwrap_or_else(|_| Err(vec!["the reload thread stopped".to_owned()]))
+    }
+
+    fn reload_here(&self, why: &str) -> Result<Reloaded, Vec<String>> {
         let _one = crate::lock(&self.busy);
         let Some(attached) = self.workers.get() else {
             return Err(vec!["the workers are still starting; try again".to_owned()]);
@@ -119,6 +160,7 @@ impl Control {
                 return Err(lines);
             }
         };
+        let compiled_us = started.elapsed().as_micros() as u64;
         let mut warnings = restart_only(&prev, &mut next);
         if let Some(n) = self.workers_flag.filter(|&n| n != prev.workers) {
             warnings.push(format!("--workers {n}: changes need a restart"));
@@ -171,6 +213,7 @@ impl Control {
             t.start();
         }
         let next = Arc::new(next);
+        let prepared_us = started.elapsed().as_micros() as u64;
         self.current.store(Arc::clone(&next));
         for (w, tx) in attached.swaps.iter().enumerate() {
             let _ = tx.send(Swap {
@@ -200,12 +243,13 @@ impl Control {
             opened = ?out.opened,
             closed = ?out.closed,
             switched,
+            compile_us = compiled_us,
+            prepare_us = prepared_us,
             ms = started.elapsed().as_millis() as u64,
             "reloaded"
         );
         Ok(out)
     }
-
 }
 
 /// Waits until every worker runs `generation` (at most `SWITCH_WAIT`).

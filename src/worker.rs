@@ -1,9 +1,9 @@
 //! Worker threads: one per core, pinned, each a monoio runtime owning its `Shard` and
 //! accepting on its own `SO_REUSEPORT` listener sockets.
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
-use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -226,11 +226,7 @@ impl Accepting {
 }
 
 /// Starts accepting on `socket` for the listener `name`.
-fn accept_on(
-    shard: &Rc<Shard>,
-    name: String,
-    socket: std::net::TcpListener,
-) -> Option<Accepting> {
+fn accept_on(shard: &Rc<Shard>, name: String, socket: std::net::TcpListener) -> Option<Accepting> {
     let fd = socket.as_raw_fd();
     let listener = match TcpListener::from_std(socket) {
         Ok(l) => l,
@@ -287,9 +283,7 @@ async fn worker_main(
         plan: Some(Arc::clone(&plan)),
     };
     let shard = Rc::new(Shard::new(id, uring, plan.pool, parts, ctl.seed));
-    shard
-        .log_owner
-        .set(Arc::as_ptr(&plan.logs) as usize);
+    shard.log_owner.set(Arc::as_ptr(&plan.logs) as usize);
     plan.live.saw(id, shard.keyring.borrow().0);
     let mut accepting: Vec<Accepting> = listeners
         .into_iter()
@@ -364,12 +358,7 @@ async fn worker_main(
 /// caches of unchanged stages move over, buffered log lines go to the old plan's
 /// writer. Token levels (by bucket), pools (by address and TLS digest), verified
 /// tokens (by authorizer number) and quota leases (by slot) need no move.
-fn apply(
-    shard: &Rc<Shard>,
-    old: &Plan,
-    swap: Swap,
-    accepting: &mut Vec<Accepting>,
-) -> Arc<Plan> {
+fn apply(shard: &Rc<Shard>, old: &Plan, swap: Swap, accepting: &mut Vec<Accepting>) -> Arc<Plan> {
     let Swap {
         plan: new,
         open,
@@ -416,7 +405,13 @@ async fn accept_loop(listener: TcpListener, name: String, shard: Rc<Shard>, stop
                 let Some(li) = plan.listeners.iter().position(|l| l.name == name) else {
                     return;
                 };
-                monoio::spawn(crate::conn::serve(stream, peer, plan, li, Rc::clone(&shard)));
+                monoio::spawn(crate::conn::serve(
+                    stream,
+                    peer,
+                    plan,
+                    li,
+                    Rc::clone(&shard),
+                ));
             }
             Err(e) => {
                 if stop.get() {

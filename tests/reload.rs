@@ -100,7 +100,9 @@ fn reload_keeps_unchanged_routes_state_and_refuses_bad_configs() {
     // A slow request in flight while its route is removed: it finishes.
     let addr = gw.addr;
     let in_flight = std::thread::spawn(move || Client::connect(addr).get("/slow"));
-    assert!(wait_until(Duration::from_secs(3), || !slow.seen().is_empty()));
+    assert!(wait_until(Duration::from_secs(3), || !slow
+        .seen()
+        .is_empty()));
 
     // Reload: /b added, /slow removed, the rest as it was.
     gw.rewrite(&shop(&b, &s, B_ROUTE, "/c", 3, ""));
@@ -120,15 +122,27 @@ fn reload_keeps_unchanged_routes_state_and_refuses_bad_configs() {
     assert_eq!(c.get("/b").text(), "b");
     assert_eq!(c.get("/slow").status, 404);
     // Unchanged routes kept their state.
-    assert_eq!(c.get("/t").status, 429, "the throttle's bucket stayed empty");
-    assert_eq!(c.get("/c").header("x-cache"), Some("Hit"), "the cache entry stayed");
+    assert_eq!(
+        c.get("/t").status,
+        429,
+        "the throttle's bucket stayed empty"
+    );
+    assert_eq!(
+        c.get("/c").header("x-cache"),
+        Some("Hit"),
+        "the cache entry stayed"
+    );
     assert_eq!(c.get("/a").status, 200);
     assert_eq!(
         be.connections.load(std::sync::atomic::Ordering::SeqCst),
         1,
         "the pooled upstream connection was reused"
     );
-    assert_eq!(requests_of(&gw, "GET /a"), a_before + 1, "the series went on");
+    assert_eq!(
+        requests_of(&gw, "GET /a"),
+        a_before + 1,
+        "the series went on"
+    );
 
     // A changed route: its cache entries are not served, its new bucket is full.
     gw.rewrite(&shop(&b, &s, B_ROUTE, "/c2", 4, ""));
@@ -147,7 +161,8 @@ fn reload_keeps_unchanged_routes_state_and_refuses_bad_configs() {
     assert!(wait_until(Duration::from_secs(3), || gw
         .log()
         .contains("reload refused")));
-    let broken = shop(&b, &s, B_ROUTE, "/c2", 4, "").replace("type: mock, body: b", "type: mock, status: 99");
+    let broken = shop(&b, &s, B_ROUTE, "/c2", 4, "")
+        .replace("type: mock, body: b", "type: mock, status: 99");
     gw.rewrite(&broken);
     assert_eq!(reload(&gw).status, 400);
     assert_eq!(c.get("/b").text(), "b");
@@ -158,7 +173,8 @@ fn reload_keeps_unchanged_routes_state_and_refuses_bad_configs() {
     // SAFETY: signalling our own child process.
     unsafe { libc::kill(gw.pid(), libc::SIGHUP) };
     assert!(
-        wait_until(Duration::from_secs(3), || common::get(gw.addr, "/d").status == 200),
+        wait_until(Duration::from_secs(3), || common::get(gw.addr, "/d").status
+            == 200),
         "{}",
         gw.log()
     );
@@ -187,14 +203,19 @@ fn listeners_open_and_close_without_a_restart() {
     let r = reload(&gw);
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.text().contains("\"closed\":[\"extra\"]"), "{}", r.text());
-    assert!(wait_until(Duration::from_secs(3), || TcpStream::connect(addr)
-        .is_err()));
+    assert!(wait_until(Duration::from_secs(3), || TcpStream::connect(
+        addr
+    )
+    .is_err()));
     assert!(on_extra.read_response(false).is_none() || on_extra.is_closed());
     assert_eq!(common::get(gw.addr, "/t").text(), "t");
 
     // A bind that fails: the reload is refused and nothing changes.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let clash = format!("  - name: clash\n    bind: {}\n", taken.local_addr().unwrap());
+    let clash = format!(
+        "  - name: clash\n    bind: {}\n",
+        taken.local_addr().unwrap()
+    );
     gw.rewrite(&shop(&b, &s, B_ROUTE, "/c", 3, &clash));
     let r = reload(&gw);
     assert_eq!(r.status, 400, "{}", r.text());
@@ -211,7 +232,8 @@ fn watch_reloads_when_the_file_changes() {
     assert_eq!(common::get(gw.addr, "/b").status, 404);
     gw.rewrite(&(shop(&b, &s, B_ROUTE, "/c", 3, "") + "watch: true\n"));
     assert!(
-        wait_until(Duration::from_secs(5), || common::get(gw.addr, "/b").status == 200),
+        wait_until(Duration::from_secs(5), || common::get(gw.addr, "/b").status
+            == 200),
         "{}",
         gw.log()
     );

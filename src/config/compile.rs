@@ -310,9 +310,9 @@ pub fn compile_with(cfg: &ConfigFile, opts: &Options) -> Result<Plan, ConfigErro
         names: Vec::new(),
         workers,
     };
-    let global_throttle = cfg.throttle.and_then(|t| {
-        add_throttle(&mut throttles, t, "gateway".into(), "throttle", &mut errs)
-    });
+    let global_throttle = cfg
+        .throttle
+        .and_then(|t| add_throttle(&mut throttles, t, "gateway".into(), "throttle", &mut errs));
 
     let mut up_tls = UpstreamTls::new(&cfg.base_dir);
     let mut authorizers: Vec<Arc<crate::access::Authorizer>> = Vec::new();
