@@ -74,11 +74,11 @@ fn throttle(c: &mut Criterion) {
         },
         2,
     );
-    let mut local = LocalTokens::new(1, std::time::Instant::now());
+    let mut local = LocalTokens::new(std::time::Instant::now());
     c.bench_function("throttle_admit/batched", |b| {
         b.iter(|| {
             let now = local.now_ns();
-            black_box(local.admit(0, &bucket, now))
+            black_box(local.admit(&bucket, now))
         })
     });
 }
@@ -102,13 +102,13 @@ fn api_key(c: &mut Criterion) {
                     index: 2 * i,
                     gen: 1,
                 },
-                shared: SharedBucket::new(
+                shared: std::sync::Arc::new(SharedBucket::new(
                     Limit {
                         rate: 1e9,
                         burst: 1_000_000,
                     },
                     2,
-                ),
+                )),
             }),
             routes: Box::default(),
             quota: Some((
@@ -139,7 +139,7 @@ fn api_key(c: &mut Criterion) {
     c.bench_function("api_key_check/1M_keys", |b| {
         b.iter(|| black_box(ring.check(black_box(&headers), 0).is_ok()))
     });
-    let mut tokens = LocalTokens::new(0, std::time::Instant::now());
+    let mut tokens = LocalTokens::new(std::time::Instant::now());
     let mut leases = Leases::new(2);
     let unix_s = shardgate::clock::unix_s();
     c.bench_function("api_key_throttle_quota/1M_keys", |b| {

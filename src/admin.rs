@@ -392,7 +392,7 @@ fn handle(ctx: &Ctx, req: &Request) -> Response {
         };
         return ApiError::new(401, message).into();
     }
-    match route(ctx, req, m, &segs) {
+    match route(ctx, req, m, segs) {
         Ok(r) => r,
         Err(e) => e.into(),
     }
@@ -540,6 +540,42 @@ fn route(ctx: &Ctx, req: &Request, m: &str, segs: &[&str]) -> Result<Response, A
         }
         ["cache", api, stage, "flush"] if m == "POST" => flush_entry(ctx, req, api, stage),
         ["usageplans", id, "keys", key, "usage"] if m == "PATCH" => update_usage(ctx, req, id, key),
+        ["apis", api, "deployments"] => match m {
+            "GET" => list_deployments(ctx, api),
+            "POST" => create_deployment(ctx, req, api),
+            _ => Err(not_allowed()),
+        },
+        ["apis", api, "deployments", id] if m == "GET" => {
+            let d = lock(ctx).store().deployment(api, id)?.ok_or_else(|| {
+                ApiError::new(404, format!("no deployment {id:?} of API {api:?}"))
+            })?;
+            let mut v = deployment_json(&d);
+            v["snapshot"] = d.snapshot;
+            Ok(Response::ok(v))
+        }
+        ["apis", api, "stages"] if m == "GET" => {
+            let plan = ctx.control.plan();
+            let set = lock(ctx).store().stages()?;
+            let items: Vec<Value> = plan
+                .stages
+                .iter()
+                .filter(|s| s.api == *api)
+                .map(|s| stage_json(&s.api, &s.stage, &set))
+                .collect();
+            if items.is_empty() {
+                return Err(ApiError::new(404, format!("no API {api:?}")));
+            }
+            Ok(Response::ok(json!({ "items": items })))
+        }
+        ["apis", api, "stages", stage] => match m {
+            "GET" => {
+                known_stage(ctx, api, stage)?;
+                let set = lock(ctx).store().stages()?;
+                Ok(Response::ok(stage_json(api, stage, &set)))
+            }
+            "PUT" | "PATCH" => update_stage(ctx, req, api, stage),
+            _ => Err(not_allowed()),
+        },
         ["reload"] if m == "POST" => match ctx.control.reload("admin API") {
             Ok(done) => Ok(Response::ok(json!(done))),
             Err(errors) => Ok(Response::with(
@@ -665,6 +701,175 @@ fn flush_entry(ctx: &Ctx, req: &Request, api: &str, stage: &str) -> Result<Respo
     crate::cache::build_key(&mut key, sig, &w.method, path, query, &headers, &m, &rc.key);
     plan.cache.flush_key(sid, key);
     Ok(Response::no_content())
+}
+
+fn deployment_json(d: &crate::deploy::Deployment) -> Value {
+    json!({
+        "id": d.id,
+        "apiId": d.api,
+        "description": d.description,
+        "createdDate": d.created_ms / 1000,
+    })
+}
+
+/// A stage as AWS shows it: `deploymentId` null while it follows the config file.
+fn stage_json(
+    api: &str,
+    stage: &str,
+    set: &[(String, String, crate::deploy::StagePointer)],
+) -> Value {
+    let p = set
+        .iter()
+        .find(|(a, s, _)| a == api && s == stage)
+        .map(|x| x.2.clone())
+        .unwrap_or_default();
+    json!({
+        "apiId": api,
+        "stageName": stage,
+        "deploymentId": p.deployment_id,
+        "variables": p.variables,
+    })
+}
+
+fn known_stage(ctx: &Ctx, api: &str, stage: &str) -> Result<(), ApiError> {
+    let plan = ctx.control.plan();
+    if plan.stages.iter().any(|s| s.api == api && s.stage == stage) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            404,
+            format!("no stage {stage:?} of API {api:?} in the config"),
+        ))
+    }
+}
+
+fn list_deployments(ctx: &Ctx, api: &str) -> Result<Response, ApiError> {
+    let mut all = lock(ctx).store().deployments(api)?;
+    if all.is_empty() && !ctx.control.plan().api_sources.contains_key(api) {
+        return Err(ApiError::new(404, format!("no API {api:?}")));
+    }
+    // Newest first, as AWS's GetDeployments.
+    all.reverse();
+    let items: Vec<Value> = all.iter().map(deployment_json).collect();
+    Ok(Response::ok(json!({ "items": items })))
+}
+
+/// AWS's CreateDeployment: snapshots the API as the running config has it;
+/// with `stageName`, points that stage at it.
+fn create_deployment(ctx: &Ctx, req: &Request, api: &str) -> Result<Response, ApiError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct New {
+        #[serde(default)]
+        description: String,
+        #[serde(default, alias = "stage_name")]
+        #[serde(rename = "stageName")]
+        stage_name: Option<String>,
+    }
+    let new: New = body(req)?;
+    let snapshot = ctx
+        .control
+        .plan()
+        .api_sources
+        .get(api)
+        .cloned()
+        .ok_or_else(|| ApiError::new(404, format!("no API {api:?}")))?;
+    if let Some(stage) = &new.stage_name {
+        known_stage(ctx, api, stage)?;
+    }
+    let d = crate::deploy::Deployment {
+        id: crate::deploy::new_id(),
+        api: api.to_owned(),
+        description: new.description,
+        created_ms: crate::clock::unix_ms(),
+        snapshot,
+    };
+    lock(ctx).store().put_deployment(&d)?;
+    if let Some(stage) = &new.stage_name {
+        point_stage(ctx, api, stage, |p| p.deployment_id = Some(d.id.clone()))?;
+    }
+    Ok(Response::created(deployment_json(&d)))
+}
+
+/// AWS's UpdateStage: `{"deploymentId": ID | null, "variables": {...} | null}`;
+/// a field left out stays as it is. Answers once every worker serves it.
+fn update_stage(ctx: &Ctx, req: &Request, api: &str, stage: &str) -> Result<Response, ApiError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Patch {
+        #[serde(
+            default,
+            rename = "deploymentId",
+            alias = "deployment_id",
+            deserialize_with = "present"
+        )]
+        deployment_id: Option<Option<String>>,
+        #[serde(default, deserialize_with = "present")]
+        variables: Option<Option<std::collections::BTreeMap<String, String>>>,
+    }
+    /// A field given as `null` is `Some(None)` (cleared); one left out is `None`.
+    fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+    where
+        D: serde::Deserializer<'de>,
+        T: Deserialize<'de>,
+    {
+        Option::<T>::deserialize(d).map(Some)
+    }
+    let patch: Patch = body(req)?;
+    known_stage(ctx, api, stage)?;
+    if let Some(Some(id)) = &patch.deployment_id {
+        if lock(ctx).store().deployment(api, id)?.is_none() {
+            return Err(ApiError::new(
+                404,
+                format!("no deployment {id:?} of API {api:?}"),
+            ));
+        }
+    }
+    point_stage(ctx, api, stage, |p| {
+        if let Some(d) = patch.deployment_id {
+            p.deployment_id = d;
+        }
+        if let Some(v) = patch.variables {
+            p.variables = v;
+        }
+    })?;
+    let set = lock(ctx).store().stages()?;
+    Ok(Response::ok(stage_json(api, stage, &set)))
+}
+
+/// Changes a stage's setting and reloads; when the reload refuses it (the
+/// deployment no longer compiles with this config, say), the setting goes back
+/// and the errors are the answer.
+fn point_stage(
+    ctx: &Ctx,
+    api: &str,
+    stage: &str,
+    change: impl FnOnce(&mut crate::deploy::StagePointer),
+) -> Result<(), ApiError> {
+    let before = {
+        let reg = lock(ctx);
+        let before = reg
+            .store()
+            .stages()?
+            .into_iter()
+            .find(|(a, s, _)| a == api && s == stage)
+            .map(|x| x.2);
+        let mut p = before.clone().unwrap_or_default();
+        change(&mut p);
+        reg.store()
+            .put_stage(api, stage, (!p.is_empty()).then_some(&p))?;
+        before
+    };
+    match ctx.control.reload("stage update") {
+        Ok(_) => Ok(()),
+        Err(errors) => {
+            lock(ctx).store().put_stage(api, stage, before.as_ref())?;
+            Err(ApiError::new(
+                400,
+                format!("stage not changed: {}", errors.join("; ")),
+            ))
+        }
+    }
 }
 
 fn import(ctx: &Ctx, req: &Request) -> Result<Response, ApiError> {

@@ -1,5 +1,6 @@
 //! The management CLI: the admin API's common operations (`shardgate keys ...`,
-//! `shardgate access-keys ...`, `shardgate usage ...`) without curl. It talks to a
+//! `shardgate access-keys ...`, `shardgate usage ...`, `shardgate deploy ...`,
+//! `shardgate reload`) without curl. It talks to a
 //! running gateway's admin listener (`--admin`, default `http://127.0.0.1:9901`)
 //! with the bearer token from `--token` or `SHARDGATE_ADMIN_TOKEN`, prints the
 //! API's JSON answer, and exits 1 with the API's message on an error.
@@ -183,6 +184,92 @@ pub fn access_keys(a: &AccessKeys) -> Call {
         }
         AccessKeys::Delete { id } => call("DELETE", format!("/accesskeys/{}", seg(id))),
     }
+}
+
+/// Deployments and stages (`shardgate deploy ...`).
+#[derive(Debug, Subcommand)]
+pub enum Deploy {
+    /// Snapshots an API as the running config has it; `--stage` points a stage at it.
+    Create {
+        api: String,
+        #[arg(long)]
+        description: Option<String>,
+        #[arg(long)]
+        stage: Option<String>,
+    },
+    /// An API's deployments, newest first.
+    List { api: String },
+    /// An API's stages and the deployment each serves (null: the config file).
+    Stages { api: String },
+    /// Points a stage at a deployment (a rollback is pointing it back), or back at
+    /// the config file with `--follow-config`; `--var k=v` sets stage variables.
+    Stage {
+        api: String,
+        stage: String,
+        #[arg(long, conflicts_with = "follow_config")]
+        deployment: Option<String>,
+        #[arg(long)]
+        follow_config: bool,
+        /// A stage variable, `name=value` (repeat for more; replaces those set before).
+        #[arg(long = "var")]
+        vars: Vec<String>,
+    },
+}
+
+pub fn deploy(d: &Deploy) -> Result<Call, String> {
+    Ok(match d {
+        Deploy::Create {
+            api,
+            description,
+            stage,
+        } => {
+            let mut v = json!({ "description": description.clone().unwrap_or_default() });
+            if let Some(s) = stage {
+                v["stageName"] = Value::String(s.clone());
+            }
+            with_json(call("POST", format!("/apis/{}/deployments", seg(api))), v)
+        }
+        Deploy::List { api } => call("GET", format!("/apis/{}/deployments", seg(api))),
+        Deploy::Stages { api } => call("GET", format!("/apis/{}/stages", seg(api))),
+        Deploy::Stage {
+            api,
+            stage,
+            deployment,
+            follow_config,
+            vars,
+        } => {
+            let mut v = json!({});
+            if let Some(id) = deployment {
+                v["deploymentId"] = Value::String(id.clone());
+            } else if *follow_config {
+                v["deploymentId"] = Value::Null;
+            }
+            if !vars.is_empty() {
+                let mut m = serde_json::Map::new();
+                for kv in vars {
+                    let (k, x) = kv
+                        .split_once('=')
+                        .ok_or_else(|| format!("--var {kv:?}: expected name=value"))?;
+                    m.insert(k.to_owned(), Value::String(x.to_owned()));
+                }
+                v["variables"] = Value::Object(m);
+            }
+            if v.as_object().is_some_and(serde_json::Map::is_empty) {
+                return Err(
+                    "nothing to change: give --deployment, --follow-config or --var".into(),
+                );
+            }
+            with_json(
+                call("PATCH", format!("/apis/{}/stages/{}", seg(api), seg(stage))),
+                v,
+            )
+        }
+    })
+}
+
+/// `shardgate reload`: the running gateway compiles its config file again.
+pub fn reload() -> Call {
+    call("POST", "/reload")
 }
 
 pub fn usage(plan: &str, from: &str, to: &str, key: Option<&str>) -> Call {

@@ -35,6 +35,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod conn;
+pub mod deploy;
 pub mod error;
 pub mod keys;
 pub mod metrics;

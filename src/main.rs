@@ -65,6 +65,18 @@ enum Command {
         #[command(flatten)]
         target: shardgate::cli::Target,
     },
+    /// Deployments and stages of a running gateway.
+    Deploy {
+        #[command(subcommand)]
+        op: shardgate::cli::Deploy,
+        #[command(flatten)]
+        target: shardgate::cli::Target,
+    },
+    /// Makes a running gateway compile its config file again.
+    Reload {
+        #[command(flatten)]
+        target: shardgate::cli::Target,
+    },
     /// A usage plan's daily usage per key (AWS's GetUsage).
     Usage {
         plan: String,
@@ -97,6 +109,8 @@ fn main() -> ExitCode {
         Command::Keys { op, target } => admin(&target, shardgate::cli::keys(&op)),
         Command::Plans { op, target } => admin(&target, Ok(shardgate::cli::plans(&op))),
         Command::AccessKeys { op, target } => admin(&target, Ok(shardgate::cli::access_keys(&op))),
+        Command::Deploy { op, target } => admin(&target, shardgate::cli::deploy(&op)),
+        Command::Reload { target } => admin(&target, Ok(shardgate::cli::reload())),
         Command::Usage {
             plan,
             from,
@@ -193,6 +207,27 @@ fn run(
         Some(dir) => Store::open(dir)?,
         None => Store::memory()?,
     };
+    // Stages the management API pointed at deployments serve those.
+    let deployed = shardgate::deploy::deployed(&store)?;
+    if !deployed.is_empty() {
+        let runtime = plan.runtime;
+        plan = config::load_plan_with(
+            path,
+            &config::compile::Options {
+                workers,
+                deployed,
+                ..Default::default()
+            },
+        )
+        .map_err(|errs| {
+            anyhow::anyhow!(
+                "{} with the store's deployments has {} error(s):\n{errs}",
+                path.display(),
+                errs.0.len()
+            )
+        })?;
+        plan.runtime = runtime;
+    }
     let registry = Registry::new(
         &plan.stages,
         plan.workers,

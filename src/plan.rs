@@ -16,6 +16,9 @@ pub struct Plan {
     pub generation: u64,
     /// `watch: true`: the file is reloaded when it changes.
     pub watch: bool,
+    /// Each API's definition in the config, as JSON without `stages`: what a
+    /// deployment snapshots.
+    pub api_sources: HashMap<String, serde_json::Value>,
     pub workers: usize,
     pub runtime: RuntimeKind,
     pub drain_timeout: Duration,

@@ -223,8 +223,8 @@ fn random_alnum(n: usize) -> String {
     out
 }
 
-/// A new key id: 10 lower-case letters and digits, as AWS's.
-fn random_id() -> String {
+/// A new key or deployment id: 10 lower-case letters and digits, as AWS's.
+pub fn random_id() -> String {
     random_alnum(10).to_ascii_lowercase()
 }
 
@@ -623,6 +623,21 @@ impl Registry {
         self.generation = generation;
         self.publish(false);
         Ok(())
+    }
+
+    /// The store (deployments and stage settings are read and written through it).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Each stage the management API pointed at a deployment or gave variables.
+    pub fn deployed(
+        &self,
+    ) -> std::collections::HashMap<(String, String), crate::config::compile::Deployed> {
+        crate::deploy::deployed(&self.store).unwrap_or_else(|e| {
+            tracing::error!(error = %format!("{e:#}"), "cannot read deployments from the store; stages follow the config");
+            Default::default()
+        })
     }
 
     /// The config's SigV4 keys after a reload (the management API's stay).

@@ -143,6 +143,7 @@ impl Control {
             &Options {
                 workers: Some(prev.workers),
                 access_keys: Some(Arc::clone(&prev.access_keys)),
+                deployed: crate::lock(&self.registry).deployed(),
             },
         );
         let mut next = match compiled {

@@ -41,6 +41,10 @@ const USAGE: TableDefinition<(&str, &str, u64), (u64, u64)> = TableDefinition::n
 
 /// SigV4 access key id → `AccessKey` as JSON (those made through the management API).
 const ACCESS_KEYS: TableDefinition<&str, &str> = TableDefinition::new("access_keys");
+/// (api, deployment id) → the deployment as JSON (`deploy::Deployment`).
+const DEPLOYMENTS: TableDefinition<(&str, &str), &str> = TableDefinition::new("deployments");
+/// (api, stage) → what the management API set for the stage (`deploy::StagePointer`).
+const STAGES: TableDefinition<(&str, &str), &str> = TableDefinition::new("stages");
 
 const NO_QUOTA: u64 = u64::MAX;
 
@@ -96,6 +100,8 @@ impl Store {
         tx.open_table(QUOTAS)?;
         tx.open_table(USAGE)?;
         tx.open_table(ACCESS_KEYS)?;
+        tx.open_table(DEPLOYMENTS)?;
+        tx.open_table(STAGES)?;
         tx.commit()?;
         Ok(Self { db, persistent })
     }
@@ -180,6 +186,87 @@ impl Store {
             tx.open_table(ACCESS_KEYS)?.remove(id)?;
             Ok(())
         })
+    }
+
+    pub fn put_deployment(&self, d: &crate::deploy::Deployment) -> anyhow::Result<()> {
+        self.write(|tx| {
+            tx.open_table(DEPLOYMENTS)?.insert(
+                (d.api.as_str(), d.id.as_str()),
+                serde_json::to_string(d)?.as_str(),
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The deployments of `api`, oldest first.
+    pub fn deployments(&self, api: &str) -> anyhow::Result<Vec<crate::deploy::Deployment>> {
+        let tx = self.db.begin_read()?;
+        let mut out: Vec<crate::deploy::Deployment> = Vec::new();
+        for row in tx.open_table(DEPLOYMENTS)?.range((api, "")..)? {
+            let (k, json) = row?;
+            if k.value().0 != api {
+                break;
+            }
+            match serde_json::from_str(json.value()) {
+                Ok(d) => out.push(d),
+                Err(e) => {
+                    tracing::warn!(deployment = k.value().1, error = %e, "unreadable deployment in the store; skipped")
+                }
+            }
+        }
+        out.sort_by_key(|d| (d.created_ms, d.id.clone()));
+        Ok(out)
+    }
+
+    pub fn deployment(
+        &self,
+        api: &str,
+        id: &str,
+    ) -> anyhow::Result<Option<crate::deploy::Deployment>> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(DEPLOYMENTS)?;
+        let Some(json) = t.get((api, id))? else {
+            return Ok(None);
+        };
+        Ok(Some(serde_json::from_str(json.value())?))
+    }
+
+    /// Sets (or with `None` removes) what the management API set for a stage.
+    pub fn put_stage(
+        &self,
+        api: &str,
+        stage: &str,
+        p: Option<&crate::deploy::StagePointer>,
+    ) -> anyhow::Result<()> {
+        self.write(|tx| {
+            let mut t = tx.open_table(STAGES)?;
+            match p {
+                Some(p) => {
+                    t.insert((api, stage), serde_json::to_string(p)?.as_str())?;
+                }
+                None => {
+                    t.remove((api, stage))?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Every stage the management API set: (api, stage, pointer).
+    pub fn stages(&self) -> anyhow::Result<Vec<(String, String, crate::deploy::StagePointer)>> {
+        let tx = self.db.begin_read()?;
+        let mut out = Vec::new();
+        for row in tx.open_table(STAGES)?.iter()? {
+            let (k, json) = row?;
+            let (api, stage) = k.value();
+            match serde_json::from_str(json.value()) {
+                Ok(p) => out.push((api.to_owned(), stage.to_owned(), p)),
+                Err(e) => {
+                    tracing::warn!(api, stage, error = %e, "unreadable stage setting in the store; skipped")
+                }
+            }
+        }
+        Ok(out)
     }
 
     pub fn put_key(&self, key: &KeyDef) -> anyhow::Result<()> {

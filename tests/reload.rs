@@ -247,3 +247,180 @@ fn watch_reloads_when_the_file_changes() {
         .contains("reload refused")));
     assert_eq!(common::get(gw.addr, "/b").status, 200);
 }
+
+/// The CLI against the gateway's admin API: (exit code, stdout).
+fn cli(gw: &Gateway, args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(common::bin())
+        .args(args)
+        .env("SHARDGATE_ADMIN", format!("http://{}", gw.admin.unwrap()))
+        .env("SHARDGATE_ADMIN_TOKEN", TOKEN)
+        .output()
+        .expect("run the CLI");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+fn versioned(version: &str, extra: &str, store: &std::path::Path, be: &str) -> String {
+    format!(
+        "workers: 2
+listeners:
+  - name: test
+    bind: 127.0.0.1:0
+admin: {{ bind: 127.0.0.1:0, token: {{ env: SG_ADMIN }} }}
+store: {{ path: {store} }}
+apis:
+  - name: shop
+    routes:
+      - {{ route: GET /v, integration: {{ type: mock, body: {version} }} }}
+      - {{ route: GET /echo, integration: {{ type: http_proxy, uri: \"{be}/${{stage_variables.p}}\" }} }}
+{extra}    stages:
+      - {{ name: prod, variables: {{ p: one }} }}
+      - {{ name: dev, variables: {{ p: one }} }}
+",
+        store = store.display()
+    )
+}
+
+#[test]
+fn deployments_stage_switches_and_rollback() {
+    let be = Upstream::start(|s| Reply::ok(format!("be {}", s.target)));
+    let store = std::env::temp_dir().join(format!("shardgate-deploy-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&store);
+    let new_route = "      - { route: GET /new, integration: { type: mock, body: new } }\n";
+    let gw = start(&versioned("v1", "", &store, &be.url()));
+    let body = |path: &str| {
+        let r = common::get(gw.addr, path);
+        (r.status, r.text())
+    };
+
+    // Deploy v1 to prod.
+    let r = admin(
+        &gw,
+        "POST",
+        "/admin/apis/shop/deployments",
+        br#"{"description":"first","stageName":"prod"}"#,
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let first: Value = serde_json::from_str(&r.text()).unwrap();
+    let id1 = first["id"].as_str().unwrap().to_owned();
+    assert_eq!(id1.len(), 10);
+    assert_eq!(first["description"], "first");
+
+    // The file moves to v2: dev follows it, prod serves its deployment.
+    gw.rewrite(&versioned("v2", new_route, &store, &be.url()));
+    assert_eq!(reload(&gw).status, 200);
+    assert_eq!(body("/dev/v"), (200, "v2".to_owned()));
+    assert_eq!(body("/dev/new"), (200, "new".to_owned()));
+    assert_eq!(body("/prod/v"), (200, "v1".to_owned()));
+    assert_eq!(body("/prod/new").0, 404);
+
+    // Deploy v2 to prod (the CLI), then roll back to v1 (the API).
+    let (code, out) = cli(
+        &gw,
+        &[
+            "deploy",
+            "create",
+            "shop",
+            "--description",
+            "second",
+            "--stage",
+            "prod",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    let id2 = serde_json::from_str::<Value>(&out).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(body("/prod/v"), (200, "v2".to_owned()));
+    let r = admin(
+        &gw,
+        "PATCH",
+        "/admin/apis/shop/stages/prod",
+        format!("{{\"deploymentId\":\"{id1}\"}}").as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(body("/prod/v"), (200, "v1".to_owned()), "rolled back");
+    assert_eq!(body("/prod/new").0, 404);
+
+    // Stage variables set through the API, over the file's.
+    assert_eq!(body("/dev/echo"), (200, "be /one".to_owned()));
+    let (code, out) = cli(&gw, &["deploy", "stage", "shop", "dev", "--var", "p=two"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(body("/dev/echo"), (200, "be /two".to_owned()));
+    assert_eq!(body("/prod/echo"), (200, "be /one".to_owned()));
+
+    // History and stages.
+    let (code, out) = cli(&gw, &["deploy", "list", "shop"]);
+    assert_eq!(code, 0, "{out}");
+    let list: Value = serde_json::from_str(&out).unwrap();
+    let ids: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [id2.as_str(), id1.as_str()], "newest first");
+    let r = admin(&gw, "GET", "/admin/apis/shop/stages", b"");
+    let stages: Value = serde_json::from_str(&r.text()).unwrap();
+    assert_eq!(stages["items"][0]["stageName"], "prod", "{stages}");
+    assert_eq!(stages["items"][0]["deploymentId"], id1.as_str(), "{stages}");
+    assert_eq!(stages["items"][1]["deploymentId"], Value::Null, "{stages}");
+    assert_eq!(stages["items"][1]["variables"]["p"], "two", "{stages}");
+    let r = admin(
+        &gw,
+        "GET",
+        &format!("/admin/apis/shop/deployments/{id1}"),
+        b"",
+    );
+    assert!(r.text().contains("\"body\":\"v1\""), "{}", r.text());
+
+    // Refused: an unknown deployment, stage or API; nothing changes.
+    let r = admin(
+        &gw,
+        "PATCH",
+        "/admin/apis/shop/stages/prod",
+        br#"{"deploymentId":"nosuchid00"}"#,
+    );
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert_eq!(
+        admin(
+            &gw,
+            "PATCH",
+            "/admin/apis/shop/stages/qa",
+            br#"{"deploymentId":null}"#
+        )
+        .status,
+        404
+    );
+    assert_eq!(
+        admin(&gw, "POST", "/admin/apis/nope/deployments", b"{}").status,
+        404
+    );
+    assert_eq!(body("/prod/v"), (200, "v1".to_owned()));
+    assert_eq!(cli(&gw, &["reload"]).0, 0);
+
+    // A restart keeps the history and where each stage points.
+    gw.sigterm();
+    let mut gw = gw;
+    assert!(gw.wait_exit(Duration::from_secs(10)).is_some());
+    drop(gw);
+    let gw = start(&versioned("v3", new_route, &store, &be.url()));
+    let body = |path: &str| {
+        let r = common::get(gw.addr, path);
+        (r.status, r.text())
+    };
+    assert_eq!(body("/prod/v"), (200, "v1".to_owned()));
+    assert_eq!(body("/dev/v"), (200, "v3".to_owned()));
+    assert_eq!(body("/dev/echo"), (200, "be /two".to_owned()));
+    let (_, out) = cli(&gw, &["deploy", "list", "shop"]);
+    assert!(out.contains(&id1) && out.contains(&id2), "{out}");
+    // Back to following the file.
+    let (code, out) = cli(&gw, &["deploy", "stage", "shop", "prod", "--follow-config"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(body("/prod/v"), (200, "v3".to_owned()));
+    drop(gw);
+    let _ = std::fs::remove_dir_all(&store);
+}

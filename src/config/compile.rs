@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{ConfigErrors, ConfigFile, IntegrationFile, SecretFile, ThrottleFile, Workers};
+use super::{
+    ApiFile, ConfigErrors, ConfigFile, IntegrationFile, SecretFile, ThrottleFile, Workers,
+};
 use crate::keys;
 use crate::plan::{
     AdminPlan, BaseMapping, Integration, KeyParam, Limits, ListenerPlan, MockResponse, PathPart,
@@ -287,6 +289,98 @@ pub struct Options {
     /// A running gateway's SigV4 key table: its authorizers use it, and the
     /// registry publishes the config's keys into it (a fresh table gets them here).
     pub access_keys: Option<Arc<crate::access::sigv4::KeyTable>>,
+    /// (api, stage) → the deployment the stage serves (from the store).
+    pub deployed: HashMap<(String, String), Deployed>,
+}
+
+/// A stage pointed at a deployment: the deployment's snapshot of the API, and
+/// the stage's variables set through the management API (over the file's).
+#[derive(Debug, Clone)]
+pub struct Deployed {
+    /// `None`: the stage follows the file (only its variables are set).
+    pub id: Option<String>,
+    /// The API's mapping as deployed (without `stages`), as JSON.
+    pub snapshot: Option<serde_json::Value>,
+    pub variables: Option<BTreeMap<String, String>>,
+}
+
+impl Deployed {
+    /// The snapshot as an API definition (its own errors under `path`).
+    fn api_file(&self, api: &str, path: &str, errs: &mut ConfigErrors) -> Option<ApiFile> {
+        let snapshot = self.snapshot.clone()?;
+        let mut v: serde_yaml_ng::Value = match serde_json::from_value(snapshot) {
+            Ok(v) => v,
+            Err(e) => {
+                errs.push(path, format!("unreadable snapshot: {e}"));
+                return None;
+            }
+        };
+        if let serde_yaml_ng::Value::Mapping(m) = &mut v {
+            m.insert("stages".into(), serde_yaml_ng::Value::Sequence(Vec::new()));
+        }
+        let file = super::parse_api(v, path, errs)?;
+        if file.name != api {
+            errs.push(
+                path,
+                format!("a snapshot of API {:?}, not {api:?}", file.name),
+            );
+            return None;
+        }
+        Some(file)
+    }
+}
+
+/// What an API's definition compiles to once for all the stages that serve it.
+struct ApiParts {
+    keys: Vec<RouteKey>,
+    api_access: ApiAccess,
+    route_auth: Vec<Option<crate::access::RouteAuth>>,
+    route_validate: Vec<Option<Arc<crate::access::validate::Validator>>>,
+    router: Arc<Router>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn api_parts(
+    api: &ApiFile,
+    path: &str,
+    up_tls: &mut UpstreamTls,
+    authorizers: &mut Vec<Arc<crate::access::Authorizer>>,
+    config_access_keys: &mut Vec<crate::access::sigv4::AccessKey>,
+    access_keys: &Arc<crate::access::sigv4::KeyTable>,
+    errs: &mut ConfigErrors,
+) -> ApiParts {
+    let keys = route_keys(api, path, errs);
+    let api_access = compile_api_access(
+        api,
+        path,
+        up_tls,
+        authorizers,
+        config_access_keys,
+        access_keys,
+        errs,
+    );
+    let (route_auth, route_validate) =
+        compile_route_access(api, path, &api_access, authorizers, errs);
+    let router = match Router::build(&keys) {
+        Ok(r) => Arc::new(r),
+        Err(conflicts) => {
+            for (ri, msg) in conflicts {
+                let key = api.routes[ri].as_ref().map_or("", |r| r.route.as_str());
+                errs.push(
+                    format!("{path}.routes[{ri}].route"),
+                    format!("{key:?} {msg}"),
+                );
+            }
+            Arc::new(empty_router())
+        }
+    };
+    ApiParts {
+        keys,
+        api_access,
+        route_auth,
+        route_validate,
+        router,
+    }
 }
 
 /// Numbers each compiled authorizer for the life of the process: workers remember
@@ -345,8 +439,7 @@ pub fn compile_with(cfg: &ConfigFile, opts: &Options) -> Result<Plan, ConfigErro
                 format!("unknown API type {other:?}: expected http, rest or websocket"),
             ),
         }
-        let keys = route_keys(api, &path, &mut errs);
-        let api_access = compile_api_access(
+        let config_parts = api_parts(
             api,
             &path,
             &mut up_tls,
@@ -355,21 +448,33 @@ pub fn compile_with(cfg: &ConfigFile, opts: &Options) -> Result<Plan, ConfigErro
             &access_keys,
             &mut errs,
         );
-        let (route_auth, route_validate) =
-            compile_route_access(api, &path, &api_access, &authorizers, &mut errs);
-        let router = match Router::build(&keys) {
-            Ok(r) => Arc::new(r),
-            Err(conflicts) => {
-                for (ri, msg) in conflicts {
-                    let key = api.routes[ri].as_ref().map_or("", |r| r.route.as_str());
-                    errs.push(
-                        format!("{path}.routes[{ri}].route"),
-                        format!("{key:?} {msg}"),
-                    );
-                }
-                Arc::new(empty_router())
+        // Stages pointed at a deployment serve its snapshot of the API (routes,
+        // integrations, authorizers, CORS, policy) instead of the file's.
+        let mut deployed: HashMap<&str, (ApiFile, ApiParts)> = HashMap::new();
+        for stage in api.stages.iter().flatten() {
+            let Some(d) = opts.deployed.get(&(api.name.clone(), stage.name.clone())) else {
+                continue;
+            };
+            let Some(id) = d.id.as_deref() else { continue };
+            if deployed.contains_key(id) {
+                continue;
             }
-        };
+            let dpath = format!("deployments[{}/{id}]", api.name);
+            let Some(file) = d.api_file(&api.name, &dpath, &mut errs) else {
+                continue;
+            };
+            let mut no_keys = Vec::new();
+            let parts = api_parts(
+                &file,
+                &dpath,
+                &mut up_tls,
+                &mut authorizers,
+                &mut no_keys,
+                &access_keys,
+                &mut errs,
+            );
+            deployed.insert(id, (file, parts));
+        }
         if api.stages.is_empty() {
             errs.push(format!("{path}.stages"), "an API needs at least one stage");
         }
@@ -377,6 +482,30 @@ pub fn compile_with(cfg: &ConfigFile, opts: &Options) -> Result<Plan, ConfigErro
         for (si, stage) in api.stages.iter().enumerate() {
             let Some(stage) = stage else { continue };
             let spath = format!("{path}.stages[{si}]");
+            let pointer = opts.deployed.get(&(api.name.clone(), stage.name.clone()));
+            let deployment = pointer.and_then(|d| d.id.as_deref());
+            let (src, parts, path) = match deployment.and_then(|id| deployed.get(id)) {
+                Some((file, parts)) => (
+                    file,
+                    parts,
+                    format!("deployments[{}/{}]", api.name, deployment.unwrap_or("")),
+                ),
+                None => (api, &config_parts, path.clone()),
+            };
+            let ApiParts {
+                keys,
+                api_access,
+                route_auth,
+                route_validate,
+                router,
+            } = parts;
+            let variables: BTreeMap<String, String> = {
+                let mut v = stage.variables.clone();
+                if let Some(over) = pointer.and_then(|d| d.variables.as_ref()) {
+                    v.extend(over.iter().map(|(k, x)| (k.clone(), x.clone())));
+                }
+                v
+            };
             check_stage_name(&stage.name, &format!("{spath}.name"), &mut errs);
             let access_log = stage.access_log.as_ref().and_then(|l| {
                 let format =
@@ -426,7 +555,7 @@ pub fn compile_with(cfg: &ConfigFile, opts: &Options) -> Result<Plan, ConfigErro
             let mut route_throttles: HashMap<&str, ThrottleId> = HashMap::new();
             for (key, over) in &stage.routes {
                 let rpath = format!("{spath}.routes[{key:?}]");
-                if !api.routes.iter().flatten().any(|r| r.route == *key) {
+                if !src.routes.iter().flatten().any(|r| r.route == *key) {
                     errs.push(
                         rpath.clone(),
                         format!("no route {key:?} in API {:?}", api.name),
@@ -459,8 +588,8 @@ pub fn compile_with(cfg: &ConfigFile, opts: &Options) -> Result<Plan, ConfigErro
                     format!("duplicate stage {:?} in API {:?}", stage.name, api.name),
                 );
             }
-            let mut routes = Vec::with_capacity(api.routes.len());
-            for (ri, route) in api.routes.iter().enumerate() {
+            let mut routes = Vec::with_capacity(src.routes.len());
+            for (ri, route) in src.routes.iter().enumerate() {
                 let Some(route) = route else {
                     // Keeps route ids aligned with the router; never matched.
                     routes.push(RoutePlan {
@@ -484,7 +613,7 @@ pub fn compile_with(cfg: &ConfigFile, opts: &Options) -> Result<Plan, ConfigErro
                 let integration = compile_integration(
                     &route.integration,
                     keys.get(ri),
-                    &stage.variables,
+                    &variables,
                     &rpath,
                     &stage.name,
                     &mut up_tls,
@@ -518,7 +647,7 @@ pub fn compile_with(cfg: &ConfigFile, opts: &Options) -> Result<Plan, ConfigErro
                         sig: digest(&(
                             &api.name,
                             route,
-                            &stage.variables,
+                            &variables,
                             stage.routes.get(&route.route),
                             &stage.cache,
                         )),
@@ -542,7 +671,7 @@ pub fn compile_with(cfg: &ConfigFile, opts: &Options) -> Result<Plan, ConfigErro
                 api: api.name.clone(),
                 stage: stage.name.clone(),
                 // Stages of one API share the tree; they differ in integrations.
-                router: Arc::clone(&router),
+                router: Arc::clone(router),
                 routes,
                 throttle: stage_throttle,
                 cache_bytes,
@@ -716,6 +845,7 @@ pub fn compile_with(cfg: &ConfigFile, opts: &Options) -> Result<Plan, ConfigErro
         Ok(Plan {
             generation: 0,
             watch: cfg.watch.unwrap_or(false),
+            api_sources: api_sources(cfg),
             metrics,
             logs: Arc::new(logs),
             tracing,
@@ -750,6 +880,20 @@ pub fn compile_with(cfg: &ConfigFile, opts: &Options) -> Result<Plan, ConfigErro
     } else {
         Err(errs)
     }
+}
+
+/// Each API's mapping as written, without `stages`, as JSON.
+fn api_sources(cfg: &ConfigFile) -> HashMap<String, serde_json::Value> {
+    cfg.api_values
+        .iter()
+        .filter_map(|v| {
+            let mut m = v.as_mapping()?.clone();
+            m.remove("stages");
+            let name = m.get("name")?.as_str()?.to_owned();
+            let json = serde_json::to_value(serde_yaml_ng::Value::Mapping(m)).ok()?;
+            Some((name, json))
+        })
+        .collect()
 }
 
 /// A digest of a piece of config, as written: equal digests, equal config.

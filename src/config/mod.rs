@@ -103,6 +103,8 @@ pub struct ConfigFile {
     /// indexes of the file.
     pub listeners: Vec<Option<ListenerFile>>,
     pub apis: Vec<Option<ApiFile>>,
+    /// Each API's mapping as written (deployments snapshot it).
+    pub api_values: Vec<Value>,
     pub domains: Vec<Option<DomainFile>>,
     /// The gateway-wide throttle, over all APIs.
     pub throttle: Option<ThrottleFile>,
@@ -710,6 +712,9 @@ pub fn parse_partial(text: &str) -> (Option<ConfigFile>, ConfigErrors) {
             }
             "apis" => {
                 saw_apis = true;
+                if let Value::Sequence(items) = &v {
+                    cfg.api_values = items.clone();
+                }
                 cfg.apis = de_list(v, "apis", &mut errs, parse_api);
             }
             "domains" => cfg.domains = de_list(v, "domains", &mut errs, de),
@@ -790,7 +795,7 @@ fn de_list<T>(
         .collect()
 }
 
-fn parse_api(v: Value, path: &str, errs: &mut ConfigErrors) -> Option<ApiFile> {
+pub(crate) fn parse_api(v: Value, path: &str, errs: &mut ConfigErrors) -> Option<ApiFile> {
     let Value::Mapping(mut m) = v else {
         errs.push(path, "expected a mapping");
         return None;
