@@ -926,11 +926,17 @@ fn prepare(
         }
     }
     // The key's usage plan for this stage, where the route takes a key. The keyring
-    // is this shard's snapshot, swapped by the worker's tick between requests.
-    let ring = shard.keyring.borrow();
+    // is this shard's snapshot, swapped by the worker's tick between requests; a
+    // request that began before a reload reads the keyring of its own plan.
+    let current = shard.keyring.borrow();
+    let previous = shard.previous_keyring.borrow();
+    let ring: &crate::keys::Keyring = match &*previous {
+        Some(p) if current.1.generation != plan.generation && p.generation == plan.generation => p,
+        _ => &current.1,
+    };
     let mut binding: Option<&Binding> = None;
     if route.api_key_required {
-        match ring.1.check(headers, stage_id) {
+        match ring.check(headers, stage_id) {
             Ok(b) => {
                 if let Some(log) = &mut p.log {
                     log.api_key_id = Some(std::sync::Arc::clone(&b.key_id));
@@ -989,8 +995,9 @@ fn prepare(
             .as_ref()
             .is_some_and(|c| c.require_authorization)
             && crate::cache::wants_refresh(headers)
-            && ring.1.check(headers, stage_id).is_ok());
-    drop(ring);
+            && ring.check(headers, stage_id).is_ok());
+    drop(current);
+    drop(previous);
     if let (Some(rc), Integration::HttpProxy(_)) = (&route.cache, &route.integration) {
         if !(rc.any_method || method == "GET" || method == "HEAD")
             || !shard.caches.borrow().is_for(&plan.cache)

@@ -60,6 +60,10 @@ impl Counter {
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
+    /// As a gauge: the writer sets the value.
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
 }
 
 #[derive(Default)]
@@ -99,6 +103,9 @@ struct RouteCell {
 pub struct WorkerCell {
     pub accepted: Counter,
     pub upstream_connects: Counter,
+    /// Gauges, set each tick: upstream connections open, and idle in the pool.
+    pub upstream_open: Counter,
+    pub upstream_idle: Counter,
     /// Requests that matched no stage or route (404s, malformed heads).
     pub unrouted: Counter,
     pub unrouted_4xx: Counter,
@@ -322,7 +329,7 @@ impl Metrics {
                 let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
             }
         }
-        let per_worker: [WorkerCounter; 6] = [
+        let per_worker: [WorkerCounter; 8] = [
             (
                 "shardgate_accepted_connections_total",
                 "counter",
@@ -334,6 +341,18 @@ impl Metrics {
                 "counter",
                 "Connections opened to integrations, per worker.",
                 |c| c.upstream_connects.get(),
+            ),
+            (
+                "shardgate_upstream_connections_open",
+                "gauge",
+                "Connections to integrations open now (carrying a request or pooled), per worker.",
+                |c| c.upstream_open.get(),
+            ),
+            (
+                "shardgate_upstream_connections_idle",
+                "gauge",
+                "Pooled idle connections to integrations, per worker.",
+                |c| c.upstream_idle.get(),
             ),
             (
                 "shardgate_unrouted_requests_total",

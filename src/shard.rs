@@ -45,6 +45,9 @@ pub struct Shard {
     /// The keyring this worker reads, and its version: swapped by the worker's tick
     /// when the control plane publishes a new one, never during a request.
     pub keyring: RefCell<(u64, Arc<Keyring>)>,
+    /// The keyring of the plan before the last reload, for requests that began
+    /// on it (their stage ids are that plan's).
+    pub previous_keyring: RefCell<Option<Arc<Keyring>>>,
     /// This worker's response cache of each stage.
     pub caches: RefCell<crate::cache::Caches>,
     /// Where a request's cache key is built (reused).
@@ -115,6 +118,7 @@ impl Shard {
             tokens: RefCell::new(tokens),
             leases: RefCell::new(leases),
             keyring: RefCell::new(keyring),
+            previous_keyring: RefCell::new(None),
             caches: RefCell::new(
                 caches.unwrap_or_else(|| crate::cache::Caches::new(id, Arc::default(), Vec::new())),
             ),

@@ -301,6 +301,10 @@ async fn worker_main(
             ctl.running[id].store(plan.generation, Ordering::Release);
         }
         shard.parked.borrow_mut().sweep(Instant::now());
+        if let Some(cell) = shard.metrics.worker.get(id) {
+            cell.upstream_open.set(crate::upstream::pool::open_here());
+            cell.upstream_idle.set(shard.pool.borrow().idle() as u64);
+        }
         // Requests served this tick count towards their keys' daily usage.
         if shard.leases.borrow_mut().flush() {
             plan.live.usage_changed();
@@ -317,7 +321,10 @@ async fn worker_main(
             // route ids): one made for a newer plan waits for that plan.
             let (version, ring) = plan.live.current();
             if ring.generation == plan.generation {
-                *shard.keyring.borrow_mut() = (version, ring);
+                let old = std::mem::replace(&mut *shard.keyring.borrow_mut(), (version, ring));
+                if old.1.generation != plan.generation {
+                    *shard.previous_keyring.borrow_mut() = Some(old.1);
+                }
                 plan.live.saw(id, version);
             }
         }

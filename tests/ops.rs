@@ -168,7 +168,22 @@ apis:
         accepted.iter().sum::<f64>() >= f64::from(conns),
         "{accepted:?}"
     );
-    assert!(metric(&m, "shardgate_upstream_connections_total", &[]) >= 1.0);
+    let opened = metric(&m, "shardgate_upstream_connections_total", &[]);
+    assert!(opened >= 1.0);
+    // Nothing in flight: every open upstream connection is idle in a pool (the
+    // gauges are set each 100 ms tick).
+    let mut gauges = (0.0, 0.0);
+    assert!(
+        common::wait_until(Duration::from_secs(3), || {
+            let m = admin_get(&gw, "/metrics").text();
+            gauges = (
+                metric(&m, "shardgate_upstream_connections_open", &[]),
+                metric(&m, "shardgate_upstream_connections_idle", &[]),
+            );
+            gauges.0 >= 1.0 && gauges.0 == gauges.1 && gauges.0 <= opened
+        }),
+        "{gauges:?} of {opened}"
+    );
 }
 
 fn wait_lines(path: &std::path::Path, n: usize) -> Vec<String> {

@@ -792,6 +792,13 @@ fn certificates_rotate_on_sighup_and_through_the_api_without_dropping_connection
         v1.der,
         "with the certificate it began with"
     );
+    // A config reload (`POST /admin/reload`) takes the files as they are too.
+    let v4 = ca.leaf(&["localhost"], "v4");
+    v4.write(&dir, "live");
+    let r = admin_call(&gw, "POST", "/admin/reload");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(served(), v4.der);
+    assert_eq!(open.get("/hello").unwrap().status, 200, "still open");
     let r = admin_call(&gw, "GET", "/tls");
     assert_eq!(r.status, 200);
     assert!(r.text().contains("\"listener\":\"secure\""), "{}", r.text());

@@ -23,8 +23,27 @@ pub struct UpConn {
 /// response head and body.
 pub const UPSTREAM_BUF: usize = 16 * 1024;
 
+thread_local! {
+    /// Upstream connections this thread opened and closed: the open-connection
+    /// gauge of its worker (published each tick).
+    static OPENED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    static CLOSED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Upstream connections open on this thread now (pooled or carrying a request).
+pub fn open_here() -> u64 {
+    OPENED.get().saturating_sub(CLOSED.get())
+}
+
+impl Drop for UpConn {
+    fn drop(&mut self) {
+        CLOSED.set(CLOSED.get() + 1);
+    }
+}
+
 impl UpConn {
     pub fn new(stream: Stream) -> Self {
+        OPENED.set(OPENED.get() + 1);
         Self {
             stream,
             buf: Vec::with_capacity(UPSTREAM_BUF),
@@ -53,6 +72,11 @@ impl Pool {
             limits,
             connects: 0,
         }
+    }
+
+    /// Idle connections kept, over all upstreams.
+    pub fn idle(&self) -> usize {
+        self.idle.values().map(VecDeque::len).sum()
     }
 
     /// The most recently returned live connection to `addr`, dropping expired ones.
