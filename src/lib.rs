@@ -25,6 +25,7 @@
 //! - `respond`: response heads; `error`: the one error type and its responses.
 //! - `clock`: the HTTP Date value.
 //! - `reload`: hot reload: compile again, carry state over, hand workers the new plan.
+//! - `deploy`: deployments (API snapshots in the store) and the stages pointed at them.
 
 pub mod access;
 pub mod accesslog;
