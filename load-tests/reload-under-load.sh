@@ -12,7 +12,7 @@
 # and for the reload phase the reloads done and refused. The bars (issue 8): zero
 # non-2xx on the unchanged route, zero connection errors, p99 within 10% of the
 # baseline. shardgate runs one worker pinned to CPU 0; the upstream nginx and oha
-# share CPU 1. Writes load-tests/results/reload-under-load-<machine>.txt.
+# share CPU 1. Writes load-tests/results/reload-under-load-$MACHINE.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-2}
@@ -156,7 +156,7 @@ for r in $(seq "$ROUNDS"); do
   done
 done
 
-OUT="load-tests/results/reload-under-load-$(hostname -s 2>/dev/null || echo host).txt"
+OUT="load-tests/results/reload-under-load-${MACHINE:-$(nproc)core}.txt"  # MACHINE=2core-amd-epyc
 {
   echo "# reload under load: $(date -u +%F) $(uname -r), $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
   echo "# shardgate $(git rev-parse --short HEAD), 1 worker on CPU 0; oha -q $RATE -c $CONNS for ${DURATION}s on CPU 1 with the upstream nginx"
