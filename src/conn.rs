@@ -193,6 +193,9 @@ async fn serve_client(
     });
     let (mut plan, mut listener) = (plan, listener);
     let mut woken = false;
+    // The new plan dropped this connection's listener: one more request on the
+    // old plan, answered with `Connection: close`.
+    let mut last = false;
     loop {
         c.buf = shard.take_buf(std::mem::take(&mut c.buf));
         c.out = shard.take_buf(std::mem::take(&mut c.out));
@@ -200,7 +203,7 @@ async fn serve_client(
         // The request path's state is boxed so that a parked connection holds only
         // `Client` and its park.
         let lp = &plan.listeners[listener];
-        let next = Box::pin(active(&mut c, &plan, lp, &shard, woken)).await;
+        let next = Box::pin(active(&mut c, &plan, lp, &shard, woken, last)).await;
         let idle = lp.limits.idle_timeout;
         if !matches!(next, Next::Switch(_)) {
             // Parked (or closing): buffers go back to the shard, as nginx frees its
@@ -220,13 +223,14 @@ async fn serve_client(
             }
             // A reload: the next request uses the new plan; a listener it dropped
             // closes its connections between requests.
-            Next::Switch(w) => match shard.switch(&plan, listener) {
-                Some((p, li)) => {
-                    (plan, listener) = (p, li);
-                    woken = w;
+            Next::Switch(w) => {
+                woken = w;
+                match shard.switch(&plan, listener) {
+                    Some((p, li)) => (plan, listener) = (p, li),
+                    None if !last => last = true,
+                    None => return,
                 }
-                None => return,
-            },
+            }
         }
     }
 }
@@ -311,6 +315,7 @@ async fn active(
     lp: &ListenerPlan,
     shard: &Shard,
     mut woken: bool,
+    mut last: bool,
 ) -> Next {
     'requests: loop {
         if c.pos > 0 {
@@ -319,7 +324,10 @@ async fn active(
             c.pos = 0;
         }
         if !shard.runs(plan) {
-            return Next::Switch(woken);
+            if !last {
+                return Next::Switch(woken);
+            }
+            last = false;
         }
         let mut pass = Pass::default();
         let read = read_head(c, plan, lp, shard, woken, &mut pass).await;
@@ -790,7 +798,9 @@ fn prepare(
     pass: &mut Pass,
     body: Option<&[u8]>,
 ) -> Prepared {
-    let persist = shard.persist(if !head.keep_alive {
+    // A request served on a plan the worker left (its listener was removed by a
+    // reload) is the connection's last.
+    let persist = shard.persist(if !head.keep_alive || !shard.runs(plan) {
         Persist::Close
     } else if head.http10 {
         Persist::KeepAlive10
