@@ -449,3 +449,48 @@ fn deployments_stage_switches_and_rollback() {
     drop(gw);
     let _ = std::fs::remove_dir_all(&store);
 }
+
+#[test]
+fn an_unchanged_authorizer_keeps_its_decisions() {
+    let auth = Upstream::start(|_| Reply::ok(r#"{"isAuthorized":true}"#));
+    let yaml = |ttl: u32, extra: &str| {
+        format!(
+            "workers: 2
+listeners:
+  - name: test
+    bind: 127.0.0.1:0
+admin: {{ bind: 127.0.0.1:0, token: {{ env: SG_ADMIN }} }}
+apis:
+  - name: shop
+    authorizers:
+      - {{ name: partners, type: request, uri: \"{}/authorize\", identity_sources: [header.authorization], ttl_s: {ttl} }}
+    routes:
+      - {{ route: GET /p, authorizer: partners, integration: {{ type: mock, body: p }} }}
+{extra}    stages:
+      - name: $default
+",
+            auth.url()
+        )
+    };
+    let gw = start(&yaml(300, ""));
+    let mut c = Client::connect(gw.addr);
+    let get = |c: &mut Client| c.request("GET", "/p", "gw.test", &[("authorization", "abc")], b"");
+    assert_eq!(get(&mut c).text(), "p");
+    assert_eq!(get(&mut c).text(), "p");
+    assert_eq!(auth.seen().len(), 1, "the decision is cached");
+    // A reload that leaves the authorizer as it was: the decision stays.
+    gw.rewrite(&yaml(300, B_ROUTE));
+    assert_eq!(reload(&gw).status, 200);
+    assert_eq!(get(&mut c).text(), "p");
+    assert_eq!(
+        c.get("/b").text(),
+        "b",
+        "the same connection runs the new plan"
+    );
+    assert_eq!(auth.seen().len(), 1, "kept across the reload");
+    // A changed authorizer is a new one: asked again.
+    gw.rewrite(&yaml(299, B_ROUTE));
+    assert_eq!(reload(&gw).status, 200);
+    assert_eq!(get(&mut c).text(), "p");
+    assert_eq!(auth.seen().len(), 2);
+}

@@ -345,11 +345,13 @@ fn api_parts(
     path: &str,
     up_tls: &mut UpstreamTls,
     authorizers: &mut Vec<Arc<crate::access::Authorizer>>,
+    sigs: &mut Vec<u64>,
     config_access_keys: &mut Vec<crate::access::sigv4::AccessKey>,
     access_keys: &Arc<crate::access::sigv4::KeyTable>,
     errs: &mut ConfigErrors,
 ) -> ApiParts {
     let keys = route_keys(api, path, errs);
+    let before = authorizers.len();
     let api_access = compile_api_access(
         api,
         path,
@@ -359,6 +361,15 @@ fn api_parts(
         access_keys,
         errs,
     );
+    // The authorizers just compiled are the API's, as listed (when all compiled;
+    // otherwise there is no plan): their digests let a reload keep them.
+    let files: Vec<_> = api.authorizers.iter().flatten().collect();
+    let added = authorizers.len() - before;
+    if files.len() == added {
+        sigs.extend(files.iter().map(|a| digest(&(&api.name, a))));
+    } else {
+        sigs.extend(std::iter::repeat_n(0, added));
+    }
     let (route_auth, route_validate) =
         compile_route_access(api, path, &api_access, authorizers, errs);
     let router = match Router::build(&keys) {
@@ -410,6 +421,8 @@ pub fn compile_with(cfg: &ConfigFile, opts: &Options) -> Result<Plan, ConfigErro
 
     let mut up_tls = UpstreamTls::new(&cfg.base_dir);
     let mut authorizers: Vec<Arc<crate::access::Authorizer>> = Vec::new();
+    // Each authorizer's config digest, in the order compiled.
+    let mut authorizer_sigs: Vec<u64> = Vec::new();
     let mut logs = crate::accesslog::Logs::default();
     let mut config_access_keys: Vec<crate::access::sigv4::AccessKey> = Vec::new();
     let access_keys = opts.access_keys.clone().unwrap_or_default();
@@ -444,6 +457,7 @@ pub fn compile_with(cfg: &ConfigFile, opts: &Options) -> Result<Plan, ConfigErro
             &path,
             &mut up_tls,
             &mut authorizers,
+            &mut authorizer_sigs,
             &mut config_access_keys,
             &access_keys,
             &mut errs,
@@ -469,6 +483,7 @@ pub fn compile_with(cfg: &ConfigFile, opts: &Options) -> Result<Plan, ConfigErro
                 &dpath,
                 &mut up_tls,
                 &mut authorizers,
+                &mut authorizer_sigs,
                 &mut no_keys,
                 &access_keys,
                 &mut errs,
@@ -788,18 +803,6 @@ pub fn compile_with(cfg: &ConfigFile, opts: &Options) -> Result<Plan, ConfigErro
     if opts.access_keys.is_none() {
         access_keys.publish(config_access_keys.iter().cloned());
     }
-    // The order authorizers were compiled in: each API's, as listed.
-    let authorizer_sigs: Vec<u64> = cfg
-        .apis
-        .iter()
-        .flatten()
-        .flat_map(|api| {
-            api.authorizers
-                .iter()
-                .flatten()
-                .map(move |a| digest(&(&api.name, a)))
-        })
-        .collect();
     let authorizer_uids = authorizers
         .iter()
         .map(|_| NEXT_AUTHORIZER.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
@@ -851,12 +854,7 @@ pub fn compile_with(cfg: &ConfigFile, opts: &Options) -> Result<Plan, ConfigErro
             tracing,
             metrics_on: cfg.metrics.unwrap_or(true),
             telemetry,
-            authorizer_sigs: if authorizer_sigs.len() == authorizers.len() {
-                authorizer_sigs
-            } else {
-                // (Never expected: then no authorizer is carried over on reload.)
-                vec![0; authorizers.len()]
-            },
+            authorizer_sigs,
             authorizer_uids,
             authorizers,
             access_keys,
