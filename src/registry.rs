@@ -519,6 +519,27 @@ impl Registry {
         Some(b)
     }
 
+    /// Drops a (key, plan) binding so that the next rebuild makes it anew (new
+    /// buckets), keeping its quota count for the new one (same period only).
+    fn retire(&mut self, k: (String, String)) {
+        let Some(b) = self.bindings.remove(&k) else {
+            return;
+        };
+        self.release(&b);
+        if let Some((_, q)) = &b.quota {
+            let (period, leased, spent) = q.snapshot();
+            self.restore.insert(
+                k,
+                SavedQuota {
+                    period_kind: period_kind(q.period),
+                    period,
+                    leased,
+                    spent,
+                },
+            );
+        }
+    }
+
     fn release(&mut self, b: &Binding) {
         if let Some(t) = &b.throttle {
             self.slots.release(t.slot);
@@ -601,22 +622,7 @@ impl Registry {
             .cloned()
             .collect();
         for k in changed {
-            let Some(b) = self.bindings.remove(&k) else {
-                continue;
-            };
-            self.release(&b);
-            if let Some((_, q)) = &b.quota {
-                let (period, leased, spent) = q.snapshot();
-                self.restore.insert(
-                    k,
-                    SavedQuota {
-                        period_kind: period_kind(q.period),
-                        period,
-                        leased,
-                        spent,
-                    },
-                );
-            }
+            self.retire(k);
         }
         self.stages = infos;
         self.plans = plans;
@@ -1121,23 +1127,7 @@ impl Registry {
             .cloned()
             .collect();
         for k in stale {
-            let Some(b) = self.bindings.remove(&k) else {
-                continue;
-            };
-            self.release(&b);
-            if let Some((_, q)) = &b.quota {
-                let (period, leased, spent) = q.snapshot();
-                let kind = period_kind(q.period);
-                self.restore.insert(
-                    k,
-                    SavedQuota {
-                        period_kind: kind,
-                        period,
-                        leased,
-                        spent,
-                    },
-                );
-            }
+            self.retire(k);
         }
         self.rebuild();
         Ok(def)

@@ -273,6 +273,12 @@ fn watch_reloads_when_the_file_changes() {
     assert_eq!(common::get(gw.addr, "/b").status, 200);
 }
 
+/// A GET's status and body.
+fn status_text(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let r = common::get(addr, path);
+    (r.status, r.text())
+}
+
 /// The CLI against the gateway's admin API: (exit code, stdout).
 fn cli(gw: &Gateway, args: &[&str]) -> (i32, String) {
     let out = std::process::Command::new(common::bin())
@@ -315,10 +321,7 @@ fn deployments_stage_switches_and_rollback() {
     let _ = std::fs::remove_dir_all(&store);
     let new_route = "      - { route: GET /new, integration: { type: mock, body: new } }\n";
     let gw = start(&versioned("v1", "", &store, &be.url()));
-    let body = |path: &str| {
-        let r = common::get(gw.addr, path);
-        (r.status, r.text())
-    };
+    let body = |path: &str| status_text(gw.addr, path);
 
     // Deploy v1 to prod.
     let r = admin(
@@ -433,10 +436,7 @@ fn deployments_stage_switches_and_rollback() {
     assert!(gw.wait_exit(Duration::from_secs(10)).is_some());
     drop(gw);
     let gw = start(&versioned("v3", new_route, &store, &be.url()));
-    let body = |path: &str| {
-        let r = common::get(gw.addr, path);
-        (r.status, r.text())
-    };
+    let body = |path: &str| status_text(gw.addr, path);
     assert_eq!(body("/prod/v"), (200, "v1".to_owned()));
     assert_eq!(body("/dev/v"), (200, "v3".to_owned()));
     assert_eq!(body("/dev/echo"), (200, "be /two".to_owned()));
