@@ -28,14 +28,7 @@ IDLE_CONNS=${IDLE_CONNS:-4000}
 [ "$(nproc)" -ge 2 ] || { echo "needs 2 or more CPUs (proxy on CPU 0, load on CPU 1)"; exit 1; }
 ulimit -n "$(ulimit -Hn)"
 
-need_apt() {
-  local missing=()
-  for pair in "$@"; do command -v "${pair%%:*}" >/dev/null || missing+=("${pair##*:}"); done
-  if [ ${#missing[@]} -gt 0 ]; then
-    echo "installing ${missing[*]}"
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}") >/dev/null
-  fi
-}
+. load-tests/lib.sh
 need_apt wrk:wrk nginx:nginx haproxy:haproxy curl:curl python3:python3 openssl:openssl
 export PATH="$HOME/.cargo/bin:$PATH"
 command -v oha >/dev/null || { echo "installing oha (cargo install, a few minutes)"; cargo install oha --locked --quiet; }

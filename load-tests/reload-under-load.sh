@@ -21,14 +21,7 @@ RATE=${RATE:-10000}
 CONNS=${CONNS:-50}
 [ "$(nproc)" -ge 2 ] || { echo "needs 2 or more CPUs (gateway on CPU 0, load on CPU 1)"; exit 1; }
 ulimit -n "$(ulimit -Hn)"
-need_apt() {
-  local missing=()
-  for pair in "$@"; do command -v "${pair%%:*}" >/dev/null || missing+=("${pair##*:}"); done
-  if [ ${#missing[@]} -gt 0 ]; then
-    echo "installing ${missing[*]}"
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}") >/dev/null
-  fi
-}
+. load-tests/lib.sh
 need_apt nginx:nginx curl:curl python3:python3
 export PATH="$HOME/.cargo/bin:$PATH"
 command -v oha >/dev/null || { echo "installing oha (cargo install, a few minutes)"; cargo install oha --locked --quiet; }
