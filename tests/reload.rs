@@ -43,16 +43,24 @@ fn requests_of(gw: &Gateway, route: &str) -> u64 {
         .sum()
 }
 
-/// The shop API: `extra` adds route lines, `c_path` is where `GET /c` goes,
-/// `burst` is `GET /t`'s throttle.
-fn shop(be: &str, slow: &str, extra: &str, c_path: &str, burst: u32, listeners: &str) -> String {
+/// Two workers, the `test` listener and then `listeners` (more of them), and the
+/// admin listener: what every config here begins with.
+fn preamble(listeners: &str) -> String {
     format!(
         "workers: 2
 listeners:
   - name: test
     bind: 127.0.0.1:0
 {listeners}admin: {{ bind: 127.0.0.1:0, token: {{ env: SG_ADMIN }} }}
-apis:
+"
+    )
+}
+
+/// The shop API: `extra` adds route lines, `c_path` is where `GET /c` goes,
+/// `burst` is `GET /t`'s throttle.
+fn shop(be: &str, slow: &str, extra: &str, c_path: &str, burst: u32, listeners: &str) -> String {
+    format!(
+        "{}apis:
   - name: shop
     routes:
       - {{ route: GET /a, integration: {{ type: http_proxy, uri: \"{be}/a\" }} }}
@@ -64,7 +72,8 @@ apis:
         routes:
           \"GET /a\": {{ cache: {{ ttl_s: 0 }} }}
           \"GET /t\": {{ throttle: {{ rate: 0.001, burst: {burst} }} }}
-"
+",
+        preamble(listeners)
     )
     .replace("{slow}", slow)
 }
@@ -295,12 +304,7 @@ fn cli(gw: &Gateway, args: &[&str]) -> (i32, String) {
 
 fn versioned(version: &str, extra: &str, store: &std::path::Path, be: &str) -> String {
     format!(
-        "workers: 2
-listeners:
-  - name: test
-    bind: 127.0.0.1:0
-admin: {{ bind: 127.0.0.1:0, token: {{ env: SG_ADMIN }} }}
-store: {{ path: {store} }}
+        "{}store: {{ path: {store} }}
 apis:
   - name: shop
     routes:
@@ -310,6 +314,7 @@ apis:
       - {{ name: prod, variables: {{ p: one }} }}
       - {{ name: dev, variables: {{ p: one }} }}
 ",
+        preamble(""),
         store = store.display()
     )
 }
@@ -455,12 +460,7 @@ fn an_unchanged_authorizer_keeps_its_decisions() {
     let auth = Upstream::start(|_| Reply::ok(r#"{"isAuthorized":true}"#));
     let yaml = |ttl: u32, extra: &str| {
         format!(
-            "workers: 2
-listeners:
-  - name: test
-    bind: 127.0.0.1:0
-admin: {{ bind: 127.0.0.1:0, token: {{ env: SG_ADMIN }} }}
-apis:
+            "{}apis:
   - name: shop
     authorizers:
       - {{ name: partners, type: request, uri: \"{}/authorize\", identity_sources: [header.authorization], ttl_s: {ttl} }}
@@ -469,6 +469,7 @@ apis:
 {extra}    stages:
       - name: $default
 ",
+            preamble(""),
             auth.url()
         )
     };
