@@ -268,7 +268,6 @@ fn run(
     let plan = Arc::new(plan);
     let control = Arc::new(shardgate::reload::Control::new(
         path.to_path_buf(),
-        workers,
         Arc::clone(&plan),
         Arc::clone(&registry),
     ));

@@ -45,7 +45,6 @@ struct Attached {
 /// The running plan and what is needed to replace it.
 pub struct Control {
     path: PathBuf,
-    workers_flag: Option<usize>,
     current: ArcSwap<Plan>,
     registry: Arc<Mutex<Registry>>,
     /// The workers' channels and the generation each runs, once they run.
@@ -62,15 +61,9 @@ type Ask = (
 );
 
 impl Control {
-    pub fn new(
-        path: PathBuf,
-        workers_flag: Option<usize>,
-        plan: Arc<Plan>,
-        registry: Arc<Mutex<Registry>>,
-    ) -> Self {
+    pub fn new(path: PathBuf, plan: Arc<Plan>, registry: Arc<Mutex<Registry>>) -> Self {
         Self {
             path,
-            workers_flag,
             current: ArcSwap::new(plan),
             registry,
             workers: OnceLock::new(),
@@ -162,10 +155,7 @@ impl Control {
             }
         };
         let compiled_us = started.elapsed().as_micros() as u64;
-        let mut warnings = restart_only(&prev, &mut next);
-        if let Some(n) = self.workers_flag.filter(|&n| n != prev.workers) {
-            warnings.push(format!("--workers {n}: changes need a restart"));
-        }
+        let warnings = restart_only(&prev, &mut next);
         carry(&mut next, &prev);
         next.generation = prev.generation + 1;
         // Listeners: the same name and configured address keep their sockets.
