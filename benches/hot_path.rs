@@ -14,7 +14,8 @@ fn parse(c: &mut Criterion) {
     c.bench_function("parse_request/6_headers", |b| {
         b.iter(|| {
             let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let r = parse_request(black_box(REQUEST), &mut h, 16 * 1024).unwrap();
+            let r =
+                parse_request(black_box(REQUEST), &mut h, 16 * 1024, Default::default()).unwrap();
             black_box(r.map(|(head, _)| head.head_len))
         })
     });

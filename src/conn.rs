@@ -500,7 +500,8 @@ async fn read_head(
     loop {
         if !c.buf.is_empty() {
             let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            match parse::parse_request(&c.buf, &mut headers, limits.max_header_bytes) {
+            match parse::parse_request(&c.buf, &mut headers, limits.max_header_bytes, limits.paths)
+            {
                 Ok(Some((head, hdrs))) => {
                     let origin = forward::Origin {
                         peer: c.peer,
@@ -583,7 +584,12 @@ fn look_again(
     pass: &mut Pass,
 ) -> Prepared {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let parsed = parse::parse_request(&c.buf, &mut headers, lp.limits.max_header_bytes);
+    let parsed = parse::parse_request(
+        &c.buf,
+        &mut headers,
+        lp.limits.max_header_bytes,
+        lp.limits.paths,
+    );
     let Ok(Some((head, hdrs))) = parsed else {
         // It parsed the first time; it cannot fail now.
         return Prepared {
@@ -834,7 +840,7 @@ fn prepare(
             return p;
         }
     }
-    let Some((stage_id, path)) = route::dispatch(lp, head.host, head.path) else {
+    let Some((stage_id, path)) = route::dispatch(lp, head.host, &head.path) else {
         return p;
     };
     let stage = &plan.stages[stage_id];
@@ -849,7 +855,7 @@ fn prepare(
     if plan.telemetry.is_some() && p.trace.is_some_and(|t| t.sampled) {
         p.span = Some(Box::new(crate::telemetry::SpanFacts {
             method: head.method.into(),
-            path: head.path.into(),
+            path: (*head.path).into(),
         }));
     }
     if let Some(spec) = &stage.access_log {
@@ -1115,7 +1121,7 @@ fn log_facts(
         time_ms,
         time_text: shard.log_time.borrow_mut().text(time_ms / 1000),
         method,
-        path: head.path.into(),
+        path: (*head.path).into(),
         http10: head.http10,
         host: if spec.format.needs_host() {
             text(head.host)
@@ -1208,7 +1214,9 @@ fn authorize(
                     let mut params = serde_json::Map::new();
                     if let Some(ps) = &f.m.params {
                         for (k, v) in ps.iter() {
-                            params.insert(k.to_owned(), serde_json::Value::String(v.to_owned()));
+                            // Decoded, as AWS hands path parameters to functions.
+                            let v = percent_encoding::percent_decode_str(v).decode_utf8_lossy();
+                            params.insert(k.to_owned(), serde_json::Value::String(v.into()));
                         }
                     }
                     let facts = crate::access::request::RequestFacts {
@@ -1216,7 +1224,7 @@ fn authorize(
                         stage: &f.stage.stage,
                         route_key: &f.route.key,
                         method: f.head.method,
-                        raw_path: f.head.path,
+                        raw_path: &f.head.path,
                         query: f.head.query,
                         source_ip,
                         host,
@@ -1260,7 +1268,7 @@ fn authorize(
             );
             let signed = crate::access::sigv4::Signed {
                 method: f.head.method,
-                raw_path: f.head.path,
+                raw_path: &f.head.path,
                 query: f.head.query,
                 headers: f.headers,
                 body_hash: &hash,

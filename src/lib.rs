@@ -19,6 +19,8 @@
 //! - `conn`: the per-connection loop: parse → route → integration → respond; between
 //!   requests a connection parks, holding no buffers.
 //! - `parse`: strict HTTP/1.1 heads on httparse, and the chunked decoder.
+//! - `path`: the one normalised request path that routing, policies, logs and the
+//!   upstream request all read.
 //! - `route`: stage dispatch (domain, stage segment, `$default`) and the radix routers.
 //! - `body`: streaming bodies between sockets, re-framed as needed.
 //! - `upstream`: the `http_proxy` integration: connection pool and forwarding.
@@ -41,6 +43,7 @@ pub mod error;
 pub mod keys;
 pub mod metrics;
 pub mod parse;
+pub mod path;
 pub mod plan;
 pub mod quota;
 pub mod registry;

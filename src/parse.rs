@@ -39,8 +39,9 @@ pub enum HeadError {
 #[derive(Debug)]
 pub struct RequestHead<'b> {
     pub method: &'b str,
-    /// Path without the query string.
-    pub path: &'b str,
+    /// Path without the query string, normalised (`crate::path`): the only path
+    /// any later step reads. Borrowed from the buffer when it was already normal.
+    pub path: std::borrow::Cow<'b, str>,
     /// Query string without `?`, if any.
     pub query: Option<&'b str>,
     /// HTTP/1.0 (`false` = HTTP/1.1).
@@ -59,6 +60,7 @@ pub fn parse_request<'b, 'h>(
     buf: &'b [u8],
     headers: &'h mut [httparse::Header<'b>; MAX_HEADERS],
     max_header_bytes: usize,
+    paths: crate::path::Rules,
 ) -> Result<Option<(RequestHead<'b>, &'h [httparse::Header<'b>])>, HeadError> {
     let mut req = httparse::Request::new(&mut headers[..]);
     let status = req.parse(buf).map_err(|e| match e {
@@ -157,6 +159,7 @@ pub fn parse_request<'b, 'h>(
         ));
     }
     let (path, query, target_host) = split_target(target)?;
+    let path = crate::path::normalise(path, paths).map_err(|e| HeadError::Malformed(e.reason()))?;
     let host = match (target_host, host) {
         (Some(t), _) => t,
         (None, Some(h)) => h,
@@ -559,7 +562,7 @@ mod tests {
 
     fn parse(raw: &[u8]) -> Result<Option<Framing>, HeadError> {
         let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        parse_request(raw, &mut h, 16 * 1024).map(|o| o.map(|(r, _)| r.framing))
+        parse_request(raw, &mut h, 16 * 1024, Default::default()).map(|o| o.map(|(r, _)| r.framing))
     }
 
     #[test]

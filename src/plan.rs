@@ -117,6 +117,13 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Bodies read whole before forwarding (validation, SigV4) are at most this.
     pub max_buffered_body_bytes: u64,
+    /// Head and body of one request, from its first byte: a client trickling a
+    /// body cannot hold a connection past this.
+    pub request_timeout: Duration,
+    /// A write to the client that makes no progress for this long is cut (a
+    /// client that does not read its response).
+    pub send_timeout: Duration,
+    pub paths: crate::path::Rules,
 }
 
 impl Default for Limits {
@@ -129,6 +136,11 @@ impl Default for Limits {
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_buffered_body_bytes: 1024 * 1024,
+            // 30 s: AWS's integration ceiling, so a request the gateway can serve
+            // is never cut by its own upload taking longer than AWS allows.
+            request_timeout: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(30),
+            paths: crate::path::Rules::default(),
         }
     }
 }

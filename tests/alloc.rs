@@ -132,8 +132,10 @@ apis:
 
     let mut one_request = || {
         let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let (head, hdrs) = parse_request(REQUEST, &mut h, 16 * 1024).unwrap().unwrap();
-        let (stage, path) = shardgate::route::dispatch(lp, head.host, head.path).unwrap();
+        let (head, hdrs) = parse_request(REQUEST, &mut h, 16 * 1024, Default::default())
+            .unwrap()
+            .unwrap();
+        let (stage, path) = shardgate::route::dispatch(lp, head.host, &head.path).unwrap();
         let st = &plan.stages[stage];
         let m = st.router.find(head.method, path).unwrap();
         let Integration::HttpProxy(target) = &st.routes[m.route].integration else {

@@ -736,7 +736,11 @@ pub fn compile_with(cfg: &ConfigFile, opts: &Options) -> Result<Plan, ConfigErro
                 );
             }
         }
-        let limits = compile_limits(&l.limits, &format!("{path}.limits"), &mut errs);
+        let mut limits = compile_limits(&l.limits, &format!("{path}.limits"), &mut errs);
+        limits.paths = crate::path::Rules {
+            keep_escaped_slashes: l.paths.escaped_slashes == super::KeepOrReject::Keep,
+            keep_semicolons: l.paths.semicolons == super::KeepOrReject::Keep,
+        };
         let served: Vec<usize> = match &l.apis {
             None => (0..cfg.apis.len()).collect(),
             Some(names) => names
@@ -1437,6 +1441,13 @@ fn compile_limits(l: &super::LimitsFile, path: &str, errs: &mut ConfigErrors) ->
             .max_buffered_body_bytes
             .unwrap_or(d.max_buffered_body_bytes)
             .min(l.max_body_bytes.unwrap_or(d.max_body_bytes)),
+        request_timeout: l
+            .request_timeout_ms
+            .map_or(d.request_timeout, Duration::from_millis),
+        send_timeout: l
+            .send_timeout_ms
+            .map_or(d.send_timeout, Duration::from_millis),
+        paths: d.paths,
     };
     if l.max_buffered_body_bytes == Some(0) {
         errs.push(format!("{path}.max_buffered_body_bytes"), "must be above 0");
@@ -1454,6 +1465,12 @@ fn compile_limits(l: &super::LimitsFile, path: &str, errs: &mut ConfigErrors) ->
     }
     if limits.idle_timeout.is_zero() {
         errs.push(format!("{path}.idle_timeout_ms"), "must be above 0");
+    }
+    if limits.request_timeout.is_zero() {
+        errs.push(format!("{path}.request_timeout_ms"), "must be above 0");
+    }
+    if limits.send_timeout.is_zero() {
+        errs.push(format!("{path}.send_timeout_ms"), "must be above 0");
     }
     limits
 }

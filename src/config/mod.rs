@@ -134,6 +134,9 @@ pub struct ListenerFile {
     pub tls: Option<ListenerTlsFile>,
     #[serde(default)]
     pub limits: LimitsFile,
+    /// How request paths are normalised (`shared/spec/config.md`, "Request paths").
+    #[serde(default)]
+    pub paths: PathsFile,
     /// The APIs this listener serves; all when absent.
     #[serde(default)]
     pub apis: Option<Vec<String>>,
@@ -205,6 +208,27 @@ pub struct ClientCertFile {
     pub key: String,
 }
 
+/// `listeners[].paths`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathsFile {
+    /// `reject` (default): `%2F`/`%5C` in a path is a 400; `keep`: passed on encoded.
+    #[serde(default)]
+    pub escaped_slashes: KeepOrReject,
+    /// `reject` (default): `;` in a path is a 400 (servlet containers read it as
+    /// path parameters and route around the gateway); `keep`: an ordinary character.
+    #[serde(default)]
+    pub semicolons: KeepOrReject,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeepOrReject {
+    Keep,
+    #[default]
+    Reject,
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsFile {
@@ -215,6 +239,10 @@ pub struct LimitsFile {
     pub max_buffered_body_bytes: Option<u64>,
     pub header_timeout_ms: Option<u64>,
     pub idle_timeout_ms: Option<u64>,
+    /// The whole request (head and body) must arrive within this; default 30000.
+    pub request_timeout_ms: Option<u64>,
+    /// A response write that makes no progress for this long is cut; default 30000.
+    pub send_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
