@@ -3,11 +3,11 @@
 //! than one read buffer of it. Buffers move into monoio's owned-buffer I/O and back.
 
 use std::io;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::stream::Stream;
 use monoio::buf::{IoBuf, IoBufMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
 use crate::parse::{Chunk, ChunkError, ChunkedDecoder, Framing};
 
@@ -56,26 +56,68 @@ pub async fn read_more(
     res
 }
 
-/// Writes `buf[start..end]`.
+/// Writes `buf[start..end]`; a write that makes no progress for `stalled` fails
+/// with `TimedOut` (a peer that stopped reading: slow read). On a time-out the
+/// buffer may be gone (an io_uring write owns it until the kernel lets go): the
+/// connection is done with then anyway.
 pub async fn write_range(
     stream: &mut Stream,
     buf: &mut Vec<u8>,
     start: usize,
     end: usize,
+    stalled: Duration,
 ) -> io::Result<()> {
-    if start == end {
-        return Ok(());
+    let (res, back) = send(stream, std::mem::take(buf), start, end, stalled).await;
+    if let Some(back) = back {
+        *buf = back;
     }
-    let owned = std::mem::take(buf);
-    let (res, slice) = stream.write_all(owned.slice(start..end)).await;
-    *buf = slice.into_inner();
-    res.map(|_| ())
+    res
 }
 
-/// Writes all of `buf`.
-pub async fn write_all(stream: &mut Stream, buf: &mut Vec<u8>) -> io::Result<()> {
+/// Writes `buf[start..end]`, each write within `stalled`; the buffer comes back
+/// unless a write timed out holding it.
+pub async fn send<T: IoBuf>(
+    stream: &mut Stream,
+    mut buf: T,
+    start: usize,
+    end: usize,
+    stalled: Duration,
+) -> (io::Result<()>, Option<T>) {
+    let mut at = start;
+    while at < end {
+        let Ok((res, slice)) =
+            monoio::time::timeout(stalled, stream.write(buf.slice(at..end))).await
+        else {
+            let e = io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the peer read nothing within the send timeout",
+            );
+            return (Err(e), None);
+        };
+        buf = slice.into_inner();
+        match res {
+            Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), Some(buf)),
+            Ok(n) => at += n,
+            Err(e) => return (Err(e), Some(buf)),
+        }
+    }
+    (Ok(()), Some(buf))
+}
+
+/// Writes all of `buf`, each write within `stalled` (see `write_range`).
+pub async fn write_all(
+    stream: &mut Stream,
+    buf: &mut Vec<u8>,
+    stalled: Duration,
+) -> io::Result<()> {
     let end = buf.len();
-    write_range(stream, buf, 0, end).await
+    write_range(stream, buf, 0, end, stalled).await
+}
+
+/// The writing side of a copy: a socket and how long a write may stall.
+pub struct Sink<'a> {
+    pub stream: &'a mut Stream,
+    pub stalled: Duration,
 }
 
 /// The reading side of a copy: a socket and its buffer, of which `pos..` is unread.
@@ -84,6 +126,9 @@ pub struct Source<'a> {
     pub buf: &'a mut Vec<u8>,
     pub pos: &'a mut usize,
     pub read_timeout: Duration,
+    /// A client's request body: the request's deadline (`request_timeout_ms`),
+    /// which no trickle of bytes extends.
+    pub deadline: Option<Instant>,
 }
 
 impl Source<'_> {
@@ -92,7 +137,20 @@ impl Source<'_> {
             self.buf.clear();
             *self.pos = 0;
         }
-        read_within(self.stream, self.buf, BODY_READ, self.read_timeout).await
+        let wait = within(self.read_timeout, self.deadline)?;
+        read_within(self.stream, self.buf, BODY_READ, wait).await
+    }
+}
+
+/// How long the next read may wait: `idle`, cut short by `deadline`; a deadline
+/// already passed is a time-out.
+pub fn within(idle: Duration, deadline: Option<Instant>) -> Result<Duration, PumpError> {
+    match deadline {
+        None => Ok(idle),
+        Some(d) => match d.checked_duration_since(Instant::now()) {
+            Some(left) if !left.is_zero() => Ok(idle.min(left)),
+            _ => Err(PumpError::ReadTimeout),
+        },
     }
 }
 
@@ -112,16 +170,18 @@ async fn read_within(
     }
 }
 
-/// Reads until `buf` holds `want` bytes, each read within `wait`.
+/// Reads until `buf` holds `want` bytes, each read within `wait`, all by
+/// `deadline` if there is one.
 pub async fn read_to(
     stream: &mut Stream,
     buf: &mut Vec<u8>,
     want: usize,
     wait: Duration,
+    deadline: Option<Instant>,
 ) -> Result<(), PumpError> {
     while buf.len() < want {
         let spare = want - buf.len();
-        read_within(stream, buf, spare, wait).await?;
+        read_within(stream, buf, spare, within(wait, deadline)?).await?;
     }
     Ok(())
 }
@@ -130,7 +190,7 @@ pub async fn read_to(
 /// `scratch` is reused for chunk framing. Bytes past the body stay unread in `src`.
 pub async fn pump(
     src: &mut Source<'_>,
-    mut dst: Option<&mut Stream>,
+    mut dst: Option<Sink<'_>>,
     framing: Framing,
     encode: Encode,
     scratch: &mut Vec<u8>,
@@ -150,15 +210,7 @@ pub async fn pump(
                 }
                 let take = ((src.buf.len() - *src.pos) as u64).min(remaining) as usize;
                 let start = *src.pos;
-                emit(
-                    dst.as_deref_mut(),
-                    src.buf,
-                    start,
-                    start + take,
-                    encode,
-                    scratch,
-                )
-                .await?;
+                emit(dst.as_mut(), src.buf, start, start + take, encode, scratch).await?;
                 *src.pos += take;
                 remaining -= take as u64;
                 total += take as u64;
@@ -176,7 +228,7 @@ pub async fn pump(
             if total > limit {
                 return Err(PumpError::TooLarge);
             }
-            emit(dst.as_deref_mut(), src.buf, start, end, encode, scratch).await?;
+            emit(dst.as_mut(), src.buf, start, end, encode, scratch).await?;
             *src.pos = end;
         },
         Framing::Chunked => {
@@ -199,7 +251,7 @@ pub async fn pump(
                         if total > limit {
                             return Err(PumpError::TooLarge);
                         }
-                        emit(dst.as_deref_mut(), src.buf, at, at + len, encode, scratch).await?;
+                        emit(dst.as_mut(), src.buf, at, at + len, encode, scratch).await?;
                         *src.pos += consumed;
                     }
                     Chunk::NeedMore => *src.pos = src.buf.len(),
@@ -215,14 +267,16 @@ pub async fn pump(
         if let Some(d) = dst {
             scratch.clear();
             scratch.extend_from_slice(b"0\r\n\r\n");
-            write_all(d, scratch).await.map_err(PumpError::Write)?;
+            write_all(d.stream, scratch, d.stalled)
+                .await
+                .map_err(PumpError::Write)?;
         }
     }
     Ok(total)
 }
 
 async fn emit(
-    dst: Option<&mut Stream>,
+    dst: Option<&mut Sink<'_>>,
     buf: &mut Vec<u8>,
     start: usize,
     end: usize,
@@ -234,14 +288,14 @@ async fn emit(
         return Ok(());
     }
     match encode {
-        Encode::Raw => write_range(dst, buf, start, end).await,
+        Encode::Raw => write_range(dst.stream, buf, start, end, dst.stalled).await,
         Encode::Chunked => {
             scratch.clear();
             push_hex(scratch, (end - start) as u64);
             scratch.extend_from_slice(b"\r\n");
             scratch.extend_from_slice(&buf[start..end]);
             scratch.extend_from_slice(b"\r\n");
-            write_all(dst, scratch).await
+            write_all(dst.stream, scratch, dst.stalled).await
         }
     }
     .map_err(PumpError::Write)

@@ -47,6 +47,9 @@ pub struct Client {
     pub up_head: Vec<u8>,
     /// What the request being served did (metrics, access log).
     pub outcome: Outcome,
+    /// The listener's `send_timeout_ms`: a write to this client that makes no
+    /// progress for this long ends the connection (slow read).
+    pub send_timeout: Duration,
 }
 
 /// What one request did: its route, status, sizes and times.
@@ -88,6 +91,9 @@ impl Outcome {
 /// What a parsed head asks for, with everything borrowed from the buffer resolved.
 struct Prepared {
     head_len: usize,
+    /// The whole request (head and body) must have arrived by then
+    /// (`request_timeout_ms` from its first byte).
+    deadline: Instant,
     framing: Framing,
     persist: Persist,
     is_head: bool,
@@ -190,6 +196,7 @@ async fn serve_client(
         out: Vec::new(),
         up_head: Vec::new(),
         outcome: Outcome::at(Instant::now()),
+        send_timeout: lp.limits.send_timeout,
     });
     let (mut plan, mut listener) = (plan, listener);
     let mut woken = false;
@@ -226,7 +233,10 @@ async fn serve_client(
             Next::Switch(w) => {
                 woken = w;
                 match shard.switch(&plan, listener) {
-                    Some((p, li)) => (plan, listener) = (p, li),
+                    Some((p, li)) => {
+                        c.send_timeout = p.listeners[li].limits.send_timeout;
+                        (plan, listener) = (p, li);
+                    }
                     None if !last => last = true,
                     None => return,
                 }
@@ -360,7 +370,11 @@ async fn active(
             pass.rounds += 1;
             pass.id = Some(prepared.tag.id);
             match do_work(c, plan, lp, shard, &prepared, work, &mut pass).await {
-                Ok(()) if pass.rounds <= 4 => prepared = look_again(c, plan, lp, shard, &mut pass),
+                Ok(()) if pass.rounds <= 4 => {
+                    let deadline = prepared.deadline;
+                    prepared = look_again(c, plan, lp, shard, &mut pass);
+                    prepared.deadline = deadline;
+                }
                 Ok(()) => {
                     prepared.action =
                         Action::Refuse(GatewayError::AuthorizerFailed("too many rounds"));
@@ -508,7 +522,7 @@ async fn read_head(
                         local_port: lp.bind.port(),
                         tls: c.tls.as_deref(),
                     };
-                    let p = prepare(
+                    let mut p = prepare(
                         &head,
                         hdrs,
                         plan,
@@ -519,6 +533,7 @@ async fn read_head(
                         pass,
                         None,
                     );
+                    p.deadline = first_byte.unwrap_or_else(Instant::now) + limits.request_timeout;
                     return HeadRead::Ready(p);
                 }
                 Ok(None) => {}
@@ -552,7 +567,12 @@ async fn read_head(
         } else {
             let wait = match first_byte {
                 None => limits.idle_timeout,
-                Some(t) => match limits.header_timeout.checked_sub(t.elapsed()) {
+                // The head counts towards the whole request's time too.
+                Some(t) => match limits
+                    .header_timeout
+                    .min(limits.request_timeout)
+                    .checked_sub(t.elapsed())
+                {
                     Some(d) => d,
                     None => return HeadRead::Refuse(GatewayError::HeaderTimeout),
                 },
@@ -594,6 +614,7 @@ fn look_again(
         // It parsed the first time; it cannot fail now.
         return Prepared {
             head_len: 0,
+            deadline: Instant::now(),
             framing: Framing::None,
             persist: Persist::Close,
             is_head: false,
@@ -709,7 +730,7 @@ async fn read_whole_body(
                 return Err(Some(GatewayError::BodyTooLarge));
             }
             let want = p.head_len + n as usize;
-            body::read_to(&mut c.stream, &mut c.buf, want, wait)
+            body::read_to(&mut c.stream, &mut c.buf, want, wait, Some(p.deadline))
                 .await
                 .map_err(body_error)?;
             Ok(BodyRead::InBuf(n as usize))
@@ -720,6 +741,7 @@ async fn read_whole_body(
             let mut out = Vec::new();
             loop {
                 if at == c.buf.len() {
+                    let wait = body::within(wait, Some(p.deadline)).map_err(body_error)?;
                     match monoio::time::timeout(
                         wait,
                         body::read_more(&mut c.stream, &mut c.buf, CONN_BUF),
@@ -816,6 +838,7 @@ fn prepare(
     let method = head.method;
     let mut p = Prepared {
         head_len: head.head_len,
+        deadline: Instant::now() + lp.limits.request_timeout,
         framing: head.framing,
         persist,
         is_head: method == "HEAD",
@@ -1357,18 +1380,28 @@ async fn serve_hit(
     c.out.extend_from_slice(b"\r\n");
     c.out.extend_from_slice(&entry.head);
     if is_head || entry.body.is_empty() {
-        return body::write_all(&mut c.stream, &mut c.out).await.is_ok();
+        return body::write_all(&mut c.stream, &mut c.out, c.send_timeout)
+            .await
+            .is_ok();
     }
     if c.out.capacity() - c.out.len() >= entry.body.len() {
         c.out.extend_from_slice(&entry.body);
-        return body::write_all(&mut c.stream, &mut c.out).await.is_ok();
+        return body::write_all(&mut c.stream, &mut c.out, c.send_timeout)
+            .await
+            .is_ok();
     }
-    if body::write_all(&mut c.stream, &mut c.out).await.is_err() {
+    if body::write_all(&mut c.stream, &mut c.out, c.send_timeout)
+        .await
+        .is_err()
+    {
         return false;
     }
-    use monoio::io::AsyncWriteRentExt;
-    let (res, _) = c.stream.write_all(crate::cache::BodyBuf(entry)).await;
-    res.is_ok()
+    let len = entry.body.len();
+    let body = crate::cache::BodyBuf(entry);
+    body::send(&mut c.stream, body, 0, len, c.send_timeout)
+        .await
+        .0
+        .is_ok()
 }
 
 /// Runs one request to its end; `true` to keep the connection.
@@ -1390,7 +1423,10 @@ async fn handle(
             let persist = shard.persist(persist);
             respond::no_content(&mut c.out, &date, &p.tag, persist);
             c.outcome.status = 204;
-            body::write_all(&mut c.stream, &mut c.out).await.is_ok() && !persist.closes()
+            body::write_all(&mut c.stream, &mut c.out, c.send_timeout)
+                .await
+                .is_ok()
+                && !persist.closes()
         }
         Action::Refuse(err) => {
             // An unread body is still on the wire: close rather than read it.
@@ -1411,6 +1447,7 @@ async fn handle(
                     buf: &mut c.buf,
                     pos: &mut c.pos,
                     read_timeout: lp.limits.idle_timeout,
+                    deadline: Some(p.deadline),
                 };
                 if let Err(e) = body::pump(
                     &mut src,
@@ -1435,7 +1472,10 @@ async fn handle(
             respond::mock(&mut c.out, mock, &date, &p.tag, persist, p.is_head);
             c.outcome.status = mock.status;
             c.outcome.bytes = if p.is_head { 0 } else { mock.body.len() as u64 };
-            body::write_all(&mut c.stream, &mut c.out).await.is_ok() && !persist.closes()
+            body::write_all(&mut c.stream, &mut c.out, c.send_timeout)
+                .await
+                .is_ok()
+                && !persist.closes()
         }
         Action::CacheHit(entry) => {
             // An unread body is still on the wire: close rather than read it.
@@ -1497,6 +1537,7 @@ async fn handle(
                 idempotent: p.idempotent,
                 tag,
                 fill: p.fill,
+                deadline: p.deadline,
             };
             match forward::proxy(c, shard, target, &req, &lp.limits).await {
                 Ok(keep) => keep,
@@ -1527,7 +1568,7 @@ pub fn body_error(e: PumpError) -> Option<GatewayError> {
 pub async fn send_continue(c: &mut Client) -> std::io::Result<()> {
     c.out.clear();
     c.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
-    body::write_all(&mut c.stream, &mut c.out).await
+    body::write_all(&mut c.stream, &mut c.out, c.send_timeout).await
 }
 
 /// Answers with a gateway error; `true` when the connection stays open.
@@ -1553,7 +1594,9 @@ pub async fn refuse(
     c.out.clear();
     let date = *shard.date.borrow_mut().now();
     respond::refusal(&mut c.out, r, &date, tag, persist, head_only);
-    let ok = body::write_all(&mut c.stream, &mut c.out).await.is_ok();
+    let ok = body::write_all(&mut c.stream, &mut c.out, c.send_timeout)
+        .await
+        .is_ok();
     if persist.closes() {
         // Half-close so the client reads the answer before the reset a close with
         // unread input would cause (RFC 9112 §9.6).

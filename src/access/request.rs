@@ -317,7 +317,7 @@ impl RequestAuthorizer {
         out.extend_from_slice(itoa::Buffer::new().format(payload.len()).as_bytes());
         out.extend_from_slice(b"\r\n\r\n");
         out.extend_from_slice(payload);
-        crate::body::write_all(&mut up.stream, &mut out)
+        crate::body::write_all(&mut up.stream, &mut out, self.timeout)
             .await
             .map_err(|_| "cannot send to the authorizer")?;
         let mut buf = Vec::with_capacity(4096);
