@@ -300,7 +300,12 @@ async fn worker_main(
             plan = apply(&shard, &plan, swap, &mut accepting);
             ctl.running[id].store(plan.generation, Ordering::Release);
         }
-        shard.parked.borrow_mut().sweep(Instant::now());
+        let now = Instant::now();
+        shard.parked.borrow_mut().sweep(now);
+        if tick.is_multiple_of(10) {
+            // Once a second: a pool holds at most a few thousand entries.
+            shard.pool.borrow_mut().sweep(now);
+        }
         if let Some(cell) = shard.metrics.worker.get(id) {
             cell.upstream_open.set(crate::upstream::pool::open_here());
             cell.upstream_idle.set(shard.pool.borrow().idle() as u64);

@@ -92,6 +92,22 @@ impl Pool {
         list.pop_back().map(|i| i.conn)
     }
 
+    /// Closes the idle connections past the idle timeout (the worker's tick): after
+    /// a burst the pool shrinks back, so sockets are not held for upstreams no
+    /// request reuses.
+    pub fn sweep(&mut self, now: Instant) {
+        let timeout = self.limits.idle_timeout;
+        self.idle.retain(|_, list| {
+            while list
+                .front()
+                .is_some_and(|i| now.duration_since(i.since) >= timeout)
+            {
+                list.pop_front();
+            }
+            !list.is_empty()
+        });
+    }
+
     /// Returns a connection whose last response was read completely.
     pub fn put(&mut self, addr: PoolKey, mut conn: UpConn, now: Instant) {
         if conn.pos < conn.buf.len() || conn.stream.has_buffered() {
