@@ -88,6 +88,7 @@ pub async fn send<T: IoBuf>(
         let Ok((res, slice)) =
             monoio::time::timeout(stalled, stream.write(buf.slice(at..end))).await
         else {
+            stream.reset_on_close();
             let e = io::Error::new(
                 io::ErrorKind::TimedOut,
                 "the peer read nothing within the send timeout",

@@ -58,6 +58,26 @@ impl Stream {
         }
     }
 
+    /// Makes the close a reset (`SO_LINGER` 0): what is queued for a peer that
+    /// stopped reading is dropped with the socket, instead of the kernel holding it
+    /// (up to the send buffer, megabytes) and probing a closed window for minutes.
+    pub fn reset_on_close(&self) {
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: the fd is owned by the stream and open; `linger` outlives the call.
+        unsafe {
+            libc::setsockopt(
+                self.tcp().as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            );
+        }
+    }
+
     /// Ends the writing side: TLS `close_notify`, then a TCP half-close, so the
     /// peer reads everything written before it sees the end.
     pub async fn close_write(&mut self) -> io::Result<()> {

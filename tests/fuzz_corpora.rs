@@ -50,22 +50,3 @@ fn config() {
 fn jwt() {
     replay("jwt", checks::jwt);
 }
-
-#[test]
-#[ignore]
-fn config_speed() {
-    let data = std::fs::read("examples/quickstart.yaml").unwrap();
-    let text = std::str::from_utf8(&data).unwrap();
-    let t = std::time::Instant::now();
-    for _ in 0..200 {
-        let _ = shardgate::config::parse_partial(text);
-    }
-    eprintln!("parse {:?}", t.elapsed() / 200);
-    let (cfg, _) = shardgate::config::parse_partial(text);
-    let cfg = cfg.unwrap();
-    let t = std::time::Instant::now();
-    for _ in 0..200 {
-        let _ = shardgate::config::compile::compile(&cfg, Some(1));
-    }
-    eprintln!("compile {:?}", t.elapsed() / 200);
-}
