@@ -9,10 +9,12 @@
 #     40 s) through a 1-16 byte receive window; cut once a write makes no progress
 #     for send_timeout_ms (default 30000).
 # Each runs up to LENGTH seconds (default 90). Reported from slowhttptest: the
-# most connections held open at once, the second the test ended and why ("No open
-# connections left": the gateway cut every one, so that second is the time to cut;
-# "Hit test time limit": some were still open at the end), and the seconds in
-# which its probe request got no answer within 3 s (service unavailable).
+# most connections it held open at once, the second the test ended and why ("No
+# open connections left": every one was cut; "Hit test time limit": it still
+# counted some open), and the seconds in which its probe request got no answer
+# within 3 s (service unavailable). From the gateway's side, sampled every 2 s:
+# the most client sockets it held established, and the first second after that
+# peak when it held none (the time to cut), then its open descriptors.
 # Writes load-tests/results/slow-clients-$MACHINE.txt.
 #
 #   load-tests/slow-clients.sh
@@ -71,14 +73,19 @@ done
 attack() {
   local name=$1
   shift
-  # The gateway's open descriptors and established sockets 60 s into the attack:
-  # what it still holds.
-  # (slowhttptest's own count lags for slow reads: it sees a reset only after it has
-  # read, 8 bytes at a time, what its receive buffer already held.)
-  (sleep 60; echo "$(ls "/proc/$SGPID/fd" 2>/dev/null | wc -l), sockets $(ss -Htn state established "( sport = :$GW )" | wc -l)" >"$RUN/$name.fds") &
+  # The gateway's side, every 2 s: its established client sockets. slowhttptest's
+  # own count lags for slow reads: it sees a reset only after it has read, 8 bytes
+  # at a time, what its receive buffer already held.
+  rm -f "$RUN/stop"
+  (t0=$SECONDS; while [ ! -e "$RUN/stop" ]; do
+     echo "$((SECONDS - t0)) $(ss -Htn state established "( sport = :$GW )" | wc -l)" >>"$RUN/$name.held"
+     sleep 2
+   done) &
+  local sampler=$!
   (cd "$RUN" && slowhttptest -c "$CONNS" -r 50 -l "$LENGTH" -p 3 -g -o "$name" "$@" >"$name.out" 2>&1) || true
-  wait $! 2>/dev/null || true
-  python3 - "$RUN/$name.csv" "$name" "$RUN/$name.out" "$(cat "$RUN/$name.fds" 2>/dev/null || echo -)" <<'PY'
+  touch "$RUN/stop"
+  wait $sampler 2>/dev/null || true
+  python3 - "$RUN/$name.csv" "$name" "$RUN/$name.out" "$RUN/$name.held" "$SGPID" <<'PY'
 import csv, re, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
 out = re.sub(r"\x1b\[[0-9;]*m", "", open(sys.argv[3]).read())
@@ -88,9 +95,15 @@ connected = [int(col(r, "connected")) for r in rows]
 down = sum(1 for r in rows if col(r, "service").strip() == "0")
 ended = re.search(r"Test ended on (\d+)th second", out)
 status = re.search(r"Exit status: (.*)", out)
-print(f"{sys.argv[2]:<18} held at most {max(connected, default=0):>4}   "
-      f"ended at {ended.group(1) if ended else '?':>3} s: {status.group(1).strip() if status else '?'}   "
-      f"service unavailable {down} of {len(rows)} s   gateway fds at 60 s: {sys.argv[4]}")
+held = [tuple(map(int, l.split())) for l in open(sys.argv[4])]
+peak_t, peak = max(held, key=lambda h: h[1], default=(0, 0))
+cut = next((t for t, n in held if t > peak_t and n == 0), None)
+import os
+fds = len(os.listdir(f"/proc/{sys.argv[5]}/fd"))
+print(f"{sys.argv[2]:<18} slowhttptest: held at most {max(connected, default=0):>3}, "
+      f"ended at {ended.group(1) if ended else '?':>2} s ({status.group(1).strip() if status else '?'}), "
+      f"service unavailable {down} of {len(rows)} s | gateway: held at most {peak:>3} sockets, "
+      f"none left at {cut if cut is not None else 'never'} s, {fds} fds after")
 PY
 }
 {
