@@ -33,6 +33,7 @@ GW=18121 ADMIN=18122 UP=18123
 busy=$(ss -Hltn 2>/dev/null | awk '{print $4}' | grep -E ":(18121|18122|18123)$" || true)
 [ -z "$busy" ] || { echo "ports in use, stop what listens there first: $busy"; exit 1; }
 
+COMMIT=$(git rev-parse --short HEAD)
 RUN=$(mktemp -d)
 cleanup() {
   kill $(jobs -p) 2>/dev/null || true
@@ -127,9 +128,9 @@ kill -0 $SGPID 2>/dev/null || { echo "the gateway died"; tail -50 "$RUN/sg.log";
 
 mkdir -p load-tests/results
 OUTFILE=load-tests/results/soak-$MACHINE.txt
-python3 - "$RUN" "$RSS0" "$FDS0" "$RSS1" "$FDS1" "$DURATION" "$RATE" "$RELOAD_EVERY" >"$OUTFILE" <<'PY'
-import json, sys, platform, subprocess
-run, rss0, fds0, rss1, fds1, duration, rate, every = sys.argv[1:]
+python3 - "$RUN" "$RSS0" "$FDS0" "$RSS1" "$FDS1" "$DURATION" "$RATE" "$RELOAD_EVERY" "$COMMIT" >"$OUTFILE" <<'PY'
+import json, sys, platform
+run, rss0, fds0, rss1, fds1, duration, rate, every, commit = sys.argv[1:]
 rss0, fds0, rss1, fds1 = int(rss0), int(fds0), int(rss1), int(fds1)
 load = json.load(open(f"{run}/load.json"))
 samples = [tuple(map(int, l.split())) for l in open(f"{run}/samples")]
@@ -141,7 +142,7 @@ peak = max(s[1] for s in samples)
 growth = (rss1 - after_warmup[1]) / after_warmup[1] * 100
 print(f"# shardgate soak: {int(float(duration))} s at {rate} requests/s, a reload every {every} s")
 print(f"# machine: {platform.node()}, {platform.machine()}, kernel {platform.release()}, {__import__('os').cpu_count()} CPUs")
-print(f"# commit: {subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True).stdout.strip()}")
+print(f"# commit: {commit}")
 print()
 print(f"requests            {load['requests']}")
 print(f"statuses            {json.dumps(load['status'])}  (cut: a fault route cut midway, or a malformed request answered by a close)")

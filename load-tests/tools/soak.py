@@ -92,9 +92,16 @@ async def upstream(port):
 # ---------------------------------------------------------------- load
 
 
+# A pooled connection unused for this long is closed rather than reused: under
+# the gateway's 60 s idle timeout, as a well-behaved client keeps its keep-alive
+# timeout under the server's (else a request races the server's close).
+POOL_IDLE_S = 30
+
+
 class Conn:
     def __init__(self, reader, writer):
         self.reader, self.writer = reader, writer
+        self.used = time.monotonic()
 
 
 async def read_response(reader, head_only=False):
@@ -211,8 +218,12 @@ async def one(addr, cls, api_key, pool, stats):
     conn = None
     status = None
     try:
-        if cls in ("keepalive", "cache", "keyed", "mock", "big") and pool:
+        while cls in ("keepalive", "cache", "keyed", "mock", "big") and pool:
             conn = pool.pop()
+            if time.monotonic() - conn.used < POOL_IDLE_S:
+                break
+            conn.writer.close()
+            conn = None
         if conn is None:
             reader, writer = await asyncio.open_connection(host, port)
             conn = Conn(reader, writer)
@@ -220,6 +231,7 @@ async def one(addr, cls, api_key, pool, stats):
         await conn.writer.drain()
         status, close = await asyncio.wait_for(read_response(conn.reader), 35)
         if not close and cls in ("keepalive", "cache", "keyed", "mock", "big") and len(pool) < 64:
+            conn.used = time.monotonic()
             pool.append(conn)
             conn = None
     except (asyncio.IncompleteReadError, ConnectionError, asyncio.TimeoutError, ValueError, IndexError, OSError):
@@ -280,6 +292,7 @@ async def load(target, seconds, rate, api_key, out):
                 "t": round(now - start), "n": second.count, "p50_ms": pct(second.lat, 0.5),
                 "p99_ms": pct(second.lat, 0.99), "unexpected": len(second.unexpected),
                 "errors": second.errors, "in_flight": len(tasks),
+                "unexpected_kinds": sorted({f"{c}:{s}" for c, s in second.unexpected}),
                 "status": {str(k): v for k, v in second.by_status.items()},
             })
             print(json.dumps(lines[-1]), flush=True)
