@@ -2,7 +2,9 @@
 //! until close) from one socket to another, re-framing as needed, never holding more
 //! than one read buffer of it. Buffers move into monoio's owned-buffer I/O and back.
 
+use std::future::Future;
 use std::io;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use crate::stream::Stream;
@@ -85,9 +87,15 @@ pub async fn send<T: IoBuf>(
 ) -> (io::Result<()>, Option<T>) {
     let mut at = start;
     while at < end {
-        let Ok((res, slice)) =
-            monoio::time::timeout(stalled, stream.write(buf.slice(at..end))).await
-        else {
+        let done = {
+            let mut write = std::pin::pin!(stream.write(buf.slice(at..end)));
+            // A write the socket takes at once (the common case on epoll) arms no timer.
+            match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+                Poll::Ready(done) => Ok(done),
+                Poll::Pending => monoio::time::timeout(stalled, write).await,
+            }
+        };
+        let Ok((res, slice)) = done else {
             stream.reset_on_close();
             let e = io::Error::new(
                 io::ErrorKind::TimedOut,

@@ -371,9 +371,7 @@ async fn active(
             pass.id = Some(prepared.tag.id);
             match do_work(c, plan, lp, shard, &prepared, work, &mut pass).await {
                 Ok(()) if pass.rounds <= 4 => {
-                    let deadline = prepared.deadline;
-                    prepared = look_again(c, plan, lp, shard, &mut pass);
-                    prepared.deadline = deadline;
+                    prepared = look_again(c, plan, lp, shard, &mut pass, prepared.deadline);
                 }
                 Ok(()) => {
                     prepared.action =
@@ -522,7 +520,8 @@ async fn read_head(
                         local_port: lp.bind.port(),
                         tls: c.tls.as_deref(),
                     };
-                    let mut p = prepare(
+                    let deadline = first_byte.unwrap_or_else(Instant::now) + limits.request_timeout;
+                    let p = prepare(
                         &head,
                         hdrs,
                         plan,
@@ -532,8 +531,8 @@ async fn read_head(
                         &mut c.up_head,
                         pass,
                         None,
+                        deadline,
                     );
-                    p.deadline = first_byte.unwrap_or_else(Instant::now) + limits.request_timeout;
                     return HeadRead::Ready(p);
                 }
                 Ok(None) => {}
@@ -574,13 +573,13 @@ async fn read_head(
                     .checked_sub(t.elapsed())
                 {
                     Some(d) => d,
-                    None => return HeadRead::Refuse(GatewayError::HeaderTimeout),
+                    None => return HeadRead::Refuse(GatewayError::RequestTimeout),
                 },
             };
             match timed_read(c, wait, spare).await {
                 Some(r) => r,
                 None if first_byte.is_some() => {
-                    return HeadRead::Refuse(GatewayError::HeaderTimeout)
+                    return HeadRead::Refuse(GatewayError::RequestTimeout)
                 }
                 None => return HeadRead::Gone,
             }
@@ -595,13 +594,14 @@ async fn read_head(
 }
 
 /// Looks at a request again after work for it (its head is still at the front of
-/// the buffer, and a body read for it right after).
+/// the buffer, and a body read for it right after); its deadline stays.
 fn look_again(
     c: &mut Client,
     plan: &Plan,
     lp: &ListenerPlan,
     shard: &Shard,
     pass: &mut Pass,
+    deadline: Instant,
 ) -> Prepared {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let parsed = parse::parse_request(
@@ -614,7 +614,7 @@ fn look_again(
         // It parsed the first time; it cannot fail now.
         return Prepared {
             head_len: 0,
-            deadline: Instant::now(),
+            deadline,
             framing: Framing::None,
             persist: Persist::Close,
             is_head: false,
@@ -651,6 +651,7 @@ fn look_again(
         &mut c.up_head,
         pass,
         body,
+        deadline,
     );
     pass.body = read;
     p
@@ -750,7 +751,7 @@ async fn read_whole_body(
                     {
                         Ok(Ok(n)) if n > 0 => {}
                         Ok(_) => return Err(None),
-                        Err(_) => return Err(Some(GatewayError::HeaderTimeout)),
+                        Err(_) => return Err(Some(GatewayError::RequestTimeout)),
                     }
                 }
                 match decoder.decode(&c.buf[at..]) {
@@ -825,6 +826,7 @@ fn prepare(
     up_head: &mut Vec<u8>,
     pass: &mut Pass,
     body: Option<&[u8]>,
+    deadline: Instant,
 ) -> Prepared {
     // A request served on a plan the worker left (its listener was removed by a
     // reload) is the connection's last.
@@ -838,7 +840,7 @@ fn prepare(
     let method = head.method;
     let mut p = Prepared {
         head_len: head.head_len,
-        deadline: Instant::now() + lp.limits.request_timeout,
+        deadline,
         framing: head.framing,
         persist,
         is_head: method == "HEAD",
@@ -1560,7 +1562,7 @@ pub fn body_error(e: PumpError) -> Option<GatewayError> {
     match e {
         PumpError::TooLarge => Some(GatewayError::BodyTooLarge),
         PumpError::Framing(c) => Some(GatewayError::BadBody(c.0)),
-        PumpError::ReadTimeout => Some(GatewayError::HeaderTimeout),
+        PumpError::ReadTimeout => Some(GatewayError::RequestTimeout),
         PumpError::ReadClosed | PumpError::Read(_) | PumpError::Write(_) => None,
     }
 }

@@ -14,8 +14,10 @@ pub enum GatewayError {
     BadBody(&'static str),
     #[error("request body larger than the limit")]
     BodyTooLarge,
-    #[error("request head not received in time")]
-    HeaderTimeout,
+    /// The head past `header_timeout_ms`, or head and body past
+    /// `request_timeout_ms`, from the request's first byte.
+    #[error("request not received in time")]
+    RequestTimeout,
     #[error("integration did not answer in time")]
     IntegrationTimeout,
     #[error("integration refused the connection")]
@@ -141,7 +143,7 @@ impl GatewayError {
                 (400, r#"{"message":"Bad Request"}"#, true)
             }
             Self::BodyTooLarge => (413, r#"{"message":"Request Too Long"}"#, true),
-            Self::HeaderTimeout => (408, r#"{"message":"Request Timeout"}"#, true),
+            Self::RequestTimeout => (408, r#"{"message":"Request Timeout"}"#, true),
             Self::IntegrationTimeout => (504, r#"{"message":"Endpoint request timed out"}"#, false),
             Self::UpstreamRefused => (503, r#"{"message":"Service Unavailable"}"#, false),
             Self::UpstreamFailed(_) => (502, r#"{"message":"Bad Gateway"}"#, false),

@@ -306,7 +306,7 @@ pub async fn proxy(
                 Err(_) if clock.until.get() > Instant::now() => {}
                 Err(_) if clock.uploading.get() => {
                     tracing::debug!(upstream = %target.addr, "request body not received by the request deadline");
-                    return Err(Failed::Answer(GatewayError::HeaderTimeout));
+                    return Err(Failed::Answer(GatewayError::RequestTimeout));
                 }
                 Err(_) => {
                     tracing::warn!(upstream = %target.addr, timeout_ms = target.timeout.as_millis() as u64, "integration timed out");
