@@ -83,6 +83,7 @@ attack() {
    done) &
   local sampler=$!
   (cd "$RUN" && slowhttptest -c "$CONNS" -r 50 -l "$LENGTH" -p 3 -g -o "$name" "$@" >"$name.out" 2>&1) || true
+  sleep 4
   touch "$RUN/stop"
   wait $sampler 2>/dev/null || true
   python3 - "$RUN/$name.csv" "$name" "$RUN/$name.out" "$RUN/$name.held" "$SGPID" <<'PY'
@@ -103,7 +104,7 @@ fds = len(os.listdir(f"/proc/{sys.argv[5]}/fd"))
 print(f"{sys.argv[2]:<18} slowhttptest: held at most {max(connected, default=0):>3}, "
       f"ended at {ended.group(1) if ended else '?':>2} s ({status.group(1).strip() if status else '?'}), "
       f"service unavailable {down} of {len(rows)} s | gateway: held at most {peak:>3} sockets, "
-      f"none left at {cut if cut is not None else 'never'} s, {fds} fds after")
+      f"none left at {f'{cut} s' if cut is not None else 'the end: still held'}, {fds} fds after")
 PY
 }
 {
