@@ -23,6 +23,32 @@ import struct
 import sys
 import time
 
+# ---------------------------------------------------------------- HTTP/1.1
+
+
+def framing(head):
+    """(Content-Length or None, chunked, Connection: close) of a message head."""
+    length, chunked, close = None, False, False
+    for h in head.split(b"\r\n")[1:]:
+        name, _, value = h.partition(b":")
+        n = name.strip().lower()
+        if n == b"content-length":
+            length = int(value.strip())
+        elif n == b"transfer-encoding" and b"chunked" in value.lower():
+            chunked = True
+        elif n == b"connection" and b"close" in value.lower():
+            close = True
+    return length, chunked, close
+
+
+async def skip_chunked(reader):
+    while True:
+        size = int((await reader.readline()).split(b";")[0].strip(), 16)
+        await reader.readexactly(size + 2)
+        if size == 0:
+            return
+
+
 # ---------------------------------------------------------------- upstream
 
 
@@ -33,21 +59,9 @@ async def upstream_conn(reader, writer):
             line = head.split(b"\r\n", 1)[0].decode("latin-1")
             parts = line.split(" ")
             path = parts[1] if len(parts) > 1 else "/"
-            length = 0
-            chunked = False
-            for h in head.split(b"\r\n")[1:]:
-                name, _, value = h.partition(b":")
-                n = name.strip().lower()
-                if n == b"content-length":
-                    length = int(value.strip())
-                elif n == b"transfer-encoding" and b"chunked" in value.lower():
-                    chunked = True
+            length, chunked, _ = framing(head)
             if chunked:
-                while True:
-                    size = int((await reader.readline()).split(b";")[0].strip(), 16)
-                    await reader.readexactly(size + 2)
-                    if size == 0:
-                        break
+                await skip_chunked(reader)
             elif length:
                 await reader.readexactly(length)
             p = path.split("?", 1)[0]
@@ -107,24 +121,11 @@ class Conn:
 async def read_response(reader, head_only=False):
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])
-    length, chunked, close = None, False, False
-    for h in head.split(b"\r\n")[1:]:
-        name, _, value = h.partition(b":")
-        n = name.strip().lower()
-        if n == b"content-length":
-            length = int(value.strip())
-        elif n == b"transfer-encoding" and b"chunked" in value.lower():
-            chunked = True
-        elif n == b"connection" and b"close" in value.lower():
-            close = True
+    length, chunked, close = framing(head)
     if head_only or status in (204, 304):
         return status, close
     if chunked:
-        while True:
-            size = int((await reader.readline()).split(b";")[0].strip(), 16)
-            await reader.readexactly(size + 2)
-            if size == 0:
-                break
+        await skip_chunked(reader)
     elif length is not None:
         await reader.readexactly(length)
     else:
