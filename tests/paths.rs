@@ -344,3 +344,51 @@ fn random_paths_forward_what_they_route() {
         "{served} served, {refused} refused"
     );
 }
+
+/// Cache keys and the access log read the normalised path too: two spellings of
+/// one path share a cache entry, and the log shows the path as routed.
+#[test]
+fn cache_keys_and_access_logs_use_the_normalised_path() {
+    let up = Upstream::echo();
+    let be = up.url();
+    let log = std::env::temp_dir().join(format!("shardgate-paths-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let gw = Gateway::start(&config(&format!(
+        "apis:
+  - name: c
+    routes:
+      - {{ route: 'GET /items/{{id}}', integration: {{ type: http_proxy, uri: \"{be}/items/{{id}}\" }} }}
+    stages:
+      - name: $default
+        cache: {{ capacity_mb: 1, ttl_s: 60 }}
+        access_log: {{ path: {log}, format: \"$context.path|$context.status\" }}
+        routes:
+          \"GET /items/{{id}}\": {{ cache: {{ ttl_s: 60 }} }}
+",
+        log = log.display()
+    )));
+    let mut c = Client::connect(gw.addr);
+    let first = c.get("/items/a%62c");
+    assert_eq!(first.header("x-cache"), Some("Miss"));
+    for spelling in [
+        "/items/abc",
+        "//items/./abc",
+        "/x/../items/%61bc",
+        "/%69tems/abc",
+    ] {
+        let r = c.get(spelling);
+        assert_eq!(r.header("x-cache"), Some("Hit"), "{spelling}");
+    }
+    assert_eq!(up.seen().len(), 1);
+    assert_eq!(up.last().target, "/items/abc");
+    let lines = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(wait_until(Duration::from_secs(5), || lines()
+        .lines()
+        .count()
+        >= 5));
+    for line in lines().lines() {
+        assert_eq!(line, "/items/abc|200");
+    }
+    drop(gw);
+    let _ = std::fs::remove_file(&log);
+}
