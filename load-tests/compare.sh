@@ -35,19 +35,9 @@ command -v oha >/dev/null || { echo "installing oha (cargo install, a few minute
 cargo build --release --quiet
 SG=./target/release/shardgate
 
-# SO_REUSEPORT lets a leftover process share a port silently and take half the load
-# (and skew every per-request figure): refuse to start if any port is taken.
-busy=$(ss -Hltn 2>/dev/null | awk '{print $4}' | grep -E ':(1808[1-9]|1809[0-5])$' || true)
-[ -z "$busy" ] || { echo "ports in use, stop what listens there first: $busy"; exit 1; }
+ports_free '1808[1-9]|1809[0-5]'
 
-RUN=$(mktemp -d)
-chmod 755 "$RUN"  # the upstream nginx worker reads files under it
-cleanup() {
-  kill $(jobs -p) 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$RUN"
-}
-trap cleanup EXIT
+run_dir
 mkdir -p "$RUN/www/files"
 python3 - "$RUN/www/files" <<'EOF'
 import sys

@@ -9,3 +9,20 @@ need_apt() {
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}") >/dev/null
   fi
 }
+
+# ports_free 'REGEX': stops the script when something listens on a port matching
+# REGEX (`18081|1809[0-5]`). SO_REUSEPORT would let a leftover process share the
+# port silently, take part of the load and skew every per-request figure.
+ports_free() {
+  local busy
+  busy=$(ss -Hltn 2>/dev/null | awk '{print $4}' | grep -E ":($1)\$" || true)
+  [ -z "$busy" ] || { echo "ports in use, stop what listens there first: $busy"; exit 1; }
+}
+
+# run_dir: a fresh $RUN (readable by an nginx worker); on exit every background job
+# is stopped and $RUN removed.
+run_dir() {
+  RUN=$(mktemp -d)
+  chmod 755 "$RUN"
+  trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$RUN"' EXIT
+}

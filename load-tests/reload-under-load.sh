@@ -28,17 +28,9 @@ command -v oha >/dev/null || { echo "installing oha (cargo install, a few minute
 cargo build --release --quiet
 SG=./target/release/shardgate
 
-busy=$(ss -Hltn 2>/dev/null | awk '{print $4}' | grep -E ':(18081|1809[67])$' || true)
-[ -z "$busy" ] || { echo "ports in use, stop what listens there first: $busy"; exit 1; }
+ports_free '18081|1809[67]'
 
-RUN=$(mktemp -d)
-chmod 755 "$RUN"
-cleanup() {
-  kill $(jobs -p) 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$RUN"
-}
-trap cleanup EXIT
+run_dir
 mkdir -p "$RUN/www"
 sed "s#__RUN__#$RUN#g" load-tests/peers/upstream-nginx.conf >"$RUN/upstream-nginx.conf"
 taskset -c 1 nginx -c "$RUN/upstream-nginx.conf" -p "$RUN" &

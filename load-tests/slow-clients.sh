@@ -30,17 +30,9 @@ need_apt slowhttptest:slowhttptest nginx:nginx curl:curl
 cargo build --release --quiet
 SG=./target/release/shardgate
 GW=18131
-busy=$(ss -Hltn 2>/dev/null | awk '{print $4}' | grep -E ":(18081|18131|18132)$" || true)
-[ -z "$busy" ] || { echo "ports in use, stop what listens there first: $busy"; exit 1; }
+ports_free '18081|18131|18132'
 
-RUN=$(mktemp -d)
-chmod 755 "$RUN"
-cleanup() {
-  kill $(jobs -p) 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$RUN"
-}
-trap cleanup EXIT
+run_dir
 mkdir -p "$RUN/www/files"
 head -c 67108864 /dev/zero >"$RUN/www/files/64m"
 sed "s#__RUN__#$RUN#g" load-tests/peers/upstream-nginx.conf >"$RUN/upstream-nginx.conf"
