@@ -9,8 +9,9 @@
 //!
 //! - Escapes of unreserved characters (`ALPHA DIGIT - . _ ~`) are decoded (`%61` →
 //!   `a`, `%2e` → `.`); every other escape is kept with upper-case hex.
-//! - Bytes that may not stand raw in a path (RFC 3986 `pchar`: space, `"<>[]^`{|}`,
-//!   non-ASCII) are percent-encoded.
+//! - Bytes that may not stand raw in a path (outside RFC 3986 `pchar`: space,
+//!   quotes, brackets, braces, `^`, `|`, a backquote, non-ASCII) are
+//!   percent-encoded.
 //! - Dot segments are removed (RFC 3986 §5.2.4), after decoding, so `%2e%2e` is
 //!   `..`; a path that climbs above the root is refused.
 //! - Runs of `/` are merged (`//admin` → `/admin`), before dot segments are
