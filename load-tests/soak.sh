@@ -30,17 +30,10 @@ need_apt curl:curl python3:python3
 cargo build --release --quiet
 SG=./target/release/shardgate
 GW=18121 ADMIN=18122 UP=18123
-busy=$(ss -Hltn 2>/dev/null | awk '{print $4}' | grep -E ":(18121|18122|18123)$" || true)
-[ -z "$busy" ] || { echo "ports in use, stop what listens there first: $busy"; exit 1; }
+ports_free '18121|18122|18123'
 
 COMMIT=$(git rev-parse --short HEAD)
-RUN=$(mktemp -d)
-cleanup() {
-  kill $(jobs -p) 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$RUN"
-}
-trap cleanup EXIT
+run_dir
 TOKEN=soak-admin-token-0123456789
 export SOAK_API_KEY=soakkey0123456789abcdefXYZ
 

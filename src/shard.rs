@@ -71,6 +71,9 @@ pub struct Shard {
     pub access: RefCell<crate::access::AccessCache>,
     /// Connection buffers not in use (parked connections hold none).
     bufs: RefCell<Vec<Vec<u8>>>,
+    /// The fewest free buffers seen since the last `trim_bufs`: that many went
+    /// unused all the while.
+    bufs_low: Cell<usize>,
     next_request: Cell<u64>,
     id_seed: u32,
 }
@@ -135,6 +138,7 @@ impl Shard {
             ),
             metrics: metrics.unwrap_or_else(|| Arc::new(crate::metrics::Metrics::new(id + 1))),
             bufs: RefCell::new(Vec::new()),
+            bufs_low: Cell::new(0),
             next_request: Cell::new(0),
             id_seed,
         }
@@ -176,10 +180,22 @@ impl Shard {
         if buf.capacity() > 0 {
             return buf;
         }
-        self.bufs
-            .borrow_mut()
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(SHARD_BUF))
+        let mut free = self.bufs.borrow_mut();
+        let buf = free.pop();
+        self.bufs_low.set(self.bufs_low.get().min(free.len()));
+        buf.unwrap_or_else(|| Vec::with_capacity(SHARD_BUF))
+    }
+
+    /// Frees half of the buffers that stayed unused since the last call (the
+    /// worker's tick, once a second): after a burst the free list shrinks back to
+    /// what the traffic draws on within a few seconds, instead of keeping the
+    /// burst's high-water mark (up to `MAX_FREE_BUFS`) for good.
+    pub fn trim_bufs(&self) {
+        let mut free = self.bufs.borrow_mut();
+        let idle = self.bufs_low.get().min(free.len());
+        let keep = free.len() - idle / 2;
+        free.truncate(keep);
+        self.bufs_low.set(free.len());
     }
 
     /// Keeps `buf` for reuse, unless it grew large or enough are kept.

@@ -305,6 +305,7 @@ async fn worker_main(
         if tick.is_multiple_of(10) {
             // Once a second: a pool holds at most a few thousand entries.
             shard.pool.borrow_mut().sweep(now);
+            shard.trim_bufs();
         }
         if let Some(cell) = shard.metrics.worker.get(id) {
             cell.upstream_open.set(crate::upstream::pool::open_here());
