@@ -195,6 +195,14 @@ class Stats:
         self.errors = 0
         self.count = 0
 
+    def merge(self, other):
+        self.lat += other.lat
+        self.count += other.count
+        self.errors += other.errors
+        self.unexpected += other.unexpected
+        for k, v in other.by_status.items():
+            self.by_status[k] = self.by_status.get(k, 0) + v
+
     def add(self, cls, status, seconds):
         self.count += 1
         self.by_status[status] = self.by_status.get(status, 0) + 1
@@ -297,15 +305,8 @@ async def load(target, seconds, rate, api_key, out):
                 "status": {str(k): v for k, v in second.by_status.items()},
             })
             print(json.dumps(lines[-1]), flush=True)
-            window.lat += second.lat
-            window.count += second.count
-            window.unexpected += second.unexpected
-            total.lat += second.lat
-            total.count += second.count
-            total.errors += second.errors
-            total.unexpected += second.unexpected
-            for k, v in second.by_status.items():
-                total.by_status[k] = total.by_status.get(k, 0) + v
+            window.merge(second)
+            total.merge(second)
             second = Stats()
             next_report += 1
             if now >= next_window:
@@ -322,12 +323,7 @@ async def load(target, seconds, rate, api_key, out):
         await asyncio.wait(tasks, timeout=40)
     for c in pool:
         c.writer.close()
-    total.lat += second.lat
-    total.count += second.count
-    total.errors += second.errors
-    total.unexpected += second.unexpected
-    for k, v in second.by_status.items():
-        total.by_status[k] = total.by_status.get(k, 0) + v
+    total.merge(second)
     summary = {
         "requests": total.count, "errors": total.errors,
         "unexpected": len(total.unexpected),
