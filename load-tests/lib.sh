@@ -26,3 +26,15 @@ run_dir() {
   chmod 755 "$RUN"
   trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$RUN"' EXIT
 }
+
+# serving URL LOG: waits up to 10 s for URL to answer 2xx; otherwise prints LOG
+# (the gateway's stderr) and stops the script.
+serving() {
+  for _ in $(seq 100); do
+    curl -fs -o /dev/null "$1" && return 0
+    sleep 0.1
+  done
+  echo "gateway did not start"
+  cat "$2"
+  exit 1
+}

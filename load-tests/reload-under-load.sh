@@ -67,11 +67,7 @@ EOF
 config 0 >"$RUN/sg.yaml"
 taskset -c 0 "$SG" run --config "$RUN/sg.yaml" --runtime epoll 2>"$RUN/sg.log" &
 SGPID=$!
-for _ in $(seq 100); do
-  curl -fs -o /dev/null http://127.0.0.1:18096/ && break
-  sleep 0.1
-done
-curl -fs -o /dev/null http://127.0.0.1:18096/ || { echo "gateway did not start"; cat "$RUN/sg.log"; exit 1; }
+serving http://127.0.0.1:18096/ "$RUN/sg.log"
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$SGPID/stat"; }
 HZ=$(getconf CLK_TCK)

@@ -56,10 +56,7 @@ apis:
 EOF
 "$SG" run --config "$RUN/sg.yaml" 2>"$RUN/sg.log" &
 SGPID=$!
-for _ in $(seq 100); do
-  curl -fs -o /dev/null "http://127.0.0.1:$GW/mock" && break
-  sleep 0.1
-done
+serving "http://127.0.0.1:$GW/mock" "$RUN/sg.log"
 
 # $1 name, then slowhttptest's mode options.
 attack() {

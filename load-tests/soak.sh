@@ -78,11 +78,7 @@ EOF
 config 0 >"$RUN/sg.yaml"
 "$SG" run --config "$RUN/sg.yaml" 2>"$RUN/sg.log" &
 SGPID=$!
-for _ in $(seq 100); do
-  curl -fs -o /dev/null "http://127.0.0.1:$GW/prod/mock" && break
-  sleep 0.1
-done
-curl -fs -o /dev/null "http://127.0.0.1:$GW/prod/mock" || { echo "gateway did not start"; cat "$RUN/sg.log"; exit 1; }
+serving "http://127.0.0.1:$GW/prod/mock" "$RUN/sg.log"
 
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$SGPID/status"; }
 fds() { ls "/proc/$SGPID/fd" | wc -l; }
