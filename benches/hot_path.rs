@@ -88,7 +88,8 @@ fn throttle(c: &mut Criterion) {
 /// with its own throttle and quota: SHA-256 of the header value, one hash-map
 /// lookup, the stage check, the key's bucket, and its quota lease.
 fn api_key(c: &mut Criterion) {
-    use shardgate::keys::{hash, Binding, Bucket, KeyView, Keyring, Slot};
+    use shardgate::ids::Slot;
+    use shardgate::keys::{hash, Binding, Bucket, KeyView, Keyring};
     use shardgate::quota::{Leases, Period, Quota};
     use shardgate::throttle::{Limit, LocalTokens, SharedBucket};
     use std::sync::Arc;

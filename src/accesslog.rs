@@ -198,7 +198,7 @@ pub enum Target {
 /// What a request's line needs besides what the plan knows.
 #[derive(Debug)]
 pub struct Facts {
-    pub request_id: crate::shard::RequestId,
+    pub request_id: crate::ids::RequestId,
     pub stage: usize,
     pub time_ms: u64,
     /// `requestTime`, formatted once per second per worker.
@@ -293,7 +293,7 @@ fn value(out: &mut Vec<u8>, var: &Var, f: &Facts, r: &Response<'_>) -> bool {
     let mut num = itoa::Buffer::new();
     match var {
         Var::RequestId | Var::ExtendedRequestId => out.extend_from_slice(&f.request_id),
-        Var::SourceIp => crate::upstream::forward::write_ip(out, f.source_ip),
+        Var::SourceIp => crate::encode::write_ip(out, f.source_ip),
         Var::UserAgent => escaped(out, f.user_agent.as_bytes()),
         Var::RequestTime => out.extend_from_slice(&f.time_text),
         Var::RequestTimeEpoch => out.extend_from_slice(num.format(f.time_ms).as_bytes()),

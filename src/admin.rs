@@ -34,7 +34,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::config::UsagePlanFile;
-use crate::keys::ct_eq;
+use crate::encode::ct_eq;
 use crate::plan::{AdminPlan, Plan};
 use crate::registry::{ApiError, KeyDef, KeyPatch, NewKey, Registry};
 

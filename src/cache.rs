@@ -17,7 +17,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use crate::plan::StageId;
+use crate::ids::StageId;
 
 use rustc_hash::FxBuildHasher;
 
@@ -563,7 +563,7 @@ pub struct Fill {
     /// The plan's shared cache state (its address): a response that arrives after
     /// the worker switched plans is not stored.
     pub owner: usize,
-    pub stage: crate::plan::StageId,
+    pub stage: crate::ids::StageId,
     pub route: usize,
     pub key: Vec<u8>,
     pub ttl_ms: u64,

@@ -20,9 +20,10 @@ use crate::body::{self, Encode, PumpError, Source};
 use crate::cache::Lookup;
 use crate::config::UnauthorizedStrategy;
 use crate::error::GatewayError;
+use crate::ids::{RouteId, StageId};
 use crate::keys::Binding;
 use crate::parse::{self, Framing, MAX_HEADERS};
-use crate::plan::{Integration, ListenerPlan, Plan, RouteId, RoutePlan, StageId, StagePlan};
+use crate::plan::{Integration, ListenerPlan, Plan, RoutePlan, StagePlan};
 use crate::respond::{self, CacheStatus, Persist, Tag};
 use crate::route;
 use crate::shard::{InFlight, Shard};
@@ -68,7 +69,7 @@ pub struct Outcome {
     pub error: Option<Box<str>>,
     pub trace: Option<crate::trace::Trace>,
     pub span: Option<Box<crate::telemetry::SpanFacts>>,
-    pub request_id: crate::shard::RequestId,
+    pub request_id: crate::ids::RequestId,
 }
 
 impl Outcome {

@@ -42,7 +42,7 @@ impl StagePointer {
 /// A new deployment id: 10 lower-case letters and digits, as AWS's (and as key
 /// ids).
 pub fn new_id() -> String {
-    crate::registry::random_id()
+    crate::encode::random_id()
 }
 
 /// What the compiler needs from the store: each pointed stage's snapshot and

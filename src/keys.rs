@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use sha2::{Digest, Sha256};
 
-use crate::plan::{RouteId, StageId};
+use crate::encode::ct_eq;
+use crate::ids::{RouteId, Slot, StageId};
 use crate::quota::Quota;
 use crate::throttle::SharedBucket;
 
@@ -23,21 +24,6 @@ pub type KeyHash = [u8; 32];
 
 pub fn hash(value: &[u8]) -> KeyHash {
     Sha256::digest(value).into()
-}
-
-/// Equality that takes the same time wherever the inputs differ.
-pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Where each shard keeps its local part of a key's bucket or quota (unspent tokens,
-/// an unspent lease): an index into a per-shard vector, and the generation of that
-/// index, bumped each time the control plane gives it to another bucket, so a shard
-/// never spends what it held for a deleted key on the key that reused the index.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Slot {
-    pub index: u32,
-    pub gen: u32,
 }
 
 /// A key's own token bucket.

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::RuntimeKind;
+use crate::ids::StageId;
 use crate::route::Router;
 
 #[derive(Debug)]
@@ -31,7 +32,7 @@ pub struct Plan {
     /// Each throttle's name: `gateway`, `api/stage` or `api/stage/ROUTE KEY`.
     pub throttle_names: Vec<String>,
     /// The gateway-wide throttle.
-    pub throttle: Option<crate::throttle::ThrottleId>,
+    pub throttle: Option<crate::ids::ThrottleId>,
     /// The usage plans and API keys the config declares (the registry adds those
     /// of the management API and the store).
     pub seed: crate::registry::Seed,
@@ -80,9 +81,6 @@ pub struct AdminPlan {
     /// The bearer token; `None` refuses every management call.
     pub token: Option<String>,
 }
-
-pub type StageId = usize;
-pub type RouteId = usize;
 
 #[derive(Debug)]
 pub struct ListenerPlan {
@@ -175,7 +173,7 @@ pub struct StagePlan {
     pub router: Arc<Router>,
     pub routes: Vec<RoutePlan>,
     /// The stage-wide throttle (`stages[].throttle`), over all its routes.
-    pub throttle: Option<crate::throttle::ThrottleId>,
+    pub throttle: Option<crate::ids::ThrottleId>,
     /// Bytes of response cache (`stages[].cache.capacity_mb`), over all workers;
     /// 0 without a cache.
     pub cache_bytes: usize,
@@ -209,7 +207,7 @@ pub struct RoutePlan {
     pub key: String,
     pub integration: Integration,
     /// The stage's throttle for this route (`stages[].routes[key].throttle`).
-    pub throttle: Option<crate::throttle::ThrottleId>,
+    pub throttle: Option<crate::ids::ThrottleId>,
     /// Requests need an `x-api-key` of a usage plan covering this stage.
     pub api_key_required: bool,
     /// The stage's response cache for this route, if it caches.

@@ -72,8 +72,8 @@ fn pack(period: u64, n: u64) -> u64 {
     (period << USED_BITS) | n.min(USED_MASK)
 }
 
-/// Where to find a quota's unspent lease in each shard (see `crate::keys::Slot`).
-pub type Slot = crate::keys::Slot;
+/// Where to find a quota's unspent lease in each shard (see `crate::ids::Slot`).
+pub type Slot = crate::ids::Slot;
 
 impl Quota {
     pub fn new(limit: u64, period: Period) -> Self {
@@ -244,7 +244,7 @@ impl Quota {
 /// A worker's unspent lease of one quota.
 #[derive(Debug, Default)]
 struct LeaseSlot {
-    /// The generation of the slot this lease belongs to (see `crate::keys::Slot`).
+    /// The generation of the slot this lease belongs to (see `crate::ids::Slot`).
     gen: u32,
     period: u64,
     /// Requests of the lease not yet admitted.

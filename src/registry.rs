@@ -16,8 +16,10 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{QuotaFile, ThrottleFile, UsagePlanFile};
-use crate::keys::{self, Binding, Bucket, KeyHash, KeyView, Keyring, Live, Slot};
-use crate::plan::{RouteId, StageId, StagePlan};
+use crate::encode::{hex, random_alnum, random_id};
+use crate::ids::{RouteId, Slot, StageId};
+use crate::keys::{self, Binding, Bucket, KeyHash, KeyView, Keyring, Live};
+use crate::plan::StagePlan;
 use crate::quota::{Period, Quota};
 use crate::store::{CountWrite, Store};
 use crate::throttle::{Limit, SharedBucket};
@@ -92,10 +94,6 @@ impl KeyDef {
 fn base64_secret(raw: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD_NO_PAD.encode(raw)
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The config's usage plans and keys, validated by `config::compile`.
@@ -204,28 +202,6 @@ pub fn resolve(
 /// AWS: key values are 20 to 128 letters and digits.
 pub fn valid_key_value(v: &str) -> bool {
     (20..=128).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_alphanumeric())
-}
-
-fn random_alnum(n: usize) -> String {
-    const ALPHABET: &[u8; 62] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    let mut out = String::with_capacity(n);
-    let mut buf = [0u8; 64];
-    while out.len() < n {
-        // The OS's CSPRNG; on failure, nothing safe can be made.
-        getrandom::fill(&mut buf).unwrap_or_else(|e| panic!("no randomness from the OS: {e}"));
-        for &b in &buf {
-            // Rejection sampling keeps the 62 symbols uniform.
-            if b < 248 && out.len() < n {
-                out.push(ALPHABET[(b % 62) as usize] as char);
-            }
-        }
-    }
-    out
-}
-
-/// A new key or deployment id: 10 lower-case letters and digits, as AWS's.
-pub fn random_id() -> String {
-    random_alnum(10).to_ascii_lowercase()
 }
 
 /// The id of a key written in the config: stable across restarts.

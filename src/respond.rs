@@ -3,9 +3,9 @@
 
 use crate::clock::HTTP_DATE_LEN;
 use crate::error::Refusal;
+use crate::ids::RequestId;
 use crate::plan::MockResponse;
 use crate::quota::QuotaState;
-use crate::shard::RequestId;
 
 /// What the `Connection` header of a response says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,7 +7,8 @@
 //! holding that method's routes plus the `ANY` routes whose path it does not name,
 //! so a lookup is one radix-tree walk whatever the number of routes.
 
-use crate::plan::{ListenerPlan, RouteId, StageId};
+use crate::ids::{RouteId, StageId};
+use crate::plan::ListenerPlan;
 
 /// Methods with a tree of their own; any other method uses `ANY` routes only.
 const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"];

@@ -8,6 +8,7 @@ use std::time::Instant;
 use std::sync::Arc;
 
 use crate::clock::DateCache;
+use crate::ids::RequestId;
 use crate::keys::Keyring;
 use crate::plan::PoolLimits;
 use crate::quota::Leases;
@@ -88,10 +89,6 @@ pub struct Parts {
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
     pub plan: Option<Arc<crate::plan::Plan>>,
 }
-
-/// A request id: 16 URL-safe base64 characters, unique per process start, worker and
-/// request (AWS's `apigw-requestid` is a short opaque token of the same kind).
-pub type RequestId = [u8; 16];
 
 impl Shard {
     pub fn new(

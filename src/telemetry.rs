@@ -37,7 +37,7 @@ pub struct Span {
     pub facts: Box<SpanFacts>,
     pub api: Box<str>,
     pub stage: Box<str>,
-    pub request_id: crate::shard::RequestId,
+    pub request_id: crate::ids::RequestId,
 }
 
 #[derive(Debug)]

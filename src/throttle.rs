@@ -17,9 +17,6 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
-/// Index of a throttle in `Plan::throttles`.
-pub type ThrottleId = usize;
-
 /// Gives every bucket a number of its own for the life of the process: a shard
 /// keeps its unspent tokens by it, so a bucket a reloaded plan kept keeps them.
 static NEXT_SLOT: AtomicU32 = AtomicU32::new(0);
@@ -120,7 +117,7 @@ impl LocalTokens {
     /// (a deleted key, a changed plan) are dropped, never spent.
     pub fn admit_slot(
         &mut self,
-        slot: crate::keys::Slot,
+        slot: crate::ids::Slot,
         shared: &SharedBucket,
         now_ns: u64,
     ) -> bool {

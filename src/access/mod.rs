@@ -100,6 +100,6 @@ pub struct Pass {
     /// Keys were refetched for this request.
     pub refreshed: bool,
     /// The request id given on the first look.
-    pub id: Option<crate::shard::RequestId>,
+    pub id: Option<crate::ids::RequestId>,
     pub rounds: u8,
 }

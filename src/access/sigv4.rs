@@ -139,7 +139,7 @@ fn header<'a>(headers: &[httparse::Header<'a>], name: &str) -> Option<&'a str> {
 }
 
 pub fn sha256_hex(data: &[u8]) -> String {
-    crate::registry::hex(digest::digest(&digest::SHA256, data).as_ref())
+    crate::encode::hex(digest::digest(&digest::SHA256, data).as_ref())
 }
 
 /// `yyyyMMddTHHmmssZ` → unix seconds.
@@ -395,7 +395,7 @@ impl Sigv4Authorizer {
                     sha256_hex(canonical.as_bytes())
                 );
                 let sig = hmac::sign(&signing_key, sts.as_bytes());
-                let expected = crate::registry::hex(sig.as_ref());
+                let expected = crate::encode::hex(sig.as_ref());
                 if constant_time_eq(expected.as_bytes(), auth.signature.as_bytes()) {
                     matched = true;
                     break 'forms;
@@ -593,7 +593,7 @@ mod tests {
             );
         }
         assert_eq!(
-            crate::registry::hex(k.as_ref()),
+            crate::encode::hex(k.as_ref()),
             "f4780e2d9f65fa895f9c67b32ce1baf0b0d8a43505a000a1a9e090d414db404d"
         );
     }

@@ -11,14 +11,15 @@ use std::time::Duration;
 use super::{
     ApiFile, ConfigErrors, ConfigFile, IntegrationFile, SecretFile, ThrottleFile, Workers,
 };
+use crate::ids::{StageId, ThrottleId};
 use crate::keys;
 use crate::plan::{
     AdminPlan, BaseMapping, Integration, KeyParam, Limits, ListenerPlan, MockResponse, PathPart,
-    Plan, PoolLimits, ProxyTarget, RouteCache, RoutePlan, StageId, StagePlan,
+    Plan, PoolLimits, ProxyTarget, RouteCache, RoutePlan, StagePlan,
 };
 use crate::registry::{self, KeyDef, Seed, StageInfo};
 use crate::route::{RouteKey, Router};
-use crate::throttle::{Limit, SharedBucket, ThrottleId};
+use crate::throttle::{Limit, SharedBucket};
 use crate::tls;
 
 /// AWS's default integration timeout (REST; the config contract picks it for all APIs).
@@ -124,7 +125,7 @@ fn compile_seed(cfg: &ConfigFile, stages: &[StagePlan], errs: &mut ConfigErrors)
             enabled: key.enabled,
             plans: key.plans.clone(),
             created_s: registry::now_s(),
-            hash: registry::hex(&hash),
+            hash: crate::encode::hex(&hash),
         });
     }
     seed

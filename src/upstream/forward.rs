@@ -12,6 +12,7 @@ use monoio::net::TcpStream;
 use super::pool::UpConn;
 use crate::body::{self, Encode, PumpError, Source};
 use crate::conn::{body_error, send_continue, Client};
+use crate::encode::write_ip;
 use crate::error::GatewayError;
 use crate::parse::{self, Framing, RequestHead, MAX_HEADERS};
 use crate::plan::{Limits, PathPart, ProxyTarget};
@@ -208,26 +209,6 @@ enum ExchangeError {
     /// Nothing came back on a pooled connection: it was dead before we used it.
     Stale,
     Failed(Failed),
-}
-
-/// Appends `ip` as text; IPv4 (the common case) without `fmt`, which costs several
-/// times as much per request.
-pub fn write_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
-    match ip {
-        std::net::IpAddr::V4(v4) => {
-            let mut digits = itoa::Buffer::new();
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                out.extend_from_slice(digits.format(octet).as_bytes());
-            }
-        }
-        std::net::IpAddr::V6(v6) => {
-            use std::io::Write;
-            let _ = write!(out, "{v6}");
-        }
-    }
 }
 
 /// Proxies the request whose head is in `c.up_head`; `Ok(true)` keeps the client
