@@ -5,7 +5,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use shardgate::parse::{parse_request, parse_response, Chunk, ChunkedDecoder, MAX_HEADERS};
+use shardgate::http::parse::{parse_request, parse_response, Chunk, ChunkedDecoder, MAX_HEADERS};
 use shardgate::route::{RouteKey, Router};
 
 const REQUEST: &[u8] = b"GET /prod/pets/42?color=brown HTTP/1.1\r\nHost: api.example.com\r\nUser-Agent: wrk\r\nAccept: */*\r\nAccept-Encoding: gzip\r\nX-Request-Id: 1b9f2c\r\n\r\n";
@@ -67,7 +67,7 @@ fn chunked(c: &mut Criterion) {
 /// The per-request throttle check: spending a local token, drawing a batch from the
 /// shared bucket when the local ones run out.
 fn throttle(c: &mut Criterion) {
-    use shardgate::throttle::{Limit, LocalTokens, SharedBucket};
+    use shardgate::policy::throttle::{Limit, LocalTokens, SharedBucket};
     let bucket = SharedBucket::new(
         Limit {
             rate: 1e9,
@@ -89,9 +89,9 @@ fn throttle(c: &mut Criterion) {
 /// lookup, the stage check, the key's bucket, and its quota lease.
 fn api_key(c: &mut Criterion) {
     use shardgate::ids::Slot;
-    use shardgate::keys::{hash, Binding, Bucket, KeyView, Keyring};
-    use shardgate::quota::{Leases, Period, Quota};
-    use shardgate::throttle::{Limit, LocalTokens, SharedBucket};
+    use shardgate::policy::keys::{hash, Binding, Bucket, KeyView, Keyring};
+    use shardgate::policy::quota::{Leases, Period, Quota};
+    use shardgate::policy::throttle::{Limit, LocalTokens, SharedBucket};
     use std::sync::Arc;
     const N: u32 = 1_000_000;
     let mut ring = Keyring::with_capacity(N as usize);
@@ -192,7 +192,7 @@ fn route(c: &mut Criterion) {
 /// The response cache with 100,000 entries of 1 KiB: a hit (hash, compare the key,
 /// move to the front of the LRU list), and an insert that evicts the oldest.
 fn cache(c: &mut Criterion) {
-    use shardgate::cache::{Cache, Entry, Lookup};
+    use shardgate::policy::cache::{Cache, Entry, Lookup};
     const N: usize = 100_000;
     let entry = |i: usize| Entry {
         key: format!("GET /items/{i}\nq=type{}", i % 7)
@@ -241,7 +241,7 @@ fn cache(c: &mut Criterion) {
 fn jwt(c: &mut Criterion) {
     use jsonwebtoken::jwk::{Jwk, JwkSet};
     use jsonwebtoken::{Algorithm, EncodingKey, Header};
-    use shardgate::access::jwt::{JwtAuthorizer, KeySet, KeySource, KeyState, Source, TokenCache};
+    use shardgate::policy::jwt::{JwtAuthorizer, KeySet, KeySource, KeyState, Source, TokenCache};
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -302,7 +302,7 @@ fn jwt(c: &mut Criterion) {
                         now,
                         false
                     ),
-                    shardgate::access::jwt::Check::Granted(_)
+                    shardgate::policy::jwt::Check::Granted(_)
                 )
             })
         });

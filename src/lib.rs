@@ -29,38 +29,19 @@
 //! - `reload`: hot reload: compile again, carry state over, hand workers the new plan.
 //! - `deploy`: deployments (API snapshots in the store) and the stages pointed at them.
 
-pub mod access;
-pub mod accesslog;
-pub mod admin;
-pub mod body;
-pub mod cache;
-pub mod cli;
 pub mod clock;
+pub mod compile;
 pub mod config;
-pub mod conn;
-pub mod deploy;
+pub mod control;
 pub mod encode;
-pub mod error;
+pub mod http;
 pub mod ids;
-pub mod keys;
-pub mod metrics;
-pub mod parse;
-pub mod path;
+pub mod observe;
 pub mod plan;
-pub mod quota;
-pub mod registry;
-pub mod reload;
-pub mod respond;
+pub mod policy;
+pub mod proxy;
 pub mod route;
-pub mod shard;
-pub mod store;
-pub mod stream;
-pub mod telemetry;
-pub mod throttle;
-pub mod tls;
-pub mod trace;
 pub mod upstream;
-pub mod worker;
 
 /// Locks `m` even if a thread panicked while holding it: the control-plane state
 /// behind these mutexes stays consistent between calls, and the gateway keeps

@@ -11,10 +11,11 @@ use clap::{Parser, Subcommand};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 
-use shardgate::config::{self, RuntimeKind};
-use shardgate::registry::Registry;
-use shardgate::store::Store;
-use shardgate::worker;
+use shardgate::compile;
+use shardgate::config::RuntimeKind;
+use shardgate::control::registry::Registry;
+use shardgate::control::store::Store;
+use shardgate::proxy::worker;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -47,35 +48,35 @@ enum Command {
     /// API keys of a running gateway (its admin API).
     Keys {
         #[command(subcommand)]
-        op: shardgate::cli::Keys,
+        op: shardgate::control::cli::Keys,
         #[command(flatten)]
-        target: shardgate::cli::Target,
+        target: shardgate::control::cli::Target,
     },
     /// Usage plans of a running gateway.
     Plans {
         #[command(subcommand)]
-        op: shardgate::cli::Plans,
+        op: shardgate::control::cli::Plans,
         #[command(flatten)]
-        target: shardgate::cli::Target,
+        target: shardgate::control::cli::Target,
     },
     /// SigV4 access keys of a running gateway.
     AccessKeys {
         #[command(subcommand)]
-        op: shardgate::cli::AccessKeys,
+        op: shardgate::control::cli::AccessKeys,
         #[command(flatten)]
-        target: shardgate::cli::Target,
+        target: shardgate::control::cli::Target,
     },
     /// Deployments and stages of a running gateway.
     Deploy {
         #[command(subcommand)]
-        op: shardgate::cli::Deploy,
+        op: shardgate::control::cli::Deploy,
         #[command(flatten)]
-        target: shardgate::cli::Target,
+        target: shardgate::control::cli::Target,
     },
     /// Makes a running gateway compile its config file again.
     Reload {
         #[command(flatten)]
-        target: shardgate::cli::Target,
+        target: shardgate::control::cli::Target,
     },
     /// A usage plan's daily usage per key (AWS's GetUsage).
     Usage {
@@ -89,7 +90,7 @@ enum Command {
         #[arg(long)]
         key: Option<String>,
         #[command(flatten)]
-        target: shardgate::cli::Target,
+        target: shardgate::control::cli::Target,
     },
 }
 
@@ -106,11 +107,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { config } => validate(&config),
-        Command::Keys { op, target } => admin(&target, shardgate::cli::keys(&op)),
-        Command::Plans { op, target } => admin(&target, Ok(shardgate::cli::plans(&op))),
-        Command::AccessKeys { op, target } => admin(&target, Ok(shardgate::cli::access_keys(&op))),
-        Command::Deploy { op, target } => admin(&target, shardgate::cli::deploy(&op)),
-        Command::Reload { target } => admin(&target, Ok(shardgate::cli::reload())),
+        Command::Keys { op, target } => admin(&target, shardgate::control::cli::keys(&op)),
+        Command::Plans { op, target } => admin(&target, Ok(shardgate::control::cli::plans(&op))),
+        Command::AccessKeys { op, target } => {
+            admin(&target, Ok(shardgate::control::cli::access_keys(&op)))
+        }
+        Command::Deploy { op, target } => admin(&target, shardgate::control::cli::deploy(&op)),
+        Command::Reload { target } => admin(&target, Ok(shardgate::control::cli::reload())),
         Command::Usage {
             plan,
             from,
@@ -119,7 +122,12 @@ fn main() -> ExitCode {
             target,
         } => admin(
             &target,
-            Ok(shardgate::cli::usage(&plan, &from, &to, key.as_deref())),
+            Ok(shardgate::control::cli::usage(
+                &plan,
+                &from,
+                &to,
+                key.as_deref(),
+            )),
         ),
         Command::Run {
             config,
@@ -149,8 +157,11 @@ fn no_transparent_huge_pages() {
 }
 
 /// Runs one management call and prints its answer.
-fn admin(target: &shardgate::cli::Target, call: Result<shardgate::cli::Call, String>) -> ExitCode {
-    match call.and_then(|c| shardgate::cli::send(target, &c)) {
+fn admin(
+    target: &shardgate::control::cli::Target,
+    call: Result<shardgate::control::cli::Call, String>,
+) -> ExitCode {
+    match call.and_then(|c| shardgate::control::cli::send(target, &c)) {
         Ok(out) => {
             if !out.is_empty() {
                 println!("{out}");
@@ -165,7 +176,7 @@ fn admin(target: &shardgate::cli::Target, call: Result<shardgate::cli::Call, Str
 }
 
 fn validate(path: &std::path::Path) -> ExitCode {
-    match config::load_plan(path, None) {
+    match compile::load_plan(path, None) {
         Ok(plan) => {
             let routes: usize = plan.stages.iter().map(|s| s.routes.len()).sum();
             println!(
@@ -195,7 +206,7 @@ fn run(
     if workers == Some(0) {
         anyhow::bail!("--workers must be at least 1");
     }
-    let mut plan = config::load_plan(path, workers).map_err(|errs| {
+    let mut plan = compile::load_plan(path, workers).map_err(|errs| {
         anyhow::anyhow!("{} has {} error(s):\n{errs}", path.display(), errs.0.len())
     })?;
     if let Some(r) = runtime {
@@ -208,12 +219,12 @@ fn run(
         None => Store::memory()?,
     };
     // Stages the management API pointed at deployments serve those.
-    let deployed = shardgate::deploy::deployed(&store)?;
+    let deployed = shardgate::control::deploy::deployed(&store)?;
     if !deployed.is_empty() {
         let runtime = plan.runtime;
-        plan = config::load_plan_with(
+        plan = compile::load_plan_with(
             path,
-            &config::compile::Options {
+            &shardgate::compile::Options {
                 workers,
                 deployed,
                 ..Default::default()
@@ -266,13 +277,13 @@ fn run(
         lp.bind = *addr;
     }
     let plan = Arc::new(plan);
-    let control = Arc::new(shardgate::reload::Control::new(
+    let control = Arc::new(shardgate::control::reload::Control::new(
         path.to_path_buf(),
         Arc::clone(&plan),
         Arc::clone(&registry),
     ));
     if let Some(admin) = &plan.admin {
-        let addr = shardgate::admin::start(admin, Arc::clone(&control))?;
+        let addr = shardgate::control::admin::start(admin, Arc::clone(&control))?;
         // `admin=`, not `addr=`: tools wait for the public listener's `addr=`.
         tracing::info!(admin = %addr, token = admin.token.is_some(), "admin listening");
     }
@@ -281,7 +292,7 @@ fn run(
     }
     let workers = worker::start(Arc::clone(&plan), sockets)?;
     control.attach(&workers);
-    shardgate::reload::watch(Arc::clone(&control));
+    shardgate::control::reload::watch(Arc::clone(&control));
     // Config loaded, listeners bound, workers running: `/readyz` says so.
     plan.metrics
         .ready

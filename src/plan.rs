@@ -28,43 +28,43 @@ pub struct Plan {
     pub pool: PoolLimits,
     /// Every throttle of the config. A reload keeps the buckets whose name and
     /// limit did not change (their levels and the shards' unspent tokens).
-    pub throttles: Vec<Arc<crate::throttle::SharedBucket>>,
+    pub throttles: Vec<Arc<crate::policy::throttle::SharedBucket>>,
     /// Each throttle's name: `gateway`, `api/stage` or `api/stage/ROUTE KEY`.
     pub throttle_names: Vec<String>,
     /// The gateway-wide throttle.
     pub throttle: Option<crate::ids::ThrottleId>,
     /// The usage plans and API keys the config declares (the registry adds those
     /// of the management API and the store).
-    pub seed: crate::registry::Seed,
+    pub seed: crate::control::registry::Seed,
     /// The keyring the workers read, published by the registry.
-    pub live: Arc<crate::keys::Live>,
+    pub live: Arc<crate::policy::keys::Live>,
     /// The management API's listener, if `admin:` is configured.
     pub admin: Option<AdminPlan>,
     /// Cache flushes, counters and sizes shared by the workers and the admin API.
-    pub cache: Arc<crate::cache::Shared>,
+    pub cache: Arc<crate::policy::cache::Shared>,
     /// `store.path`: where keys and usage persist; in memory when absent.
     pub store_path: Option<std::path::PathBuf>,
     /// The instant throttle clocks count from, the same for every worker.
     pub epoch: std::time::Instant,
     /// Every API's authorizers; routes refer to them by index.
-    pub authorizers: Vec<Arc<crate::access::Authorizer>>,
+    pub authorizers: Vec<Arc<crate::policy::access::Authorizer>>,
     /// Each authorizer's config digest: a reload keeps those that did not change.
     pub authorizer_sigs: Vec<u64>,
     /// Each authorizer's number for the workers' token and decision memories.
     pub authorizer_uids: Vec<usize>,
     /// SigV4 access keys (the config's and the management API's).
-    pub access_keys: Arc<crate::access::sigv4::KeyTable>,
+    pub access_keys: Arc<crate::policy::sigv4::KeyTable>,
     /// The access keys the config declares.
-    pub config_access_keys: Vec<crate::access::sigv4::AccessKey>,
+    pub config_access_keys: Vec<crate::policy::sigv4::AccessKey>,
     /// Per-worker counters and histograms, summed by `/metrics`.
-    pub metrics: Arc<crate::metrics::Metrics>,
+    pub metrics: Arc<crate::observe::metrics::Metrics>,
     /// `metrics: false` in the config: requests are not counted.
     pub metrics_on: bool,
     /// Access log sinks and their writer.
-    pub logs: Arc<crate::accesslog::Logs>,
+    pub logs: Arc<crate::observe::accesslog::Logs>,
     pub tracing: TracingPlan,
     /// OTLP span export, when `telemetry.otlp_endpoint` is set.
-    pub telemetry: Option<Arc<crate::telemetry::Exporter>>,
+    pub telemetry: Option<Arc<crate::observe::telemetry::Exporter>>,
 }
 
 /// Trace headers created for requests that carry none.
@@ -97,7 +97,7 @@ pub struct ListenerPlan {
     /// Lower-case host → mappings, longest base path first.
     pub domains: HashMap<Box<str>, Vec<BaseMapping>>,
     /// HTTPS: certificates, client authentication; swapped on reload.
-    pub tls: Option<Arc<crate::tls::ListenerTls>>,
+    pub tls: Option<Arc<crate::http::tls::ListenerTls>>,
 }
 
 #[derive(Debug, Clone)]
@@ -121,7 +121,7 @@ pub struct Limits {
     /// A write to the client that makes no progress for this long is cut (a
     /// client that does not read its response).
     pub send_timeout: Duration,
-    pub paths: crate::path::Rules,
+    pub paths: crate::http::path::Rules,
 }
 
 impl Default for Limits {
@@ -138,7 +138,7 @@ impl Default for Limits {
             // is never cut by its own upload taking longer than AWS allows.
             request_timeout: Duration::from_secs(30),
             send_timeout: Duration::from_secs(30),
-            paths: crate::path::Rules::default(),
+            paths: crate::http::path::Rules::default(),
         }
     }
 }
@@ -177,8 +177,8 @@ pub struct StagePlan {
     /// Bytes of response cache (`stages[].cache.capacity_mb`), over all workers;
     /// 0 without a cache.
     pub cache_bytes: usize,
-    pub access: crate::access::StageAccess,
-    pub access_log: Option<crate::accesslog::LogSpec>,
+    pub access: crate::policy::access::StageAccess,
+    pub access_log: Option<crate::observe::accesslog::LogSpec>,
 }
 
 /// How one route's responses are cached.
@@ -212,8 +212,8 @@ pub struct RoutePlan {
     pub api_key_required: bool,
     /// The stage's response cache for this route, if it caches.
     pub cache: Option<RouteCache>,
-    pub auth: Option<crate::access::RouteAuth>,
-    pub validate: Option<Arc<crate::access::validate::Validator>>,
+    pub auth: Option<crate::policy::access::RouteAuth>,
+    pub validate: Option<Arc<crate::policy::validate::Validator>>,
     /// This route's series in `Plan::metrics` (kept across reloads).
     pub metric_slot: usize,
     /// A digest of everything the route's config says (and its stage's
@@ -241,7 +241,7 @@ pub struct ProxyTarget {
     pub addr: SocketAddr,
     pub pool_key: PoolKey,
     /// `https://`: how the upstream is verified.
-    pub tls: Option<crate::tls::UpstreamTls>,
+    pub tls: Option<crate::http::tls::UpstreamTls>,
     /// `host[:port]` as written in the URI: sent as the upstream `Host`.
     pub host_header: Box<str>,
     /// Path template; parameters refer to route parameter names.

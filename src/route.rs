@@ -110,14 +110,14 @@ fn parse_path(path: &str) -> Result<Vec<Segment>, String> {
                     "path {path:?}: segment {part:?} must be literal text, `{{name}}` or `{{name+}}`"
                 ));
             }
-            // Requests are normalised before routing (`crate::path`): a literal
+            // Requests are normalised before routing (`crate::http::path`): a literal
             // that normalisation would change could never match.
             let literal = format!("/{part}");
-            let keep_all = crate::path::Rules {
+            let keep_all = crate::http::path::Rules {
                 keep_escaped_slashes: true,
                 keep_semicolons: true,
             };
-            match crate::path::normalise(&literal, keep_all) {
+            match crate::http::path::normalise(&literal, keep_all) {
                 Ok(n) if n == literal => {}
                 Ok(n) => {
                     return Err(format!(

@@ -15,10 +15,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{write_config, Upstream, IO_TIMEOUT};
-use shardgate::parse::{parse_request, parse_response, Chunk, ChunkedDecoder, MAX_HEADERS};
+use shardgate::http::parse::{parse_request, parse_response, Chunk, ChunkedDecoder, MAX_HEADERS};
+use shardgate::http::respond::Persist;
 use shardgate::plan::Integration;
-use shardgate::respond::Persist;
-use shardgate::upstream::forward::{write_request_head, write_response_head};
+use shardgate::proxy::forward::{write_request_head, write_response_head};
 
 struct Counting;
 
@@ -118,9 +118,9 @@ apis:
       - name: prod
 "#,
     );
-    let plan = shardgate::config::load_plan(&path, Some(1)).expect("plan");
+    let plan = shardgate::compile::load_plan(&path, Some(1)).expect("plan");
     let lp = &plan.listeners[0];
-    let origin = shardgate::upstream::forward::Origin {
+    let origin = shardgate::proxy::forward::Origin {
         peer: "127.0.0.1:5555".parse().unwrap(),
         local_port: 8080,
         tls: None,
@@ -128,7 +128,7 @@ apis:
     let mut up_head = Vec::with_capacity(4096);
     let mut out = Vec::with_capacity(4096);
     let date = [b'x'; shardgate::clock::HTTP_DATE_LEN];
-    let tag = shardgate::respond::Tag::from([b'a'; 16]);
+    let tag = shardgate::http::respond::Tag::from([b'a'; 16]);
 
     let mut one_request = || {
         let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -149,7 +149,7 @@ apis:
             &m,
             path,
             &origin,
-            &shardgate::upstream::forward::Extra::NONE,
+            &shardgate::proxy::forward::Extra::NONE,
         );
 
         let mut rh = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -260,11 +260,11 @@ apis:
 "#,
         upstream.url()
     ));
-    let mut plan = shardgate::config::load_plan(&path, Some(1)).expect("plan");
-    let sockets = shardgate::worker::bind_all(&plan).expect("bind");
+    let mut plan = shardgate::compile::load_plan(&path, Some(1)).expect("plan");
+    let sockets = shardgate::proxy::worker::bind_all(&plan).expect("bind");
     plan.listeners[0].bind = sockets.bound[0];
     let addr = sockets.bound[0];
-    let workers = shardgate::worker::start(Arc::new(plan), sockets).expect("start");
+    let workers = shardgate::proxy::worker::start(Arc::new(plan), sockets).expect("start");
 
     let mut clients: Vec<TcpStream> = (0..CLIENTS)
         .map(|_| {

@@ -4,7 +4,7 @@
 
 mod common;
 use common::*;
-use shardgate::path::{normalise, Rules};
+use shardgate::http::path::{normalise, Rules};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;

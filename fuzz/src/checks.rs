@@ -5,8 +5,8 @@
 use std::borrow::Cow;
 use std::sync::OnceLock;
 
-use shardgate::parse::{self, Chunk, ChunkedDecoder, Framing, MAX_HEADERS};
-use shardgate::path::{normalise, Rules};
+use shardgate::http::parse::{self, Chunk, ChunkedDecoder, Framing, MAX_HEADERS};
+use shardgate::http::path::{normalise, Rules};
 use shardgate::route::{RouteKey, Router};
 
 const RULES: [Rules; 4] = [
@@ -192,7 +192,7 @@ pub fn config(data: &[u8]) {
     let (cfg, errs) = shardgate::config::parse_partial(text);
     assert!(cfg.is_some() || !errs.is_empty());
     if let Some(cfg) = cfg {
-        let _ = shardgate::config::compile::compile(&cfg, Some(1));
+        let _ = shardgate::compile::compile(&cfg, Some(1));
     }
 }
 
@@ -216,7 +216,7 @@ apis:
     stages: [ { name: prod } ]
 ";
         let cfg = shardgate::config::parse(yaml).expect("the fuzz config parses");
-        shardgate::config::compile::compile(&cfg, Some(1)).expect("the fuzz config compiles")
+        shardgate::compile::compile(&cfg, Some(1)).expect("the fuzz config compiles")
     })
 }
 
@@ -224,7 +224,7 @@ apis:
 /// granted, never a panic; nothing unsigned by the key is granted.
 pub fn jwt(data: &[u8]) {
     let plan = jwt_authorizer();
-    let shardgate::access::Authorizer::Jwt(j) = &*plan.authorizers[0] else {
+    let shardgate::policy::access::Authorizer::Jwt(j) = &*plan.authorizers[0] else {
         panic!("the fuzz config's authorizer is a JWT authorizer");
     };
     let Ok(token) = std::str::from_utf8(data) else {
@@ -238,10 +238,10 @@ pub fn jwt(data: &[u8]) {
         name: "authorization",
         value: value.as_bytes(),
     }];
-    let mut cache = shardgate::access::jwt::TokenCache::default();
+    let mut cache = shardgate::policy::jwt::TokenCache::default();
     let checked = j.check(0, &headers, None, &[], &mut cache, now, true);
     assert!(!matches!(
         checked,
-        shardgate::access::jwt::Check::Granted(_)
+        shardgate::policy::jwt::Check::Granted(_)
     ));
 }

@@ -2,10 +2,7 @@
 //! human units, and the loader that reports every structural error at once with the
 //! key's path. `compile` turns these into a [`crate::plan::Plan`].
 
-pub mod compile;
-
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -601,7 +598,7 @@ pub struct TracingFile {
 #[serde(deny_unknown_fields)]
 pub struct QuotaFile {
     pub limit: u64,
-    pub period: crate::quota::Period,
+    pub period: crate::policy::quota::Period,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -658,41 +655,6 @@ pub struct MappingFile {
     pub base_path: String,
     pub api: String,
     pub stage: String,
-}
-
-/// Reads, parses and compiles a config file: every error at once, structural
-/// (unknown keys, wrong types) and semantic (conflicts, bad URIs).
-pub fn load_plan(path: &Path, workers: Option<usize>) -> Result<crate::plan::Plan, ConfigErrors> {
-    load_plan_with(
-        path,
-        &compile::Options {
-            workers,
-            ..compile::Options::default()
-        },
-    )
-}
-
-/// `load_plan` with a running gateway's options (a reload).
-pub fn load_plan_with(
-    path: &Path,
-    opts: &compile::Options,
-) -> Result<crate::plan::Plan, ConfigErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        let mut errs = ConfigErrors::default();
-        errs.push("", format!("cannot read {}: {e}", path.display()));
-        errs
-    })?;
-    let (cfg, mut errs) = parse_partial(&text);
-    let Some(mut cfg) = cfg else { return Err(errs) };
-    cfg.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    match compile::compile_with(&cfg, opts) {
-        Ok(plan) if errs.is_empty() => Ok(plan),
-        Ok(_) => Err(errs),
-        Err(more) => {
-            errs.0.extend(more.0);
-            Err(errs)
-        }
-    }
 }
 
 /// Parses config text; every structural error at once.

@@ -1,5 +1,4 @@
 //! The integration stage (AWS's word): per-core connection pools and forwarding a
 //! request to an HTTP upstream.
 
-pub mod forward;
 pub mod pool;

@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use rustc_hash::FxHashMap;
 
+use crate::http::stream::Stream;
 use crate::plan::{PoolKey, PoolLimits};
-use crate::stream::Stream;
 
 /// An upstream connection with its own read buffer (kept across requests so a
 /// pooled request allocates nothing).

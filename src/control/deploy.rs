@@ -1,0 +1,73 @@
+//! Deployments and stages, as AWS: a deployment is an immutable snapshot of an
+//! API's definition (routes, integrations, authorizers, CORS, policy) as the
+//! running config has it; a stage follows the config file until the management
+//! API points it at a deployment, and serves that snapshot from then on (across
+//! reloads and restarts); rollback is pointing it back at an older one. Stage
+//! variables set through the management API apply over the file's. Both live in
+//! the store, so the history survives restarts.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::compile::Deployed;
+use crate::control::store::Store;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Deployment {
+    pub id: String,
+    pub api: String,
+    #[serde(default)]
+    pub description: String,
+    pub created_ms: u64,
+    /// The API's mapping in the config (without `stages`), as JSON.
+    pub snapshot: serde_json::Value,
+}
+
+/// What the management API set for one stage.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct StagePointer {
+    /// The deployment the stage serves; `None`: the config file's definition.
+    pub deployment_id: Option<String>,
+    /// Stage variables over the file's.
+    pub variables: Option<BTreeMap<String, String>>,
+}
+
+impl StagePointer {
+    pub fn is_empty(&self) -> bool {
+        self.deployment_id.is_none() && self.variables.is_none()
+    }
+}
+
+/// A new deployment id: 10 lower-case letters and digits, as AWS's (and as key
+/// ids).
+pub fn new_id() -> String {
+    crate::encode::random_id()
+}
+
+/// What the compiler needs from the store: each pointed stage's snapshot and
+/// variables.
+pub fn deployed(store: &Store) -> anyhow::Result<HashMap<(String, String), Deployed>> {
+    let mut out = HashMap::new();
+    for (api, stage, p) in store.stages()? {
+        let snapshot = match &p.deployment_id {
+            Some(id) => match store.deployment(&api, id)? {
+                Some(d) => Some(d.snapshot),
+                None => {
+                    tracing::warn!(api, stage, deployment = %id, "stage points at a deployment the store lacks; it follows the config");
+                    None
+                }
+            },
+            None => None,
+        };
+        out.insert(
+            (api, stage),
+            Deployed {
+                id: p.deployment_id.clone().filter(|_| snapshot.is_some()),
+                snapshot,
+                variables: p.variables,
+            },
+        );
+    }
+    Ok(out)
+}

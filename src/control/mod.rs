@@ -1,0 +1,10 @@
+//! The control plane (main thread and its helpers): the store, the registry of keys,
+//! usage plans and access keys, deployments, hot reload, the management API and the
+//! command line.
+
+pub mod admin;
+pub mod cli;
+pub mod deploy;
+pub mod registry;
+pub mod reload;
+pub mod store;

@@ -1,0 +1,7 @@
+//! The hot path: worker threads, each shard's state, the connection loop and the
+//! request pipeline, and the `http_proxy` integration.
+
+pub mod conn;
+pub mod forward;
+pub mod shard;
+pub mod worker;
