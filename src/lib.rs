@@ -33,6 +33,7 @@ pub mod clock;
 pub mod compile;
 pub mod config;
 pub mod control;
+pub mod counter;
 pub mod encode;
 pub mod http;
 pub mod ids;

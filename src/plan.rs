@@ -8,8 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::RuntimeKind;
-use crate::ids::StageId;
+use crate::http::respond::MockResponse;
+use crate::observe::trace::TracingPlan;
+use crate::policy::cache::KeyParam;
 use crate::route::Router;
+use crate::route::Stages;
+use crate::upstream::pool::PoolLimits;
+use crate::upstream::target::ProxyTarget;
 
 #[derive(Debug)]
 pub struct Plan {
@@ -67,14 +72,6 @@ pub struct Plan {
     pub telemetry: Option<Arc<crate::observe::telemetry::Exporter>>,
 }
 
-/// Trace headers created for requests that carry none.
-#[derive(Debug, Clone, Copy)]
-pub struct TracingPlan {
-    pub create: bool,
-    /// Of `u32::MAX`: created traces below it are sampled.
-    pub sample_below: u32,
-}
-
 #[derive(Debug, Clone)]
 pub struct AdminPlan {
     pub bind: SocketAddr,
@@ -90,21 +87,10 @@ pub struct ListenerPlan {
     /// As configured until the sockets are bound; then the address actually bound.
     pub bind: SocketAddr,
     pub limits: Limits,
-    /// First path segment → stage, for the stages of the APIs this listener serves.
-    pub stage_by_name: HashMap<Box<str>, StageId>,
-    /// The `$default` stage of the APIs on this listener (at most one).
-    pub default_stage: Option<StageId>,
-    /// Lower-case host → mappings, longest base path first.
-    pub domains: HashMap<Box<str>, Vec<BaseMapping>>,
+    /// Which stage serves a request: domains, stage segments, `$default`.
+    pub stages: Stages,
     /// HTTPS: certificates, client authentication; swapped on reload.
     pub tls: Option<Arc<crate::http::tls::ListenerTls>>,
-}
-
-#[derive(Debug, Clone)]
-pub struct BaseMapping {
-    /// Without leading or trailing slash; empty for the catch-all mapping.
-    pub base_path: Box<str>,
-    pub stage: StageId,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -143,29 +129,6 @@ impl Default for Limits {
     }
 }
 
-/// Bounds of each worker's upstream connection pool.
-#[derive(Debug, Clone, Copy)]
-pub struct PoolLimits {
-    /// Idle connections kept per upstream address per core: enough for 1,000
-    /// concurrent requests per core without reconnects (load-tests/compare.sh's
-    /// c1000 scenario churned connections at 256), while bounding the file
-    /// descriptors one upstream can pin.
-    pub max_idle_per_upstream: usize,
-    /// An idle connection older than this is closed instead of reused: below
-    /// nginx's 75 s keep-alive default, so the upstream rarely closes first; a
-    /// connection it did close is retried once for idempotent requests.
-    pub idle_timeout: Duration,
-}
-
-impl Default for PoolLimits {
-    fn default() -> Self {
-        Self {
-            max_idle_per_upstream: 1024,
-            idle_timeout: Duration::from_secs(30),
-        }
-    }
-}
-
 #[derive(Debug)]
 pub struct StagePlan {
     pub api: String,
@@ -191,14 +154,6 @@ pub struct RouteCache {
     pub any_method: bool,
     pub require_authorization: bool,
     pub unauthorized: crate::config::UnauthorizedStrategy,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeyParam {
-    Query(Box<str>),
-    /// Lower case.
-    Header(Box<str>),
-    Path(Box<str>),
 }
 
 #[derive(Debug)]
@@ -228,41 +183,11 @@ pub enum Integration {
     Mock(MockResponse),
 }
 
-/// Which pooled connections can carry a request: same address, same TLS.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct PoolKey {
-    pub addr: SocketAddr,
-    /// 0: plain TCP; otherwise one id per distinct upstream TLS config and name.
-    pub tls: u32,
-}
-
-#[derive(Debug)]
-pub struct ProxyTarget {
-    pub addr: SocketAddr,
-    pub pool_key: PoolKey,
-    /// `https://`: how the upstream is verified.
-    pub tls: Option<crate::http::tls::UpstreamTls>,
-    /// `host[:port]` as written in the URI: sent as the upstream `Host`.
-    pub host_header: Box<str>,
-    /// Path template; parameters refer to route parameter names.
-    pub path: Vec<PathPart>,
-    /// For `$default` routes (AWS: "the full request path"): append the request path.
-    pub append_request_path: bool,
-    /// Query string fixed in the integration URI, if any (without `?`).
-    pub query: Option<Box<str>>,
-    pub timeout: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PathPart {
-    Literal(Box<str>),
-    Param(Box<str>),
-}
-
-#[derive(Debug)]
-pub struct MockResponse {
-    pub status: u16,
-    /// Pre-encoded `name: value\r\n` lines of the configured headers.
-    pub header_lines: Box<[u8]>,
-    pub body: Box<[u8]>,
+/// Gives each route of `stages` its series in `metrics` (kept across reloads).
+pub fn assign_metric_slots(metrics: &crate::observe::metrics::Metrics, stages: &mut [StagePlan]) {
+    for s in stages {
+        for r in &mut s.routes {
+            r.metric_slot = metrics.slot(&s.api, &s.stage, &r.key);
+        }
+    }
 }

@@ -8,7 +8,7 @@
 //! so a lookup is one radix-tree walk whatever the number of routes.
 
 use crate::ids::{RouteId, StageId};
-use crate::plan::ListenerPlan;
+use std::collections::HashMap;
 
 /// Methods with a tree of their own; any other method uses `ANY` routes only.
 const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"];
@@ -278,9 +278,27 @@ fn conflict_message(e: matchit::InsertError) -> String {
     }
 }
 
+/// A listener's stages as requests reach them.
+#[derive(Debug, Default)]
+pub struct Stages {
+    /// First path segment → stage, for the stages of the APIs this listener serves.
+    pub by_name: HashMap<Box<str>, StageId>,
+    /// The `$default` stage of the APIs on this listener (at most one).
+    pub default: Option<StageId>,
+    /// Lower-case host → mappings, longest base path first.
+    pub domains: HashMap<Box<str>, Vec<BaseMapping>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BaseMapping {
+    /// Without leading or trailing slash; empty for the catch-all mapping.
+    pub base_path: Box<str>,
+    pub stage: StageId,
+}
+
 /// Picks the stage serving a request on a listener, and the path left to route.
 /// `host` is the Host header value (port ignored, case-insensitive).
-pub fn dispatch<'p>(lp: &ListenerPlan, host: &[u8], path: &'p str) -> Option<(StageId, &'p str)> {
+pub fn dispatch<'p>(lp: &Stages, host: &[u8], path: &'p str) -> Option<(StageId, &'p str)> {
     if !lp.domains.is_empty() {
         if let Some(mappings) = lookup_domain(lp, host) {
             for m in mappings {
@@ -296,18 +314,15 @@ pub fn dispatch<'p>(lp: &ListenerPlan, host: &[u8], path: &'p str) -> Option<(St
     }
     let first = path.get(1..).map(|p| p.split('/').next().unwrap_or(""));
     if let Some(first) = first.filter(|f| !f.is_empty()) {
-        if let Some(&stage) = lp.stage_by_name.get(first) {
+        if let Some(&stage) = lp.by_name.get(first) {
             let rest = &path[1 + first.len()..];
             return Some((stage, if rest.is_empty() { "/" } else { rest }));
         }
     }
-    lp.default_stage.map(|s| (s, path))
+    lp.default.map(|s| (s, path))
 }
 
-fn lookup_domain<'a>(
-    lp: &'a ListenerPlan,
-    host: &[u8],
-) -> Option<&'a Vec<crate::plan::BaseMapping>> {
+fn lookup_domain<'a>(lp: &'a Stages, host: &[u8]) -> Option<&'a Vec<BaseMapping>> {
     let name = match host.iter().rposition(|&b| b == b':') {
         // A colon inside brackets belongs to an IPv6 literal, not a port.
         Some(i) if !host[i..].contains(&b']') => &host[..i],

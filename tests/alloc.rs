@@ -135,7 +135,7 @@ apis:
         let (head, hdrs) = parse_request(REQUEST, &mut h, 16 * 1024, Default::default())
             .unwrap()
             .unwrap();
-        let (stage, path) = shardgate::route::dispatch(lp, head.host, &head.path).unwrap();
+        let (stage, path) = shardgate::route::dispatch(&lp.stages, head.host, &head.path).unwrap();
         let st = &plan.stages[stage];
         let m = st.router.find(head.method, path).unwrap();
         let Integration::HttpProxy(target) = &st.routes[m.route].integration else {

@@ -15,15 +15,18 @@ use crate::config::{
     ApiFile, ConfigErrors, ConfigFile, IntegrationFile, SecretFile, ThrottleFile, Workers,
 };
 use crate::control::registry::{self, KeyDef, Seed, StageInfo};
+use crate::http::respond::MockResponse;
 use crate::http::tls;
 use crate::ids::{StageId, ThrottleId};
 use crate::plan::{
-    AdminPlan, BaseMapping, Integration, KeyParam, Limits, ListenerPlan, MockResponse, PathPart,
-    Plan, PoolLimits, ProxyTarget, RouteCache, RoutePlan, StagePlan,
+    AdminPlan, Integration, Limits, ListenerPlan, Plan, RouteCache, RoutePlan, StagePlan,
 };
+use crate::policy::cache::KeyParam;
 use crate::policy::keys;
 use crate::policy::throttle::{Limit, SharedBucket};
-use crate::route::{RouteKey, Router};
+use crate::route::{BaseMapping, RouteKey, Router, Stages};
+use crate::upstream::pool::PoolLimits;
+use crate::upstream::target::{PathPart, ProxyTarget};
 
 /// AWS's default integration timeout (REST; the config contract picks it for all APIs).
 const DEFAULT_TIMEOUT_MS: u64 = 29_000;
@@ -797,9 +800,11 @@ pub fn compile_with(cfg: &ConfigFile, opts: &Options) -> Result<Plan, ConfigErro
                 configured: bind,
                 bind,
                 limits,
-                stage_by_name,
-                default_stage,
-                domains,
+                stages: Stages {
+                    by_name: stage_by_name,
+                    default: default_stage,
+                    domains,
+                },
                 tls,
             });
         }
@@ -846,13 +851,13 @@ pub fn compile_with(cfg: &ConfigFile, opts: &Options) -> Result<Plan, ConfigErro
         if !(0.0..=1.0).contains(&rate) {
             errs.push("tracing.sample_rate", "must be from 0 to 1");
         }
-        crate::plan::TracingPlan {
+        crate::observe::trace::TracingPlan {
             create: t.and_then(|t| t.create).unwrap_or(true),
             sample_below: (rate.clamp(0.0, 1.0) * u32::MAX as f64) as u32,
         }
     };
     let metrics = Arc::new(crate::observe::metrics::Metrics::new(workers));
-    metrics.assign(&mut stages);
+    crate::plan::assign_metric_slots(&metrics, &mut stages);
     if errs.is_empty() {
         Ok(Plan {
             generation: 0,
@@ -1939,7 +1944,7 @@ fn parse_http_uri<'a>(uri: &'a str, params: &[&str]) -> Result<ParsedUri<'a>, Ur
     }
     let target = ProxyTarget {
         addr,
-        pool_key: crate::plan::PoolKey { addr, tls: 0 },
+        pool_key: crate::upstream::pool::PoolKey { addr, tls: 0 },
         tls: None,
         host_header: authority.into(),
         path: parts,

@@ -584,10 +584,10 @@ fn route(ctx: &Ctx, req: &Request, m: &str, segs: &[&str]) -> Result<Response, A
             )),
         },
         ["tls"] if m == "GET" => Ok(Response::ok(json!({
-            "listeners": crate::http::tls::describe_listeners(&ctx.control.plan().listeners)
+            "listeners": crate::http::tls::describe_listeners(https(&ctx.control.plan()))
         }))),
         ["tls", "reload"] if m == "POST" => {
-            let (loaded, errs) = crate::http::tls::reload_listeners(&ctx.control.plan().listeners);
+            let (loaded, errs) = crate::http::tls::reload_listeners(https(&ctx.control.plan()));
             if errs.is_empty() {
                 Ok(Response::ok(json!({ "listeners": loaded })))
             } else {
@@ -980,4 +980,10 @@ fn update_usage(ctx: &Ctx, req: &Request, plan: &str, key: &str) -> Result<Respo
         "endDate": crate::clock::format_date(today),
         "values": values,
     })))
+}
+/// Each HTTPS listener's name and TLS state.
+fn https(plan: &Plan) -> impl Iterator<Item = (&str, &crate::http::tls::ListenerTls)> {
+    plan.listeners
+        .iter()
+        .filter_map(|lp| Some((lp.name.as_str(), &**lp.tls.as_ref()?)))
 }

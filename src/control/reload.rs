@@ -355,7 +355,7 @@ fn carry(next: &mut Plan, prev: &Plan) {
     }
     // The same series for the same (api, stage, route).
     next.metrics = Arc::clone(&prev.metrics);
-    next.metrics.assign(&mut next.stages);
+    crate::plan::assign_metric_slots(&next.metrics, &mut next.stages);
     next.live = Arc::clone(&prev.live);
     // The same log files: the same writer.
     if next.logs.targets == prev.logs.targets {

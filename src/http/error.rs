@@ -3,6 +3,26 @@
 
 use crate::http::parse::HeadError;
 
+/// Why a token is refused: the `error_description` of the challenge.
+pub const NO_TOKEN: &str = "no token";
+pub const EXPIRED: &str = "expired";
+pub const NOT_YET: &str = "not yet valid";
+pub const AUDIENCE: &str = "audience";
+pub const ISSUER: &str = "issuer";
+pub const SIGNATURE: &str = "signature";
+pub const MALFORMED: &str = "malformed";
+pub const UNKNOWN_KEY: &str = "unknown key";
+pub const ALGORITHM: &str = "algorithm";
+
+/// Why a keyed request was refused (all answer 403; the log says which).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRefusal {
+    Missing,
+    Unknown,
+    Disabled,
+    NotInPlan,
+}
+
 /// Why the gateway answered instead of the integration.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GatewayError {
@@ -27,7 +47,7 @@ pub enum GatewayError {
     #[error("throttled")]
     Throttled,
     #[error("API key refused: {0:?}")]
-    Forbidden(crate::policy::keys::KeyRefusal),
+    Forbidden(KeyRefusal),
     #[error("usage plan quota spent")]
     QuotaExceeded,
     #[error("Cache-Control: max-age=0 from a caller not authorized to invalidate")]
@@ -197,12 +217,12 @@ fn bearer_challenge(why: &str) -> &'static str {
         };
     }
     match why {
-        crate::policy::jwt::NO_TOKEN => "www-authenticate: Bearer\r\n",
-        crate::policy::jwt::EXPIRED => line!("the token has expired"),
-        crate::policy::jwt::NOT_YET => line!("the token is not valid yet"),
-        crate::policy::jwt::AUDIENCE => line!("the token does not have a valid audience"),
-        crate::policy::jwt::ISSUER => line!("the token does not have a valid issuer"),
-        crate::policy::jwt::SIGNATURE => line!("the token signature is invalid"),
+        NO_TOKEN => "www-authenticate: Bearer\r\n",
+        EXPIRED => line!("the token has expired"),
+        NOT_YET => line!("the token is not valid yet"),
+        AUDIENCE => line!("the token does not have a valid audience"),
+        ISSUER => line!("the token does not have a valid issuer"),
+        SIGNATURE => line!("the token signature is invalid"),
         _ => line!("the token is invalid"),
     }
 }
@@ -226,7 +246,7 @@ mod tests {
             (GatewayError::Throttled, 429, "Too Many Requests"),
             (GatewayError::QuotaExceeded, 429, "Limit Exceeded"),
             (
-                GatewayError::Forbidden(crate::policy::keys::KeyRefusal::Missing),
+                GatewayError::Forbidden(KeyRefusal::Missing),
                 403,
                 "Forbidden",
             ),

@@ -4,7 +4,6 @@
 use crate::clock::HTTP_DATE_LEN;
 use crate::http::error::Refusal;
 use crate::ids::RequestId;
-use crate::plan::MockResponse;
 use crate::policy::quota::QuotaState;
 
 /// What the `Connection` header of a response says.
@@ -252,4 +251,12 @@ pub fn copy_headers(
         out.extend_from_slice(h.value);
         out.extend_from_slice(b"\r\n");
     }
+}
+
+#[derive(Debug)]
+pub struct MockResponse {
+    pub status: u16,
+    /// Pre-encoded `name: value\r\n` lines of the configured headers.
+    pub header_lines: Box<[u8]>,
+    pub body: Box<[u8]>,
 }

@@ -206,24 +206,23 @@ fn build_server(spec: &ListenerTlsSpec) -> Result<Built, Vec<String>> {
 /// (SIGHUP, `POST /tls/reload`): new connections get what was read, open ones keep
 /// what they have. A listener whose files fail keeps its running config; the errors
 /// come back, each prefixed with the listener's name.
-pub fn reload_listeners(
-    listeners: &[crate::plan::ListenerPlan],
+pub fn reload_listeners<'a>(
+    listeners: impl IntoIterator<Item = (&'a str, &'a ListenerTls)>,
 ) -> (serde_json::Value, Vec<String>) {
     let mut loaded = Vec::new();
     let mut errs = Vec::new();
-    for lp in listeners {
-        let Some(tls) = &lp.tls else { continue };
+    for (name, tls) in listeners {
         match tls.reload() {
             Ok(summary) => {
                 for c in summary.iter() {
-                    tracing::info!(listener = %lp.name, cert = %c.cert, names = ?c.names, not_after = %c.not_after, "certificate loaded");
+                    tracing::info!(listener = %name, cert = %c.cert, names = ?c.names, not_after = %c.not_after, "certificate loaded");
                 }
-                loaded.push(serde_json::json!({ "listener": lp.name, "certificates": *summary }));
+                loaded.push(serde_json::json!({ "listener": name, "certificates": *summary }));
             }
             Err(problems) => {
                 for p in problems {
-                    tracing::error!(listener = %lp.name, error = %p, "certificate reload failed; the running certificates stay");
-                    errs.push(format!("{}: {p}", lp.name));
+                    tracing::error!(listener = %name, error = %p, "certificate reload failed; the running certificates stay");
+                    errs.push(format!("{}: {p}", name));
                 }
             }
         }
@@ -232,19 +231,20 @@ pub fn reload_listeners(
 }
 
 /// Every HTTPS listener's certificates as loaded now.
-pub fn describe_listeners(listeners: &[crate::plan::ListenerPlan]) -> serde_json::Value {
+pub fn describe_listeners<'a>(
+    listeners: impl IntoIterator<Item = (&'a str, &'a ListenerTls)>,
+) -> serde_json::Value {
     listeners
-        .iter()
-        .filter_map(|lp| {
-            let tls = lp.tls.as_ref()?;
-            Some(serde_json::json!({
-                "listener": lp.name,
+        .into_iter()
+        .map(|(name, tls)| {
+            serde_json::json!({
+                "listener": name,
                 "client_auth": tls.spec.client_auth.as_ref().map(|(_, m)| match m {
                     ClientAuthMode::Required => "required",
                     ClientAuthMode::Optional => "optional",
                 }),
                 "certificates": *tls.summary(),
-            }))
+            })
         })
         .collect()
 }

@@ -9,10 +9,10 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Mutex, OnceLock};
 
-use crate::plan::StagePlan;
+pub use crate::counter::Counter;
 
 /// Route slots per chunk of cells; chunks are allocated as routes appear.
 const CHUNK: usize = 64;
@@ -43,28 +43,6 @@ type WorkerCounter = (
     &'static str,
     fn(&WorkerCell) -> u64,
 );
-
-/// A single-writer counter: only its worker adds to it; readers may see a value a
-/// moment old.
-#[derive(Default)]
-pub struct Counter(AtomicU64);
-
-impl Counter {
-    #[inline]
-    pub fn add(&self, n: u64) {
-        self.0.store(
-            self.0.load(Ordering::Relaxed).wrapping_add(n),
-            Ordering::Relaxed,
-        );
-    }
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-    /// As a gauge: the writer sets the value.
-    pub fn set(&self, v: u64) {
-        self.0.store(v, Ordering::Relaxed);
-    }
-}
 
 #[derive(Default)]
 struct Histogram {
@@ -159,30 +137,26 @@ impl Metrics {
         }
     }
 
-    /// Gives each route of `stages` its series: the slot its labels already have,
-    /// or a new one (`usize::MAX` when all are taken: not counted per route).
-    pub fn assign(&self, stages: &mut [StagePlan]) {
+    /// The series of route `key` of `api`/`stage`: the slot its labels already
+    /// have, or a new one (`usize::MAX` when all are taken: not counted per route).
+    pub fn slot(&self, api: &str, stage: &str, key: &str) -> usize {
         let mut guard = crate::lock(&self.labels);
         let (list, by) = &mut *guard;
-        for s in stages {
-            for r in &mut s.routes {
-                let l: Labels = (s.api.clone(), s.stage.clone(), r.key.clone());
-                r.metric_slot = match by.get(&l) {
-                    Some(&slot) => slot,
-                    None if list.len() < CHUNK * CHUNKS => {
-                        let slot = list.len();
-                        self.cells[slot / CHUNK].get_or_init(|| {
-                            (0..self.workers * CHUNK)
-                                .map(|_| RouteCell::default())
-                                .collect()
-                        });
-                        list.push(l.clone());
-                        by.insert(l, slot);
-                        slot
-                    }
-                    None => usize::MAX,
-                };
+        let l: Labels = (api.to_owned(), stage.to_owned(), key.to_owned());
+        match by.get(&l) {
+            Some(&slot) => slot,
+            None if list.len() < CHUNK * CHUNKS => {
+                let slot = list.len();
+                self.cells[slot / CHUNK].get_or_init(|| {
+                    (0..self.workers * CHUNK)
+                        .map(|_| RouteCell::default())
+                        .collect()
+                });
+                list.push(l.clone());
+                by.insert(l, slot);
+                slot
             }
+            None => usize::MAX,
         }
     }
 

@@ -3,8 +3,6 @@
 //! creates the missing ones with the same trace id (X-Ray's `1-{8 hex}-{24 hex}` root
 //! is a W3C trace id split in two), sampled as configured.
 
-use crate::plan::TracingPlan;
-
 #[derive(Debug, Clone, Copy)]
 pub struct Trace {
     /// The trace id, 32 lower-case hex digits.
@@ -124,6 +122,14 @@ impl Trace {
             });
         }
     }
+}
+
+/// Trace headers created for requests that carry none.
+#[derive(Debug, Clone, Copy)]
+pub struct TracingPlan {
+    pub create: bool,
+    /// Of `u32::MAX`: created traces below it are sampled.
+    pub sample_below: u32,
 }
 
 #[cfg(test)]

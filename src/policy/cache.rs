@@ -581,9 +581,8 @@ pub fn build_key(
     query: Option<&str>,
     headers: &[httparse::Header<'_>],
     m: &crate::route::RouteMatch<'_, '_>,
-    params: &[crate::plan::KeyParam],
+    params: &[KeyParam],
 ) {
-    use crate::plan::KeyParam;
     out.clear();
     out.extend_from_slice(&sig.to_le_bytes());
     out.extend_from_slice(if method == "HEAD" {
@@ -677,6 +676,14 @@ unsafe impl monoio::buf::IoBuf for BodyBuf {
     fn bytes_init(&self) -> usize {
         self.0.body.len()
     }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyParam {
+    Query(Box<str>),
+    /// Lower case.
+    Header(Box<str>),
+    Path(Box<str>),
 }
 
 #[cfg(test)]

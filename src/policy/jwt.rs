@@ -20,16 +20,9 @@ use serde_json::{Map, Value};
 
 use crate::http::error::{Challenge, GatewayError};
 
-/// Why a token is refused: the `error_description` of the challenge.
-pub const NO_TOKEN: &str = "no token";
-pub const EXPIRED: &str = "expired";
-pub const NOT_YET: &str = "not yet valid";
-pub const AUDIENCE: &str = "audience";
-pub const ISSUER: &str = "issuer";
-pub const SIGNATURE: &str = "signature";
-pub const MALFORMED: &str = "malformed";
-pub const UNKNOWN_KEY: &str = "unknown key";
-pub const ALGORITHM: &str = "algorithm";
+pub use crate::http::error::{
+    ALGORITHM, AUDIENCE, EXPIRED, ISSUER, MALFORMED, NOT_YET, NO_TOKEN, SIGNATURE, UNKNOWN_KEY,
+};
 
 /// AWS's JWKS fetch bounds.
 pub const FETCH_TIMEOUT: Duration = Duration::from_millis(1500);

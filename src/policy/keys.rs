@@ -55,14 +55,7 @@ impl Binding {
     }
 }
 
-/// Why a keyed request was refused (all answer 403; the log says which).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyRefusal {
-    Missing,
-    Unknown,
-    Disabled,
-    NotInPlan,
-}
+pub use crate::http::error::KeyRefusal;
 
 #[derive(Debug)]
 pub struct KeyView {

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
-use crate::plan::ProxyTarget;
-use crate::proxy::shard::Shard;
+use crate::upstream::connect::Dial;
+use crate::upstream::target::ProxyTarget;
 
 /// An authorizer's answer may be at most this long.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
@@ -295,15 +295,15 @@ impl RequestAuthorizer {
     }
 
     /// Calls the endpoint; the whole exchange within `timeout`.
-    pub async fn call(&self, shard: &Shard, payload: &[u8]) -> Result<Decision, &'static str> {
-        match monoio::time::timeout(self.timeout, self.exchange(shard, payload)).await {
+    pub async fn call(&self, dial: &Dial<'_>, payload: &[u8]) -> Result<Decision, &'static str> {
+        match monoio::time::timeout(self.timeout, self.exchange(dial, payload)).await {
             Ok(r) => r,
             Err(_) => Err("the authorizer did not answer in time"),
         }
     }
 
-    async fn exchange(&self, shard: &Shard, payload: &[u8]) -> Result<Decision, &'static str> {
-        let mut up = crate::proxy::forward::connect(shard, &self.target)
+    async fn exchange(&self, dial: &Dial<'_>, payload: &[u8]) -> Result<Decision, &'static str> {
+        let mut up = crate::upstream::connect::connect(dial, &self.target)
             .await
             .map_err(|_| "cannot connect to the authorizer")?;
         let mut out = Vec::with_capacity(256 + payload.len());

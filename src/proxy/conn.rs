@@ -693,7 +693,7 @@ async fn do_work(
             else {
                 return Err(Some(GatewayError::AuthorizerFailed("no such authorizer")));
             };
-            match r.call(shard, &call.payload).await {
+            match r.call(&shard.dial(), &call.payload).await {
                 Ok(d) => {
                     let d = std::rc::Rc::new(d);
                     if let Some(key) = call.key {
@@ -866,7 +866,7 @@ fn prepare(
             return p;
         }
     }
-    let Some((stage_id, path)) = route::dispatch(lp, head.host, &head.path) else {
+    let Some((stage_id, path)) = route::dispatch(&lp.stages, head.host, &head.path) else {
         return p;
     };
     let stage = &plan.stages[stage_id];

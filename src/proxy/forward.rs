@@ -4,22 +4,20 @@
 
 use std::cell::Cell;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Instant;
-
-use monoio::net::TcpStream;
 
 use crate::encode::write_ip;
 use crate::http::body::{self, Encode, PumpError, Source};
 use crate::http::error::GatewayError;
 use crate::http::parse::{self, Framing, RequestHead, MAX_HEADERS};
 use crate::http::respond::{self, Persist, Tag};
-use crate::http::stream::{Stream, TlsStream};
-use crate::plan::{Limits, PathPart, ProxyTarget};
+use crate::plan::Limits;
 use crate::proxy::conn::{body_error, send_continue, Client};
 use crate::proxy::shard::Shard;
 use crate::route::RouteMatch;
+use crate::upstream::connect::connect;
 use crate::upstream::pool::UpConn;
+use crate::upstream::target::{PathPart, ProxyTarget};
 
 /// A body up to this size that has arrived with its head is sent in the same write.
 const INLINE_BODY: u64 = 16 * 1024;
@@ -259,7 +257,9 @@ pub async fn proxy(
             let reused = pooled.is_some();
             let mut up = match pooled {
                 Some(up) => up,
-                None => connect(shard, target).await?,
+                None => connect(&shard.dial(), target)
+                    .await
+                    .map_err(Failed::Answer)?,
             };
             match exchange(c, &mut up, req, has_body, limits, shard, &clock, target).await {
                 Ok(a) => return Ok((up, a)),
@@ -457,50 +457,6 @@ fn finish(shard: &Shard, target: &ProxyTarget, up: UpConn, a: &Answered) -> bool
             .put(target.pool_key, up, Instant::now());
     }
     !a.client_persist.closes()
-}
-
-pub async fn connect(shard: &Shard, target: &ProxyTarget) -> Result<UpConn, Failed> {
-    let addr = target.addr;
-    match TcpStream::connect_addr(addr).await {
-        Ok(s) => {
-            let _ = s.set_nodelay(true);
-            shard.pool.borrow_mut().connects += 1;
-            if let Some(w) = shard.metrics.worker.get(shard.id) {
-                w.upstream_connects.add(1);
-            }
-            let Some(tls) = &target.tls else {
-                return Ok(UpConn::new(Stream::Plain(s)));
-            };
-            let session = rustls::ClientConnection::new(
-                Arc::clone(&tls.config),
-                tls.server_name.clone(),
-            )
-            .map_err(|e| {
-                tracing::warn!(upstream = %addr, error = %e, "cannot start TLS to integration");
-                Failed::Answer(GatewayError::UpstreamFailed("TLS failed"))
-            })?;
-            let mut t = Box::new(TlsStream::new(s, session, shard.uring));
-            match t.handshake().await {
-                Ok(()) => Ok(UpConn::new(Stream::Client(t))),
-                Err(e) => {
-                    tracing::warn!(upstream = %addr, server_name = ?tls.server_name, error = %e, "TLS handshake with integration failed");
-                    Err(Failed::Answer(GatewayError::UpstreamFailed(
-                        "TLS handshake failed",
-                    )))
-                }
-            }
-        }
-        Err(e) => {
-            tracing::warn!(upstream = %addr, error = %e, "cannot connect to integration");
-            Err(Failed::Answer(
-                if e.kind() == std::io::ErrorKind::ConnectionRefused {
-                    GatewayError::UpstreamRefused
-                } else {
-                    GatewayError::UpstreamFailed("connect failed")
-                },
-            ))
-        }
-    }
 }
 
 /// When an exchange times out. The integration timeout counts the time to connect

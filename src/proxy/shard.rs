@@ -9,11 +9,11 @@ use std::sync::Arc;
 
 use crate::clock::DateCache;
 use crate::ids::RequestId;
-use crate::plan::PoolLimits;
 use crate::policy::keys::Keyring;
 use crate::policy::quota::Leases;
 use crate::policy::throttle::LocalTokens;
 use crate::upstream::pool::Pool;
+use crate::upstream::pool::PoolLimits;
 
 /// Capacity of a connection buffer: a typical head, or a small body with its head.
 pub const SHARD_BUF: usize = 4 * 1024;
@@ -276,6 +276,19 @@ impl Shard {
             cell.log_dropped.add(*lines);
         }
         *lines = 0;
+    }
+
+    /// What this shard opens upstream connections with.
+    pub fn dial(&self) -> crate::upstream::connect::Dial<'_> {
+        crate::upstream::connect::Dial {
+            pool: &self.pool,
+            uring: self.uring,
+            connects: self
+                .metrics
+                .worker
+                .get(self.id)
+                .map(|w| &w.upstream_connects),
+        }
     }
 
     pub fn next_request_id(&self) -> RequestId {

@@ -7,8 +7,10 @@ use std::time::Instant;
 
 use rustc_hash::FxHashMap;
 
+use std::net::SocketAddr;
+use std::time::Duration;
+
 use crate::http::stream::Stream;
-use crate::plan::{PoolKey, PoolLimits};
 
 /// An upstream connection with its own read buffer (kept across requests so a
 /// pooled request allocates nothing).
@@ -122,4 +124,35 @@ impl Pool {
         }
         list.push_back(Idle { conn, since: now });
     }
+}
+
+/// Bounds of each worker's upstream connection pool.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolLimits {
+    /// Idle connections kept per upstream address per core: enough for 1,000
+    /// concurrent requests per core without reconnects (load-tests/compare.sh's
+    /// c1000 scenario churned connections at 256), while bounding the file
+    /// descriptors one upstream can pin.
+    pub max_idle_per_upstream: usize,
+    /// An idle connection older than this is closed instead of reused: below
+    /// nginx's 75 s keep-alive default, so the upstream rarely closes first; a
+    /// connection it did close is retried once for idempotent requests.
+    pub idle_timeout: Duration,
+}
+
+impl Default for PoolLimits {
+    fn default() -> Self {
+        Self {
+            max_idle_per_upstream: 1024,
+            idle_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Which pooled connections can carry a request: same address, same TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub addr: SocketAddr,
+    /// 0: plain TCP; otherwise one id per distinct upstream TLS config and name.
+    pub tls: u32,
 }

@@ -1,0 +1,64 @@
+//! Opening a connection to an upstream, for integrations and request authorizers
+//! alike: TCP without Nagle, then TLS where the target says so.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use monoio::net::TcpStream;
+
+use crate::counter::Counter;
+use crate::http::error::GatewayError;
+use crate::http::stream::{Stream, TlsStream};
+use crate::upstream::pool::{Pool, UpConn};
+use crate::upstream::target::ProxyTarget;
+
+/// What a connection is opened with: the shard's pool (which counts connects), its
+/// driver, and its `upstream_connects` counter.
+pub struct Dial<'a> {
+    pub pool: &'a RefCell<Pool>,
+    /// The worker runs io_uring (see `Shard::uring`).
+    pub uring: bool,
+    pub connects: Option<&'a Counter>,
+}
+
+/// Opens a connection to `target` (TCP without Nagle; TLS where the target has it).
+/// The refusal is the answer the client gets.
+pub async fn connect(dial: &Dial<'_>, target: &ProxyTarget) -> Result<UpConn, GatewayError> {
+    let addr = target.addr;
+    match TcpStream::connect_addr(addr).await {
+        Ok(s) => {
+            let _ = s.set_nodelay(true);
+            dial.pool.borrow_mut().connects += 1;
+            if let Some(c) = dial.connects {
+                c.add(1);
+            }
+            let Some(tls) = &target.tls else {
+                return Ok(UpConn::new(Stream::Plain(s)));
+            };
+            let session = rustls::ClientConnection::new(
+                Arc::clone(&tls.config),
+                tls.server_name.clone(),
+            )
+            .map_err(|e| {
+                tracing::warn!(upstream = %addr, error = %e, "cannot start TLS to integration");
+                GatewayError::UpstreamFailed("TLS failed")
+            })?;
+            let mut t = Box::new(TlsStream::new(s, session, dial.uring));
+            match t.handshake().await {
+                Ok(()) => Ok(UpConn::new(Stream::Client(t))),
+                Err(e) => {
+                    tracing::warn!(upstream = %addr, server_name = ?tls.server_name, error = %e, "TLS handshake with integration failed");
+                    Err(GatewayError::UpstreamFailed("TLS handshake failed"))
+                }
+            }
+        }
+        Err(e) => {
+            tracing::warn!(upstream = %addr, error = %e, "cannot connect to integration");
+            Err(if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                GatewayError::UpstreamRefused
+            } else {
+                GatewayError::UpstreamFailed("connect failed")
+            })
+        }
+    }
+}
