@@ -12,7 +12,7 @@ use crate::http::error::GatewayError;
 use crate::http::parse::{self, Framing, RequestHead, MAX_HEADERS};
 use crate::http::respond::{self, Persist, Tag};
 use crate::plan::Limits;
-use crate::proxy::conn::{body_error, send_continue, Client};
+use crate::proxy::client::{body_error, send_continue, Client};
 use crate::proxy::shard::Shard;
 use crate::route::RouteMatch;
 use crate::upstream::connect::connect;
