@@ -11,6 +11,7 @@ use crate::config::RuntimeKind;
 use crate::http::respond::MockResponse;
 use crate::observe::trace::TracingPlan;
 use crate::policy::cache::KeyParam;
+use crate::policy::usage::StageInfo;
 use crate::route::Router;
 use crate::route::Stages;
 use crate::upstream::pool::PoolLimits;
@@ -40,7 +41,7 @@ pub struct Plan {
     pub throttle: Option<crate::ids::ThrottleId>,
     /// The usage plans and API keys the config declares (the registry adds those
     /// of the management API and the store).
-    pub seed: crate::control::registry::Seed,
+    pub seed: crate::policy::usage::Seed,
     /// The keyring the workers read, published by the registry.
     pub live: Arc<crate::policy::keys::Live>,
     /// The management API's listener, if `admin:` is configured.
@@ -189,5 +190,18 @@ pub fn assign_metric_slots(metrics: &crate::observe::metrics::Metrics, stages: &
         for r in &mut s.routes {
             r.metric_slot = metrics.slot(&s.api, &s.stage, &r.key);
         }
+    }
+}
+
+impl StageInfo {
+    pub fn of(stages: &[StagePlan]) -> Vec<StageInfo> {
+        stages
+            .iter()
+            .map(|s| StageInfo {
+                api: s.api.clone(),
+                stage: s.stage.clone(),
+                routes: s.routes.iter().map(|r| r.key.clone()).collect(),
+            })
+            .collect()
     }
 }

@@ -14,7 +14,6 @@ use std::time::Duration;
 use crate::config::{
     ApiFile, ConfigErrors, ConfigFile, IntegrationFile, SecretFile, ThrottleFile, Workers,
 };
-use crate::control::registry::{self, KeyDef, Seed, StageInfo};
 use crate::http::respond::MockResponse;
 use crate::http::tls;
 use crate::ids::{StageId, ThrottleId};
@@ -24,6 +23,7 @@ use crate::plan::{
 use crate::policy::cache::KeyParam;
 use crate::policy::keys;
 use crate::policy::throttle::{Limit, SharedBucket};
+use crate::policy::usage::{self as registry, KeyDef, Seed, StageInfo};
 use crate::route::{BaseMapping, RouteKey, Router, Stages};
 use crate::upstream::pool::PoolLimits;
 use crate::upstream::target::{PathPart, ProxyTarget};

@@ -34,9 +34,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::config::UsagePlanFile;
-use crate::control::registry::{ApiError, KeyDef, KeyPatch, NewKey, Registry};
+use crate::control::registry::{ApiError, KeyPatch, NewKey, Registry};
 use crate::encode::ct_eq;
 use crate::plan::{AdminPlan, Plan};
+use crate::policy::usage::KeyDef;
 
 const MAX_HEAD: usize = 16 * 1024;
 /// Large enough for a CSV of 100,000 keys.
@@ -703,7 +704,7 @@ fn flush_entry(ctx: &Ctx, req: &Request, api: &str, stage: &str) -> Result<Respo
     Ok(Response::no_content())
 }
 
-fn deployment_json(d: &crate::control::deploy::Deployment) -> Value {
+fn deployment_json(d: &crate::control::store::Deployment) -> Value {
     json!({
         "id": d.id,
         "apiId": d.api,
@@ -716,7 +717,7 @@ fn deployment_json(d: &crate::control::deploy::Deployment) -> Value {
 fn stage_json(
     api: &str,
     stage: &str,
-    set: &[(String, String, crate::control::deploy::StagePointer)],
+    set: &[(String, String, crate::control::store::StagePointer)],
 ) -> Value {
     let p = set
         .iter()
@@ -777,7 +778,7 @@ fn create_deployment(ctx: &Ctx, req: &Request, api: &str) -> Result<Response, Ap
     if let Some(stage) = &new.stage_name {
         known_stage(ctx, api, stage)?;
     }
-    let d = crate::control::deploy::Deployment {
+    let d = crate::control::store::Deployment {
         id: crate::control::deploy::new_id(),
         api: api.to_owned(),
         description: new.description,
@@ -844,7 +845,7 @@ fn point_stage(
     ctx: &Ctx,
     api: &str,
     stage: &str,
-    change: impl FnOnce(&mut crate::control::deploy::StagePointer),
+    change: impl FnOnce(&mut crate::control::store::StagePointer),
 ) -> Result<(), ApiError> {
     let before = {
         let reg = lock(ctx);

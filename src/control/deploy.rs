@@ -6,38 +6,10 @@
 //! variables set through the management API apply over the file's. Both live in
 //! the store, so the history survives restarts.
 
-use std::collections::{BTreeMap, HashMap};
-
-use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 
 use crate::compile::Deployed;
 use crate::control::store::Store;
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Deployment {
-    pub id: String,
-    pub api: String,
-    #[serde(default)]
-    pub description: String,
-    pub created_ms: u64,
-    /// The API's mapping in the config (without `stages`), as JSON.
-    pub snapshot: serde_json::Value,
-}
-
-/// What the management API set for one stage.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct StagePointer {
-    /// The deployment the stage serves; `None`: the config file's definition.
-    pub deployment_id: Option<String>,
-    /// Stage variables over the file's.
-    pub variables: Option<BTreeMap<String, String>>,
-}
-
-impl StagePointer {
-    pub fn is_empty(&self) -> bool {
-        self.deployment_id.is_none() && self.variables.is_none()
-    }
-}
 
 /// A new deployment id: 10 lower-case letters and digits, as AWS's (and as key
 /// ids).

@@ -20,14 +20,15 @@
 //! are exact. Keys and plans are committed before the management API answers, so
 //! an acknowledged key is never lost.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use anyhow::Context;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
 
 use crate::config::UsagePlanFile;
-use crate::control::registry::{KeyDef, SavedQuota};
+use crate::policy::usage::KeyDef;
 
 /// Key id → `KeyDef` as JSON.
 const KEYS: TableDefinition<&str, &str> = TableDefinition::new("api_keys");
@@ -188,7 +189,7 @@ impl Store {
         })
     }
 
-    pub fn put_deployment(&self, d: &crate::control::deploy::Deployment) -> anyhow::Result<()> {
+    pub fn put_deployment(&self, d: &crate::control::store::Deployment) -> anyhow::Result<()> {
         self.write(|tx| {
             tx.open_table(DEPLOYMENTS)?.insert(
                 (d.api.as_str(), d.id.as_str()),
@@ -199,12 +200,9 @@ impl Store {
     }
 
     /// The deployments of `api`, oldest first.
-    pub fn deployments(
-        &self,
-        api: &str,
-    ) -> anyhow::Result<Vec<crate::control::deploy::Deployment>> {
+    pub fn deployments(&self, api: &str) -> anyhow::Result<Vec<crate::control::store::Deployment>> {
         let tx = self.db.begin_read()?;
-        let mut out: Vec<crate::control::deploy::Deployment> = Vec::new();
+        let mut out: Vec<crate::control::store::Deployment> = Vec::new();
         for row in tx.open_table(DEPLOYMENTS)?.range((api, "")..)? {
             let (k, json) = row?;
             if k.value().0 != api {
@@ -225,7 +223,7 @@ impl Store {
         &self,
         api: &str,
         id: &str,
-    ) -> anyhow::Result<Option<crate::control::deploy::Deployment>> {
+    ) -> anyhow::Result<Option<crate::control::store::Deployment>> {
         let tx = self.db.begin_read()?;
         let t = tx.open_table(DEPLOYMENTS)?;
         let Some(json) = t.get((api, id))? else {
@@ -239,7 +237,7 @@ impl Store {
         &self,
         api: &str,
         stage: &str,
-        p: Option<&crate::control::deploy::StagePointer>,
+        p: Option<&crate::control::store::StagePointer>,
     ) -> anyhow::Result<()> {
         self.write(|tx| {
             let mut t = tx.open_table(STAGES)?;
@@ -258,7 +256,7 @@ impl Store {
     /// Every stage the management API set: (api, stage, pointer).
     pub fn stages(
         &self,
-    ) -> anyhow::Result<Vec<(String, String, crate::control::deploy::StagePointer)>> {
+    ) -> anyhow::Result<Vec<(String, String, crate::control::store::StagePointer)>> {
         let tx = self.db.begin_read()?;
         let mut out = Vec::new();
         for row in tx.open_table(STAGES)?.iter()? {
@@ -357,5 +355,40 @@ impl Store {
             ));
         }
         Ok(out)
+    }
+}
+
+/// The saved state of one quota, read back at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SavedQuota {
+    pub period_kind: u8,
+    pub period: u64,
+    pub leased: u64,
+    pub spent: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Deployment {
+    pub id: String,
+    pub api: String,
+    #[serde(default)]
+    pub description: String,
+    pub created_ms: u64,
+    /// The API's mapping in the config (without `stages`), as JSON.
+    pub snapshot: serde_json::Value,
+}
+
+/// What the management API set for one stage.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct StagePointer {
+    /// The deployment the stage serves; `None`: the config file's definition.
+    pub deployment_id: Option<String>,
+    /// Stage variables over the file's.
+    pub variables: Option<BTreeMap<String, String>>,
+}
+
+impl StagePointer {
+    pub fn is_empty(&self) -> bool {
+        self.deployment_id.is_none() && self.variables.is_none()
     }
 }

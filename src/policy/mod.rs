@@ -12,4 +12,5 @@ pub mod request;
 pub mod resource;
 pub mod sigv4;
 pub mod throttle;
+pub mod usage;
 pub mod validate;
