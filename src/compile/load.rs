@@ -10,15 +10,18 @@ use crate::plan::Plan;
 pub fn load_plan(path: &Path, workers: Option<usize>) -> Result<Plan, ConfigErrors> {
     load_plan_with(
         path,
-        &crate::compile::Options {
+        &crate::compile::gateway::Options {
             workers,
-            ..crate::compile::Options::default()
+            ..crate::compile::gateway::Options::default()
         },
     )
 }
 
 /// `load_plan` with a running gateway's options (a reload).
-pub fn load_plan_with(path: &Path, opts: &crate::compile::Options) -> Result<Plan, ConfigErrors> {
+pub fn load_plan_with(
+    path: &Path,
+    opts: &crate::compile::gateway::Options,
+) -> Result<Plan, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         let mut errs = ConfigErrors::default();
         errs.push("", format!("cannot read {}: {e}", path.display()));
@@ -27,7 +30,7 @@ pub fn load_plan_with(path: &Path, opts: &crate::compile::Options) -> Result<Pla
     let (cfg, mut errs) = parse_partial(&text);
     let Some(mut cfg) = cfg else { return Err(errs) };
     cfg.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    match crate::compile::compile_with(&cfg, opts) {
+    match crate::compile::gateway::compile_with(&cfg, opts) {
         Ok(plan) if errs.is_empty() => Ok(plan),
         Ok(_) => Err(errs),
         Err(more) => {

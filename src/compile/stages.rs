@@ -1,0 +1,215 @@
+//! One stage of an API: routes with their integrations and caches, the stage's and
+//! routes' throttles, its access log, and its access control.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use crate::compile::apis::{check_stage_name, ApiParts, Deployed};
+use crate::compile::authorizers::compile_policy;
+use crate::compile::build::{add_throttle, digest, resolve_path, Build};
+use crate::compile::integrations::compile_integration;
+use crate::compile::routes::{check_ttl, route_cache, DEFAULT_CACHE_TTL_S};
+use crate::config::{ApiFile, StageFile};
+use crate::http::respond::MockResponse;
+use crate::ids::ThrottleId;
+use crate::plan::{Integration, RoutePlan, StagePlan};
+
+/// One stage of `api` (`path`: the API's key path): its routes' integrations and
+/// caches, throttles, access log and access control, from the file's definition
+/// of the API or from the deployment the stage points at.
+#[allow(clippy::too_many_arguments)]
+pub fn compile_stage(
+    api: &ApiFile,
+    path: &str,
+    stage: &StageFile,
+    spath: &str,
+    pointer: Option<&Deployed>,
+    config_parts: &ApiParts,
+    deployed: &HashMap<&str, (ApiFile, ApiParts)>,
+    b: &mut Build,
+) -> StagePlan {
+    let deployment = pointer.and_then(|d| d.id.as_deref());
+    let (src, parts, path) = match deployment.and_then(|id| deployed.get(id)) {
+        Some((file, parts)) => (
+            file,
+            parts,
+            format!("deployments[{}/{}]", api.name, deployment.unwrap_or("")),
+        ),
+        None => (api, config_parts, path.to_owned()),
+    };
+    let ApiParts {
+        keys,
+        api_access,
+        route_auth,
+        route_validate,
+        router,
+    } = parts;
+    let variables: BTreeMap<String, String> = {
+        let mut v = stage.variables.clone();
+        if let Some(over) = pointer.and_then(|d| d.variables.as_ref()) {
+            v.extend(over.iter().map(|(k, x)| (k.clone(), x.clone())));
+        }
+        v
+    };
+    check_stage_name(&stage.name, &format!("{spath}.name"), &mut b.errs);
+    let access_log = stage.access_log.as_ref().and_then(|l| {
+        let format =
+            match crate::observe::accesslog::Format::parse(l.format.as_deref().unwrap_or("json")) {
+                Ok(f) => f,
+                Err(e) => {
+                    b.errs.push(format!("{spath}.access_log.format"), e);
+                    return None;
+                }
+            };
+        let target = match l.path.as_str() {
+            "stdout" | "-" => crate::observe::accesslog::Target::Stdout,
+            "" => {
+                b.errs
+                    .push(format!("{spath}.access_log.path"), "stdout or a file path");
+                return None;
+            }
+            p => crate::observe::accesslog::Target::File(resolve_path(&b.base_dir, p)),
+        };
+        Some(crate::observe::accesslog::LogSpec {
+            sink: b.logs.sink(target),
+            format,
+        })
+    });
+    let stage_ttl = stage.cache.as_ref().map(|c| {
+        check_ttl(c.ttl_s, &format!("{spath}.cache.ttl_s"), &mut b.errs)
+            .unwrap_or(DEFAULT_CACHE_TTL_S)
+    });
+    let cache_bytes = stage.cache.as_ref().map_or(0, |c| {
+        if c.capacity_mb == 0 || c.capacity_mb > 1 << 20 {
+            b.errs.push(
+                format!("{spath}.cache.capacity_mb"),
+                "must be 1 to 1048576 (MiB)",
+            );
+        }
+        (c.capacity_mb.min(1 << 20) as usize) << 20
+    });
+    let stage_throttle = stage.throttle.and_then(|t| {
+        add_throttle(
+            &mut b.throttles,
+            t,
+            format!("{}/{}", api.name, stage.name),
+            &format!("{spath}.throttle"),
+            &mut b.errs,
+        )
+    });
+    // Per-route overrides name routes of this API.
+    let mut route_throttles: HashMap<&str, ThrottleId> = HashMap::new();
+    for (key, over) in &stage.routes {
+        let rpath = format!("{spath}.routes[{key:?}]");
+        if !src.routes.iter().flatten().any(|r| r.route == *key) {
+            b.errs.push(
+                rpath.clone(),
+                format!("no route {key:?} in API {:?}", api.name),
+            );
+        }
+        if over.cache.is_some() && stage.cache.is_none() {
+            b.errs.push(
+                format!("{rpath}.cache"),
+                "a route's cache needs the stage's (stages[].cache)",
+            );
+        }
+        if let Some(t) = over.throttle {
+            if let Some(id) = add_throttle(
+                &mut b.throttles,
+                t,
+                format!("{}/{}/{key}", api.name, stage.name),
+                &format!("{rpath}.throttle"),
+                &mut b.errs,
+            ) {
+                route_throttles.insert(key.as_str(), id);
+            }
+        }
+    }
+    let mut routes = Vec::with_capacity(src.routes.len());
+    for (ri, route) in src.routes.iter().enumerate() {
+        let Some(route) = route else {
+            // Keeps route ids aligned with the router; never matched.
+            routes.push(RoutePlan {
+                key: String::new(),
+                integration: Integration::Mock(MockResponse {
+                    status: 500,
+                    header_lines: Box::default(),
+                    body: Box::default(),
+                }),
+                throttle: None,
+                api_key_required: false,
+                cache: None,
+                auth: None,
+                validate: None,
+                metric_slot: usize::MAX,
+                sig: 0,
+            });
+            continue;
+        };
+        let rpath = format!("{path}.routes[{ri}].integration");
+        let integration = compile_integration(
+            &route.integration,
+            keys.get(ri),
+            &variables,
+            &rpath,
+            &stage.name,
+            &mut b.up_tls,
+            &mut b.errs,
+        );
+        if let Some(integration) = integration {
+            let over = stage
+                .routes
+                .get(&route.route)
+                .and_then(|o| o.cache.as_ref());
+            let cache = match (stage_ttl, &integration) {
+                (Some(ttl), Integration::HttpProxy(_)) => route_cache(
+                    ttl,
+                    over,
+                    keys.get(ri),
+                    &format!("{spath}.routes[{:?}].cache", route.route),
+                    &mut b.errs,
+                ),
+                // Mock responses cost less to make than to look up.
+                _ => None,
+            };
+            routes.push(RoutePlan {
+                key: route.route.clone(),
+                integration,
+                throttle: route_throttles.get(route.route.as_str()).copied(),
+                api_key_required: route.api_key_required == Some(true),
+                cache,
+                auth: route_auth.get(ri).cloned().flatten(),
+                validate: route_validate.get(ri).cloned().flatten(),
+                metric_slot: usize::MAX,
+                sig: digest(&(
+                    &api.name,
+                    route,
+                    &variables,
+                    stage.routes.get(&route.route),
+                    &stage.cache,
+                )),
+            });
+        }
+    }
+    let policy = match &stage.resource_policy {
+        Some(p) => compile_policy(p, &format!("{spath}.resource_policy"), &mut b.errs),
+        None => api_access.policy.clone(),
+    };
+    let access = crate::policy::access::StageAccess {
+        policy,
+        trusted: Arc::clone(&api_access.trusted),
+        cors: api_access.cors.clone(),
+        strip: Arc::clone(&api_access.strip),
+    };
+    StagePlan {
+        access,
+        access_log,
+        api: api.name.clone(),
+        stage: stage.name.clone(),
+        // Stages of one API share the tree; they differ in integrations.
+        router: Arc::clone(router),
+        routes,
+        throttle: stage_throttle,
+        cache_bytes,
+    }
+}
