@@ -1,33 +1,111 @@
 //! shardgate: a thread-per-core API gateway with Amazon API Gateway semantics.
 //!
 //! ```text
-//! control plane (main thread)                     hot path (one worker per core, no locks)
-//! main → config (file types) → compile → Arc<Plan> ──▶ worker → accept → conn → parse → route
-//!                                                         │                                │
-//!                                                     Shard (per core)                     ▼
-//!                                                     └ upstream pools ◀── upstream: pool, forward
-//!                                                                          │
-//!                                                            body (stream) → respond → client
+//! control plane (main thread)                      hot path (one worker per core, no locks)
+//! main → control ─ config → compile → Arc<Plan> ──▶ proxy::worker → conn → http::parse
+//!        (store, registry,                                 │             │
+//!         reload, admin)                            proxy::shard         ▼ route (dispatch + match)
+//!                                                   ├ token buckets ◀── proxy::pipeline → policy:
+//!                                                   ├ response cache ◀─   resource policy, CORS,
+//!                                                   ├ upstream pools ◀─   authorizers, keys, throttles,
+//!                                                   └ counters             quotas, validation, cache
+//!                                                          ▲                     │
+//!                                                   observe: metrics,      proxy::forward → upstream:
+//!                                                   access log, traces ◀── connect, pool → http::respond
 //! ```
 //!
-//! - `config`: the YAML users write (serde types) and `compile`, which validates it and
-//!   builds the `Plan`.
-//! - `plan`: the immutable compiled config: listeners, stages, routers, integrations.
-//! - `worker`: threads, pinning, the monoio runtime and driver choice, accept, drain.
-//! - `shard`: per-core state (pools, free buffers, parked connections, request ids,
-//!   the Date cache, in-flight count).
-//! - `conn`: the per-connection loop: parse → route → integration → respond; between
-//!   requests a connection parks, holding no buffers.
-//! - `parse`: strict HTTP/1.1 heads on httparse, and the chunked decoder.
-//! - `path`: the one normalised request path that routing, policies, logs and the
-//!   upstream request all read.
+//! Layers, each importing only the ones above it in this list (`tests/layers.rs`
+//! checks it, and that no two source files import each other in a cycle):
+//!
+//! 1. `ids`, `clock`, `counter`, `encode`: ids, time, single-writer counters,
+//!    small encoders.
+//! 2. `config`: the YAML users write, as serde types in human units.
+//! 3. `http`: HTTP/1.1 on both sides; knows nothing of APIs.
+//! 4. `upstream`: where requests go and the connections that carry them.
+//! 5. `route`: which stage and which route serve a request.
+//! 6. `policy`: what a request must pass; each a verdict from request facts.
+//! 7. `observe`: metrics, access logs, tracing, span export.
+//! 8. `plan`: the compiled config every worker reads.
+//! 9. `compile`: config file → `Plan`, one file per part.
+//! 10. `proxy`: workers, shards, connections and the request pipeline.
+//! 11. `control`: store, registry, deployments, reload, admin API, CLI.
+//!
+//! Modules:
+//! - `ids`: stage, route, request, throttle ids and per-shard slots.
+//! - `clock`: the HTTP Date value, civil dates, a test clock.
+//! - `counter`: a counter one thread writes and any reads.
+//! - `encode`: hex, IP addresses as text, random ids, constant-time compare.
+//! - `config`: the config file's serde types and their structural errors.
+//! - `http`: the codec and everything that speaks HTTP/1.1:
+//!   - `http::parse`: strict request and response heads on httparse, chunked decoding.
+//!   - `http::path`: the one normalised request path routing, policies, logs and the
+//!     upstream request all read.
+//!   - `http::body`: streaming bodies between sockets, re-framed as needed, with deadlines.
+//!   - `http::stream`: plain and TLS sockets behind one type.
+//!   - `http::respond`: response heads, the reason-phrase table, mock responses.
+//!   - `http::error`: the one gateway error type and its response.
+//!   - `http::tls`: certificates, client authentication, upstream TLS, reloads.
+//!   - `http::client`: the blocking client of the control plane's outbound calls
+//!     (JWKS, OTLP export, the CLI), on `http::parse`.
+//! - `upstream`: the integration side:
+//!   - `upstream::target`: an `http_proxy` target and its path template.
+//!   - `upstream::connect`: TCP (and TLS) to a target, for integrations and request
+//!     authorizers alike.
+//!   - `upstream::pool`: each shard's idle upstream connections.
 //! - `route`: stage dispatch (domain, stage segment, `$default`) and the radix routers.
-//! - `body`: streaming bodies between sockets, re-framed as needed.
-//! - `upstream`: the `http_proxy` integration: connection pool and forwarding.
-//! - `respond`: response heads; `error`: the one error type and its responses.
-//! - `clock`: the HTTP Date value.
-//! - `reload`: hot reload: compile again, carry state over, hand workers the new plan.
-//! - `deploy`: deployments (API snapshots in the store) and the stages pointed at them.
+//! - `policy`: the checks between route and integration:
+//!   - `policy::resource`: resource policies (source IP, X-Forwarded-For).
+//!   - `policy::cors`: CORS preflight and response headers.
+//!   - `policy::access`: an API's access control as compiled, and the authorizer steps.
+//!   - `policy::jwt`: JWT authorizers and JWKS.
+//!   - `policy::request`: request (Lambda-style) authorizers over HTTP.
+//!   - `policy::sigv4`: IAM-style SigV4 authorization.
+//!   - `policy::keys`: API keys and the keyring workers read.
+//!   - `policy::usage`: usage plans and keys as defined, resolved against stages.
+//!   - `policy::throttle`: token buckets, shared and per shard.
+//!   - `policy::quota`: usage-plan quotas leased to shards.
+//!   - `policy::validate`: request validation (parameters, JSON schema).
+//!   - `policy::cache`: the per-shard response cache.
+//! - `observe`: what operators see:
+//!   - `observe::metrics`: per-worker counters and histograms, Prometheus text.
+//!   - `observe::accesslog`: access log formats and the per-core buffered writer.
+//!   - `observe::trace`: W3C and X-Ray trace headers.
+//!   - `observe::telemetry`: OTLP span export.
+//! - `plan`: the compiled config: listeners, stages, routes, integrations.
+//! - `compile`: validates a `ConfigFile` and builds the `Plan`:
+//!   - `compile::build`: what a compile accumulates, and shared checks.
+//!   - `compile::integrations`: `http_proxy` URIs and mock responses.
+//!   - `compile::routes`: route keys, routers, per-route caches.
+//!   - `compile::authorizers`: resource policy, CORS, authorizers, validation.
+//!   - `compile::apis`: what an API compiles to once; deployments' snapshots.
+//!   - `compile::stages`: one stage of an API.
+//!   - `compile::listeners`: listeners, limits, TLS, domains.
+//!   - `compile::keys`: the config's usage plans and keys.
+//!   - `compile::telemetry`: OTLP export and trace creation.
+//!   - `compile::gateway`: the whole config, in order.
+//!   - `compile::load`: a config file from disk.
+//! - `proxy`: the hot path:
+//!   - `proxy::worker`: threads, pinning, the monoio runtime and driver, accept, drain.
+//!   - `proxy::shard`: per-core state (pools, buffers, parked connections, caches,
+//!     buckets, request ids).
+//!   - `proxy::conn`: the connection loop: read a head, run the pipeline, answer;
+//!     between requests a connection parks, holding no buffers.
+//!   - `proxy::pipeline`: the request's stages from dispatch to cache, each settling
+//!     the request or letting it go on.
+//!   - `proxy::client`: the client connection and the ways to answer it.
+//!   - `proxy::forward`: the `http_proxy` integration: request and response rewriting,
+//!     cache fills.
+//! - `control`: the control plane:
+//!   - `control::store`: the embedded store (redb) and the records it keeps.
+//!   - `control::registry`: keys, usage plans and access keys, and the keyring:
+//!     - `control::registry::api_keys`: API keys and CSV import.
+//!     - `control::registry::plans`: usage plans, quotas, usage reports.
+//!     - `control::registry::access_keys`: SigV4 access keys.
+//!   - `control::deploy`: deployments and the stages pointed at them.
+//!   - `control::reload`: hot reload: compile again, carry state over, hand workers
+//!     the new plan.
+//!   - `control::admin`: the management API.
+//!   - `control::cli`: the command line's management commands.
 
 pub mod clock;
 pub mod compile;
@@ -47,6 +125,7 @@ pub mod upstream;
 /// Locks `m` even if a thread panicked while holding it: the control-plane state
 /// behind these mutexes stays consistent between calls, and the gateway keeps
 /// serving rather than cascading the panic.
+#[allow(clippy::disallowed_types)] // Not on the request path: the control plane's lock helper.
 pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

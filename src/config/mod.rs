@@ -598,7 +598,7 @@ pub struct TracingFile {
 #[serde(deny_unknown_fields)]
 pub struct QuotaFile {
     pub limit: u64,
-    pub period: crate::policy::quota::Period,
+    pub period: Period,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -830,6 +830,15 @@ pub(crate) fn parse_api(v: Value, path: &str, errs: &mut ConfigErrors) -> Option
 
 fn take(m: &mut Mapping, key: &str) -> Option<Value> {
     m.remove(Value::String(key.to_owned()))
+}
+
+/// A quota period, as written in the config (`day | week | month`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Period {
+    Day,
+    Week,
+    Month,
 }
 
 #[cfg(test)]

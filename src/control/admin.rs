@@ -24,6 +24,9 @@
 //! POST   /test/clock      (only with SHARDGATE_TEST_CLOCK=1)
 //! ```
 
+// The control plane: its threads share state under mutexes, off the request path.
+#![allow(clippy::disallowed_types)]
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,7 +37,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::config::UsagePlanFile;
-use crate::control::registry::{ApiError, KeyPatch, NewKey, Registry};
+use crate::control::registry::api_keys::{KeyPatch, NewKey};
+use crate::control::registry::{ApiError, Registry};
 use crate::encode::ct_eq;
 use crate::plan::{AdminPlan, Plan};
 use crate::policy::usage::KeyDef;
@@ -442,7 +446,7 @@ fn route(ctx: &Ctx, req: &Request, m: &str, segs: &[&str]) -> Result<Response, A
                 Ok(Response::ok(json!({ "items": items })))
             }
             "POST" => {
-                let new: crate::control::registry::NewAccessKey = body(req)?;
+                let new: crate::control::registry::access_keys::NewAccessKey = body(req)?;
                 let key = lock(ctx).create_access_key(new)?;
                 let mut v = access_key_json(&key);
                 // The secret is shown once, as IAM does.

@@ -5,6 +5,9 @@
 //! connection switches before its next request, so requests in flight finish on
 //! the plan they began with. An invalid config changes nothing.
 
+// The control plane: its threads share state under mutexes, off the request path.
+#![allow(clippy::disallowed_types)]
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;

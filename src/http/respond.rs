@@ -4,7 +4,6 @@
 use crate::clock::HTTP_DATE_LEN;
 use crate::http::error::Refusal;
 use crate::ids::RequestId;
-use crate::policy::quota::QuotaState;
 
 /// What the `Connection` header of a response says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -259,4 +258,13 @@ pub struct MockResponse {
     /// Pre-encoded `name: value\r\n` lines of the configured headers.
     pub header_lines: Box<[u8]>,
     pub body: Box<[u8]>,
+}
+
+/// What a keyed response reports of its quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaState {
+    pub limit: u64,
+    pub remaining: u64,
+    /// Seconds until the period ends.
+    pub reset_s: u64,
 }

@@ -11,6 +11,8 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
+#[allow(clippy::disallowed_types)]
+// Not on the request path: the writer thread takes the receiver once, at start.
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -402,6 +404,8 @@ pub fn format_line(out: &mut Vec<u8>, format: &Format, f: &Facts, r: &Response<'
 pub struct Logs {
     pub targets: Vec<Target>,
     tx: Sender<Batch>,
+    #[allow(clippy::disallowed_types)]
+    // Not on the request path: the writer thread takes the receiver once, at start.
     rx: Mutex<Option<Receiver<Batch>>>,
     /// Written buffers come back for reuse (a fresh 64 KiB buffer costs page faults).
     spare_tx: Sender<Vec<u8>>,
@@ -416,6 +420,7 @@ impl Default for Logs {
         Self {
             targets: Vec::new(),
             tx,
+            #[allow(clippy::disallowed_types)] // Not on the request path: the writer thread takes the receiver once, at start.
             rx: Mutex::new(Some(rx)),
             spare_tx,
             spare_rx,

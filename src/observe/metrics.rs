@@ -10,6 +10,8 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::AtomicBool;
+#[allow(clippy::disallowed_types)]
+// Not on the request path: series are assigned at compile and reload and read by `/metrics`.
 use std::sync::{Mutex, OnceLock};
 
 pub use crate::counter::Counter;
@@ -110,6 +112,8 @@ pub struct Sample {
 pub struct Metrics {
     workers: usize,
     /// (api, stage, route key) per slot, and the slot of each.
+    #[allow(clippy::disallowed_types)]
+    // Not on the request path: series are assigned at compile and reload and read by `/metrics`.
     labels: Mutex<(Vec<Labels>, HashMap<Labels, usize>)>,
     /// `[slot / CHUNK]` → `[worker × CHUNK + slot % CHUNK]`.
     cells: Box<[OnceLock<Box<[RouteCell]>>]>,
@@ -130,6 +134,7 @@ impl Metrics {
     pub fn new(workers: usize) -> Self {
         Self {
             workers,
+            #[allow(clippy::disallowed_types)] // Not on the request path: series are assigned at compile and reload and read by `/metrics`.
             labels: Mutex::new((Vec::new(), HashMap::new())),
             cells: (0..CHUNKS).map(|_| OnceLock::new()).collect(),
             worker: (0..workers).map(|_| WorkerCell::default()).collect(),

@@ -4,6 +4,8 @@
 //! slow or down costs dropped spans (counted in the log), never requests.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+#[allow(clippy::disallowed_types)]
+// Not on the request path: the export thread takes the receiver once, at start.
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -46,6 +48,8 @@ pub struct Exporter {
     pub service_name: String,
     tls: Option<Arc<rustls::ClientConfig>>,
     tx: Sender<Vec<Span>>,
+    #[allow(clippy::disallowed_types)]
+    // Not on the request path: the export thread takes the receiver once, at start.
     rx: Mutex<Option<Receiver<Vec<Span>>>>,
     pub dropped: AtomicU64,
 }
@@ -62,6 +66,7 @@ impl Exporter {
             service_name,
             tls,
             tx,
+            #[allow(clippy::disallowed_types)] // Not on the request path: the export thread takes the receiver once, at start.
             rx: Mutex::new(Some(rx)),
             dropped: AtomicU64::new(0),
         }

@@ -15,6 +15,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
+#[allow(clippy::disallowed_types)]
+// Not on the request path: the admin API queues flushes; workers drain them on their tick, not per request.
 use std::sync::Mutex;
 
 use crate::ids::StageId;
@@ -269,6 +271,8 @@ pub struct Shared {
     stage_gen: Box<[AtomicU64]>,
     /// Bumped for each single-entry flush, recorded in `flushes`.
     flush_version: AtomicU64,
+    #[allow(clippy::disallowed_types)]
+    // Not on the request path: the admin API queues flushes; workers drain them on their tick, not per request.
     flushes: Mutex<VecDeque<(u64, StageId, Vec<u8>)>>,
     /// `[worker][stage route slot] → (hits, misses)`.
     counters: Box<[(AtomicU64, AtomicU64)]>,
@@ -306,6 +310,7 @@ impl Shared {
         Self {
             stage_gen: (0..routes.len()).map(|_| AtomicU64::new(0)).collect(),
             flush_version: AtomicU64::new(0),
+            #[allow(clippy::disallowed_types)] // Not on the request path: the admin API queues flushes; workers drain them on their tick, not per request.
             flushes: Mutex::new(VecDeque::new()),
             counters,
             used: per_stage(),

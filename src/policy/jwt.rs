@@ -188,6 +188,8 @@ pub struct KeyState {
 #[derive(Debug)]
 pub struct Asks {
     tx: crossbeam_channel::Sender<()>,
+    #[allow(clippy::disallowed_types)]
+    // Not on the request path: the JWKS refresh thread takes the receiver once, at start.
     rx: std::sync::Mutex<Option<crossbeam_channel::Receiver<()>>>,
 }
 
@@ -196,6 +198,7 @@ impl Default for Asks {
         let (tx, rx) = crossbeam_channel::bounded(1);
         Self {
             tx,
+            #[allow(clippy::disallowed_types)] // Not on the request path: the JWKS refresh thread takes the receiver once, at start.
             rx: std::sync::Mutex::new(Some(rx)),
         }
     }

@@ -11,6 +11,8 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+#[allow(clippy::disallowed_types)]
+// Not on the request path: the registry publishes keyrings; workers pick them up on their tick, not per request.
 use std::sync::{Arc, Mutex, OnceLock};
 
 use sha2::{Digest, Sha256};
@@ -133,6 +135,8 @@ impl Keyring {
 #[derive(Debug, Default)]
 pub struct Live {
     version: AtomicU64,
+    #[allow(clippy::disallowed_types)]
+    // Not on the request path: the registry publishes keyrings; workers pick them up on their tick, not per request.
     ring: Mutex<Arc<Keyring>>,
     /// The store's writer thread, woken when a worker takes a quota lease.
     writer: OnceLock<std::thread::Thread>,

@@ -11,14 +11,8 @@
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// A quota period, as written in the config (`day | week | month`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Period {
-    Day,
-    Week,
-    Month,
-}
+pub use crate::config::Period;
+pub use crate::http::respond::QuotaState;
 
 const USED_BITS: u32 = 44;
 const USED_MASK: u64 = (1 << USED_BITS) - 1;
@@ -280,15 +274,6 @@ pub struct Leases {
     slots: Vec<LeaseSlot>,
     dirty: Vec<u32>,
     workers: u64,
-}
-
-/// What a keyed response reports of its quota.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct QuotaState {
-    pub limit: u64,
-    pub remaining: u64,
-    /// Seconds until the period ends.
-    pub reset_s: u64,
 }
 
 /// What `Leases::admit` did besides deciding.

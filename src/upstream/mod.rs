@@ -1,5 +1,5 @@
-//! The integration stage (AWS's word): per-core connection pools and forwarding a
-//! request to an HTTP upstream.
+//! Where integrations and request authorizers send requests: targets, connecting
+//! (TCP, TLS), and each shard's pool of idle upstream connections.
 
 pub mod connect;
 pub mod pool;
