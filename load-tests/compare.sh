@@ -7,6 +7,7 @@
 #   ROUNDS=5 DURATION=10 RATE=20000 load-tests/compare.sh
 #   ONLY="small-get small-get-keyed" load-tests/compare.sh   # some scenarios only:
 #       no memory phase, and the results file is left alone
+#   SG=/tmp/shardgate-old ONLY=small-get load-tests/compare.sh  # another binary, unbuilt
 #
 # Rounds are interleaved (every scenario and proxy once per round) so drift hits all
 # alike; the table gives medians. Per proxy and scenario: requests/s, p50 and p99
@@ -32,8 +33,11 @@ ulimit -n "$(ulimit -Hn)"
 need_apt wrk:wrk nginx:nginx haproxy:haproxy curl:curl python3:python3 openssl:openssl
 export PATH="$HOME/.cargo/bin:$PATH"
 command -v oha >/dev/null || { echo "installing oha (cargo install, a few minutes)"; cargo install oha --locked --quiet; }
-cargo build --release --quiet
-SG=./target/release/shardgate
+# SG=PATH measures that binary as it is (load-tests/before-after.sh compares two).
+if [ -z "${SG:-}" ]; then
+  cargo build --release --quiet
+  SG=./target/release/shardgate
+fi
 
 ports_free '1808[1-9]|1809[0-5]'
 

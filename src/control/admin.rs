@@ -40,6 +40,8 @@ use crate::config::UsagePlanFile;
 use crate::control::registry::api_keys::{KeyPatch, NewKey};
 use crate::control::registry::{ApiError, Registry};
 use crate::encode::ct_eq;
+use crate::http::parse::{self, Framing, HeadError};
+use crate::http::respond;
 use crate::plan::{AdminPlan, Plan};
 use crate::policy::usage::KeyDef;
 
@@ -180,47 +182,38 @@ fn serve(mut stream: TcpStream, ctx: &Ctx) {
         b.push(b'\n');
         b
     };
-    let mut head = format!(
-        "HTTP/1.1 {} {}\r\ncontent-length: {}\r\nconnection: close\r\n",
-        resp.status,
-        reason(resp.status),
-        body.len()
-    );
+    let mut head = Vec::with_capacity(256);
+    respond::status_line(&mut head, resp.status, respond::reason(resp.status));
+    head.extend_from_slice(b"content-length: ");
+    head.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+    head.extend_from_slice(b"\r\nconnection: close\r\n");
     if let Some((ctype, _)) = &resp.text {
-        head.push_str(&format!("content-type: {ctype}\r\n"));
+        head.extend_from_slice(b"content-type: ");
+        head.extend_from_slice(ctype.as_bytes());
+        head.extend_from_slice(b"\r\n");
     } else if !body.is_empty() {
-        head.push_str("content-type: application/json\r\n");
+        head.extend_from_slice(b"content-type: application/json\r\n");
     }
     if resp.status == 401 {
-        head.push_str("www-authenticate: Bearer realm=\"shardgate\"\r\n");
+        head.extend_from_slice(b"www-authenticate: Bearer realm=\"shardgate\"\r\n");
     }
-    head.push_str("\r\n");
-    let _ = stream.write_all(head.as_bytes());
+    head.extend_from_slice(b"\r\n");
+    let _ = stream.write_all(&head);
     let _ = stream.write_all(&body);
     let _ = stream.flush();
 }
 
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        201 => "Created",
-        204 => "No Content",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        409 => "Conflict",
-        411 => "Length Required",
-        413 => "Content Too Large",
-        _ => "Internal Server Error",
-    }
-}
-
-/// Reads one request; `None` when the client closed without sending one.
+/// Reads one request with the gateway's own codec (`http::parse`: strict framing,
+/// the normalised path); `None` when the client closed without sending one.
 fn read_request(stream: &mut TcpStream) -> Result<Option<Request>, ApiError> {
     let mut buf = Vec::with_capacity(4096);
     let mut chunk = [0u8; 4096];
-    let head_len = loop {
+    // Management paths are ids and names: nothing to refuse in them.
+    let paths = crate::http::path::Rules {
+        keep_escaped_slashes: true,
+        keep_semicolons: true,
+    };
+    loop {
         let n = stream
             .read(&mut chunk)
             .map_err(|e| ApiError::new(400, format!("reading the request: {e}")))?;
@@ -231,57 +224,55 @@ fn read_request(stream: &mut TcpStream) -> Result<Option<Request>, ApiError> {
             return Err(ApiError::new(400, "the request ended inside its head"));
         }
         buf.extend_from_slice(&chunk[..n]);
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
+        let mut headers = [httparse::EMPTY_HEADER; parse::MAX_HEADERS];
+        let (head, headers) = match parse::parse_request(&buf, &mut headers, MAX_HEAD, paths) {
+            Ok(Some(h)) => h,
+            Ok(None) => continue,
+            Err(e) => return Err(ApiError::new(head_status(e), e.to_string())),
+        };
+        let length = match head.framing {
+            Framing::None => 0,
+            Framing::Length(n) if n <= MAX_BODY as u64 => n as usize,
+            Framing::Length(_) => return Err(ApiError::new(413, "body too large")),
+            Framing::Chunked | Framing::UntilClose => {
+                return Err(ApiError::new(411, "send the body with a content-length"));
+            }
+        };
+        let request = Request {
+            method: head.method.to_owned(),
+            path: head.path.into_owned(),
+            query: form_urlencoded::parse(head.query.unwrap_or("").as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+            authorization: parse::header(headers, "authorization").map(<[u8]>::to_vec),
+            body: Vec::new(),
+        };
+        if head.expect_continue && length > buf.len() - head.head_len {
+            let _ = stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
         }
-        if buf.len() > MAX_HEAD {
-            return Err(ApiError::new(400, "request head too large"));
+        let head_len = head.head_len;
+        let mut body = buf.split_off(head_len);
+        if body.len() < length {
+            let have = body.len();
+            body.resize(length, 0);
+            stream
+                .read_exact(&mut body[have..])
+                .map_err(|e| ApiError::new(400, format!("reading the body: {e}")))?;
         }
-    };
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut req = httparse::Request::new(&mut headers);
-    req.parse(&buf[..head_len])
-        .map_err(|e| ApiError::new(400, format!("malformed request: {e}")))?;
-    let method = req.method.unwrap_or("").to_owned();
-    let target = req.path.unwrap_or("/");
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let query = form_urlencoded::parse(query.as_bytes())
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
-    let mut length = 0usize;
-    let mut authorization = None;
-    for h in req.headers.iter() {
-        if h.name.eq_ignore_ascii_case("content-length") {
-            length = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
-                .ok_or_else(|| ApiError::new(400, "bad content-length"))?;
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err(ApiError::new(411, "send the body with a content-length"));
-        } else if h.name.eq_ignore_ascii_case("authorization") {
-            authorization = Some(h.value.to_vec());
-        }
+        body.truncate(length);
+        return Ok(Some(Request { body, ..request }));
     }
-    if length > MAX_BODY {
-        return Err(ApiError::new(413, "body too large"));
+}
+
+/// The status of a refused request head (as the gateway answers it).
+fn head_status(e: HeadError) -> u16 {
+    match e {
+        HeadError::Malformed(_) => 400,
+        HeadError::TooLarge => 431,
+        HeadError::Version => 505,
+        HeadError::UnsupportedCoding => 501,
+        HeadError::Expectation => 417,
     }
-    let path = path.to_owned();
-    let mut body = buf.split_off(head_len);
-    if body.len() < length {
-        let have = body.len();
-        body.resize(length, 0);
-        stream
-            .read_exact(&mut body[have..])
-            .map_err(|e| ApiError::new(400, format!("reading the body: {e}")))?;
-    }
-    body.truncate(length);
-    Ok(Some(Request {
-        method,
-        path,
-        query,
-        authorization,
-        body,
-    }))
 }
 
 fn authorized(ctx: &Ctx, req: &Request) -> bool {

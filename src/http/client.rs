@@ -1,12 +1,14 @@
-//! A small blocking HTTP/1.1 GET for background threads (JWKS and discovery
-//! documents): `http://` or `https://`, bounded in time and size.
+//! A small blocking HTTP/1.1 client for the control plane's outbound calls (JWKS
+//! and discovery documents, OTLP export, the command line): `http://` or
+//! `https://`, bounded in time and size. Responses are read with the gateway's own
+//! codec (`http::parse`), the same that reads upstream responses.
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::http::parse::{Chunk, ChunkedDecoder};
+use crate::http::parse::{parse_response, Chunk, ChunkedDecoder, Framing, MAX_HEADERS};
 
 /// GETs `uri`; the body of a 200, at most `max` bytes, all within `timeout`.
 pub fn get(
@@ -40,11 +42,11 @@ pub fn post(
     timeout: Duration,
 ) -> Result<u16, String> {
     let raw = send(uri, tls, "POST", &[], Some(body), timeout, 64 * 1024)?;
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut resp = httparse::Response::new(&mut headers);
-    match resp.parse(&raw) {
-        Ok(httparse::Status::Complete(_)) => Ok(resp.code.unwrap_or(0)),
-        _ => Err("no response head".into()),
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    match parse_response(&raw, &mut headers, false) {
+        Ok(Some((head, _))) => Ok(head.status),
+        Ok(None) => Err("no response head".into()),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -187,38 +189,50 @@ pub fn body_of(raw: &[u8], max: usize) -> Result<Vec<u8>, String> {
 
 /// The status and body of a complete response read to its close.
 pub fn response_of(raw: &[u8], max: usize) -> Result<(u16, Vec<u8>), String> {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut resp = httparse::Response::new(&mut headers);
-    let head_len = match resp.parse(raw) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Err("incomplete response head".into()),
-        Err(e) => return Err(format!("bad response head: {e}")),
+    message(raw, true, max)?.ok_or_else(|| "incomplete response".into())
+}
+
+/// Whether `buf` holds a whole response (head and body as framed), so the reader
+/// can stop without waiting for the close.
+pub fn complete(buf: &[u8]) -> bool {
+    matches!(message(buf, false, usize::MAX), Ok(Some(_)))
+}
+
+/// A response read by the gateway's own codec (`http::parse::parse_response`:
+/// the same framing rules as upstream responses): `(status, body)`, or `None`
+/// while more is to come. `closed`: the peer has closed, so a body delimited by
+/// the close ends here and anything short is an error.
+fn message(raw: &[u8], closed: bool, max: usize) -> Result<Option<(u16, Vec<u8>)>, String> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let head = match parse_response(raw, &mut headers, false).map_err(|e| e.to_string())? {
+        Some((head, _)) => head,
+        None if closed => return Err("incomplete response head".into()),
+        None => return Ok(None),
     };
-    let status = resp.code.unwrap_or(0);
-    let chunked = resp.headers.iter().any(|h| {
-        h.name.eq_ignore_ascii_case("transfer-encoding")
-            && crate::http::parse::tokens(h.value).any(|t| t.eq_ignore_ascii_case(b"chunked"))
-    });
-    let length = crate::http::parse::header(resp.headers, "content-length")
-        .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<usize>().ok());
-    let rest = &raw[head_len..];
-    let body = if chunked {
-        decode_chunked(rest)?
-    } else if let Some(n) = length {
-        rest.get(..n)
-            .ok_or("body shorter than its length")?
-            .to_vec()
-    } else {
-        rest.to_vec()
+    let rest = &raw[head.head_len..];
+    let body = match head.framing {
+        Framing::None => Vec::new(),
+        Framing::Length(n) => match rest.get(..n as usize) {
+            Some(b) => b.to_vec(),
+            None if closed => return Err("body shorter than its length".into()),
+            None => return Ok(None),
+        },
+        Framing::Chunked => match decode_chunked(rest)? {
+            Some(b) => b,
+            None if closed => return Err("chunked body cut short".into()),
+            None => return Ok(None),
+        },
+        Framing::UntilClose if closed => rest.to_vec(),
+        Framing::UntilClose => return Ok(None),
     };
     if body.len() > max {
         return Err(format!("body larger than {max} bytes"));
     }
-    Ok((status, body))
+    Ok(Some((head.status, body)))
 }
 
-/// Decodes a whole chunked body.
-pub fn decode_chunked(mut input: &[u8]) -> Result<Vec<u8>, String> {
+/// Decodes a whole chunked body; `None` while it is cut short.
+fn decode_chunked(mut input: &[u8]) -> Result<Option<Vec<u8>>, String> {
     let mut d = ChunkedDecoder::default();
     let mut out = Vec::new();
     loop {
@@ -231,30 +245,8 @@ pub fn decode_chunked(mut input: &[u8]) -> Result<Vec<u8>, String> {
                 out.extend_from_slice(&input[start..start + len]);
                 input = &input[consumed..];
             }
-            Chunk::Done { .. } => return Ok(out),
-            Chunk::NeedMore => return Err("chunked body cut short".into()),
+            Chunk::Done { .. } => return Ok(Some(out)),
+            Chunk::NeedMore => return Ok(None),
         }
     }
-}
-
-/// Whether `buf` holds a whole response: its head, and a body as long as its
-/// `content-length` or a complete chunked body.
-pub fn complete(buf: &[u8]) -> bool {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut resp = httparse::Response::new(&mut headers);
-    let Ok(httparse::Status::Complete(n)) = resp.parse(buf) else {
-        return false;
-    };
-    for h in resp.headers.iter() {
-        if h.name.eq_ignore_ascii_case("content-length") {
-            return std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .is_some_and(|len| buf.len() >= n + len);
-        }
-        if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            return decode_chunked(&buf[n..]).is_ok();
-        }
-    }
-    false
 }
