@@ -459,3 +459,42 @@ apis:
     assert_eq!(second["spanId"].as_str(), created.split('-').nth(2));
     assert!(second.get("parentSpanId").is_none());
 }
+
+/// Issue 17: the management API reads and answers with the gateway's codec. Its
+/// private copy answered statuses missing from its own reason table as "Internal
+/// Server Error" (a not-ready `/readyz` said "503 Internal Server Error") and took
+/// requests the gateway refuses (no Host, both Content-Length and
+/// Transfer-Encoding).
+#[test]
+fn admin_api_speaks_the_gateway_codec() {
+    let yaml = config(
+        "admin: { bind: 127.0.0.1:0, token: { env: SG_ADMIN } }
+apis:
+  - name: shop
+    routes:
+      - { route: GET /ok, integration: { type: mock, body: ok } }
+    stages:
+      - name: prod
+",
+    );
+    let gw = Gateway::start_env(&yaml, &[], &[("SG_ADMIN", TOKEN)]);
+    let admin = gw.admin.expect("admin listener");
+    let status_line = |raw: &str| {
+        let out = common::raw_exchange(admin, raw.as_bytes());
+        let text = String::from_utf8_lossy(&out).into_owned();
+        text.lines().next().unwrap_or("").to_owned()
+    };
+    let auth = format!("authorization: Bearer {TOKEN}\r\n");
+    for (raw, want) in [
+        ("GET /healthz HTTP/1.1\r\nhost: a\r\n\r\n".to_owned(), "HTTP/1.1 200 OK"),
+        (format!("GET /nowhere HTTP/1.1\r\nhost: a\r\n{auth}\r\n"), "HTTP/1.1 404 Not Found"),
+        ("GET /apikeys HTTP/1.1\r\nhost: a\r\n\r\n".to_owned(), "HTTP/1.1 401 Unauthorized"),
+        (format!("PUT /apikeys HTTP/1.1\r\nhost: a\r\n{auth}content-length: 0\r\n\r\n"), "HTTP/1.1 405 Method Not Allowed"),
+        (format!("POST /apikeys HTTP/1.1\r\nhost: a\r\n{auth}transfer-encoding: chunked\r\n\r\n0\r\n\r\n"), "HTTP/1.1 411 Length Required"),
+        ("GET /healthz HTTP/1.1\r\n\r\n".to_owned(), "HTTP/1.1 400 Bad Request"),
+        (format!("POST /apikeys HTTP/1.1\r\nhost: a\r\n{auth}content-length: 2\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n"), "HTTP/1.1 400 Bad Request"),
+        ("GET /healthz HTTP/2.0\r\nhost: a\r\n\r\n".to_owned(), "HTTP/1.1 505 HTTP Version Not Supported"),
+    ] {
+        assert_eq!(status_line(&raw), want, "for {raw:?}");
+    }
+}
