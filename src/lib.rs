@@ -90,6 +90,8 @@
 //!     buckets, request ids).
 //!   - `proxy::conn`: the connection loop: read a head, run the pipeline, answer;
 //!     between requests a connection parks, holding no buffers.
+//!   - `proxy::verdict`: what a stage decides (`Action`, `Verdict`).
+//!   - `proxy::authorize`: the authorizer stage (JWT, request, SigV4).
 //!   - `proxy::pipeline`: the request's stages from dispatch to cache, each settling
 //!     the request or letting it go on.
 //!   - `proxy::client`: the client connection and the ways to answer it.

@@ -23,8 +23,9 @@ use crate::proxy::client::{
     body_error, read_ready, refuse, send_continue, timed_read, Client, Outcome, CONN_BUF,
 };
 use crate::proxy::forward;
-use crate::proxy::pipeline::{do_work, look_again, prepare, Action, Coalesce, Leading, Prepared};
+use crate::proxy::pipeline::{do_work, look_again, prepare, Coalesce, Facts, Leading, Prepared};
 use crate::proxy::shard::{InFlight, Shard};
+use crate::proxy::verdict::Action;
 
 // `Ready` is the common case and lives on the stack once per request; boxing it
 // would cost an allocation per request.
@@ -261,11 +262,7 @@ async fn active(
                 Err(Some(err)) => {
                     tracing::debug!(peer = %c.peer, %err, "request refused");
                     // A body, read or not, is not skipped: close after it.
-                    let persist = if prepared.framing == Framing::None {
-                        prepared.persist
-                    } else {
-                        Persist::Close
-                    };
+                    let persist = prepared.persist_unread();
                     c.pos = prepared.head_len;
                     let keep =
                         refuse(c, shard, err, &prepared.tag, persist, prepared.is_head).await;
@@ -402,19 +399,17 @@ async fn read_head(
                         tls: c.tls.as_deref(),
                     };
                     let deadline = first_byte.unwrap_or_else(Instant::now) + limits.request_timeout;
-                    let p = prepare(
-                        &head,
-                        hdrs,
+                    let facts = Facts {
+                        head: &head,
+                        headers: hdrs,
                         plan,
                         lp,
                         shard,
-                        &origin,
-                        &mut c.up_head,
-                        pass,
-                        None,
+                        origin: &origin,
+                        body: None,
                         deadline,
-                    );
-                    return HeadRead::Ready(p);
+                    };
+                    return HeadRead::Ready(prepare(&facts, &mut c.up_head, pass));
                 }
                 Ok(None) => {}
                 Err(e) => return HeadRead::Refuse(GatewayError::BadHead(e)),
@@ -532,10 +527,12 @@ async fn handle(
 ) -> bool {
     c.pos = p.head_len;
     let has_body = p.framing != Framing::None;
+    // An unread body is still on the wire: close rather than read it.
+    let unread = p.persist_unread();
     match p.action {
         Action::Work(_) => false,
         Action::Preflight => {
-            let persist = if has_body { Persist::Close } else { p.persist };
+            let persist = unread;
             c.out.clear();
             let date = *shard.date.borrow_mut().now();
             let persist = shard.persist(persist);
@@ -547,8 +544,7 @@ async fn handle(
                 && !persist.closes()
         }
         Action::Refuse(err) => {
-            // An unread body is still on the wire: close rather than read it.
-            let persist = if has_body { Persist::Close } else { p.persist };
+            let persist = unread;
             tracing::debug!(peer = %c.peer, %err, "request refused");
             refuse(c, shard, err, &p.tag, persist, p.is_head).await
         }
@@ -596,8 +592,7 @@ async fn handle(
                 && !persist.closes()
         }
         Action::CacheHit(entry) => {
-            // An unread body is still on the wire: close rather than read it.
-            let persist = if has_body { Persist::Close } else { p.persist };
+            let persist = unread;
             serve_hit(c, shard, entry, &p.tag, persist, p.is_head).await && !persist.closes()
         }
         Action::Proxy(stage, route) => {
@@ -639,7 +634,7 @@ async fn handle(
                         .count(stage_id, route_id, hit.is_some());
                     if let Some((_, entry)) = hit {
                         tag.cache = Some(CacheStatus::Hit);
-                        let persist = if has_body { Persist::Close } else { p.persist };
+                        let persist = unread;
                         return serve_hit(c, shard, entry, &tag, persist, p.is_head).await
                             && !persist.closes();
                     }

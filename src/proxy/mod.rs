@@ -1,9 +1,11 @@
 //! The hot path: worker threads, each shard's state, the connection loop and the
 //! request pipeline, and the `http_proxy` integration.
 
+pub mod authorize;
 pub mod client;
 pub mod conn;
 pub mod forward;
 pub mod pipeline;
 pub mod shard;
+pub mod verdict;
 pub mod worker;

@@ -16,9 +16,11 @@ use crate::plan::{Integration, ListenerPlan, Plan, RoutePlan, StagePlan};
 use crate::policy::access::{Authorizer, BodyRead, Grant, Pass, Work};
 use crate::policy::cache::Lookup;
 use crate::policy::keys::Binding;
+use crate::proxy::authorize::{authorize, AuthFacts};
 use crate::proxy::client::{body_error, send_continue, Client, CONN_BUF};
 use crate::proxy::forward;
 use crate::proxy::shard::Shard;
+use crate::proxy::verdict::{Action, Verdict};
 use crate::route;
 
 /// What a parsed head asks for, with everything borrowed from the buffer resolved.
@@ -46,6 +48,56 @@ pub struct Prepared {
     pub span: Option<Box<crate::observe::telemetry::SpanFacts>>,
 }
 
+impl Prepared {
+    /// The connection's fate when the request is answered without reading its
+    /// body: an unread body is still on the wire, so the connection closes rather
+    /// than read it.
+    pub fn persist_unread(&self) -> Persist {
+        if self.framing == Framing::None {
+            self.persist
+        } else {
+            Persist::Close
+        }
+    }
+
+    /// A request about to enter the pipeline (its action is set by the stages).
+    fn new(f: &Facts<'_, '_>, pass: &Pass) -> Self {
+        let head = f.head;
+        // A request served on a plan the worker left (its listener was removed by a
+        // reload) is the connection's last.
+        let persist = f
+            .shard
+            .persist(if !head.keep_alive || !f.shard.runs(f.plan) {
+                Persist::Close
+            } else if head.http10 {
+                Persist::KeepAlive10
+            } else {
+                Persist::KeepAlive
+            });
+        Prepared {
+            head_len: head.head_len,
+            deadline: f.deadline,
+            framing: head.framing,
+            persist,
+            is_head: head.method == "HEAD",
+            // A body read whole already had its `100 Continue`.
+            expect_continue: head.expect_continue && f.body.is_none(),
+            idempotent: matches!(
+                head.method,
+                "GET" | "HEAD" | "PUT" | "DELETE" | "OPTIONS" | "TRACE"
+            ),
+            tag: Tag::from(pass.id.unwrap_or_else(|| f.shard.next_request_id())),
+            action: Action::Refuse(GatewayError::RouteNotFound),
+            fill: None,
+            coalesce: Coalesce::None,
+            route: None,
+            log: None,
+            trace: None,
+            span: None,
+        }
+    }
+}
+
 /// A cache miss's part in coalescing: fetching for others, or waiting for another.
 #[derive(Clone, Copy)]
 pub enum Coalesce {
@@ -58,19 +110,6 @@ pub enum Coalesce {
 /// Ends a leading fetch however it ends (stored, failed, cancelled): the requests
 /// waiting for it go on.
 pub struct Leading<'a>(pub &'a Shard, pub StageId, pub u64);
-
-pub enum Action {
-    Refuse(GatewayError),
-    /// Something to do (read the body, ask an authorizer) before deciding.
-    Work(Work),
-    /// A CORS preflight, answered by the gateway (headers in the tag).
-    Preflight,
-    Mock(StageId, RouteId),
-    /// Served from this worker's cache.
-    CacheHit(std::rc::Rc<crate::policy::cache::Entry>),
-    /// The upstream head is in `Client::up_head`.
-    Proxy(StageId, RouteId),
-}
 
 /// Looks at a request again after work for it (its head is still at the front of
 /// the buffer, and a body read for it right after); its deadline stays.
@@ -90,24 +129,37 @@ pub fn look_again(
         lp.limits.paths,
     );
     let Ok(Some((head, hdrs))) = parsed else {
-        // It parsed the first time; it cannot fail now.
-        return Prepared {
-            head_len: 0,
-            deadline,
-            framing: Framing::None,
-            persist: Persist::Close,
-            is_head: false,
-            expect_continue: false,
-            idempotent: false,
-            tag: Tag::from(shard.next_request_id()),
-            action: Action::Refuse(GatewayError::AuthorizerFailed("request lost")),
-            fill: None,
-            coalesce: Coalesce::None,
-            route: None,
-            log: None,
-            trace: None,
-            span: None,
-        };
+        // It parsed the first time; it cannot fail now. Were it to, the request
+        // is refused and the connection closed.
+        let mut p = Prepared::new(
+            &Facts {
+                head: &parse::RequestHead {
+                    method: "",
+                    path: "/".into(),
+                    query: None,
+                    http10: false,
+                    host: b"",
+                    framing: Framing::None,
+                    keep_alive: false,
+                    expect_continue: false,
+                    head_len: 0,
+                },
+                headers: &[],
+                plan,
+                lp,
+                shard,
+                origin: &forward::Origin {
+                    peer: c.peer,
+                    local_port: lp.bind.port(),
+                    tls: None,
+                },
+                body: None,
+                deadline,
+            },
+            pass,
+        );
+        p.action = Action::Refuse(GatewayError::AuthorizerFailed("request lost"));
+        return p;
     };
     let origin = forward::Origin {
         peer: c.peer,
@@ -120,18 +172,17 @@ pub fn look_again(
         Some(BodyRead::Decoded(v)) => Some(v.as_slice()),
         None => None,
     };
-    let p = prepare(
-        &head,
-        hdrs,
+    let facts = Facts {
+        head: &head,
+        headers: hdrs,
         plan,
         lp,
         shard,
-        &origin,
-        &mut c.up_head,
-        pass,
+        origin: &origin,
         body,
         deadline,
-    );
+    };
+    let p = prepare(&facts, &mut c.up_head, pass);
     pass.body = read;
     p
 }
@@ -195,324 +246,391 @@ pub async fn do_work(
     }
 }
 
-/// Parse → route, synchronously while the head is borrowed from the buffer; for a
-/// proxied route also writes the upstream request head.
-#[allow(clippy::too_many_arguments)]
-pub fn prepare(
-    head: &parse::RequestHead<'_>,
-    headers: &[httparse::Header<'_>],
-    plan: &Plan,
-    lp: &ListenerPlan,
-    shard: &Shard,
-    origin: &forward::Origin<'_>,
+/// What every stage of the pipeline reads, borrowed while the head is in the buffer.
+pub struct Facts<'a, 'h> {
+    pub head: &'a parse::RequestHead<'h>,
+    pub headers: &'a [httparse::Header<'h>],
+    pub plan: &'a Plan,
+    pub lp: &'a ListenerPlan,
+    pub shard: &'a Shard,
+    pub origin: &'a forward::Origin<'a>,
+    /// The body, once read whole for a route that needs it (SigV4, validation).
+    pub body: Option<&'a [u8]>,
+    /// When the whole request must have arrived.
+    pub deadline: Instant,
+}
+
+/// Runs the pipeline on a parsed head, synchronously while the head is borrowed
+/// from the buffer; for a proxied route it also writes the upstream request head.
+pub fn prepare(f: &Facts<'_, '_>, up_head: &mut Vec<u8>, pass: &mut Pass) -> Prepared {
+    let mut p = Prepared::new(f, pass);
+    p.action = match stages(f, &mut p, up_head, pass) {
+        Ok(action) | Err(action) => action,
+    };
+    p
+}
+
+/// The stages in the order a request meets them (AWS's order: a resource policy
+/// refuses, and CORS answers a preflight, before routes are matched).
+fn stages(
+    f: &Facts<'_, '_>,
+    p: &mut Prepared,
     up_head: &mut Vec<u8>,
     pass: &mut Pass,
-    body: Option<&[u8]>,
-    deadline: Instant,
-) -> Prepared {
-    // A request served on a plan the worker left (its listener was removed by a
-    // reload) is the connection's last.
-    let persist = shard.persist(if !head.keep_alive || !shard.runs(plan) {
-        Persist::Close
-    } else if head.http10 {
-        Persist::KeepAlive10
-    } else {
-        Persist::KeepAlive
-    });
-    let method = head.method;
-    let mut p = Prepared {
-        head_len: head.head_len,
-        deadline,
-        framing: head.framing,
-        persist,
-        is_head: method == "HEAD",
-        // A body read whole already had its `100 Continue`.
-        expect_continue: head.expect_continue && body.is_none(),
-        idempotent: matches!(
-            method,
-            "GET" | "HEAD" | "PUT" | "DELETE" | "OPTIONS" | "TRACE"
-        ),
-        tag: Tag::from(pass.id.unwrap_or_else(|| shard.next_request_id())),
-        action: Action::Refuse(GatewayError::RouteNotFound),
-        fill: None,
-        coalesce: Coalesce::None,
-        route: None,
-        log: None,
-        trace: None,
-        span: None,
+) -> Verdict<Action> {
+    within_body_limit(f)?;
+    let not_found = || Action::Refuse(GatewayError::RouteNotFound);
+    let (stage_id, path) =
+        route::dispatch(&f.lp.stages, f.head.host, &f.head.path).ok_or_else(not_found)?;
+    let stage = &f.plan.stages[stage_id];
+    // The caller's address as the stage trusts X-Forwarded-For: computed once, by
+    // the first stage that needs it.
+    let ip = std::cell::OnceCell::new();
+    let source_ip = || {
+        *ip.get_or_init(|| {
+            crate::policy::resource::client_ip(f.origin.peer.ip(), &stage.access.trusted, f.headers)
+        })
     };
-    if let Framing::Length(n) = head.framing {
-        if n > lp.limits.max_body_bytes {
-            p.action = Action::Refuse(GatewayError::BodyTooLarge);
-            return p;
-        }
-    }
-    let Some((stage_id, path)) = route::dispatch(&lp.stages, head.host, &head.path) else {
-        return p;
-    };
-    let stage = &plan.stages[stage_id];
-    let access = &stage.access;
-    if plan.tracing.create || stage.access_log.is_some() || plan.telemetry.is_some() {
-        let secs = match shard.date.borrow().secs() {
-            0 => crate::clock::unix_s(),
-            s => s,
-        };
-        p.trace =
-            crate::observe::trace::of_request(headers, &plan.tracing, secs, || shard.random());
-    }
-    if plan.telemetry.is_some() && p.trace.is_some_and(|t| t.sampled) {
-        p.span = Some(Box::new(crate::observe::telemetry::SpanFacts {
-            method: head.method.into(),
-            path: (*head.path).into(),
-        }));
-    }
-    if let Some(spec) = &stage.access_log {
-        p.log = Some(log_facts(
-            head, headers, stage_id, stage, spec, origin, shard, &p,
-        ));
-    }
-    if let Some(policy) = &access.policy {
-        let ip = crate::policy::resource::client_ip(origin.peer.ip(), &access.trusted, headers);
-        if !policy.allows(ip, head.host) {
-            p.action = Action::Refuse(GatewayError::AccessDenied("resource policy"));
-            return p;
-        }
-    }
-    if let Some(cors) = &access.cors {
-        p.tag.cors_api = true;
-        if let Some(from) = parse::header(headers, "origin") {
-            if method == "OPTIONS"
-                && parse::header(headers, "access-control-request-method").is_some()
-            {
-                p.tag.cors = cors.preflight(
-                    from,
-                    parse::header(headers, "access-control-request-headers"),
-                );
-                p.action = Action::Preflight;
-                return p;
-            }
-            p.tag.cors = cors.actual(from);
-        }
-    }
-    let Some(m) = stage.router.find(method, path) else {
-        return p;
-    };
+    observe(f, p, stage_id, stage, &source_ip);
+    resource_policy(f, stage, &source_ip)?;
+    cors(f, stage, &mut p.tag)?;
+    let m = stage
+        .router
+        .find(f.head.method, path)
+        .ok_or_else(not_found)?;
     let route = &stage.routes[m.route];
     p.route = Some((stage_id, m.route));
-    // Routes that need the whole body read it first (bounded), before anything
-    // that changes state.
-    if body.is_none() && head.framing != Framing::None {
-        let sigv4 = route.auth.as_ref().is_some_and(|a| {
-            matches!(
-                plan.authorizers.get(a.authorizer).map(|a| &**a),
-                Some(Authorizer::Sigv4(_))
-            )
-        });
-        let validates = route
-            .validate
-            .as_ref()
-            .is_some_and(|v| v.wants_body(headers));
-        if sigv4 || validates {
-            p.action = match head.framing {
-                Framing::Length(n) if n > lp.limits.max_buffered_body_bytes => {
-                    Action::Refuse(GatewayError::BodyTooLarge)
-                }
-                _ => Action::Work(Work::ReadBody),
+    whole_body_first(f, route)?;
+    let grant = match &route.auth {
+        Some(auth) => {
+            let facts = AuthFacts {
+                head: f.head,
+                headers: f.headers,
+                routed_path: path,
+                stage,
+                route,
+                m: &m,
+                source_ip: &source_ip,
+                tag: &p.tag,
+                body: f.body,
             };
-            return p;
-        }
-    }
-    let mut grant = Grant::default();
-    if let Some(auth) = &route.auth {
-        let facts = AuthFacts {
-            head,
-            headers,
-            routed_path: path,
-            stage,
-            route,
-            m: &m,
-            origin,
-            tag: &p.tag,
-            body,
-        };
-        match authorize(plan, shard, auth, &facts, pass) {
-            Ok(g) => {
-                if let Some(log) = &mut p.log {
-                    log.claims = g.claims.clone();
-                    log.context = g.context.clone();
-                }
-                grant = g;
+            let g = authorize(f.plan, f.shard, auth, &facts, pass)?;
+            if let Some(log) = &mut p.log {
+                log.claims = g.claims.clone();
+                log.context = g.context.clone();
             }
-            Err(action) => {
-                p.action = action;
-                return p;
-            }
+            g
         }
-    }
+        None => Grant::default(),
+    };
     // The key's usage plan for this stage, where the route takes a key. The keyring
     // is this shard's snapshot, swapped by the worker's tick between requests; a
     // request that began before a reload reads the keyring of its own plan.
-    let current = shard.keyring.borrow();
-    let previous = shard.previous_keyring.borrow();
+    let current = f.shard.keyring.borrow();
+    let previous = f.shard.previous_keyring.borrow();
     let ring: &crate::policy::keys::Keyring = match &*previous {
-        Some(p) if current.1.generation != plan.generation && p.generation == plan.generation => p,
+        Some(r)
+            if current.1.generation != f.plan.generation && r.generation == f.plan.generation =>
+        {
+            r
+        }
         _ => &current.1,
     };
-    let mut binding: Option<&Binding> = None;
-    if route.api_key_required {
-        match ring.check(headers, stage_id) {
-            Ok(b) => {
-                if let Some(log) = &mut p.log {
-                    log.api_key_id = Some(std::sync::Arc::clone(&b.key_id));
-                }
-                binding = Some(b);
-            }
-            Err(why) => {
-                p.action = Action::Refuse(GatewayError::Forbidden(why));
-                return p;
-            }
-        }
-    }
-    if let Some(v) = &route.validate {
-        if let Some(err) = v.missing(headers, head.query, |n| m.param(n).map(str::to_owned)) {
-            p.action = Action::Refuse(err);
-            return p;
-        }
-        if v.wants_body(headers) {
-            if let Err(err) = v.check_body(body.unwrap_or_default()) {
-                tracing::debug!(%err, "request refused by validation");
-                p.action = Action::Refuse(err);
-                return p;
-            }
-        }
-    }
-    if !admit(plan, shard, binding, stage_id, m.route, route, stage) {
-        p.action = Action::Refuse(GatewayError::Throttled);
-        return p;
+    let binding = api_key(f, ring, stage_id, route, &mut p.log)?;
+    validate(f, route, &m)?;
+    if !admit(f.plan, f.shard, binding, stage_id, m.route, route, stage) {
+        return Err(Action::Refuse(GatewayError::Throttled));
     }
     // Last, so that a request a throttle refused does not count against the quota.
-    if let Some((slot, q)) = binding.and_then(|b| b.quota.as_ref()) {
-        let admitted = shard
-            .leases
-            .borrow_mut()
-            .admit(*slot, q, crate::clock::unix_s());
-        match admitted {
-            Ok(a) => {
-                if q.limited {
-                    p.tag.quota = Some(a.state);
-                }
-                if a.leased {
-                    plan.live.lease_taken();
-                }
-            }
-            Err(state) => {
-                p.tag.quota = Some(state);
-                p.action = Action::Refuse(GatewayError::QuotaExceeded);
-                return p;
-            }
-        }
-    }
+    quota(f, binding, &mut p.tag)?;
     // A caller with a valid key may invalidate cache entries, on any route.
     let authorized = binding.is_some()
         || (route
             .cache
             .as_ref()
             .is_some_and(|c| c.require_authorization)
-            && crate::policy::cache::wants_refresh(headers)
-            && ring.check(headers, stage_id).is_ok());
+            && crate::policy::cache::wants_refresh(f.headers)
+            && ring.check(f.headers, stage_id).is_ok());
     drop(current);
     drop(previous);
-    if let (Some(rc), Integration::HttpProxy(_)) = (&route.cache, &route.integration) {
-        if !(rc.any_method || method == "GET" || method == "HEAD")
-            || !shard.caches.borrow().is_for(&plan.cache)
-        {
-            // (The second: a request that began before this worker switched plans,
-            // looked at again after an authorizer's answer.)
-            p.tag.cache = Some(CacheStatus::Bypass);
-        } else {
-            let mut refresh = crate::policy::cache::wants_refresh(headers);
-            if refresh && rc.require_authorization && !authorized {
-                // Only a caller with a valid key may invalidate (AWS:
-                // requireAuthorizationForCacheControl).
-                match rc.unauthorized {
-                    UnauthorizedStrategy::FailWith403 => {
-                        p.action = Action::Refuse(GatewayError::CacheControlForbidden);
-                        return p;
-                    }
-                    UnauthorizedStrategy::SucceedWithHeader => p.tag.cache_warning = true,
-                    UnauthorizedStrategy::SucceedWithoutHeader => {}
-                }
-                refresh = false;
-            }
-            let mut key = shard.cache_key.borrow_mut();
-            crate::policy::cache::build_key(
-                &mut key, route.sig, method, path, head.query, headers, &m, &rc.key,
-            );
-            let mut caches = shard.caches.borrow_mut();
-            if !refresh {
-                let found = match caches.get(stage_id, &key, crate::clock::unix_ms()) {
-                    // Stored for other values of the headers its Vary names: a miss,
-                    // whose response replaces it.
-                    Lookup::Hit(e) if !crate::policy::cache::vary_matches(&e, headers) => {
-                        Lookup::Miss
-                    }
-                    other => other,
-                };
-                if let Lookup::Hit(entry) = found {
-                    caches.count(stage_id, m.route, true);
-                    p.tag.cache = Some(CacheStatus::Hit);
-                    p.action = Action::CacheHit(entry);
-                    return p;
-                }
-                // Another request on this worker is fetching the same key: wait
-                // for it (counted when served).
-                let hash = crate::policy::cache::hash_key(&key);
-                p.coalesce = if shard.fills.borrow_mut().lead(stage_id, hash) {
-                    Coalesce::Lead(stage_id, hash)
-                } else {
-                    Coalesce::Wait(stage_id, hash)
-                };
-            }
-            if !matches!(p.coalesce, Coalesce::Wait(..)) {
-                caches.count(stage_id, m.route, false);
-            }
-            p.tag.cache = Some(CacheStatus::Miss);
-            p.fill = Some(crate::policy::cache::Fill {
-                owner: Arc::as_ptr(&plan.cache) as usize,
-                stage: stage_id,
-                route: m.route,
-                key: key.clone(),
-                ttl_ms: rc.ttl_ms,
-            });
-        }
-    }
-    p.action = match &route.integration {
+    cache(f, p, stage_id, route, &m, path, authorized)?;
+    Ok(match &route.integration {
         Integration::Mock(_) => Action::Mock(stage_id, m.route),
         Integration::HttpProxy(target) => {
             let extra = forward::Extra {
-                strip: &access.strip,
+                strip: &stage.access.strip,
                 grant: &grant,
                 trace: p.trace.as_ref(),
             };
-            forward::write_request_head(up_head, target, head, headers, &m, path, origin, &extra);
+            forward::write_request_head(
+                up_head, target, f.head, f.headers, &m, path, f.origin, &extra,
+            );
             Action::Proxy(stage_id, m.route)
         }
+    })
+}
+
+/// A declared body over the listener's `max_body_bytes` is refused before anything.
+fn within_body_limit(f: &Facts<'_, '_>) -> Verdict {
+    match f.head.framing {
+        Framing::Length(n) if n > f.lp.limits.max_body_bytes => {
+            Err(Action::Refuse(GatewayError::BodyTooLarge))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Trace headers, the span and the access log line's facts, for the stage's
+/// settings.
+fn observe(
+    f: &Facts<'_, '_>,
+    p: &mut Prepared,
+    stage_id: StageId,
+    stage: &StagePlan,
+    source_ip: &dyn Fn() -> std::net::IpAddr,
+) {
+    let plan = f.plan;
+    if plan.tracing.create || stage.access_log.is_some() || plan.telemetry.is_some() {
+        let secs = match f.shard.date.borrow().secs() {
+            0 => crate::clock::unix_s(),
+            s => s,
+        };
+        p.trace =
+            crate::observe::trace::of_request(f.headers, &plan.tracing, secs, || f.shard.random());
+    }
+    if plan.telemetry.is_some() && p.trace.is_some_and(|t| t.sampled) {
+        p.span = Some(Box::new(crate::observe::telemetry::SpanFacts {
+            method: f.head.method.into(),
+            path: (*f.head.path).into(),
+        }));
+    }
+    if let Some(spec) = &stage.access_log {
+        p.log = Some(log_facts(f, stage_id, spec, source_ip(), p));
+    }
+}
+
+/// The stage's resource policy (source address, host).
+fn resource_policy(
+    f: &Facts<'_, '_>,
+    stage: &StagePlan,
+    source_ip: &dyn Fn() -> std::net::IpAddr,
+) -> Verdict {
+    match &stage.access.policy {
+        Some(policy) if !policy.allows(source_ip(), f.head.host) => Err(Action::Refuse(
+            GatewayError::AccessDenied("resource policy"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// CORS: a preflight is answered here; an actual request gets its headers in the
+/// tag.
+fn cors(f: &Facts<'_, '_>, stage: &StagePlan, tag: &mut Tag) -> Verdict {
+    let Some(cors) = &stage.access.cors else {
+        return Ok(());
     };
-    p
+    tag.cors_api = true;
+    if let Some(from) = parse::header(f.headers, "origin") {
+        if f.head.method == "OPTIONS"
+            && parse::header(f.headers, "access-control-request-method").is_some()
+        {
+            tag.cors = cors.preflight(
+                from,
+                parse::header(f.headers, "access-control-request-headers"),
+            );
+            return Err(Action::Preflight);
+        }
+        tag.cors = cors.actual(from);
+    }
+    Ok(())
+}
+
+/// Routes that need the whole body (a SigV4 authorizer, body validation) read it
+/// first (bounded), before anything that changes state.
+fn whole_body_first(f: &Facts<'_, '_>, route: &RoutePlan) -> Verdict {
+    if f.body.is_some() || f.head.framing == Framing::None {
+        return Ok(());
+    }
+    let sigv4 = route.auth.as_ref().is_some_and(|a| {
+        matches!(
+            f.plan.authorizers.get(a.authorizer).map(|a| &**a),
+            Some(Authorizer::Sigv4(_))
+        )
+    });
+    let validates = route
+        .validate
+        .as_ref()
+        .is_some_and(|v| v.wants_body(f.headers));
+    if !(sigv4 || validates) {
+        return Ok(());
+    }
+    Err(match f.head.framing {
+        Framing::Length(n) if n > f.lp.limits.max_buffered_body_bytes => {
+            Action::Refuse(GatewayError::BodyTooLarge)
+        }
+        _ => Action::Work(Work::ReadBody),
+    })
+}
+
+/// The API key, where the route requires one: its binding to this stage's plan.
+fn api_key<'r>(
+    f: &Facts<'_, '_>,
+    ring: &'r crate::policy::keys::Keyring,
+    stage_id: StageId,
+    route: &RoutePlan,
+    log: &mut Option<Box<crate::observe::accesslog::Facts>>,
+) -> Verdict<Option<&'r Binding>> {
+    if !route.api_key_required {
+        return Ok(None);
+    }
+    match ring.check(f.headers, stage_id) {
+        Ok(b) => {
+            if let Some(log) = log {
+                log.api_key_id = Some(Arc::clone(&b.key_id));
+            }
+            Ok(Some(b))
+        }
+        Err(why) => Err(Action::Refuse(GatewayError::Forbidden(why))),
+    }
+}
+
+/// Request validation: required parameters, then the body against its schema.
+fn validate(f: &Facts<'_, '_>, route: &RoutePlan, m: &route::RouteMatch<'_, '_>) -> Verdict {
+    let Some(v) = &route.validate else {
+        return Ok(());
+    };
+    if let Some(err) = v.missing(f.headers, f.head.query, |n| m.param(n).map(str::to_owned)) {
+        return Err(Action::Refuse(err));
+    }
+    if v.wants_body(f.headers) {
+        if let Err(err) = v.check_body(f.body.unwrap_or_default()) {
+            tracing::debug!(%err, "request refused by validation");
+            return Err(Action::Refuse(err));
+        }
+    }
+    Ok(())
+}
+
+/// The key's plan quota: spends one from this shard's lease (taking a new lease
+/// when it runs out).
+fn quota(f: &Facts<'_, '_>, binding: Option<&Binding>, tag: &mut Tag) -> Verdict {
+    let Some((slot, q)) = binding.and_then(|b| b.quota.as_ref()) else {
+        return Ok(());
+    };
+    let admitted = f
+        .shard
+        .leases
+        .borrow_mut()
+        .admit(*slot, q, crate::clock::unix_s());
+    match admitted {
+        Ok(a) => {
+            if q.limited {
+                tag.quota = Some(a.state);
+            }
+            if a.leased {
+                f.plan.live.lease_taken();
+            }
+            Ok(())
+        }
+        Err(state) => {
+            tag.quota = Some(state);
+            Err(Action::Refuse(GatewayError::QuotaExceeded))
+        }
+    }
+}
+
+/// The route's response cache: a hit settles the request; a miss is marked to be
+/// filled (and coalesced with other misses for the same key on this worker).
+fn cache(
+    f: &Facts<'_, '_>,
+    p: &mut Prepared,
+    stage_id: StageId,
+    route: &RoutePlan,
+    m: &route::RouteMatch<'_, '_>,
+    path: &str,
+    authorized: bool,
+) -> Verdict {
+    let (Some(rc), Integration::HttpProxy(_)) = (&route.cache, &route.integration) else {
+        return Ok(());
+    };
+    let (plan, shard, method) = (f.plan, f.shard, f.head.method);
+    if !(rc.any_method || method == "GET" || method == "HEAD")
+        || !shard.caches.borrow().is_for(&plan.cache)
+    {
+        // (The second: a request that began before this worker switched plans,
+        // looked at again after an authorizer's answer.)
+        p.tag.cache = Some(CacheStatus::Bypass);
+        return Ok(());
+    }
+    let mut refresh = crate::policy::cache::wants_refresh(f.headers);
+    if refresh && rc.require_authorization && !authorized {
+        // Only a caller with a valid key may invalidate (AWS:
+        // requireAuthorizationForCacheControl).
+        match rc.unauthorized {
+            UnauthorizedStrategy::FailWith403 => {
+                return Err(Action::Refuse(GatewayError::CacheControlForbidden));
+            }
+            UnauthorizedStrategy::SucceedWithHeader => p.tag.cache_warning = true,
+            UnauthorizedStrategy::SucceedWithoutHeader => {}
+        }
+        refresh = false;
+    }
+    let mut key = shard.cache_key.borrow_mut();
+    crate::policy::cache::build_key(
+        &mut key,
+        route.sig,
+        method,
+        path,
+        f.head.query,
+        f.headers,
+        m,
+        &rc.key,
+    );
+    let mut caches = shard.caches.borrow_mut();
+    if !refresh {
+        let found = match caches.get(stage_id, &key, crate::clock::unix_ms()) {
+            // Stored for other values of the headers its Vary names: a miss,
+            // whose response replaces it.
+            Lookup::Hit(e) if !crate::policy::cache::vary_matches(&e, f.headers) => Lookup::Miss,
+            other => other,
+        };
+        if let Lookup::Hit(entry) = found {
+            caches.count(stage_id, m.route, true);
+            p.tag.cache = Some(CacheStatus::Hit);
+            return Err(Action::CacheHit(entry));
+        }
+        // Another request on this worker is fetching the same key: wait
+        // for it (counted when served).
+        let hash = crate::policy::cache::hash_key(&key);
+        p.coalesce = if shard.fills.borrow_mut().lead(stage_id, hash) {
+            Coalesce::Lead(stage_id, hash)
+        } else {
+            Coalesce::Wait(stage_id, hash)
+        };
+    }
+    if !matches!(p.coalesce, Coalesce::Wait(..)) {
+        caches.count(stage_id, m.route, false);
+    }
+    p.tag.cache = Some(CacheStatus::Miss);
+    p.fill = Some(crate::policy::cache::Fill {
+        owner: Arc::as_ptr(&plan.cache) as usize,
+        stage: stage_id,
+        route: m.route,
+        key: key.clone(),
+        ttl_ms: rc.ttl_ms,
+    });
+    Ok(())
 }
 
 /// What a logged request's line needs from its head.
-#[allow(clippy::too_many_arguments)]
 pub fn log_facts(
-    head: &parse::RequestHead<'_>,
-    headers: &[httparse::Header<'_>],
+    f: &Facts<'_, '_>,
     stage_id: StageId,
-    stage: &StagePlan,
     spec: &crate::observe::accesslog::LogSpec,
-    origin: &forward::Origin<'_>,
-    shard: &Shard,
+    source_ip: std::net::IpAddr,
     p: &Prepared,
 ) -> Box<crate::observe::accesslog::Facts> {
+    let (head, headers, shard) = (f.head, f.headers, f.shard);
     let text = |v: &[u8]| String::from_utf8_lossy(v).into_owned().into_boxed_str();
     let time_ms = crate::clock::unix_ms();
     let method: std::borrow::Cow<'static, str> = match head.method {
@@ -538,11 +656,7 @@ pub fn log_facts(
         } else {
             Box::default()
         },
-        source_ip: crate::policy::resource::client_ip(
-            origin.peer.ip(),
-            &stage.access.trusted,
-            headers,
-        ),
+        source_ip,
         user_agent: if spec.format.needs_user_agent() {
             text(parse::header(headers, "user-agent").unwrap_or_default())
         } else {
@@ -552,161 +666,6 @@ pub fn log_facts(
         api_key_id: None,
         claims: None,
         context: None,
-    })
-}
-
-/// What an authorizer may look at.
-pub struct AuthFacts<'a, 'h> {
-    pub head: &'a parse::RequestHead<'h>,
-    pub headers: &'a [httparse::Header<'h>],
-    pub routed_path: &'a str,
-    pub stage: &'a StagePlan,
-    pub route: &'a RoutePlan,
-    pub m: &'a route::RouteMatch<'a, 'a>,
-    pub origin: &'a forward::Origin<'a>,
-    pub tag: &'a Tag,
-    pub body: Option<&'a [u8]>,
-}
-
-/// Runs the route's authorizer: what it granted, or what to do instead (refuse,
-/// or work first: a JWKS refetch, a call to a request authorizer).
-pub fn authorize(
-    plan: &Plan,
-    shard: &Shard,
-    auth: &crate::policy::access::RouteAuth,
-    f: &AuthFacts<'_, '_>,
-    pass: &mut Pass,
-) -> Result<Grant, Action> {
-    use crate::policy::jwt::Check;
-    let refuse = |e: GatewayError| Action::Refuse(e);
-    match &*plan.authorizers[auth.authorizer] {
-        Authorizer::Jwt(j) => {
-            let now = crate::clock::unix_s();
-            let checked = j.check(
-                plan.authorizer_uids[auth.authorizer],
-                f.headers,
-                f.head.query,
-                &auth.scopes,
-                &mut shard.access.borrow_mut().tokens,
-                now,
-                pass.refreshed,
-            );
-            match checked {
-                Check::Granted(v) => Ok(Grant {
-                    lines: (!v.lines.is_empty()).then(|| std::rc::Rc::from(&*v.lines)),
-                    drop_authorization: false,
-                    claims: Some(v),
-                    context: None,
-                }),
-                Check::Refused(e) => Err(refuse(e)),
-                Check::UnknownKey => match j.ask_refresh(now) {
-                    Some(seen) => Err(Action::Work(Work::Jwks {
-                        authorizer: auth.authorizer,
-                        seen,
-                    })),
-                    None => Err(refuse(GatewayError::Unauthorized(
-                        crate::http::error::Challenge::Bearer(crate::policy::jwt::UNKNOWN_KEY),
-                    ))),
-                },
-            }
-        }
-        Authorizer::Request(r) => {
-            let decision = match pass.decision.take() {
-                Some(d) => d,
-                None => {
-                    let source_ip = crate::policy::resource::client_ip(
-                        f.origin.peer.ip(),
-                        &f.stage.access.trusted,
-                        f.headers,
-                    );
-                    let host = std::str::from_utf8(f.head.host).unwrap_or("");
-                    let id = String::from_utf8_lossy(&f.tag.id).into_owned();
-                    let mut params = serde_json::Map::new();
-                    if let Some(ps) = &f.m.params {
-                        for (k, v) in ps.iter() {
-                            // Decoded, as AWS hands path parameters to functions.
-                            let v = percent_encoding::percent_decode_str(v).decode_utf8_lossy();
-                            params.insert(k.to_owned(), serde_json::Value::String(v.into()));
-                        }
-                    }
-                    let facts = crate::policy::request::RequestFacts {
-                        api: &f.stage.api,
-                        stage: &f.stage.stage,
-                        route_key: &f.route.key,
-                        method: f.head.method,
-                        raw_path: &f.head.path,
-                        query: f.head.query,
-                        source_ip,
-                        host,
-                        request_id: &id,
-                        path_params: params,
-                        headers: f.headers,
-                    };
-                    let Some(identity) = r.identity(&facts) else {
-                        return Err(refuse(GatewayError::Unauthorized(
-                            crate::http::error::Challenge::Plain("identity source missing"),
-                        )));
-                    };
-                    let key = (r.ttl_s > 0 && !r.sources.is_empty())
-                        .then(|| identity.join("\u{0}").into_boxed_str());
-                    if let Some(k) = &key {
-                        let hit = shard.access.borrow().decisions.get(
-                            plan.authorizer_uids[auth.authorizer],
-                            k,
-                            crate::clock::unix_ms(),
-                        );
-                        if let Some(d) = hit {
-                            return decided(d);
-                        }
-                    }
-                    return Err(Action::Work(Work::Call(Box::new(
-                        crate::policy::request::Call {
-                            authorizer: auth.authorizer,
-                            key,
-                            payload: r.payload(&facts, &identity),
-                        },
-                    ))));
-                }
-            };
-            decided(decision)
-        }
-        Authorizer::Sigv4(s) => {
-            let hash = crate::policy::sigv4::sha256_hex(f.body.unwrap_or_default());
-            let resource = format!(
-                "{}/{}/{}{}",
-                f.stage.api, f.stage.stage, f.head.method, f.routed_path
-            );
-            let signed = crate::policy::sigv4::Signed {
-                method: f.head.method,
-                raw_path: &f.head.path,
-                query: f.head.query,
-                headers: f.headers,
-                body_hash: &hash,
-                resource: &resource,
-            };
-            match s.verify(&signed, crate::clock::unix_s()) {
-                Ok(_) => Ok(Grant {
-                    drop_authorization: true,
-                    ..Grant::default()
-                }),
-                Err(e) => Err(refuse(e)),
-            }
-        }
-    }
-}
-
-/// A request authorizer's decision as a grant or a refusal.
-pub fn decided(d: std::rc::Rc<crate::policy::request::Decision>) -> Result<Grant, Action> {
-    if !d.authorized {
-        return Err(Action::Refuse(GatewayError::AccessDenied(
-            "the authorizer said isAuthorized: false",
-        )));
-    }
-    Ok(Grant {
-        lines: (!d.lines.is_empty()).then(|| std::rc::Rc::from(&*d.lines)),
-        drop_authorization: false,
-        claims: None,
-        context: Some(d),
     })
 }
 

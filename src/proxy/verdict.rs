@@ -1,0 +1,23 @@
+//! What a stage of the request pipeline decides: let the request go on, or settle
+//! it with an `Action` the connection loop carries out.
+
+use crate::http::error::GatewayError;
+use crate::ids::{RouteId, StageId};
+use crate::policy::access::Work;
+
+pub enum Action {
+    Refuse(GatewayError),
+    /// Something to do (read the body, ask an authorizer) before deciding.
+    Work(Work),
+    /// A CORS preflight, answered by the gateway (headers in the tag).
+    Preflight,
+    Mock(StageId, RouteId),
+    /// Served from this worker's cache.
+    CacheHit(std::rc::Rc<crate::policy::cache::Entry>),
+    /// The upstream head is in `Client::up_head`.
+    Proxy(StageId, RouteId),
+}
+
+/// A stage's verdict: `Ok` lets the request go on to the next stage; `Err` is the
+/// action that settles it (a refusal, a preflight, a cache hit, work to do first).
+pub type Verdict<T = ()> = Result<T, Action>;
