@@ -92,21 +92,19 @@ fn send(
         .ok_or_else(|| format!("{authority} resolves to no address"))?;
     let tcp =
         TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
-    let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nhost: {authority}\r\naccept: application/json\r\nconnection: close\r\nuser-agent: shardgate\r\n"
-    )
-    .into_bytes();
-    for (n, v) in headers {
-        request.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
-    }
-    if let Some((ctype, b)) = body {
-        request.extend_from_slice(
-            format!("content-type: {ctype}\r\ncontent-length: {}\r\n", b.len()).as_bytes(),
-        );
-        request.extend_from_slice(b"\r\n");
+    let mut request = Vec::with_capacity(256 + body.map_or(0, |(_, b)| b.len()));
+    let mut all = vec![("accept", "application/json"), ("user-agent", "shardgate")];
+    all.extend_from_slice(headers);
+    request_head(
+        &mut request,
+        method,
+        path,
+        authority,
+        &all,
+        body.map(|(t, b)| (t, b.len())),
+    );
+    if let Some((_, b)) = body {
         request.extend_from_slice(b);
-    } else {
-        request.extend_from_slice(b"\r\n");
     }
     let raw = if https {
         let config = tls.ok_or("https needs a TLS config")?;
@@ -137,6 +135,42 @@ fn send(
         )?
     };
     Ok(raw)
+}
+
+/// Writes the head of an outbound request on a connection it closes after the
+/// answer (`connection: close`): the request line, `host`, the given headers, and
+/// the body's type and length when there is one.
+pub fn request_head(
+    out: &mut Vec<u8>,
+    method: &str,
+    target: &str,
+    host: &str,
+    headers: &[(&str, &str)],
+    body: Option<(&str, usize)>,
+) {
+    for part in [
+        method,
+        " ",
+        target,
+        " HTTP/1.1\r\nhost: ",
+        host,
+        "\r\nconnection: close\r\n",
+    ] {
+        out.extend_from_slice(part.as_bytes());
+    }
+    for (n, v) in headers {
+        for part in [n, ": ", v, "\r\n"] {
+            out.extend_from_slice(part.as_bytes());
+        }
+    }
+    if let Some((content_type, len)) = body {
+        for part in ["content-type: ", content_type, "\r\ncontent-length: "] {
+            out.extend_from_slice(part.as_bytes());
+        }
+        out.extend_from_slice(itoa::Buffer::new().format(len).as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 fn exchange<S: Read + Write>(

@@ -307,15 +307,14 @@ impl RequestAuthorizer {
             .await
             .map_err(|_| "cannot connect to the authorizer")?;
         let mut out = Vec::with_capacity(256 + payload.len());
-        out.extend_from_slice(b"POST ");
-        out.extend_from_slice(self.request_target.as_bytes());
-        out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
-        out.extend_from_slice(self.target.host_header.as_bytes());
-        out.extend_from_slice(
-            b"\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: ",
+        crate::http::client::request_head(
+            &mut out,
+            "POST",
+            &self.request_target,
+            &self.target.host_header,
+            &[],
+            Some(("application/json", payload.len())),
         );
-        out.extend_from_slice(itoa::Buffer::new().format(payload.len()).as_bytes());
-        out.extend_from_slice(b"\r\n\r\n");
         out.extend_from_slice(payload);
         crate::http::body::write_all(&mut up.stream, &mut out, self.timeout)
             .await
