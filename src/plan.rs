@@ -1,6 +1,11 @@
-//! The compiled, immutable config every worker reads: only ready values (durations,
-//! resolved addresses, compiled routers, ids). Built once by `config::compile`,
-//! shared read-only as `Arc<Plan>`.
+//! The compiled config every worker reads, shared read-only as `Arc<Plan>` and
+//! built once by `compile`. Its fields are ready values (durations, resolved
+//! addresses, compiled routers, ids) and, apart, `Arc` handles to the cross-thread
+//! state a compile creates and a reload carries over or replaces (shared token
+//! buckets, the published keyring, cache counters, metrics, log sinks, span export,
+//! authorizers' key sets): the plan fixes which state a request uses, never holds
+//! a lock, and the types of that state live in the layers below (`policy`,
+//! `observe`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
