@@ -296,6 +296,33 @@ pub struct BaseMapping {
     pub stage: StageId,
 }
 
+/// Where a request goes: its stage, the path left after the stage's prefix, and
+/// the stage's route it matched (`None`: the stage has no such route, a 404 once
+/// the stage's own checks have run).
+pub struct Routed<'r, 'p> {
+    pub stage: StageId,
+    pub path: &'p str,
+    pub found: Option<RouteMatch<'r, 'p>>,
+}
+
+/// Dispatch and route match as one step: the stage serving `host` and `path` on a
+/// listener (`None`: no stage does), then the route of that stage's router
+/// (`routers`) for `method`.
+pub fn resolve<'r, 'p>(
+    stages: &Stages,
+    routers: impl Fn(StageId) -> &'r Router,
+    host: &[u8],
+    method: &str,
+    path: &'p str,
+) -> Option<Routed<'r, 'p>> {
+    let (stage, path) = dispatch(stages, host, path)?;
+    Some(Routed {
+        stage,
+        path,
+        found: routers(stage).find(method, path),
+    })
+}
+
 /// Picks the stage serving a request on a listener, and the path left to route.
 /// `host` is the Host header value (port ignored, case-insensitive).
 pub fn dispatch<'p>(lp: &Stages, host: &[u8], path: &'p str) -> Option<(StageId, &'p str)> {

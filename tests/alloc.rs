@@ -135,9 +135,16 @@ apis:
         let (head, hdrs) = parse_request(REQUEST, &mut h, 16 * 1024, Default::default())
             .unwrap()
             .unwrap();
-        let (stage, path) = shardgate::route::dispatch(&lp.stages, head.host, &head.path).unwrap();
-        let st = &plan.stages[stage];
-        let m = st.router.find(head.method, path).unwrap();
+        let routed = shardgate::route::resolve(
+            &lp.stages,
+            |s| &*plan.stages[s].router,
+            head.host,
+            head.method,
+            &head.path,
+        )
+        .unwrap();
+        let (st, path) = (&plan.stages[routed.stage], routed.path);
+        let m = routed.found.unwrap();
         let Integration::HttpProxy(target) = &st.routes[m.route].integration else {
             panic!("route is not a proxy");
         };

@@ -280,8 +280,15 @@ fn stages(
 ) -> Verdict<Action> {
     within_body_limit(f)?;
     let not_found = || Action::Refuse(GatewayError::RouteNotFound);
-    let (stage_id, path) =
-        route::dispatch(&f.lp.stages, f.head.host, &f.head.path).ok_or_else(not_found)?;
+    let routed = route::resolve(
+        &f.lp.stages,
+        |s| &*f.plan.stages[s].router,
+        f.head.host,
+        f.head.method,
+        &f.head.path,
+    )
+    .ok_or_else(not_found)?;
+    let (stage_id, path) = (routed.stage, routed.path);
     let stage = &f.plan.stages[stage_id];
     // The caller's address as the stage trusts X-Forwarded-For: computed once, by
     // the first stage that needs it.
@@ -294,10 +301,10 @@ fn stages(
     observe(f, p, stage_id, stage, &source_ip);
     resource_policy(f, stage, &source_ip)?;
     cors(f, stage, &mut p.tag)?;
-    let m = stage
-        .router
-        .find(f.head.method, path)
-        .ok_or_else(not_found)?;
+    // The route was matched with the stage; a stage without it answers 404 only
+    // after its own checks (AWS: a resource policy refuses, CORS answers a
+    // preflight, whatever the route).
+    let m = routed.found.ok_or_else(not_found)?;
     let route = &stage.routes[m.route];
     p.route = Some((stage_id, m.route));
     whole_body_first(f, route)?;
