@@ -52,7 +52,8 @@
 //!   - `upstream::connect`: TCP (and TLS) to a target, for integrations and request
 //!     authorizers alike.
 //!   - `upstream::pool`: each shard's idle upstream connections.
-//! - `route`: stage dispatch (domain, stage segment, `$default`) and the radix routers.
+//! - `route`: which stage and route serve a request, in one step (`resolve`): stage
+//!   dispatch (domain, stage segment, `$default`), then the stage's radix router.
 //! - `policy`: the checks between route and integration:
 //!   - `policy::resource`: resource policies (source IP, X-Forwarded-For).
 //!   - `policy::cors`: CORS preflight and response headers.
