@@ -107,7 +107,12 @@
 //!   - `control::deploy`: deployments and the stages pointed at them.
 //!   - `control::reload`: hot reload: compile again, carry state over, hand workers
 //!     the new plan.
-//!   - `control::admin`: the management API.
+//!   - `control::admin`: the management API's server and routes:
+//!     - `control::admin::wire`: its requests and responses, the bearer token.
+//!     - `control::admin::views`: keys, plans, deployments, usage as JSON.
+//!     - `control::admin::deployments`: deployments and stage pointers.
+//!     - `control::admin::usage`: CSV import, usage reports, quota changes.
+//!     - `control::admin::cache`: cache counters and flushes; certificates.
 //!   - `control::cli`: the command line's management commands.
 
 pub mod clock;

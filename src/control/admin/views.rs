@@ -1,0 +1,81 @@
+//! How the management API shows keys, plans, access keys, deployments, stages and
+//! usage, as AWS's API Gateway does.
+
+use serde_json::{json, Value};
+
+use crate::config::UsagePlanFile;
+use crate::policy::usage::KeyDef;
+
+/// A key as a usage plan lists it (AWS's UsagePlanKey).
+pub fn plan_key_json(k: &KeyDef) -> Value {
+    json!({ "id": k.id, "name": k.name, "type": "API_KEY" })
+}
+
+pub fn key_json(k: &KeyDef) -> Value {
+    json!({
+        "id": k.id,
+        "name": k.name,
+        "description": k.description,
+        "enabled": k.enabled,
+        "plans": k.plans,
+        "created_s": k.created_s,
+    })
+}
+
+pub fn access_key_json(k: &crate::policy::sigv4::AccessKey) -> Value {
+    json!({
+        "id": k.id,
+        "allow": k.allow,
+        "source": k.source,
+        "created_s": k.created_s,
+    })
+}
+
+pub fn plan_json(p: &UsagePlanFile) -> Value {
+    let mut v = serde_json::to_value(p).unwrap_or(Value::Null);
+    if let Value::Object(m) = &mut v {
+        m.insert("id".into(), Value::String(p.name.clone()));
+    }
+    v
+}
+
+pub fn deployment_json(d: &crate::control::store::Deployment) -> Value {
+    json!({
+        "id": d.id,
+        "apiId": d.api,
+        "description": d.description,
+        "createdDate": d.created_ms / 1000,
+    })
+}
+
+/// A stage as AWS shows it: `deploymentId` null while it follows the config file.
+pub fn stage_json(
+    api: &str,
+    stage: &str,
+    set: &[(String, String, crate::control::store::StagePointer)],
+) -> Value {
+    let p = set
+        .iter()
+        .find(|(a, s, _)| a == api && s == stage)
+        .map(|x| x.2.clone())
+        .unwrap_or_default();
+    json!({
+        "apiId": api,
+        "stageName": stage,
+        "deploymentId": p.deployment_id,
+        "variables": p.variables,
+    })
+}
+
+/// The `values` of AWS's usage report: key id → `[[used, remaining], ...]`.
+pub fn values_json(
+    report: impl IntoIterator<Item = (String, Vec<(u64, Option<u64>)>)>,
+) -> serde_json::Map<String, Value> {
+    report
+        .into_iter()
+        .map(|(id, days)| {
+            let days = days.into_iter().map(|(u, r)| json!([u, r])).collect();
+            (id, Value::Array(days))
+        })
+        .collect()
+}
