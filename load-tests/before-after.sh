@@ -9,6 +9,9 @@
 #
 #   BEFORE=/tmp/shardgate-old load-tests/before-after.sh          # AFTER: this tree
 #   BEFORE=/tmp/a AFTER=/tmp/b ROUNDS=5 DURATION=3 load-tests/before-after.sh
+#   BEFORE=/tmp/a SCENARIOS="cache-hit" ROUNDS=8 load-tests/before-after.sh  # a closer look
+#
+# BEFORE_LABEL and AFTER_LABEL (default: the paths) name the binaries in the table.
 #
 # Writes load-tests/results/before-after-$MACHINE.txt.
 set -euo pipefail
@@ -30,7 +33,14 @@ PAIRS=(
   "cache-hit|sg-cache|cache-hit|nginx-cache"
   "https-get|sg-tls|https-get|nginx-tls"
 )
-ONLY="small-get small-get-keyed small-get-jwt cache-hit https-get"
+SCENARIOS=${SCENARIOS:-small-get small-get-keyed small-get-jwt cache-hit https-get}
+kept=()
+for p in "${PAIRS[@]}"; do
+  for s in $SCENARIOS; do [ "${p%%|*}" = "$s" ] && kept+=("$p"); done
+done
+PAIRS=("${kept[@]}")
+# The scenarios measured: those kept, and the references they are divided by.
+ONLY=$(for p in "${PAIRS[@]}"; do IFS='|' read -r s _ rs _ <<<"$p"; echo "$s $rs"; done | tr ' ' '\n' | sort -u | xargs)
 LOGS=$(mktemp -d)
 for r in $(seq "$ROUNDS"); do
   for side in before after; do
@@ -70,6 +80,6 @@ for s, sg, rs, rp in pairs:
               + " ".join(f"{x:.2f}" for x in pair))
 PY
 { echo; echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); kernel $(uname -sr)"
-  echo "before: $BEFORE; after: $AFTER ($(git rev-parse --short HEAD)$(git diff --quiet || echo '+changes'))"; } >>"$OUT"
+  echo "before: ${BEFORE_LABEL:-$BEFORE}; after: ${AFTER_LABEL:-$AFTER}; ${DURATION}s runs"; } >>"$OUT"
 cat "$OUT"
 rm -rf "$LOGS"
