@@ -381,9 +381,16 @@ apis:
             "    stages:",
             "    gateway_responses: { THROTTLED: { status: 503 } }\n    stages:",
         );
+        let with_upstreams = format!(
+            "{text}upstreams:\n  - {{ name: pets, targets: [ {{ url: \"http://127.0.0.1:9\" }} ] }}\n"
+        );
+        let with_functions =
+            format!("{text}functions:\n  - {{ name: hello, runtime_api: 127.0.0.1:9001 }}\n");
         for (text, key) in [
             (&text, "store.redis"),
             (&with_responses, "apis[0].gateway_responses"),
+            (&with_upstreams, "upstreams"),
+            (&with_functions, "functions"),
         ] {
             let errs = errors_of(text);
             assert!(

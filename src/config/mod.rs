@@ -718,11 +718,13 @@ pub fn parse_partial(text: &str) -> (Option<ConfigFile>, ConfigErrors) {
             "metrics" => cfg.metrics = de(v, "metrics", &mut errs),
             "watch" => cfg.watch = de(v, "watch", &mut errs),
             "telemetry" => cfg.telemetry = de(v, "telemetry", &mut errs),
+            // In the contract, served by later issues: refused by name, not as unknown.
+            "upstreams" | "functions" => cfg.unsupported.push(key.clone()),
             other => errs.push(
                 other,
                 "unknown key: expected one of workers, runtime, drain_timeout_ms, listeners, \
                  admin, store, apis, domains, usage_plans, api_keys, throttle, tracing, metrics, telemetry, \
-                 watch",
+                 watch (upstreams and functions: not supported yet)",
             ),
         }
     }
