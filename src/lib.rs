@@ -49,6 +49,8 @@
 //!     (JWKS, OTLP export, the CLI), on `http::parse`.
 //! - `upstream`: the integration side:
 //!   - `upstream::target`: an `http_proxy` target and its path template.
+//!   - `upstream::balance`: choosing a group's target (round robin, least request,
+//!     consistent hashing), per shard and lock-free; not yet wired (issue 18).
 //!   - `upstream::connect`: TCP (and TLS) to a target, for integrations and request
 //!     authorizers alike.
 //!   - `upstream::pool`: each shard's idle upstream connections.
