@@ -164,11 +164,10 @@ pub fn request_head(
         }
     }
     if let Some((content_type, len)) = body {
-        for part in ["content-type: ", content_type, "\r\ncontent-length: "] {
+        for part in ["content-type: ", content_type, "\r\n"] {
             out.extend_from_slice(part.as_bytes());
         }
-        out.extend_from_slice(itoa::Buffer::new().format(len).as_bytes());
-        out.extend_from_slice(b"\r\n");
+        crate::http::respond::content_length(out, len as u64);
     }
     out.extend_from_slice(b"\r\n");
 }

@@ -131,9 +131,8 @@ fn serve(mut stream: TcpStream, ctx: &Ctx) {
     };
     let mut head = Vec::with_capacity(256);
     respond::status_line(&mut head, resp.status, respond::reason(resp.status));
-    head.extend_from_slice(b"content-length: ");
-    head.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
-    head.extend_from_slice(b"\r\nconnection: close\r\n");
+    respond::content_length(&mut head, body.len() as u64);
+    head.extend_from_slice(b"connection: close\r\n");
     if let Some((ctype, _)) = &resp.text {
         head.extend_from_slice(b"content-type: ");
         head.extend_from_slice(ctype.as_bytes());
