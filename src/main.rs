@@ -260,6 +260,7 @@ fn run(
         a.start();
     }
     plan.logs.start();
+    shardgate::upstream::watch::start(&plan.upstreams);
     if let Some(exporter) = &plan.telemetry {
         exporter.start();
     }

@@ -37,6 +37,8 @@ pub struct Plan {
     pub listeners: Vec<ListenerPlan>,
     pub stages: Vec<StagePlan>,
     pub pool: PoolLimits,
+    /// Upstream groups, configured and implicit (`Upstream::Group` indexes).
+    pub upstreams: Vec<Arc<crate::upstream::group::Group>>,
     /// Every throttle of the config. A reload keeps the buckets whose name and
     /// limit did not change (their levels and the shards' unspent tokens).
     pub throttles: Vec<Arc<crate::policy::throttle::SharedBucket>>,

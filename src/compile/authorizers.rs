@@ -9,6 +9,9 @@ use crate::compile::build::{secret, UpstreamTls};
 use crate::compile::integrations::{parse_http_uri, UriError};
 use crate::config::ConfigErrors;
 use crate::http::tls;
+use crate::upstream::group::resolve;
+use crate::upstream::pool::PoolKey;
+use crate::upstream::target::Endpoint;
 use crate::upstream::target::PathPart;
 
 /// An API's access control, compiled once for all its stages.
@@ -266,19 +269,35 @@ pub fn compile_api_access(
                         continue;
                     }
                 };
-                let mut target = parsed.target;
-                if parsed.https {
+                let (tls, tls_id) = if parsed.https {
                     let Some((t, id)) = up_tls.compile(tls.as_ref(), parsed.host, &apath, errs)
                     else {
                         continue;
                     };
-                    target.tls = Some(t);
-                    target.pool_key.tls = id;
-                } else if tls.is_some() {
-                    errs.push(format!("{apath}.tls"), "only for https:// URIs");
-                }
+                    (Some(t), id)
+                } else {
+                    if tls.is_some() {
+                        errs.push(format!("{apath}.tls"), "only for https:// URIs");
+                    }
+                    (None, 0)
+                };
+                // Resolved once, here (authorizers are not upstream groups).
+                let addr = match resolve(parsed.host, parsed.port) {
+                    Ok(a) => a[0],
+                    Err(e) => {
+                        errs.push(format!("{apath}.uri"), e);
+                        continue;
+                    }
+                };
+                let endpoint = Endpoint {
+                    addr,
+                    pool_key: PoolKey { addr, tls: tls_id },
+                    tls,
+                    host_header: parsed.authority.into(),
+                    open: None,
+                };
                 let mut request_target = String::new();
-                for part in &target.path {
+                for part in &parsed.path {
                     if let PathPart::Literal(l) = part {
                         request_target.push_str(l);
                     }
@@ -286,13 +305,13 @@ pub fn compile_api_access(
                 if request_target.is_empty() {
                     request_target.push('/');
                 }
-                if let Some(q) = &target.query {
+                if let Some(q) = &parsed.query {
                     request_target.push('?');
                     request_target.push_str(q);
                 }
                 Authorizer::Request(request::RequestAuthorizer {
                     name: name.clone(),
-                    target,
+                    endpoint,
                     request_target: request_target.into(),
                     sources: sources.into(),
                     ttl_s: ttl_s.min(3600),

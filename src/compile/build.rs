@@ -176,8 +176,21 @@ pub struct Build {
     pub throttles: Throttles,
     /// Upstream TLS configs, one per distinct spec (shared by integrations).
     pub up_tls: UpstreamTls,
+    /// Upstream groups, configured and implicit.
+    pub groups: Groups,
     /// Access log sinks, one per distinct target.
     pub logs: crate::observe::accesslog::Logs,
     /// The config file's directory: relative paths resolve from it.
     pub base_dir: PathBuf,
+}
+
+/// The upstream groups of one config: those configured, then the implicit ones
+/// (`compile::upstreams`).
+#[derive(Default)]
+pub struct Groups {
+    pub list: Vec<crate::upstream::group::Group>,
+    pub by_name: HashMap<String, usize>,
+    /// (authority, TLS id) → an implicit group.
+    pub implicit: HashMap<(String, u32), usize>,
+    pub dns_refresh: std::time::Duration,
 }

@@ -88,12 +88,19 @@ pub fn compile_with(cfg: &ConfigFile, opts: &Options) -> Result<Plan, ConfigErro
             workers,
         },
         up_tls: UpstreamTls::new(&cfg.base_dir),
+        groups: crate::compile::build::Groups::default(),
         logs: crate::observe::accesslog::Logs::default(),
         base_dir: cfg.base_dir.clone(),
     };
     for key in &cfg.unsupported {
         b.errs.not_supported(key.clone());
     }
+    b.groups = crate::compile::upstreams::compile_groups(
+        &cfg.upstreams,
+        cfg.dns_refresh_s,
+        &mut b.up_tls,
+        &mut b.errs,
+    );
     let global_throttle = cfg.throttle.and_then(|t| {
         add_throttle(
             &mut b.throttles,
@@ -276,6 +283,10 @@ pub fn compile_with(cfg: &ConfigFile, opts: &Options) -> Result<Plan, ConfigErro
             listeners,
             stages,
             pool: PoolLimits::default(),
+            upstreams: std::mem::take(&mut b.groups.list)
+                .into_iter()
+                .map(Arc::new)
+                .collect(),
             throttles: b.throttles.buckets,
             throttle_names: b.throttles.names,
             throttle: global_throttle,
@@ -381,15 +392,11 @@ apis:
             "    stages:",
             "    gateway_responses: { THROTTLED: { status: 503 } }\n    stages:",
         );
-        let with_upstreams = format!(
-            "{text}upstreams:\n  - {{ name: pets, targets: [ {{ url: \"http://127.0.0.1:9\" }} ] }}\n"
-        );
         let with_functions =
             format!("{text}functions:\n  - {{ name: hello, runtime_api: 127.0.0.1:9001 }}\n");
         for (text, key) in [
             (&text, "store.redis"),
             (&with_responses, "apis[0].gateway_responses"),
-            (&with_upstreams, "upstreams"),
             (&with_functions, "functions"),
         ] {
             let errs = errors_of(text);
@@ -472,7 +479,10 @@ apis:
         let Integration::HttpProxy(t) = &plan.stages[0].routes[0].integration else {
             panic!("not a proxy")
         };
-        assert_eq!(t.addr, "127.0.0.1:9001".parse().unwrap());
+        let crate::upstream::target::Upstream::Fixed(ep) = &t.to else {
+            panic!("an IP literal is a fixed endpoint")
+        };
+        assert_eq!(ep.addr, "127.0.0.1:9001".parse().unwrap());
         assert_eq!(&*t.host_header, "127.0.0.1:9001");
         assert_eq!(
             t.path,
@@ -482,5 +492,45 @@ apis:
             ]
         );
         assert_eq!(t.query.as_deref(), Some("src=gw"));
+    }
+
+    #[test]
+    fn upstream_groups_are_checked_key_by_key() {
+        let text = format!(
+            "{BASE}upstreams:
+  - name: pets
+    targets: [ {{ url: \"http://127.0.0.1:9001\", weight: 0 }}, {{ url: \"ftp://x\" }} ]
+    balance: consistent_hash
+    health_check: {{ path: healthz, interval_ms: 5 }}
+    outlier: {{ max_ejection_percent: 150 }}
+    retries: {{ attempts: 11 }}
+  - name: ok
+    targets: [ {{ url: \"http://127.0.0.1:9002\" }} ]
+    hash_key: header.x
+apis:
+  - name: p
+    routes:
+      - route: GET /a
+        integration: {{ type: http_proxy, upstream: nowhere, uri: /a }}
+      - route: GET /b
+        integration: {{ type: http_proxy, upstream: ok, uri: \"http://127.0.0.1:1/b\" }}
+    stages: [ {{ name: prod }} ]
+"
+        );
+        let errs = errors_of(&text).join("\n");
+        for want in [
+            "upstreams[0].targets[0].weight: must be from 1 to 1000",
+            "upstreams[0].targets[1].url: \"ftp://x\": must start with http:// or https://",
+            "upstreams[0].hash_key: consistent_hash needs a hash_key",
+            "upstreams[0].health_check.interval_ms: must be from 100 to 300000",
+            "upstreams[0].health_check.path: must be a path starting with /",
+            "upstreams[0].outlier.max_ejection_percent: must be from 0 to 100",
+            "upstreams[0].retries.attempts: must be from 0 to 10",
+            "upstreams[1].hash_key: only with balance: consistent_hash",
+            "apis[0].routes[0].integration.upstream: no upstream group named \"nowhere\"",
+            "with upstream, uri is a path starting with /",
+        ] {
+            assert!(errs.contains(want), "missing {want:?} in:\n{errs}");
+        }
     }
 }

@@ -2,15 +2,18 @@
 //! `mock` responses.
 
 use std::collections::BTreeMap;
-use std::net::ToSocketAddrs;
 use std::time::Duration;
 
+use crate::compile::build::Groups;
 use crate::compile::build::{UpstreamTls, DEFAULT_TIMEOUT_MS, TIMEOUT_RANGE_MS};
+use crate::compile::upstreams::{implicit_group, split_url};
 use crate::config::{ConfigErrors, IntegrationFile};
 use crate::http::respond::MockResponse;
 use crate::plan::Integration;
 use crate::route::RouteKey;
-use crate::upstream::target::{PathPart, ProxyTarget};
+use crate::upstream::group::{resolve, TargetSpec};
+use crate::upstream::pool::PoolKey;
+use crate::upstream::target::{Endpoint, PathPart, ProxyTarget, Upstream};
 
 #[allow(clippy::too_many_arguments)]
 pub fn compile_integration(
@@ -20,6 +23,7 @@ pub fn compile_integration(
     path: &str,
     stage: &str,
     up_tls: &mut UpstreamTls,
+    groups: &mut Groups,
     errs: &mut ConfigErrors,
 ) -> Option<Integration> {
     match i {
@@ -72,6 +76,7 @@ pub fn compile_integration(
         }
         IntegrationFile::HttpProxy {
             uri,
+            upstream,
             timeout_ms,
             tls,
         } => {
@@ -80,39 +85,120 @@ pub fn compile_integration(
                 errs.push(format!("{path}.timeout_ms"), "must be from 50 to 30000");
             }
             let uri_path = format!("{path}.uri");
-            let expanded = match expand_stage_variables(uri, vars) {
-                Ok(u) => u,
-                Err(var) => {
+            let expand =
+                |v: &str, key: &str, errs: &mut ConfigErrors| match expand_stage_variables(v, vars)
+                {
+                    Ok(u) => Some(u),
+                    Err(var) => {
+                        errs.push(
+                            format!("{path}.{key}"),
+                            format!("stage {stage:?} has no variable {var:?} used in {v:?}"),
+                        );
+                        None
+                    }
+                };
+            let expanded = expand(uri, "uri", errs)?;
+            let params = key.map(RouteKey::params).unwrap_or_default();
+            let append_request_path = matches!(key, Some(RouteKey::Default));
+            let timeout = Duration::from_millis(timeout_ms);
+            if let Some(name) = upstream {
+                let name = expand(name, "upstream", errs)?;
+                if tls.is_some() {
+                    errs.push(
+                        format!("{path}.tls"),
+                        "with upstream, TLS is the group's (upstreams[].tls)",
+                    );
+                }
+                let Some(&gi) = groups.by_name.get(&name) else {
+                    errs.push(
+                        format!("{path}.upstream"),
+                        format!("no upstream group named {name:?} (stage {stage:?})"),
+                    );
+                    return None;
+                };
+                if !expanded.is_empty() && !expanded.starts_with('/') {
                     errs.push(
                         uri_path,
-                        format!("stage {stage:?} has no variable {var:?} used in {uri:?}"),
+                        format!("{expanded:?}: with upstream, uri is a path starting with /"),
                     );
                     return None;
                 }
-            };
-            let params = key.map(RouteKey::params).unwrap_or_default();
-            match parse_http_uri(&expanded, &params) {
-                Ok(ParsedUri {
-                    mut target,
-                    https,
-                    host,
-                }) => {
-                    target.append_request_path = matches!(key, Some(RouteKey::Default));
-                    target.timeout = Duration::from_millis(timeout_ms);
-                    if https {
-                        let (t, id) = up_tls.compile(tls.as_ref(), host, path, errs)?;
-                        target.tls = Some(t);
-                        target.pool_key.tls = id;
-                    } else if tls.is_some() {
-                        errs.push(format!("{path}.tls"), "only for https:// URIs");
+                let (path_only, query) = split_query(&expanded);
+                let parts = match path_template(path_only, &params) {
+                    Ok(p) => p,
+                    Err(msg) => {
+                        errs.push(uri_path, format!("{expanded:?} (stage {stage:?}): {msg}"));
+                        return None;
                     }
-                    Some(Integration::HttpProxy(target))
-                }
+                };
+                return Some(Integration::HttpProxy(ProxyTarget {
+                    to: Upstream::Group(gi),
+                    host_header: groups.list[gi]
+                        .targets
+                        .first()
+                        .map_or_else(|| "".into(), |t| t.host_header.clone()),
+                    path: parts,
+                    append_request_path,
+                    query,
+                    timeout,
+                }));
+            }
+            let parsed = match parse_http_uri(&expanded, &params) {
+                Ok(p) => p,
                 Err(UriError::Invalid(msg)) => {
                     errs.push(uri_path, format!("{expanded:?} (stage {stage:?}): {msg}"));
-                    None
+                    return None;
                 }
-            }
+            };
+            let (tls, tls_id) = if parsed.https {
+                let (t, id) = up_tls.compile(tls.as_ref(), parsed.host, path, errs)?;
+                (Some(t), id)
+            } else {
+                if tls.is_some() {
+                    errs.push(format!("{path}.tls"), "only for https:// URIs");
+                }
+                (None, 0)
+            };
+            let to = if let Ok(ip) = parsed.host.parse::<std::net::IpAddr>() {
+                let addr = std::net::SocketAddr::new(ip, parsed.port);
+                Upstream::Fixed(Endpoint {
+                    addr,
+                    pool_key: PoolKey { addr, tls: tls_id },
+                    tls,
+                    host_header: parsed.authority.into(),
+                    open: None,
+                })
+            } else {
+                // A name: an implicit group, so it is resolved again while running.
+                let addrs = match resolve(parsed.host, parsed.port) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        errs.push(uri_path, e);
+                        return None;
+                    }
+                };
+                Upstream::Group(implicit_group(
+                    groups,
+                    TargetSpec {
+                        url: expanded.as_str().into(),
+                        host: parsed.host.into(),
+                        port: parsed.port,
+                        weight: 1,
+                        host_header: parsed.authority.into(),
+                        tls,
+                        tls_id,
+                    },
+                    addrs,
+                ))
+            };
+            Some(Integration::HttpProxy(ProxyTarget {
+                to,
+                host_header: parsed.authority.into(),
+                path: parsed.path,
+                append_request_path,
+                query: parsed.query,
+                timeout,
+            }))
         }
     }
 }
@@ -147,96 +233,73 @@ pub enum UriError {
     Invalid(String),
 }
 
-/// Parses `http://host[:port][/path][?query]`, resolving the host now (the control
-/// plane) so workers never do DNS.
+/// `http://host[:port][/path][?query]`, split (nothing resolved).
 pub struct ParsedUri<'a> {
-    pub target: ProxyTarget,
     pub https: bool,
-    /// The URI's host without its port.
+    /// The URI's host without its port (and without IPv6 brackets).
     pub host: &'a str,
+    pub port: u16,
+    /// `host[:port]` as written: the upstream `Host`.
+    pub authority: &'a str,
+    pub path: Vec<PathPart>,
+    pub query: Option<Box<str>>,
 }
 
 pub fn parse_http_uri<'a>(uri: &'a str, params: &[&str]) -> Result<ParsedUri<'a>, UriError> {
-    let (rest, default_port) = if let Some(r) = uri.strip_prefix("http://") {
-        (r, 80)
-    } else if let Some(r) = uri.strip_prefix("https://") {
-        (r, 443)
-    } else {
-        return Err(UriError::Invalid(
-            "must start with http:// or https://".into(),
-        ));
-    };
-    let split = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(split);
-    if authority.is_empty() || authority.contains(['{', '}', '@', ' ']) {
-        return Err(UriError::Invalid(format!(
-            "host {authority:?} must be a fixed host[:port] (parameters belong in the path)"
-        )));
-    }
-    let (host, with_port) = match authority
-        .rsplit_once(':')
-        .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()) && !authority.ends_with(']'))
-    {
-        Some((host, _)) => (host, authority.to_owned()),
-        None => (authority, format!("{authority}:{default_port}")),
-    };
-    let addr = with_port
-        .to_socket_addrs()
-        .map_err(|e| UriError::Invalid(format!("cannot resolve {authority:?}: {e}")))?
-        .next()
-        .ok_or_else(|| UriError::Invalid(format!("{authority:?} resolves to no address")))?;
-    let (path, query) = match tail.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
+    let (https, host, port, authority, tail) = split_url(uri).map_err(UriError::Invalid)?;
+    let (path, query) = split_query(tail);
+    let path = path_template(path, params).map_err(UriError::Invalid)?;
+    Ok(ParsedUri {
+        https,
+        host,
+        port,
+        authority,
+        path,
+        query,
+    })
+}
+
+fn split_query(tail: &str) -> (&str, Option<Box<str>>) {
+    match tail.split_once('?') {
+        Some((p, q)) => (p, Some(q).filter(|q| !q.is_empty()).map(Into::into)),
         None => (tail, None),
-    };
+    }
+}
+
+/// A path with `{param}` (or `{param+}`) placeholders naming route parameters.
+fn path_template(path: &str, params: &[&str]) -> Result<Vec<PathPart>, String> {
     if path.bytes().any(|b| b <= b' ' || b == 0x7f || b == b'#') {
-        return Err(UriError::Invalid(
-            "the path has characters not allowed in a URI".into(),
-        ));
+        return Err("the path has characters not allowed in a URI".into());
     }
     let mut parts = Vec::new();
     let mut rest = path;
     while let Some(open) = rest.find('{') {
         let close = rest[open..]
             .find('}')
-            .ok_or_else(|| UriError::Invalid("unclosed `{` in the path".into()))?
+            .ok_or_else(|| "unclosed `{` in the path".to_owned())?
             + open;
         if open > 0 {
             parts.push(PathPart::Literal(rest[..open].into()));
         }
         let name = rest[open + 1..close].trim_end_matches('+');
         if !params.contains(&name) {
-            return Err(UriError::Invalid(format!(
+            return Err(format!(
                 "`{{{name}}}` is not a parameter of this route (it has: {})",
                 if params.is_empty() {
                     "none".to_owned()
                 } else {
                     params.join(", ")
                 }
-            )));
+            ));
         }
         parts.push(PathPart::Param(name.into()));
         rest = &rest[close + 1..];
     }
     if rest.contains('}') {
-        return Err(UriError::Invalid("unmatched `}` in the path".into()));
+        return Err("unmatched `}` in the path".into());
     }
     if !rest.is_empty() {
         parts.push(PathPart::Literal(rest.into()));
     }
-    let target = ProxyTarget {
-        addr,
-        pool_key: crate::upstream::pool::PoolKey { addr, tls: 0 },
-        tls: None,
-        host_header: authority.into(),
-        path: parts,
-        append_request_path: false,
-        query: query.filter(|q| !q.is_empty()).map(Into::into),
-        timeout: Duration::from_millis(DEFAULT_TIMEOUT_MS),
-    };
-    Ok(ParsedUri {
-        target,
-        https: default_port == 443,
-        host,
-    })
+    Ok(parts)
 }

@@ -1,7 +1,7 @@
 //! Validates a `ConfigFile` and builds the immutable `Plan`. Every error is
 //! reported at once, with the key's path; nothing is checked at request time that
 //! could have been checked here. One file per part, each importing only the ones
-//! before it: `build` (shared state and checks) → `integrations`, `routes` →
+//! before it: `build` (shared state and checks) → `upstreams` → `integrations`, `routes` →
 //! `authorizers` → `apis` (APIs and stages) → `listeners`, `keys` → `gateway`
 //! (the whole config) → `load` (from a file).
 
@@ -16,6 +16,7 @@ pub mod load;
 pub mod routes;
 pub mod stages;
 pub mod telemetry;
+pub mod upstreams;
 
 pub use apis::Deployed;
 pub use gateway::{compile, compile_with, Options};

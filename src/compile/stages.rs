@@ -154,6 +154,7 @@ pub fn compile_stage(
             &rpath,
             &stage.name,
             &mut b.up_tls,
+            &mut b.groups,
             &mut b.errs,
         );
         if let Some(integration) = integration {

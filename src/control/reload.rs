@@ -202,6 +202,7 @@ impl Control {
         for a in &next.authorizers {
             a.start();
         }
+        crate::upstream::watch::start(&next.upstreams);
         next.logs.start();
         if let Some(t) = &next.telemetry {
             t.start();
@@ -354,6 +355,17 @@ fn carry(next: &mut Plan, prev: &Plan) {
         if let Some(i) = prev.authorizer_sigs.iter().position(|&s| s == sig) {
             next.authorizers[j] = Arc::clone(&prev.authorizers[i]);
             next.authorizer_uids[j] = prev.authorizer_uids[i];
+        }
+    }
+    // Upstream groups of the same config: their health, ejections, resolved
+    // addresses, counters and watcher.
+    for g in &mut next.upstreams {
+        if let Some(old) = prev
+            .upstreams
+            .iter()
+            .find(|o| o.sig == g.sig && o.name == g.name)
+        {
+            *g = Arc::clone(old);
         }
     }
     // The same series for the same (api, stage, route).

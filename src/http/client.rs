@@ -4,7 +4,7 @@
 //! codec (`http::parse`), the same that reads upstream responses.
 
 use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -84,36 +84,95 @@ fn send(
     } else {
         authority
     };
-    let deadline = Instant::now() + timeout;
     let addr = with_port
         .to_socket_addrs()
         .map_err(|e| format!("cannot resolve {authority}: {e}"))?
         .next()
         .ok_or_else(|| format!("{authority} resolves to no address"))?;
+    let tls = match (https, tls) {
+        (false, _) => None,
+        (true, None) => return Err("https needs a TLS config".into()),
+        (true, Some(config)) => {
+            let name = rustls::pki_types::ServerName::try_from(
+                host.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned(),
+            )
+            .map_err(|e| format!("{host}: {e}"))?;
+            Some((config, name))
+        }
+    };
+    let mut all = vec![("accept", "application/json"), ("user-agent", "shardgate")];
+    all.extend_from_slice(headers);
+    send_at(
+        addr,
+        tls,
+        (method, path, authority),
+        &all,
+        body,
+        timeout,
+        max,
+    )
+}
+
+/// The status of `GET path` at `addr` (a health check): `connection: close`,
+/// within `timeout`, TLS where given.
+pub fn status_at(
+    addr: SocketAddr,
+    tls: Option<(
+        &Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
+    authority: &str,
+    path: &str,
+    timeout: Duration,
+) -> Result<u16, String> {
+    let raw = send_at(
+        addr,
+        tls,
+        ("GET", path, authority),
+        &[("user-agent", "shardgate-health-check")],
+        None,
+        timeout,
+        64 * 1024,
+    )?;
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    match parse_response(&raw, &mut headers, false) {
+        Ok(Some((head, _))) => Ok(head.status),
+        Ok(None) => Err("no response head".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// One request to `addr` on a new connection; the raw response.
+fn send_at(
+    addr: SocketAddr,
+    tls: Option<(
+        &Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
+    (method, path, authority): (&str, &str, &str),
+    headers: &[(&str, &str)],
+    body: Option<(&str, &[u8])>,
+    timeout: Duration,
+    max: usize,
+) -> Result<Vec<u8>, String> {
+    let deadline = Instant::now() + timeout;
     let tcp =
         TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
     let mut request = Vec::with_capacity(256 + body.map_or(0, |(_, b)| b.len()));
-    let mut all = vec![("accept", "application/json"), ("user-agent", "shardgate")];
-    all.extend_from_slice(headers);
     request_head(
         &mut request,
         method,
         path,
         authority,
-        &all,
+        headers,
         body.map(|(t, b)| (t, b.len())),
     );
     if let Some((_, b)) = body {
         request.extend_from_slice(b);
     }
-    let raw = if https {
-        let config = tls.ok_or("https needs a TLS config")?;
-        let name = rustls::pki_types::ServerName::try_from(
-            host.trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned(),
-        )
-        .map_err(|e| format!("{host}: {e}"))?;
+    let raw = if let Some((config, name)) = tls {
         let conn = rustls::ClientConnection::new(Arc::clone(config), name)
             .map_err(|e| format!("TLS: {e}"))?;
         let mut s = rustls::StreamOwned::new(conn, tcp);

@@ -44,6 +44,10 @@ pub enum GatewayError {
     UpstreamRefused,
     #[error("integration failed: {0}")]
     UpstreamFailed(&'static str),
+    /// An upstream group with no target to send to (none healthy, or every one
+    /// at its connection cap).
+    #[error("upstream unavailable: {0}")]
+    Unavailable(&'static str),
     #[error("throttled")]
     Throttled,
     #[error("API key refused: {0:?}")]
@@ -165,7 +169,9 @@ impl GatewayError {
             Self::BodyTooLarge => (413, r#"{"message":"Request Too Long"}"#, true),
             Self::RequestTimeout => (408, r#"{"message":"Request Timeout"}"#, true),
             Self::IntegrationTimeout => (504, r#"{"message":"Endpoint request timed out"}"#, false),
-            Self::UpstreamRefused => (503, r#"{"message":"Service Unavailable"}"#, false),
+            Self::UpstreamRefused | Self::Unavailable(_) => {
+                (503, r#"{"message":"Service Unavailable"}"#, false)
+            }
             Self::UpstreamFailed(_) => (502, r#"{"message":"Bad Gateway"}"#, false),
             Self::Throttled => (429, r#"{"message":"Too Many Requests"}"#, false),
             Self::Forbidden(_) => (403, r#"{"message":"Forbidden"}"#, false),
@@ -242,6 +248,11 @@ mod tests {
                 "Endpoint request timed out",
             ),
             (GatewayError::UpstreamRefused, 503, "Service Unavailable"),
+            (
+                GatewayError::Unavailable("no healthy target"),
+                503,
+                "Service Unavailable",
+            ),
             (GatewayError::UpstreamFailed("reset"), 502, "Bad Gateway"),
             (GatewayError::Throttled, 429, "Too Many Requests"),
             (GatewayError::QuotaExceeded, 429, "Limit Exceeded"),

@@ -367,3 +367,81 @@ impl Metrics {
         out
     }
 }
+
+/// The Prometheus series of upstream groups' targets: requests, failures,
+/// retries, ejections, health, and open and idle connections.
+pub fn render_upstreams(groups: &[std::sync::Arc<crate::upstream::group::Group>]) -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut out = String::new();
+    if groups.is_empty() {
+        return out;
+    }
+    type Series = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&crate::upstream::group::MemberState) -> i64,
+    );
+    let series: [Series; 7] = [
+        (
+            "shardgate_upstream_requests_total",
+            "counter",
+            "Requests sent to the target (tries, retries included).",
+            |s| s.requests.load(Relaxed) as i64,
+        ),
+        (
+            "shardgate_upstream_failures_total",
+            "counter",
+            "Tries the target failed (no connection, reset, timeout, 502-504).",
+            |s| s.failures.load(Relaxed) as i64,
+        ),
+        (
+            "shardgate_upstream_retries_total",
+            "counter",
+            "Retries sent to the target after another target failed.",
+            |s| s.retries.load(Relaxed) as i64,
+        ),
+        (
+            "shardgate_upstream_ejections_total",
+            "counter",
+            "Times outlier detection ejected the target.",
+            |s| s.ejections.load(Relaxed) as i64,
+        ),
+        (
+            "shardgate_upstream_healthy",
+            "gauge",
+            "1 while the target passes its health check (or has none), else 0.",
+            |s| i64::from(s.healthy.load(Relaxed)),
+        ),
+        (
+            "shardgate_upstream_target_connections_open",
+            "gauge",
+            "Connections open to the target over all workers.",
+            |s| i64::from(s.open.load(Relaxed)),
+        ),
+        (
+            "shardgate_upstream_target_connections_idle",
+            "gauge",
+            "Pooled idle connections to the target over all workers.",
+            |s| s.idle.load(Relaxed).max(0),
+        ),
+    ];
+    let esc = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"");
+    for (name, kind, help, f) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for g in groups {
+            let snap = g.live.snapshot.load();
+            for m in &snap.endpoints {
+                let _ = writeln!(
+                    out,
+                    "{name}{{group=\"{}\",target=\"{}\",address=\"{}\"}} {}",
+                    esc(&g.name),
+                    esc(&g.targets[m.target].url),
+                    m.to.addr,
+                    f(&m.state)
+                );
+            }
+        }
+    }
+    out
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::{json, Map, Value};
 
 use crate::upstream::connect::Dial;
-use crate::upstream::target::ProxyTarget;
+use crate::upstream::target::Endpoint;
 
 /// An authorizer's answer may be at most this long.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
@@ -76,7 +76,7 @@ impl Identity {
 #[derive(Debug)]
 pub struct RequestAuthorizer {
     pub name: String,
-    pub target: ProxyTarget,
+    pub endpoint: Endpoint,
     /// The endpoint's path and query, as sent.
     pub request_target: Box<str>,
     pub sources: Box<[Identity]>,
@@ -303,7 +303,7 @@ impl RequestAuthorizer {
     }
 
     async fn exchange(&self, dial: &Dial<'_>, payload: &[u8]) -> Result<Decision, &'static str> {
-        let mut up = crate::upstream::connect::connect(dial, &self.target)
+        let mut up = crate::upstream::connect::connect(dial, &self.endpoint)
             .await
             .map_err(|_| "cannot connect to the authorizer")?;
         let mut out = Vec::with_capacity(256 + payload.len());
@@ -311,7 +311,7 @@ impl RequestAuthorizer {
             &mut out,
             "POST",
             &self.request_target,
-            &self.target.host_header,
+            &self.endpoint.host_header,
             &[],
             Some(("application/json", payload.len())),
         );

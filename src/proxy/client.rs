@@ -52,6 +52,8 @@ pub struct Outcome {
     /// When the request went to the integration.
     pub sent: Instant,
     pub integration_us: Option<u64>,
+    /// Tries after the first on another target of an upstream group.
+    pub retries: u8,
     /// For the access log line, when the stage logs.
     pub log: Option<Box<crate::observe::accesslog::Facts>>,
     /// The refusal's message (logged requests only).
@@ -69,6 +71,7 @@ impl Outcome {
             bytes: 0,
             sent: started,
             integration_us: None,
+            retries: 0,
             log: None,
             error: None,
             trace: None,

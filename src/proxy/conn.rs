@@ -595,7 +595,7 @@ async fn handle(
             let persist = unread;
             serve_hit(c, shard, entry, &p.tag, persist, p.is_head).await && !persist.closes()
         }
-        Action::Proxy(stage, route) => {
+        Action::Proxy(stage, route, pick) => {
             let Integration::HttpProxy(target) = &plan.stages[stage].routes[route].integration
             else {
                 return false;
@@ -651,8 +651,11 @@ async fn handle(
                 tag,
                 fill: p.fill,
                 deadline: p.deadline,
+                held: false,
+                retry: false,
+                max_conns: u32::MAX,
             };
-            match forward::proxy(c, shard, target, &req, &lp.limits).await {
+            match crate::proxy::send::send(c, shard, plan, target, &pick, req, &lp.limits).await {
                 Ok(keep) => keep,
                 Err(forward::Failed::Answer(err)) => {
                     let persist = if err.refusal().close {
@@ -663,6 +666,9 @@ async fn handle(
                     refuse(c, shard, err, &p.tag, persist, p.is_head).await
                 }
                 Err(forward::Failed::Abort) => false,
+                Err(forward::Failed::Retry(err)) => {
+                    refuse(c, shard, err, &p.tag, p.persist, p.is_head).await
+                }
             }
         }
     }

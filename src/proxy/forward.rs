@@ -4,7 +4,7 @@
 
 use std::cell::Cell;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::encode::write_ip;
 use crate::http::body::{self, Encode, PumpError, Source};
@@ -17,7 +17,7 @@ use crate::proxy::shard::Shard;
 use crate::route::RouteMatch;
 use crate::upstream::connect::connect;
 use crate::upstream::pool::UpConn;
-use crate::upstream::target::{PathPart, ProxyTarget};
+use crate::upstream::target::{Endpoint, PathPart, ProxyTarget};
 
 /// A body up to this size that has arrived with its head is sent in the same write.
 const INLINE_BODY: u64 = 16 * 1024;
@@ -37,6 +37,13 @@ pub struct Request {
     pub fill: Option<crate::policy::cache::Fill>,
     /// The request's body must have arrived by then (`request_timeout_ms`).
     pub deadline: Instant,
+    /// The body is in `Client::up_head` behind the head (`hold_body`).
+    pub held: bool,
+    /// A failure another target may mend is returned as `Failed::Retry` rather
+    /// than answered (a group with retries left, in budget).
+    pub retry: bool,
+    /// The target's connection cap over all workers (`u32::MAX`: none).
+    pub max_conns: u32,
 }
 
 /// Why no upstream response reached the client.
@@ -46,7 +53,14 @@ pub enum Failed {
     /// Close the client connection without an answer (it left, or a response had
     /// already started).
     Abort,
+    /// The target failed before anything reached the client, in a way another
+    /// target may not (no connection, closed or reset before a response, a 502
+    /// or 503): retry elsewhere, or answer with this.
+    Retry(GatewayError),
 }
+
+/// How long a request waits for a connection to a target at its cap.
+const CAP_WAIT: Duration = Duration::from_millis(500);
 
 /// Where a request came in, as the forwarded headers tell the upstream.
 pub struct Origin<'a> {
@@ -78,7 +92,8 @@ impl Extra<'_> {
     };
 }
 
-/// Writes the upstream request head for `target` into `out`.
+/// Writes the upstream request head for `target` into `out`; the range of the
+/// `Host` value in it (a group's pick may replace it).
 #[allow(clippy::too_many_arguments)]
 pub fn write_request_head(
     out: &mut Vec<u8>,
@@ -89,7 +104,7 @@ pub fn write_request_head(
     routed_path: &str,
     origin: &Origin<'_>,
     extra: &Extra<'_>,
-) {
+) -> std::ops::Range<usize> {
     out.clear();
     out.extend_from_slice(head.method.as_bytes());
     out.push(b' ');
@@ -131,7 +146,9 @@ pub fn write_request_head(
         (None, None) => {}
     }
     out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    let host_at = out.len();
     out.extend_from_slice(target.host_header.as_bytes());
+    let host = host_at..out.len();
     out.extend_from_slice(b"\r\n");
     let forwards_cert = origin.tls.is_some_and(|t| t.forwards_client_cert);
     respond::copy_headers(out, headers, |n| {
@@ -185,6 +202,7 @@ pub fn write_request_head(
         }
     }
     out.extend_from_slice(b"\r\n");
+    host
 }
 
 /// What the upstream answered, once its head is in `Client::out` (already rewritten
@@ -206,19 +224,15 @@ pub struct Answered {
 enum ExchangeError {
     /// Nothing came back on a pooled connection: it was dead before we used it.
     Stale,
+    /// A 502 or 503 from the target, which another may mend (`Request::retry`).
+    Status(u16),
     Failed(Failed),
 }
 
-/// Proxies the request whose head is in `c.up_head`; `Ok(true)` keeps the client
-/// connection open.
-pub async fn proxy(
-    c: &mut Client,
-    shard: &Shard,
-    target: &ProxyTarget,
-    req: &Request,
-    limits: &Limits,
-) -> Result<bool, Failed> {
-    let mut inline = false;
+/// Moves a small body that arrived with its head (or soon after) behind the
+/// upstream head, so both go in one write, and a retry can send them again;
+/// `true` when it did.
+pub async fn hold_body(c: &mut Client, req: &Request, limits: &Limits) -> Result<bool, Failed> {
     if let Framing::Length(n) = req.framing {
         if n <= INLINE_BODY && !req.expect_continue {
             // Wait for the rest of a small body, so head and body go upstream in one
@@ -237,9 +251,50 @@ pub async fn proxy(
             let end = c.pos + n as usize;
             c.up_head.extend_from_slice(&c.buf[c.pos..end]);
             c.pos = end;
-            inline = true;
+            return Ok(true);
         }
     }
+    Ok(false)
+}
+
+/// A pooled connection to `ep`, or a new one; at the target's connection cap,
+/// waits up to `CAP_WAIT` for one to come back or close.
+async fn connection(
+    shard: &Shard,
+    ep: &Endpoint,
+    max_conns: u32,
+) -> Result<(UpConn, bool), GatewayError> {
+    let give_up = Instant::now() + CAP_WAIT;
+    loop {
+        if let Some(up) = shard.pool.borrow_mut().take(ep.pool_key, Instant::now()) {
+            return Ok((up, true));
+        }
+        let full = ep
+            .open
+            .as_ref()
+            .is_some_and(|o| o.load(std::sync::atomic::Ordering::Relaxed) >= max_conns);
+        if !full {
+            return Ok((connect(&shard.dial(), ep).await?, false));
+        }
+        if Instant::now() >= give_up {
+            tracing::warn!(upstream = %ep.addr, max_connections_per_target = max_conns, "target at its connection cap");
+            return Err(GatewayError::Unavailable("target at its connection cap"));
+        }
+        monoio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Proxies the request whose head (and held body) is in `c.up_head` to `ep`;
+/// `Ok(true)` keeps the client connection open.
+pub async fn proxy(
+    c: &mut Client,
+    shard: &Shard,
+    target: &ProxyTarget,
+    ep: &Endpoint,
+    req: &Request,
+    limits: &Limits,
+) -> Result<bool, Failed> {
+    let inline = req.held;
     let has_body = req.framing != Framing::None && !inline;
     let may_retry = req.idempotent && !has_body;
     let clock = Clock {
@@ -250,27 +305,33 @@ pub async fn proxy(
         let mut retried = false;
         loop {
             c.outcome.sent = Instant::now();
-            let pooled = shard
-                .pool
-                .borrow_mut()
-                .take(target.pool_key, Instant::now());
-            let reused = pooled.is_some();
-            let mut up = match pooled {
-                Some(up) => up,
-                None => connect(&shard.dial(), target)
-                    .await
-                    .map_err(Failed::Answer)?,
+            let (mut up, reused) = match connection(shard, ep, req.max_conns).await {
+                Ok(c) => c,
+                // Nothing was sent: another target may take it.
+                Err(e) if req.retry && !matches!(e, GatewayError::Unavailable(_)) => {
+                    return Err(Failed::Retry(e))
+                }
+                Err(e) => return Err(Failed::Answer(e)),
             };
             match exchange(c, &mut up, req, has_body, limits, shard, &clock, target).await {
                 Ok(a) => return Ok((up, a)),
                 Err(ExchangeError::Stale) if reused && may_retry && !retried => {
                     retried = true;
-                    tracing::debug!(upstream = %target.addr, "pooled connection was closed; retrying on a new one");
+                    tracing::debug!(upstream = %ep.addr, "pooled connection was closed; retrying on a new one");
                 }
                 Err(ExchangeError::Stale) => {
-                    tracing::warn!(upstream = %target.addr, "upstream closed the connection without a response");
-                    return Err(Failed::Answer(GatewayError::UpstreamFailed(
-                        "closed without a response",
+                    tracing::warn!(upstream = %ep.addr, "upstream closed the connection without a response");
+                    let e = GatewayError::UpstreamFailed("closed without a response");
+                    return Err(if req.retry && !has_body {
+                        Failed::Retry(e)
+                    } else {
+                        Failed::Answer(e)
+                    });
+                }
+                Err(ExchangeError::Status(status)) => {
+                    tracing::debug!(upstream = %ep.addr, status, "target answered {status}; retrying on another");
+                    return Err(Failed::Retry(GatewayError::UpstreamFailed(
+                        "the target answered 502 or 503",
                     )));
                 }
                 Err(ExchangeError::Failed(f)) => return Err(f),
@@ -286,11 +347,11 @@ pub async fn proxy(
                 // The clock moved on (the body was sent): wait on.
                 Err(_) if clock.until.get() > Instant::now() => {}
                 Err(_) if clock.uploading.get() => {
-                    tracing::debug!(upstream = %target.addr, "request body not received by the request deadline");
+                    tracing::debug!(upstream = %ep.addr, "request body not received by the request deadline");
                     return Err(Failed::Answer(GatewayError::RequestTimeout));
                 }
                 Err(_) => {
-                    tracing::warn!(upstream = %target.addr, timeout_ms = target.timeout.as_millis() as u64, "integration timed out");
+                    tracing::warn!(upstream = %ep.addr, timeout_ms = target.timeout.as_millis() as u64, "integration timed out");
                     return Err(Failed::Answer(GatewayError::IntegrationTimeout));
                 }
             }
@@ -306,7 +367,7 @@ pub async fn proxy(
     };
     if let Framing::Length(n) = answered.framing {
         if n <= inline {
-            gather(&mut up, body_start + n as usize, target).await?;
+            gather(&mut up, body_start + n as usize, target, ep).await?;
         }
         if n <= inline && (up.buf.len() - body_start) as u64 >= n {
             let end = body_start + n as usize;
@@ -355,7 +416,7 @@ pub async fn proxy(
             // The upstream's response was read whole: its connection goes back to
             // the pool even when the client has gone.
             up.pos = end;
-            let keep = finish(shard, target, up, &answered);
+            let keep = finish(shard, ep, up, &answered);
             return if sent.is_ok() {
                 Ok(keep)
             } else {
@@ -395,10 +456,10 @@ pub async fn proxy(
     {
         Ok(n) => {
             c.outcome.bytes = n;
-            Ok(finish(shard, target, up, &answered))
+            Ok(finish(shard, ep, up, &answered))
         }
         Err(e) => {
-            tracing::warn!(upstream = %target.addr, error = %e, "response body failed midway");
+            tracing::warn!(upstream = %ep.addr, error = %e, "response body failed midway");
             Err(Failed::Abort)
         }
     }
@@ -428,20 +489,25 @@ fn store(
 
 /// Reads from the upstream until `up.buf` holds `want` bytes; nothing has been sent
 /// to the client yet, so a failure is still answered.
-async fn gather(up: &mut UpConn, want: usize, target: &ProxyTarget) -> Result<(), Failed> {
+async fn gather(
+    up: &mut UpConn,
+    want: usize,
+    target: &ProxyTarget,
+    ep: &Endpoint,
+) -> Result<(), Failed> {
     let read = body::read_to(&mut up.stream, &mut up.buf, want, target.timeout, None).await;
     let err = match read {
         Ok(()) => return Ok(()),
         Err(PumpError::ReadTimeout) => {
-            tracing::warn!(upstream = %target.addr, timeout_ms = target.timeout.as_millis() as u64, "integration timed out");
+            tracing::warn!(upstream = %ep.addr, timeout_ms = target.timeout.as_millis() as u64, "integration timed out");
             GatewayError::IntegrationTimeout
         }
         Err(PumpError::Read(e)) => {
-            tracing::warn!(upstream = %target.addr, error = %e, "upstream read failed inside the response body");
+            tracing::warn!(upstream = %ep.addr, error = %e, "upstream read failed inside the response body");
             GatewayError::UpstreamFailed("reset inside the response body")
         }
         Err(_) => {
-            tracing::warn!(upstream = %target.addr, "upstream closed inside the response body");
+            tracing::warn!(upstream = %ep.addr, "upstream closed inside the response body");
             GatewayError::UpstreamFailed("closed inside the response body")
         }
     };
@@ -449,12 +515,9 @@ async fn gather(up: &mut UpConn, want: usize, target: &ProxyTarget) -> Result<()
 }
 
 /// Pools the upstream connection if it can carry another request.
-fn finish(shard: &Shard, target: &ProxyTarget, up: UpConn, a: &Answered) -> bool {
+fn finish(shard: &Shard, ep: &Endpoint, up: UpConn, a: &Answered) -> bool {
     if !a.upstream_close && a.framing != Framing::UntilClose {
-        shard
-            .pool
-            .borrow_mut()
-            .put(target.pool_key, up, Instant::now());
+        shard.pool.borrow_mut().put(ep.pool_key, up, Instant::now());
     }
     !a.client_persist.closes()
 }
@@ -541,6 +604,9 @@ async fn exchange(
                         }
                         up.pos += head.head_len;
                         continue;
+                    }
+                    if req.retry && matches!(head.status, 502 | 503) {
+                        return Err(ExchangeError::Status(head.status));
                     }
                     let date = *shard.date.borrow_mut().now();
                     // A drain that began while the upstream worked closes this connection.

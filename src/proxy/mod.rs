@@ -6,6 +6,7 @@ pub mod client;
 pub mod conn;
 pub mod forward;
 pub mod pipeline;
+pub mod send;
 pub mod shard;
 pub mod verdict;
 pub mod worker;

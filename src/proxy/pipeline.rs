@@ -20,8 +20,10 @@ use crate::proxy::authorize::{authorize, AuthFacts};
 use crate::proxy::client::{body_error, send_continue, Client, CONN_BUF};
 use crate::proxy::forward;
 use crate::proxy::shard::Shard;
-use crate::proxy::verdict::{Action, Verdict};
+use crate::proxy::verdict::{Action, Pick, Verdict};
 use crate::route;
+use crate::upstream::group::HashKey;
+use crate::upstream::target::Upstream;
 
 /// What a parsed head asks for, with everything borrowed from the buffer resolved.
 pub struct Prepared {
@@ -369,12 +371,52 @@ fn stages(
                 grant: &grant,
                 trace: p.trace.as_ref(),
             };
-            forward::write_request_head(
+            let host = forward::write_request_head(
                 up_head, target, f.head, f.headers, &m, path, f.origin, &extra,
             );
-            Action::Proxy(stage_id, m.route)
+            let hash = match &target.to {
+                Upstream::Group(g) => f
+                    .plan
+                    .upstreams
+                    .get(*g)
+                    .and_then(|g| g.hash_key.as_ref())
+                    .and_then(|k| key_hash(k, f, &m, &source_ip)),
+                Upstream::Fixed(_) => None,
+            };
+            Action::Proxy(stage_id, m.route, Pick { host, hash })
         }
     })
+}
+
+/// The hash of a request's consistent-hash key; `None` when it lacks the key.
+fn key_hash(
+    key: &HashKey,
+    f: &Facts<'_, '_>,
+    m: &crate::route::RouteMatch<'_, '_>,
+    source_ip: &dyn Fn() -> std::net::IpAddr,
+) -> Option<u64> {
+    let h = crate::upstream::balance::hash;
+    match key {
+        HashKey::Header(name) => f
+            .headers
+            .iter()
+            .find(|x| x.name.eq_ignore_ascii_case(name))
+            .map(|x| h(x.value)),
+        HashKey::Query(name) => f.head.query.and_then(|q| {
+            q.split('&')
+                .find_map(|kv| match kv.split_once('=') {
+                    Some((k, v)) if k == &**name => Some(v),
+                    None if kv == &**name => Some(""),
+                    _ => None,
+                })
+                .map(|v| h(v.as_bytes()))
+        }),
+        HashKey::Path(name) => m.param(name).map(|v| h(v.as_bytes())),
+        HashKey::SourceIp => Some(match source_ip() {
+            std::net::IpAddr::V4(ip) => h(&ip.octets()),
+            std::net::IpAddr::V6(ip) => h(&ip.octets()),
+        }),
+    }
 }
 
 /// A declared body over the listener's `max_body_bytes` is refused before anything.

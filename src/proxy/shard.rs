@@ -70,6 +70,8 @@ pub struct Shard {
     pub metrics: Arc<crate::observe::metrics::Metrics>,
     /// Tokens this worker verified and authorizer decisions it was given.
     pub access: RefCell<crate::policy::access::AccessCache>,
+    /// This worker's state of each upstream group, by its `Live`'s address.
+    pub choosers: RefCell<rustc_hash::FxHashMap<usize, crate::upstream::choose::Chooser>>,
     /// Connection buffers not in use (parked connections hold none).
     bufs: RefCell<Vec<Vec<u8>>>,
     /// The fewest free buffers seen since the last `trim_bufs`: that many went
@@ -135,6 +137,7 @@ impl Shard {
             ),
             metrics: metrics
                 .unwrap_or_else(|| Arc::new(crate::observe::metrics::Metrics::new(id + 1))),
+            choosers: RefCell::new(rustc_hash::FxHashMap::default()),
             bufs: RefCell::new(Vec::new()),
             bufs_low: Cell::new(0),
             next_request: Cell::new(0),
@@ -279,6 +282,21 @@ impl Shard {
     }
 
     /// What this shard opens upstream connections with.
+    /// Adds the choosers' counts to their groups' (the worker's tick), and drops
+    /// those of groups no plan runs any more.
+    pub fn flush_choosers(&self) {
+        let pool = self.pool.borrow();
+        self.choosers.borrow_mut().retain(|_, ch| {
+            if ch.alive() {
+                ch.flush_with(|k| pool.idle_of(k));
+                true
+            } else {
+                ch.retire();
+                false
+            }
+        });
+    }
+
     pub fn dial(&self) -> crate::upstream::connect::Dial<'_> {
         crate::upstream::connect::Dial {
             pool: &self.pool,

@@ -15,9 +15,19 @@ pub enum Action {
     /// Served from this worker's cache.
     CacheHit(std::rc::Rc<crate::policy::cache::Entry>),
     /// The upstream head is in `Client::up_head`.
-    Proxy(StageId, RouteId),
+    Proxy(StageId, RouteId, Pick),
 }
 
 /// A stage's verdict: `Ok` lets the request go on to the next stage; `Err` is the
 /// action that settles it (a refusal, a preflight, a cache hit, work to do first).
 pub type Verdict<T = ()> = Result<T, Action>;
+
+/// What the pipeline worked out for a group's pick.
+#[derive(Debug, Clone)]
+pub struct Pick {
+    /// Where the `Host` value is in `Client::up_head`.
+    pub host: std::ops::Range<usize>,
+    /// The consistent-hash key's hash, when the group hashes and the request
+    /// has the key (else the group's fallback: least request).
+    pub hash: Option<u64>,
+}

@@ -307,6 +307,7 @@ async fn worker_main(
             shard.pool.borrow_mut().sweep(now);
             shard.trim_bufs();
         }
+        shard.flush_choosers();
         if let Some(cell) = shard.metrics.worker.get(id) {
             cell.upstream_open.set(crate::upstream::pool::open_here());
             cell.upstream_idle.set(shard.pool.borrow().idle() as u64);

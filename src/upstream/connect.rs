@@ -10,7 +10,7 @@ use crate::counter::Counter;
 use crate::http::error::GatewayError;
 use crate::http::stream::{Stream, TlsStream};
 use crate::upstream::pool::{Pool, UpConn};
-use crate::upstream::target::ProxyTarget;
+use crate::upstream::target::Endpoint;
 
 /// What a connection is opened with: the shard's pool (which counts connects), its
 /// driver, and its `upstream_connects` counter.
@@ -23,7 +23,7 @@ pub struct Dial<'a> {
 
 /// Opens a connection to `target` (TCP without Nagle; TLS where the target has it).
 /// The refusal is the answer the client gets.
-pub async fn connect(dial: &Dial<'_>, target: &ProxyTarget) -> Result<UpConn, GatewayError> {
+pub async fn connect(dial: &Dial<'_>, target: &Endpoint) -> Result<UpConn, GatewayError> {
     let addr = target.addr;
     match TcpStream::connect_addr(addr).await {
         Ok(s) => {
@@ -33,7 +33,7 @@ pub async fn connect(dial: &Dial<'_>, target: &ProxyTarget) -> Result<UpConn, Ga
                 c.add(1);
             }
             let Some(tls) = &target.tls else {
-                return Ok(UpConn::new(Stream::Plain(s)));
+                return Ok(UpConn::new(Stream::Plain(s), target.open.clone()));
             };
             let session = rustls::ClientConnection::new(
                 Arc::clone(&tls.config),
@@ -45,7 +45,7 @@ pub async fn connect(dial: &Dial<'_>, target: &ProxyTarget) -> Result<UpConn, Ga
             })?;
             let mut t = Box::new(TlsStream::new(s, session, dial.uring));
             match t.handshake().await {
-                Ok(()) => Ok(UpConn::new(Stream::Client(t))),
+                Ok(()) => Ok(UpConn::new(Stream::Client(t), target.open.clone())),
                 Err(e) => {
                     tracing::warn!(upstream = %addr, server_name = ?tls.server_name, error = %e, "TLS handshake with integration failed");
                     Err(GatewayError::UpstreamFailed("TLS handshake failed"))

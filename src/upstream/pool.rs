@@ -8,6 +8,8 @@ use std::time::Instant;
 use rustc_hash::FxHashMap;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::http::stream::Stream;
@@ -19,6 +21,8 @@ pub struct UpConn {
     pub buf: Vec<u8>,
     /// Bytes of `buf` already consumed.
     pub pos: usize,
+    /// The target's open-connection count over all workers (a group target's).
+    open: Option<Arc<AtomicU32>>,
 }
 
 /// Initial capacity of an upstream read buffer: one read takes a typical small
@@ -40,16 +44,23 @@ pub fn open_here() -> u64 {
 impl Drop for UpConn {
     fn drop(&mut self) {
         CLOSED.set(CLOSED.get() + 1);
+        if let Some(open) = &self.open {
+            open.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
 impl UpConn {
-    pub fn new(stream: Stream) -> Self {
+    pub fn new(stream: Stream, open: Option<Arc<AtomicU32>>) -> Self {
         OPENED.set(OPENED.get() + 1);
+        if let Some(open) = &open {
+            open.fetch_add(1, Ordering::Relaxed);
+        }
         Self {
             stream,
             buf: Vec::with_capacity(UPSTREAM_BUF),
             pos: 0,
+            open,
         }
     }
 }
@@ -74,6 +85,11 @@ impl Pool {
             limits,
             connects: 0,
         }
+    }
+
+    /// Idle connections kept to one upstream.
+    pub fn idle_of(&self, key: &PoolKey) -> usize {
+        self.idle.get(key).map_or(0, VecDeque::len)
     }
 
     /// Idle connections kept, over all upstreams.

@@ -1,18 +1,42 @@
-//! Where an `http_proxy` integration (or a request authorizer) sends requests: the
-//! upstream address, its TLS, and the path template filled from route parameters.
+//! Where an `http_proxy` integration (or a request authorizer) sends requests: one
+//! fixed address or an upstream group, its TLS, and the path template filled from
+//! route parameters.
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU32;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::upstream::pool::PoolKey;
 
-#[derive(Debug)]
-pub struct ProxyTarget {
+/// One address requests go to, and how.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
     pub addr: SocketAddr,
     pub pool_key: PoolKey,
     /// `https://`: how the upstream is verified.
     pub tls: Option<crate::http::tls::UpstreamTls>,
     /// `host[:port]` as written in the URI: sent as the upstream `Host`.
+    pub host_header: Box<str>,
+    /// A group target's open connections over all workers (its connection cap
+    /// and gauge): counted by each connection from connect to close.
+    pub open: Option<Arc<AtomicU32>>,
+}
+
+/// An integration's upstream: an address fixed at compile time (an IP literal),
+/// or a group (configured in `upstreams`, or the host name of a plain URI,
+/// re-resolved while the gateway runs), by its index in `Plan::upstreams`.
+#[derive(Debug)]
+pub enum Upstream {
+    Fixed(Endpoint),
+    Group(usize),
+}
+
+#[derive(Debug)]
+pub struct ProxyTarget {
+    pub to: Upstream,
+    /// The `Host` written into the upstream head before a group's target is
+    /// picked (its first target's; replaced when the pick differs).
     pub host_header: Box<str>,
     /// Path template; parameters refer to route parameter names.
     pub path: Vec<PathPart>,
@@ -21,6 +45,16 @@ pub struct ProxyTarget {
     /// Query string fixed in the integration URI, if any (without `?`).
     pub query: Option<Box<str>>,
     pub timeout: Duration,
+}
+
+impl ProxyTarget {
+    /// The fixed endpoint (request authorizers always have one).
+    pub fn fixed(&self) -> Option<&Endpoint> {
+        match &self.to {
+            Upstream::Fixed(e) => Some(e),
+            Upstream::Group(_) => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -178,10 +178,10 @@ fn handle(ctx: &Ctx, req: &Request) -> Response {
             };
         }
         ("GET", ["metrics"]) => {
-            return Response::text(
-                "text/plain; version=0.0.4; charset=utf-8",
-                ctx.control.plan().metrics.render(),
-            )
+            let plan = ctx.control.plan();
+            let mut text = plan.metrics.render();
+            text.push_str(&crate::observe::metrics::render_upstreams(&plan.upstreams));
+            return Response::text("text/plain; version=0.0.4; charset=utf-8", text);
         }
         _ => {}
     }
@@ -329,6 +329,10 @@ fn route(ctx: &Ctx, req: &Request, m: &str, segs: &[&str]) -> Result<Response, A
             _ => Err(not_allowed()),
         },
         ["usageplans", id, "usage"] if m == "GET" => usage(ctx, req, id),
+        ["upstreams"] if m == "GET" => Ok(Response::ok(views::upstreams_json(
+            &ctx.control.plan().upstreams,
+            crate::clock::unix_ms(),
+        ))),
         ["cache"] if m == "GET" => Ok(Response::ok(cache_stats(&ctx.control.plan()))),
         ["cache", api, stage] if m == "DELETE" => {
             let sid = cached_stage(&ctx.control.plan(), api, stage)?;

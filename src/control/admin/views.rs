@@ -79,3 +79,59 @@ pub fn values_json(
         })
         .collect()
 }
+
+/// `GET /upstreams`: each group, its settings, and each target's state.
+pub fn upstreams_json(
+    groups: &[std::sync::Arc<crate::upstream::group::Group>],
+    now_ms: u64,
+) -> Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    let items: Vec<Value> = groups
+        .iter()
+        .map(|g| {
+            let snap = g.live.snapshot.load();
+            let targets: Vec<Value> = snap
+                .endpoints
+                .iter()
+                .map(|m| {
+                    let s = &m.state;
+                    let until = s.ejected_until_ms.load(Relaxed);
+                    let healthy = s.healthy.load(Relaxed);
+                    json!({
+                        "url": &*g.targets[m.target].url,
+                        "address": m.to.addr.to_string(),
+                        "weight": m.weight,
+                        "state": if !healthy { "unhealthy" } else if until > now_ms { "ejected" } else { "up" },
+                        "healthy": healthy,
+                        "ejected_for_ms": until.saturating_sub(now_ms),
+                        "ejections": s.ejections.load(Relaxed),
+                        "requests": s.requests.load(Relaxed),
+                        "failures": s.failures.load(Relaxed),
+                        "retries": s.retries.load(Relaxed),
+                        "connections_open": s.open.load(Relaxed),
+                        "connections_idle": s.idle.load(Relaxed).max(0),
+                    })
+                })
+                .collect();
+            json!({
+                "name": &*g.name,
+                "implicit": g.implicit,
+                "balance": match g.balance {
+                    crate::config::Balance::LeastRequest => "least_request",
+                    crate::config::Balance::RoundRobin => "round_robin",
+                    crate::config::Balance::ConsistentHash => "consistent_hash",
+                },
+                "health_check": g.health.as_ref().map(|h| json!({
+                    "path": &*h.path,
+                    "interval_ms": h.interval.as_millis() as u64,
+                    "timeout_ms": h.timeout.as_millis() as u64,
+                    "healthy": h.healthy,
+                    "unhealthy": h.unhealthy,
+                })),
+                "retries": { "attempts": g.retries.attempts, "budget_percent": g.retries.budget_percent },
+                "targets": targets,
+            })
+        })
+        .collect();
+    json!({ "items": items })
+}
