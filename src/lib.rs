@@ -48,9 +48,15 @@
 //!   - `http::client`: the blocking client of the control plane's outbound calls
 //!     (JWKS, OTLP export, the CLI), on `http::parse`.
 //! - `upstream`: the integration side:
-//!   - `upstream::target`: an `http_proxy` target and its path template.
-//!   - `upstream::balance`: choosing a group's target (round robin, least request,
-//!     consistent hashing), per shard and lock-free; not yet wired (issue 18).
+//!   - `upstream::target`: an `http_proxy` target (a fixed endpoint or a group)
+//!     and its path template.
+//!   - `upstream::balance`: the balancers (round robin, least request, consistent
+//!     hashing), lock-free.
+//!   - `upstream::group`: upstream groups, their shared live state (membership,
+//!     health, ejection, counters), and resolving host names.
+//!   - `upstream::choose`: one shard's state of a group: picks, in-flight counts,
+//!     passive outlier detection, the retry budget.
+//!   - `upstream::watch`: each group's thread for health checks and DNS refresh.
 //!   - `upstream::connect`: TCP (and TLS) to a target, for integrations and request
 //!     authorizers alike.
 //!   - `upstream::pool`: each shard's idle upstream connections.
@@ -77,6 +83,7 @@
 //! - `plan`: the compiled config: listeners, stages, routes, integrations.
 //! - `compile`: validates a `ConfigFile` and builds the `Plan`:
 //!   - `compile::build`: what a compile accumulates, and shared checks.
+//!   - `compile::upstreams`: upstream groups, and the implicit group of a named host.
 //!   - `compile::integrations`: `http_proxy` URIs and mock responses.
 //!   - `compile::routes`: route keys, routers, per-route caches.
 //!   - `compile::authorizers`: resource policy, CORS, authorizers, validation.
@@ -100,6 +107,8 @@
 //!   - `proxy::client`: the client connection and the ways to answer it.
 //!   - `proxy::forward`: the `http_proxy` integration: request and response rewriting,
 //!     cache fills.
+//!   - `proxy::send`: a group's pick for a request, retries and outlier feedback.
+//!   - `proxy::tunnel`: WebSocket pass-through after a 101.
 //! - `control`: the control plane:
 //!   - `control::store`: the embedded store (redb) and the records it keeps.
 //!   - `control::registry`: keys, usage plans and access keys, and the keyring:

@@ -116,6 +116,9 @@ pub struct Limits {
     /// client that does not read its response).
     pub send_timeout: Duration,
     pub paths: crate::http::path::Rules,
+    /// A WebSocket tunnel with no bytes either way for this long is closed (the
+    /// listener's `idle_timeout_ms`, else 10 minutes).
+    pub websocket_idle: Duration,
 }
 
 impl Default for Limits {
@@ -133,6 +136,7 @@ impl Default for Limits {
             request_timeout: Duration::from_secs(30),
             send_timeout: Duration::from_secs(30),
             paths: crate::http::path::Rules::default(),
+            websocket_idle: Duration::from_secs(600),
         }
     }
 }

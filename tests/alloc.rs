@@ -157,6 +157,7 @@ apis:
             path,
             &origin,
             &shardgate::proxy::forward::Extra::NONE,
+            false,
         );
 
         let mut rh = [httparse::EMPTY_HEADER; MAX_HEADERS];

@@ -40,6 +40,9 @@ pub fn compile_limits(
             .send_timeout_ms
             .map_or(d.send_timeout, Duration::from_millis),
         paths: d.paths,
+        websocket_idle: l
+            .idle_timeout_ms
+            .map_or(d.websocket_idle, Duration::from_millis),
     };
     if l.max_buffered_body_bytes == Some(0) {
         errs.push(format!("{path}.max_buffered_body_bytes"), "must be above 0");

@@ -654,6 +654,7 @@ async fn handle(
                 held: false,
                 retry: false,
                 max_conns: u32::MAX,
+                websocket: pick.websocket,
             };
             match crate::proxy::send::send(c, shard, plan, target, &pick, req, &lp.limits).await {
                 Ok(keep) => keep,

@@ -44,6 +44,8 @@ pub struct Request {
     pub retry: bool,
     /// The target's connection cap over all workers (`u32::MAX`: none).
     pub max_conns: u32,
+    /// `Upgrade: websocket`: a 101 from the target opens a tunnel.
+    pub websocket: bool,
 }
 
 /// Why no upstream response reached the client.
@@ -92,6 +94,20 @@ impl Extra<'_> {
     };
 }
 
+/// Whether a request asks for a WebSocket (`GET`, `Upgrade: websocket`,
+/// `Connection: upgrade`).
+pub fn wants_websocket(head: &RequestHead<'_>, headers: &[httparse::Header<'_>]) -> bool {
+    head.method == "GET"
+        && headers.iter().any(|h| {
+            h.name.eq_ignore_ascii_case("upgrade")
+                && parse::tokens(h.value).any(|t| t.eq_ignore_ascii_case(b"websocket"))
+        })
+        && headers.iter().any(|h| {
+            h.name.eq_ignore_ascii_case("connection")
+                && parse::tokens(h.value).any(|t| t.eq_ignore_ascii_case(b"upgrade"))
+        })
+}
+
 /// Writes the upstream request head for `target` into `out`; the range of the
 /// `Host` value in it (a group's pick may replace it).
 #[allow(clippy::too_many_arguments)]
@@ -104,6 +120,7 @@ pub fn write_request_head(
     routed_path: &str,
     origin: &Origin<'_>,
     extra: &Extra<'_>,
+    websocket: bool,
 ) -> std::ops::Range<usize> {
     out.clear();
     out.extend_from_slice(head.method.as_bytes());
@@ -192,6 +209,9 @@ pub fn write_request_head(
     if let Some(t) = extra.trace {
         t.write(out);
     }
+    if websocket {
+        out.extend_from_slice(b"connection: upgrade\r\nupgrade: websocket\r\n");
+    }
     match head.framing {
         Framing::Length(n) => respond::content_length(out, n),
         Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
@@ -219,6 +239,8 @@ pub struct Answered {
     pub storable: bool,
     /// The header names its `Vary` lists (`\n`-separated), if any.
     pub vary: Vec<u8>,
+    /// A 101 to a WebSocket upgrade: the connection becomes a tunnel.
+    pub upgraded: bool,
 }
 
 enum ExchangeError {
@@ -357,6 +379,9 @@ pub async fn proxy(
             }
         }
     };
+    if answered.upgraded {
+        return upgrade(c, up, ep, limits).await;
+    }
     // The head is in `c.out`; a body of up to INLINE_RESPONSE is gathered first.
     let body_start = up.pos;
     // A response the cache keeps is read whole (at most 1 MiB), then stored and sent.
@@ -463,6 +488,72 @@ pub async fn proxy(
             Err(Failed::Abort)
         }
     }
+}
+
+/// The 101 head for the client: the upstream's headers (the WebSocket ones
+/// among them) with the gateway's, and the upgrade's own two.
+fn write_upgrade_head(
+    out: &mut Vec<u8>,
+    headers: &[httparse::Header<'_>],
+    date: [u8; crate::clock::HTTP_DATE_LEN],
+    tag: &Tag,
+) {
+    out.clear();
+    respond::status_line(out, 101, b"Switching Protocols");
+    respond::common_headers(out, &date, tag, Persist::KeepAlive);
+    respond::copy_headers(out, headers, |n| {
+        n.eq_ignore_ascii_case(b"date") || n.eq_ignore_ascii_case(b"apigw-requestid")
+    });
+    out.extend_from_slice(b"connection: upgrade\r\nupgrade: websocket\r\n\r\n");
+}
+
+/// After a 101: sends the head (and whatever the upstream sent behind it), then
+/// tunnels both ways until the WebSocket ends; the client connection closes.
+async fn upgrade(
+    c: &mut Client,
+    mut up: UpConn,
+    ep: &Endpoint,
+    limits: &Limits,
+) -> Result<bool, Failed> {
+    c.out.extend_from_slice(&up.buf[up.pos..]);
+    up.pos = up.buf.len();
+    if body::write_all(&mut c.stream, &mut c.out, c.send_timeout)
+        .await
+        .is_err()
+    {
+        return Err(Failed::Abort);
+    }
+    // Frames the client sent right behind its upgrade request.
+    if c.pos < c.buf.len() {
+        let end = c.buf.len();
+        if body::write_range(&mut up.stream, &mut c.buf, c.pos, end, limits.send_timeout)
+            .await
+            .is_err()
+        {
+            return Err(Failed::Abort);
+        }
+        c.pos = end;
+    }
+    let writers = (
+        crate::proxy::tunnel::writer_of(&up.stream),
+        crate::proxy::tunnel::writer_of(&c.stream),
+    );
+    let (Some(Ok(to_up)), Some(Ok(to_client))) = writers else {
+        tracing::warn!(upstream = %ep.addr, "cannot tunnel this WebSocket (no descriptor to write with)");
+        return Err(Failed::Abort);
+    };
+    let started = Instant::now();
+    let (ended, up_bytes, down_bytes) = crate::proxy::tunnel::run(
+        &mut c.stream,
+        &mut up.stream,
+        to_up,
+        to_client,
+        limits.websocket_idle,
+    )
+    .await;
+    c.outcome.bytes = down_bytes;
+    tracing::debug!(upstream = %ep.addr, ?ended, up_bytes, down_bytes, ms = started.elapsed().as_millis() as u64, "WebSocket tunnel ended");
+    Ok(false)
 }
 
 /// Keeps a response in the worker's cache of its stage.
@@ -599,8 +690,25 @@ async fn exchange(
             match parse::parse_response(&up.buf[up.pos..], &mut headers, req.is_head) {
                 Ok(Some((head, hdrs))) => {
                     if (100..200).contains(&head.status) {
+                        if head.status == 101 && req.websocket {
+                            c.outcome.status = 101;
+                            c.outcome.integration_us =
+                                Some(c.outcome.sent.elapsed().as_micros() as u64);
+                            let date = *shard.date.borrow_mut().now();
+                            write_upgrade_head(&mut c.out, hdrs, date, &req.tag);
+                            up.pos += head.head_len;
+                            return Ok(Answered {
+                                framing: Framing::UntilClose,
+                                upstream_close: true,
+                                client_persist: Persist::Close,
+                                headers_from: 0,
+                                storable: false,
+                                vary: Vec::new(),
+                                upgraded: true,
+                            });
+                        }
                         if head.status == 101 {
-                            return Err(fail("protocol switch is not supported"));
+                            return Err(fail("protocol switch without an upgrade request"));
                         }
                         up.pos += head.head_len;
                         continue;
@@ -722,6 +830,7 @@ pub fn write_response_head(
         headers_from,
         storable: false,
         vary: Vec::new(),
+        upgraded: false,
     }
 }
 

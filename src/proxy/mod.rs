@@ -8,5 +8,6 @@ pub mod forward;
 pub mod pipeline;
 pub mod send;
 pub mod shard;
+pub mod tunnel;
 pub mod verdict;
 pub mod worker;

@@ -371,8 +371,9 @@ fn stages(
                 grant: &grant,
                 trace: p.trace.as_ref(),
             };
+            let websocket = forward::wants_websocket(f.head, f.headers);
             let host = forward::write_request_head(
-                up_head, target, f.head, f.headers, &m, path, f.origin, &extra,
+                up_head, target, f.head, f.headers, &m, path, f.origin, &extra, websocket,
             );
             let hash = match &target.to {
                 Upstream::Group(g) => f
@@ -383,7 +384,15 @@ fn stages(
                     .and_then(|k| key_hash(k, f, &m, &source_ip)),
                 Upstream::Fixed(_) => None,
             };
-            Action::Proxy(stage_id, m.route, Pick { host, hash })
+            Action::Proxy(
+                stage_id,
+                m.route,
+                Pick {
+                    host,
+                    hash,
+                    websocket,
+                },
+            )
         }
     })
 }

@@ -30,4 +30,6 @@ pub struct Pick {
     /// The consistent-hash key's hash, when the group hashes and the request
     /// has the key (else the group's fallback: least request).
     pub hash: Option<u64>,
+    /// The request asks for a WebSocket.
+    pub websocket: bool,
 }

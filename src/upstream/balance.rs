@@ -12,8 +12,8 @@
 //!   up, so a key moves only when its own target leaves.
 //!
 //! Every pick takes an `up` predicate (health checks, ejection): a target that is
-//! down is skipped without rebuilding anything. Not yet wired to routes: issue 18
-//! continues with groups in the config, health checks, ejection and retries.
+//! down is skipped without rebuilding anything. `upstream::choose` holds them per
+//! shard and group.
 
 /// Smooth weighted round robin over one shard's picks.
 #[derive(Debug, Clone)]
