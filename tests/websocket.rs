@@ -22,9 +22,14 @@ struct Proc {
 
 impl Proc {
     fn start(args: &[&str]) -> Self {
+        Self::start_env(args, &[])
+    }
+
+    fn start_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new("python3")
             .arg(SCRIPT)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -70,6 +75,7 @@ fn config(port: &str, extra_route: &str, listener_extra: &str) -> String {
     format!(
         "workers: 2
 listeners: [ {{ name: main, bind: \"127.0.0.1:0\"{listener_extra} }} ]
+admin: {{ bind: \"127.0.0.1:0\" }}
 upstreams:
   - {{ name: echoes, targets: [ {{ url: \"http://127.0.0.1:{port}\" }} ] }}
 apis:
@@ -131,6 +137,16 @@ fn websockets_echo_text_and_a_mebibyte_through_two_workers_and_a_reload() {
     assert_eq!(again.line(Duration::from_secs(60)), "READY");
     again.say("go");
     assert_eq!(again.line(Duration::from_secs(60)), "OK");
+    // Counted in the metrics.
+    let metrics = Client::connect(gw.admin.expect("admin listener"))
+        .request("GET", "/metrics", "admin", &[], b"")
+        .text();
+    let opened: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("shardgate_websocket_connections_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(opened, 5, "{metrics}");
     // A plain GET on the route is an ordinary request (the server refuses it).
     let r = Client::connect(gw.addr).get("/ws");
     assert!(r.status >= 400, "{}", r.status);
@@ -151,4 +167,84 @@ fn an_idle_tunnel_is_closed_after_the_listeners_idle_timeout() {
     );
     let took = started.elapsed();
     assert!(took < Duration::from_secs(5), "{took:?}");
+}
+
+#[test]
+fn wss_on_an_https_listener_to_a_wss_upstream() {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
+    let dir = std::env::temp_dir().join(format!("shardgate-wss-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name = rcgen::DistinguishedName::new();
+    ca.distinguished_name
+        .push(DnType::CommonName, "shardgate wss test CA");
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+    let issuer = Issuer::new(ca, ca_key);
+    let mut leaf =
+        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    leaf.distinguished_name = rcgen::DistinguishedName::new();
+    leaf.distinguished_name
+        .push(DnType::CommonName, "localhost");
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf_pem = leaf.signed_by(&leaf_key, &issuer).unwrap().pem();
+    let (ca_path, cert, key) = (
+        dir.join("ca.pem"),
+        dir.join("leaf.pem"),
+        dir.join("leaf.key"),
+    );
+    std::fs::write(&ca_path, ca_pem).unwrap();
+    std::fs::write(&cert, leaf_pem).unwrap();
+    std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
+    let (ca_s, cert_s, key_s) = (
+        ca_path.to_str().unwrap(),
+        cert.to_str().unwrap(),
+        key.to_str().unwrap(),
+    );
+    let mut server = Proc::start_env(&["serve"], &[("WS_CERT", cert_s), ("WS_KEY", key_s)]);
+    let port = server.line(Duration::from_secs(20));
+    assert!(
+        port.parse::<u16>().is_ok(),
+        "wss echo server did not start: {port:?}"
+    );
+    let yaml = format!(
+        "workers: 2
+listeners:
+  - name: secure
+    bind: \"127.0.0.1:0\"
+    tls: {{ certificates: [ {{ cert: {cert_s}, key: {key_s} }} ] }}
+apis:
+  - name: live
+    routes:
+      - {{ route: GET /ws, integration: {{ type: http_proxy, uri: \"https://127.0.0.1:{port}/\", tls: {{ ca: {ca_s} }} }} }}
+    stages: [ {{ name: $default }} ]
+"
+    );
+    let gw = Gateway::start(&yaml);
+    let mut clients: Vec<Proc> = (0..2)
+        .map(|_| {
+            Proc::start_env(
+                &["client", &format!("wss://127.0.0.1:{}/ws", gw.addr.port())],
+                &[("WS_CA", ca_s)],
+            )
+        })
+        .collect();
+    for c in &mut clients {
+        assert_eq!(
+            c.line(Duration::from_secs(60)),
+            "READY",
+            "log:\n{}",
+            gw.log()
+        );
+        c.say("go");
+        assert_eq!(c.line(Duration::from_secs(60)), "OK", "log:\n{}", gw.log());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

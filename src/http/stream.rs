@@ -340,3 +340,98 @@ where
         self.flush_tls().await
     }
 }
+
+/// A TLS stream's state driven by a tunnel (WebSocket pass-through), where one
+/// task reads and another writes, each on its own duplicate of the socket: the
+/// rustls state is borrowed only between awaits, never across one.
+pub trait TunnelTls {
+    /// Ciphertext read from the socket before the tunnel and not yet decrypted.
+    fn take_unread(&mut self) -> Vec<u8>;
+    /// Hands ciphertext to rustls (empty: the peer closed the socket); how much
+    /// it took (it takes more once its plaintext is read).
+    fn feed(&mut self, cipher: &[u8]) -> io::Result<usize>;
+    /// Appends the plaintext rustls holds to `out`; `Ok(false)` once the peer has
+    /// ended the stream (close_notify, or a close after everything).
+    fn plaintext(&mut self, out: &mut Vec<u8>) -> io::Result<bool>;
+    /// Encrypts `plain` into `out`, with anything else rustls has to send.
+    fn seal(&mut self, plain: &[u8], out: &mut Vec<u8>) -> io::Result<()>;
+    /// The close_notify alert, into `out`.
+    fn seal_close(&mut self, out: &mut Vec<u8>) -> io::Result<()>;
+}
+
+impl<C, SD> TunnelTls for TlsStream<C>
+where
+    C: DerefMut + Deref<Target = ConnectionCommon<SD>>,
+    SD: SideData,
+{
+    fn take_unread(&mut self) -> Vec<u8> {
+        let rest = self.rbuf[self.rpos..].to_vec();
+        self.rpos = self.rbuf.len();
+        rest
+    }
+
+    fn feed(&mut self, cipher: &[u8]) -> io::Result<usize> {
+        if cipher.is_empty() {
+            self.eof = true;
+            let _ = self.conn.read_tls(&mut io::empty());
+            self.conn
+                .process_new_packets()
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            return Ok(0);
+        }
+        let mut src = cipher;
+        // Fails only while rustls holds as much plaintext as it will.
+        let _ = self.conn.read_tls(&mut src);
+        let took = cipher.len() - src.len();
+        self.conn
+            .process_new_packets()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        Ok(took)
+    }
+
+    fn plaintext(&mut self, out: &mut Vec<u8>) -> io::Result<bool> {
+        let mut chunk = [0u8; 8192];
+        loop {
+            match self.conn.reader().read(&mut chunk) {
+                Ok(0) => return Ok(false),
+                Ok(n) => out.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(!self.eof),
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn seal(&mut self, plain: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+        let mut done = 0;
+        loop {
+            while self.conn.wants_write() {
+                self.conn.write_tls(out)?;
+            }
+            if done == plain.len() {
+                return Ok(());
+            }
+            let n = self.conn.writer().write(&plain[done..])?;
+            if n == 0 && !self.conn.wants_write() {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            done += n;
+        }
+    }
+
+    fn seal_close(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
+        self.conn.send_close_notify();
+        self.seal(&[], out)
+    }
+}
+
+impl Stream {
+    /// The TLS state of a TLS stream, for a tunnel; `None` for plain TCP.
+    pub fn tunnel_tls(&mut self) -> Option<&mut dyn TunnelTls> {
+        match self {
+            Stream::Plain(_) => None,
+            Stream::Server(t) => Some(&mut **t),
+            Stream::Client(t) => Some(&mut **t),
+        }
+    }
+}

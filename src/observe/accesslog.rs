@@ -47,6 +47,8 @@ pub enum Var {
     IntegrationLatency,
     ResponseLatency,
     IntegrationStatus,
+    /// Tries after the first on another target of an upstream group.
+    IntegrationRetries,
     ErrorMessage,
     ApiKeyId,
     TraceId,
@@ -77,6 +79,7 @@ impl Var {
             "integrationLatency" | "integration.latency" => Self::IntegrationLatency,
             "responseLatency" => Self::ResponseLatency,
             "integrationStatus" | "integration.status" => Self::IntegrationStatus,
+            "integration.retries" => Self::IntegrationRetries,
             "error.message" | "error.messageString" => Self::ErrorMessage,
             "identity.apiKeyId" | "identity.apiKey" => Self::ApiKeyId,
             "traceId" | "xrayTraceId" => Self::TraceId,
@@ -111,7 +114,7 @@ const CLF: &str = "$context.identity.sourceIp - - [$context.requestTime] \"$cont
 const CSV: &str = "$context.identity.sourceIp,$context.requestTime,$context.httpMethod,$context.routeKey,$context.protocol,$context.status,$context.responseLength,$context.requestId";
 
 /// The fields of the `json` format, in order.
-const JSON_FIELDS: [(&str, Var); 14] = [
+const JSON_FIELDS: [(&str, Var); 15] = [
     ("requestId", Var::RequestId),
     ("ip", Var::SourceIp),
     ("requestTime", Var::RequestTime),
@@ -126,6 +129,7 @@ const JSON_FIELDS: [(&str, Var); 14] = [
     ("responseLatency", Var::ResponseLatency),
     ("traceId", Var::TraceId),
     ("errorMessage", Var::ErrorMessage),
+    ("integrationRetries", Var::IntegrationRetries),
 ];
 
 impl Format {
@@ -230,6 +234,7 @@ pub struct Response<'a> {
     pub integration_us: Option<u64>,
     pub latency_us: u64,
     pub error: Option<&'a str>,
+    pub retries: u8,
 }
 
 /// `24/Nov/2026:09:22:00 +0000`.
@@ -317,6 +322,11 @@ fn value(out: &mut Vec<u8>, var: &Var, f: &Facts, r: &Response<'_>) -> bool {
             None => return false,
         },
         Var::ResponseLatency => out.extend_from_slice(num.format(r.latency_us / 1000).as_bytes()),
+        // Only when there were some (the JSON line leaves the field out).
+        Var::IntegrationRetries => match r.retries {
+            0 => return false,
+            n => out.extend_from_slice(num.format(n).as_bytes()),
+        },
         Var::ErrorMessage => match r.error {
             Some(e) => escaped(out, e.as_bytes()),
             None => return false,
@@ -368,6 +378,7 @@ pub fn format_line(out: &mut Vec<u8>, format: &Format, f: &Facts, r: &Response<'
                         | Var::ResponseLength
                         | Var::IntegrationLatency
                         | Var::ResponseLatency
+                        | Var::IntegrationRetries
                 );
                 if !numeric {
                     out.push(b'"');

@@ -93,6 +93,9 @@ pub struct WorkerCell {
     /// Access log lines dropped because the writer fell behind.
     pub log_dropped: Counter,
     pub log_lines: Counter,
+    /// WebSocket tunnels opened and ended (`http_proxy` pass-through).
+    pub websockets_opened: Counter,
+    pub websockets_closed: Counter,
 }
 
 /// What one request did, for the metrics.
@@ -308,7 +311,7 @@ impl Metrics {
                 let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
             }
         }
-        let per_worker: [WorkerCounter; 8] = [
+        let per_worker: [WorkerCounter; 10] = [
             (
                 "shardgate_accepted_connections_total",
                 "counter",
@@ -356,6 +359,22 @@ impl Metrics {
                 "counter",
                 "Access log lines dropped because the writer fell behind, per worker.",
                 |c| c.log_dropped.get(),
+            ),
+            (
+                "shardgate_websocket_connections_total",
+                "counter",
+                "WebSocket tunnels opened on http_proxy routes, per worker.",
+                |c| c.websockets_opened.get(),
+            ),
+            (
+                "shardgate_websocket_connections_open",
+                "gauge",
+                "WebSocket tunnels open now, per worker.",
+                |c| {
+                    c.websockets_opened
+                        .get()
+                        .saturating_sub(c.websockets_closed.get())
+                },
             ),
         ];
         for (name, kind, help, f) in per_worker {
@@ -417,7 +436,7 @@ pub fn render_upstreams(groups: &[std::sync::Arc<crate::upstream::group::Group>]
             "shardgate_upstream_target_connections_open",
             "gauge",
             "Connections open to the target over all workers.",
-            |s| i64::from(s.open.load(Relaxed)),
+            |s| i64::from(s.open.open.load(Relaxed)),
         ),
         (
             "shardgate_upstream_target_connections_idle",

@@ -371,6 +371,7 @@ fn record(c: &mut Client, plan: &Plan, shard: &Shard, started: Instant, f: &Flag
         integration_us: c.outcome.integration_us,
         latency_us: sample.latency_us,
         error: c.outcome.error.as_deref(),
+        retries: c.outcome.retries,
     };
     shard.log_line(&plan.logs, spec.sink, |out| {
         crate::observe::accesslog::format_line(out, &spec.format, &facts, &response)

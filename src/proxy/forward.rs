@@ -4,6 +4,7 @@
 
 use std::cell::Cell;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::encode::write_ip;
@@ -294,11 +295,22 @@ async fn connection(
         let full = ep
             .open
             .as_ref()
-            .is_some_and(|o| o.load(std::sync::atomic::Ordering::Relaxed) >= max_conns);
-        if !full {
+            .filter(|c| c.open.load(Ordering::Relaxed) >= max_conns);
+        let Some(conns) = full else {
+            if let Some(c) = ep
+                .open
+                .as_ref()
+                .filter(|c| c.starved.load(Ordering::Relaxed))
+            {
+                c.starved.store(false, Ordering::Relaxed);
+            }
             return Ok((connect(&shard.dial(), ep).await?, false));
-        }
+        };
+        // Other workers' idle connections to the target count too: they close
+        // them at their next tick.
+        conns.starved.store(true, Ordering::Relaxed);
         if Instant::now() >= give_up {
+            conns.starved.store(false, Ordering::Relaxed);
             tracing::warn!(upstream = %ep.addr, max_connections_per_target = max_conns, "target at its connection cap");
             return Err(GatewayError::Unavailable("target at its connection cap"));
         }
@@ -380,7 +392,7 @@ pub async fn proxy(
         }
     };
     if answered.upgraded {
-        return upgrade(c, up, ep, limits).await;
+        return upgrade(c, shard, up, ep, limits).await;
     }
     // The head is in `c.out`; a body of up to INLINE_RESPONSE is gathered first.
     let body_start = up.pos;
@@ -511,6 +523,7 @@ fn write_upgrade_head(
 /// tunnels both ways until the WebSocket ends; the client connection closes.
 async fn upgrade(
     c: &mut Client,
+    shard: &Shard,
     mut up: UpConn,
     ep: &Endpoint,
     limits: &Limits,
@@ -534,23 +547,24 @@ async fn upgrade(
         }
         c.pos = end;
     }
-    let writers = (
-        crate::proxy::tunnel::writer_of(&up.stream),
-        crate::proxy::tunnel::writer_of(&c.stream),
+    let sides = (
+        crate::proxy::tunnel::side(&mut c.stream),
+        crate::proxy::tunnel::side(&mut up.stream),
     );
-    let (Some(Ok(to_up)), Some(Ok(to_client))) = writers else {
-        tracing::warn!(upstream = %ep.addr, "cannot tunnel this WebSocket (no descriptor to write with)");
+    let (Ok(client), Ok(upstream)) = sides else {
+        tracing::warn!(upstream = %ep.addr, "cannot tunnel this WebSocket (no descriptor to spare)");
         return Err(Failed::Abort);
     };
     let started = Instant::now();
-    let (ended, up_bytes, down_bytes) = crate::proxy::tunnel::run(
-        &mut c.stream,
-        &mut up.stream,
-        to_up,
-        to_client,
-        limits.websocket_idle,
-    )
-    .await;
+    let cell = shard.metrics.worker.get(shard.id);
+    if let Some(cell) = cell {
+        cell.websockets_opened.add(1);
+    }
+    let (ended, up_bytes, down_bytes) =
+        crate::proxy::tunnel::run(client, upstream, limits.websocket_idle).await;
+    if let Some(cell) = cell {
+        cell.websockets_closed.add(1);
+    }
     c.outcome.bytes = down_bytes;
     tracing::debug!(upstream = %ep.addr, ?ended, up_bytes, down_bytes, ms = started.elapsed().as_millis() as u64, "WebSocket tunnel ended");
     Ok(false)

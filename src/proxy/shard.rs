@@ -285,10 +285,10 @@ impl Shard {
     /// Adds the choosers' counts to their groups' (the worker's tick), and drops
     /// those of groups no plan runs any more.
     pub fn flush_choosers(&self) {
-        let pool = self.pool.borrow();
+        let mut pool = self.pool.borrow_mut();
         self.choosers.borrow_mut().retain(|_, ch| {
             if ch.alive() {
-                ch.flush_with(|k| pool.idle_of(k));
+                ch.flush_with(&mut pool);
                 true
             } else {
                 ch.retire();

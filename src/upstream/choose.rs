@@ -200,11 +200,15 @@ impl Chooser {
         }
     }
 
-    /// Adds this worker's counts to the shared counters; `idle(key)` is this
-    /// worker's idle connections to an endpoint.
-    pub fn flush_with(&mut self, idle: impl Fn(&crate::upstream::pool::PoolKey) -> usize) {
+    /// Adds this worker's counts to the shared counters, and closes its idle
+    /// connections to targets where a request waits at the connection cap.
+    pub fn flush_with(&mut self, pool: &mut crate::upstream::pool::Pool) {
         self.flush();
         for (i, m) in self.snap.endpoints.iter().enumerate() {
+            if m.state.open.starved.load(Ordering::Relaxed) {
+                pool.close_idle(&m.to.pool_key);
+            }
+            let idle = |k: &crate::upstream::pool::PoolKey| pool.idle_of(k);
             let now = idle(&m.to.pool_key) as i64;
             let delta = now - self.idle_reported[i];
             if delta != 0 {

@@ -5,7 +5,7 @@
 //! watcher thread (health checks, DNS) and the rare ejection write it.
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::Balance;
 use crate::upstream::balance::Ring;
-use crate::upstream::pool::PoolKey;
+use crate::upstream::pool::{Conns, PoolKey};
 use crate::upstream::target::Endpoint;
 
 /// A group as compiled: what it balances over and how.
@@ -142,7 +142,7 @@ pub struct MemberState {
     pub failures: AtomicU64,
     pub retries: AtomicU64,
     /// Open connections over all workers (shared with `Endpoint::open`).
-    pub open: Arc<AtomicU32>,
+    pub open: Arc<Conns>,
     /// Idle pooled connections over all workers (each worker adds its change).
     pub idle: AtomicI64,
     /// The health check's streak (watcher only): passes (> 0) or failures (< 0).
@@ -158,7 +158,7 @@ impl Default for MemberState {
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             retries: AtomicU64::new(0),
-            open: Arc::new(AtomicU32::new(0)),
+            open: Arc::default(),
             idle: AtomicI64::new(0),
             streak: AtomicI64::new(0),
         }

@@ -8,7 +8,7 @@ use std::time::Instant;
 use rustc_hash::FxHashMap;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +22,7 @@ pub struct UpConn {
     /// Bytes of `buf` already consumed.
     pub pos: usize,
     /// The target's open-connection count over all workers (a group target's).
-    open: Option<Arc<AtomicU32>>,
+    open: Option<Arc<Conns>>,
 }
 
 /// Initial capacity of an upstream read buffer: one read takes a typical small
@@ -44,17 +44,17 @@ pub fn open_here() -> u64 {
 impl Drop for UpConn {
     fn drop(&mut self) {
         CLOSED.set(CLOSED.get() + 1);
-        if let Some(open) = &self.open {
-            open.fetch_sub(1, Ordering::Relaxed);
+        if let Some(c) = &self.open {
+            c.open.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
 
 impl UpConn {
-    pub fn new(stream: Stream, open: Option<Arc<AtomicU32>>) -> Self {
+    pub fn new(stream: Stream, open: Option<Arc<Conns>>) -> Self {
         OPENED.set(OPENED.get() + 1);
-        if let Some(open) = &open {
-            open.fetch_add(1, Ordering::Relaxed);
+        if let Some(c) = &open {
+            c.open.fetch_add(1, Ordering::Relaxed);
         }
         Self {
             stream,
@@ -85,6 +85,11 @@ impl Pool {
             limits,
             connects: 0,
         }
+    }
+
+    /// Closes the idle connections to one upstream.
+    pub fn close_idle(&mut self, key: &PoolKey) {
+        self.idle.remove(key);
     }
 
     /// Idle connections kept to one upstream.
@@ -171,4 +176,13 @@ pub struct PoolKey {
     pub addr: SocketAddr,
     /// 0: plain TCP; otherwise one id per distinct upstream TLS config and name.
     pub tls: u32,
+}
+
+/// A target's connections over all workers.
+#[derive(Debug, Default)]
+pub struct Conns {
+    pub open: AtomicU32,
+    /// A request waits at the connection cap: workers close their idle
+    /// connections to the target at their next tick, to make room.
+    pub starved: AtomicBool,
 }

@@ -3,11 +3,10 @@
 //! route parameters.
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::upstream::pool::PoolKey;
+use crate::upstream::pool::{Conns, PoolKey};
 
 /// One address requests go to, and how.
 #[derive(Debug, Clone)]
@@ -20,7 +19,7 @@ pub struct Endpoint {
     pub host_header: Box<str>,
     /// A group target's open connections over all workers (its connection cap
     /// and gauge): counted by each connection from connect to close.
-    pub open: Option<Arc<AtomicU32>>,
+    pub open: Option<Arc<Conns>>,
 }
 
 /// An integration's upstream: an address fixed at compile time (an IP literal),

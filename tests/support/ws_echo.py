@@ -6,12 +6,30 @@ package (a real, independent implementation of RFC 6455).
                                    waits for a line on stdin, echoes again, prints OK
   ws_echo.py idle URL SECONDS      one echo, then waits: prints CLOSED if the
                                    connection is closed within SECONDS, else OPEN
+
+TLS: the server serves wss with WS_CERT and WS_KEY (PEM files) when set; the
+clients trust WS_CA for wss:// URLs.
 """
 import asyncio
 import os
+import ssl
 import sys
 
 import websockets
+
+
+def server_tls():
+    if not os.environ.get("WS_CERT"):
+        return None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(os.environ["WS_CERT"], os.environ["WS_KEY"])
+    return ctx
+
+
+def client_tls(url):
+    if not url.startswith("wss://"):
+        return None
+    return ssl.create_default_context(cafile=os.environ["WS_CA"])
 
 
 async def serve():
@@ -19,7 +37,9 @@ async def serve():
         async for message in ws:
             await ws.send(message)
 
-    async with websockets.serve(echo, "127.0.0.1", 0, max_size=4 * 1024 * 1024) as server:
+    async with websockets.serve(
+        echo, "127.0.0.1", 0, max_size=4 * 1024 * 1024, ssl=server_tls()
+    ) as server:
         port = server.sockets[0].getsockname()[1]
         print(port, flush=True)
         await asyncio.Future()
@@ -37,7 +57,9 @@ async def round_trip(ws, tag):
 
 
 async def client(url):
-    async with websockets.connect(url, max_size=4 * 1024 * 1024, open_timeout=10) as ws:
+    async with websockets.connect(
+        url, max_size=4 * 1024 * 1024, open_timeout=10, ssl=client_tls(url)
+    ) as ws:
         await round_trip(ws, "before")
         print("READY", flush=True)
         line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
@@ -47,7 +69,9 @@ async def client(url):
 
 
 async def idle(url, seconds):
-    async with websockets.connect(url, open_timeout=10, ping_interval=None) as ws:
+    async with websockets.connect(
+        url, open_timeout=10, ping_interval=None, ssl=client_tls(url)
+    ) as ws:
         await ws.send("one")
         assert await asyncio.wait_for(ws.recv(), 10) == "one"
         try:

@@ -108,7 +108,7 @@ pub fn upstreams_json(
                         "requests": s.requests.load(Relaxed),
                         "failures": s.failures.load(Relaxed),
                         "retries": s.retries.load(Relaxed),
-                        "connections_open": s.open.load(Relaxed),
+                        "connections_open": s.open.open.load(Relaxed),
                         "connections_idle": s.idle.load(Relaxed).max(0),
                     })
                 })
