@@ -39,7 +39,7 @@ if [ -z "${SG:-}" ]; then
   SG=./target/release/shardgate
 fi
 
-ports_free '1808[1-9]|1809[0-5]'
+ports_free '1808[0-9]|1809[0-9]'
 
 run_dir
 mkdir -p "$RUN/www/files"
@@ -56,7 +56,8 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
   -keyout "$RUN/tls/key.pem" -out "$RUN/tls/cert.pem" 2>/dev/null
 cat "$RUN/tls/cert.pem" "$RUN/tls/key.pem" >"$RUN/tls/combined.pem"
 for f in upstream-nginx.conf proxy-nginx.conf proxy-nginx-cache.conf proxy-haproxy.cfg \
-  proxy-nginx-tls.conf proxy-haproxy-tls.cfg shardgate-tls.yaml shardgate-obs.yaml; do
+  proxy-nginx-tls.conf proxy-haproxy-tls.cfg shardgate-tls.yaml shardgate-obs.yaml \
+  proxy-nginx-group.conf; do
   sed "s#__RUN__#$RUN#g" "load-tests/peers/$f" >"$RUN/$f"
 done
 cp load-tests/peers/shardgate.yaml "$RUN/sg-epoll.yaml"
@@ -84,10 +85,10 @@ taskset -c 1 nginx -c "$RUN/upstream-nginx.conf" -p "$RUN" &
 for _ in $(seq 50); do curl -sf http://127.0.0.1:18081/ >/dev/null && break; sleep 0.1; done
 upstream_accepts() { curl -sf http://127.0.0.1:18081/status | awk 'NR==3 {print $1}'; }
 
-PROXIES=(sg-epoll sg-uring sg-keyed sg-keyed-store sg-cache nginx nginx-cache haproxy sg-tls nginx-tls haproxy-tls sg-jwt sg-bare sg-obs)
+PROXIES=(sg-epoll sg-uring sg-keyed sg-keyed-store sg-cache nginx nginx-cache haproxy sg-tls nginx-tls haproxy-tls sg-jwt sg-bare sg-obs sg-group nginx-group)
 # The memory phase's client sends no API key.
 MEM_PROXIES=(sg-epoll sg-uring nginx haproxy)
-declare -A PORT=([sg-epoll]=18083 [sg-uring]=18084 [sg-keyed]=18086 [sg-keyed-store]=18087 [sg-cache]=18088 [nginx]=18082 [nginx-cache]=18089 [haproxy]=18085 [sg-tls]=18090 [nginx-tls]=18091 [haproxy-tls]=18092 [sg-jwt]=18093 [sg-bare]=18094 [sg-obs]=18095)
+declare -A PORT=([sg-epoll]=18083 [sg-uring]=18084 [sg-keyed]=18086 [sg-keyed-store]=18087 [sg-cache]=18088 [nginx]=18082 [nginx-cache]=18089 [haproxy]=18085 [sg-tls]=18090 [nginx-tls]=18091 [haproxy-tls]=18092 [sg-jwt]=18093 [sg-bare]=18094 [sg-obs]=18095 [sg-group]=18096 [nginx-group]=18080)
 scheme() { case $1 in *-tls) echo https ;; *) echo http ;; esac; }
 # The keyed setup with a persistent store: the writer thread saves each lease.
 { sed 's/18086/18087/' load-tests/peers/shardgate-keyed.yaml; echo "store: { path: $RUN/store }"; } >"$RUN/sg-keyed-store.yaml"
@@ -111,6 +112,8 @@ start_proxy() {
     sg-jwt) taskset -c 0 "$SG" run --config "$RUN/sg-jwt.yaml" --runtime epoll 2>>"$RUN/sg-jwt.log" & ;;
     sg-bare) taskset -c 0 "$SG" run --config load-tests/peers/shardgate-bare.yaml --runtime epoll 2>>"$RUN/sg-bare.log" & ;;
     sg-obs) taskset -c 0 "$SG" run --config "$RUN/shardgate-obs.yaml" --runtime epoll 2>>"$RUN/sg-obs.log" & ;;
+    sg-group) taskset -c 0 "$SG" run --config load-tests/peers/shardgate-group.yaml --runtime epoll 2>>"$RUN/sg-group.log" & ;;
+    nginx-group) taskset -c 0 nginx -c "$RUN/proxy-nginx-group.conf" -p "$RUN" & ;;
   esac
   MAIN[$p]=$!
   PID[$p]=$!
@@ -120,7 +123,7 @@ start_proxy() {
   for _ in $(seq 100); do curl -sfk "${auth[@]}" "$url" >/dev/null 2>&1 && break; sleep 0.05; done
   curl -sfk "${auth[@]}" "$url" >/dev/null || { echo "$p did not start"; exit 1; }
   # nginx serves from a forked worker: measure that process.
-  case $p in nginx|nginx-cache|nginx-tls)
+  case $p in nginx|nginx-cache|nginx-tls|nginx-group)
     # Its cache manager and loader are children too: take the worker.
     for c in $(pgrep -P "${MAIN[$p]}"); do
       if grep -aq 'worker process' "/proc/$c/cmdline" 2>/dev/null; then PID[$p]=$c; fi
@@ -162,6 +165,9 @@ SCENARIOS=(
   # (trace-header creation off in both). The log writer thread is pinned with the worker (CPU 0), so its
   # cost is in the process's CPU figure.
   "small-get-obs|sg-obs sg-bare|wrk -c50|/"
+  # Issue 18: a group of four targets (least request) against the one-target
+  # route, and nginx's upstream with least_conn and keepalive.
+  "group-4|sg-group sg-epoll nginx-group|wrk -c50|/"
 )
 if [ -n "${ONLY:-}" ]; then
   kept=()

@@ -3,6 +3,8 @@
 //! first fails in a way another may mend (and the budget allows), with each
 //! try's outcome feeding passive outlier detection.
 
+use std::rc::Rc;
+
 use crate::http::error::GatewayError;
 use crate::http::parse::Framing;
 use crate::plan::{Limits, Plan};
@@ -58,7 +60,7 @@ pub async fn send(
                         && attempt < group.retries.attempts
                         && ch.may_retry(group.retries.budget_percent, now_ms);
                 }
-                i.map(|i| (i, std::sync::Arc::clone(&ch.snap)))
+                i.map(|i| (i, Rc::clone(&ch.snap)))
             }
         };
         let Some((i, snap)) = chosen else {
@@ -104,13 +106,13 @@ fn end(
     shard: &Shard,
     group: &Group,
     key: usize,
-    snap: &std::sync::Arc<crate::upstream::group::Snapshot>,
+    snap: &Rc<crate::upstream::choose::Membership>,
     i: usize,
     failed: bool,
 ) {
     let mut choosers = shard.choosers.borrow_mut();
     if let Some(ch) = choosers.get_mut(&key) {
-        if std::sync::Arc::ptr_eq(&ch.snap, snap) {
+        if Rc::ptr_eq(&ch.snap, snap) {
             ch.end(group, i, failed, crate::clock::unix_ms());
         }
     }

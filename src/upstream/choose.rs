@@ -3,6 +3,7 @@
 //! each endpoint (passive outlier detection), its retry budget, and counters it
 //! adds to the shared ones once per tick rather than per request.
 
+use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
@@ -20,9 +21,21 @@ const BUDGET_FLOOR: u64 = 3;
 /// was ejected, at most this many times.
 const MAX_EJECTION_FACTOR: u64 = 10;
 
+/// A group's membership as one worker holds it.
+pub struct Membership(pub Arc<Snapshot>);
+
+impl std::ops::Deref for Membership {
+    type Target = Snapshot;
+    fn deref(&self) -> &Snapshot {
+        &self.0
+    }
+}
+
 pub struct Chooser {
     live: Weak<Live>,
-    pub snap: Arc<Snapshot>,
+    /// The membership this worker picks from. `Rc` around the `Arc`: a request
+    /// holds it across its awaits with a count no other core touches.
+    pub snap: Rc<Membership>,
     rr: RoundRobin,
     weights: Weights,
     /// Requests in flight to each endpoint from this worker.
@@ -56,7 +69,7 @@ impl Chooser {
             idle_reported: Vec::new(),
             budget: [(0, 0); 2],
             budget_since_ms: 0,
-            snap: Arc::clone(&snap),
+            snap: Rc::new(Membership(Arc::clone(&snap))),
         };
         c.adopt(snap);
         c
@@ -100,7 +113,7 @@ impl Chooser {
         self.failures = vec![0; n];
         self.retries = vec![0; n];
         self.idle_reported = vec![0; n];
-        self.snap = snap;
+        self.snap = Rc::new(Membership(snap));
     }
 
     /// An endpoint for a request: among those up and not in `tried` (a bit per
