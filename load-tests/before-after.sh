@@ -24,6 +24,7 @@ if [ -z "${AFTER:-}" ]; then
   cargo build --release --quiet
   AFTER=$(mktemp /tmp/shardgate-after.XXXXXX)
   cp ./target/release/shardgate "$AFTER"
+  chmod +x "$AFTER"  # cp onto mktemp's file keeps its 0600
 fi
 # scenario | shardgate proxy | reference scenario | reference proxy
 PAIRS=(

@@ -177,6 +177,16 @@ if [ -n "${ONLY:-}" ]; then
   SCENARIOS=("${kept[@]}")
 fi
 
+# The proxies the scenarios measure (a partial run starts only those: an older
+# binary, SG=..., need not know a newer scenario's config).
+USED=()
+for p in "${PROXIES[@]}"; do
+  for sc in "${SCENARIOS[@]}"; do
+    IFS='|' read -r _ procs _ _ <<<"$sc"
+    case " $procs " in *" $p "*) USED+=("$p"); break ;; esac
+  done
+done
+
 declare -A R_RPS R_P50 R_P99 R_CPU R_CORE R_UP R_ERR
 # measure SCENARIO PROXY LOAD PATH: one run, appended to the R_* lists.
 measure() {
@@ -241,13 +251,13 @@ measure_memory() {
 echo "== $ROUNDS rounds, ${DURATION}s per run (${WARMUP}s warm-up), open loop at $RATE req/s"
 for r in $(seq "$ROUNDS"); do
   echo "-- round $r"
-  for p in "${PROXIES[@]}"; do start_proxy "$p"; done
+  for p in "${USED[@]}"; do start_proxy "$p"; done
   sleep 2  # let start-up settle before the first measured run
   for sc in "${SCENARIOS[@]}"; do
     IFS='|' read -r s procs load path <<<"$sc"
     for p in $procs; do measure "$s" "$p" "$load" "$path"; done
   done
-  for p in "${PROXIES[@]}"; do stop_proxy "$p"; done
+  for p in "${USED[@]}"; do stop_proxy "$p"; done
   [ -n "${ONLY:-}" ] || for p in "${MEM_PROXIES[@]}"; do measure_memory "$p"; done
 done
 
@@ -335,6 +345,12 @@ set +u  # a partial run (ONLY=...) leaves other scenarios' figures unset: shown 
   echo "Issue 8: small GET with metrics and a JSON access log, against both off:"
   echo "  cpu/req <= 1.05x: $(ratio "$ob_cpu" "$ba_cpu")x (${ob_cpu} vs ${ba_cpu} us) -> $(verdict "$(awk -v a="$ob_cpu" -v b="$ba_cpu" 'BEGIN{print (a <= 1.05 * b)}')")"
   echo "  p99: ${ob_p99} vs ${ba_p99} us"
+  gr_cpu=$(echo "${R_CPU[group-4|sg-group]}" | median); g1_cpu=$(echo "${R_CPU[group-4|sg-epoll]}" | median)
+  gn_cpu=$(echo "${R_CPU[group-4|nginx-group]}" | median)
+  gr_p99=$(echo "${R_P99[group-4|sg-group]}" | median); gn_p99=$(echo "${R_P99[group-4|nginx-group]}" | median)
+  echo "Issue 18: small GET through an upstream group of four targets (least request), against the one-target route:"
+  echo "  cpu/req <= 1.05x: $(ratio "$gr_cpu" "$g1_cpu")x (${gr_cpu} vs ${g1_cpu} us) -> $(verdict "$(awk -v a="$gr_cpu" -v b="$g1_cpu" 'BEGIN{print (a <= 1.05 * b)}')")"
+  echo "  vs nginx upstream (least_conn, keepalive): cpu/req $(ratio "$gr_cpu" "$gn_cpu")x (${gr_cpu} vs ${gn_cpu} us), p99 ${gr_p99} vs ${gn_p99} us"
 } >"$RESULT"
 echo
 cat "$RESULT"

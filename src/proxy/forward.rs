@@ -392,7 +392,9 @@ pub async fn proxy(
         }
     };
     if answered.upgraded {
-        return upgrade(c, shard, up, ep, limits).await;
+        // Boxed: the tunnel's state lives on the heap, only for the requests that
+        // open one, not inline in every proxied request's future.
+        return Box::pin(upgrade(c, shard, up, ep, limits)).await;
     }
     // The head is in `c.out`; a body of up to INLINE_RESPONSE is gathered first.
     let body_start = up.pos;
