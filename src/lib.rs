@@ -36,6 +36,7 @@
 //! - `counter`: a counter one thread writes and any reads.
 //! - `encode`: hex, IP addresses as text, random ids, constant-time compare.
 //! - `config`: the config file's serde types and their structural errors.
+//!   - `config::upstreams`: upstream groups and upstream TLS.
 //! - `http`: the codec and everything that speaks HTTP/1.1:
 //!   - `http::parse`: strict request and response heads on httparse, chunked decoding.
 //!   - `http::path`: the one normalised request path routing, policies, logs and the
@@ -110,11 +111,17 @@
 //!   - `proxy::send`: a group's pick for a request, retries and outlier feedback.
 //!   - `proxy::tunnel`: WebSocket pass-through after a 101.
 //! - `control`: the control plane:
-//!   - `control::store`: the embedded store (redb) and the records it keeps.
+//!   - `control::redis`: cluster mode's connection to Redis (`store.redis`): the
+//!     shared definitions, the change announcements, node heartbeats.
+//!   - `control::store`: the embedded store (redb) and the records it keeps (and,
+//!     in cluster mode, writes through to Redis).
 //!   - `control::registry`: keys, usage plans and access keys, and the keyring:
 //!     - `control::registry::api_keys`: API keys and CSV import.
 //!     - `control::registry::plans`: usage plans, quotas, usage reports.
 //!     - `control::registry::access_keys`: SigV4 access keys.
+//!     - `control::registry::shared`: adopting the definitions Redis holds.
+//!   - `control::cluster`: cluster mode's sync thread (changes from other nodes,
+//!     heartbeats, `GET /cluster`).
 //!   - `control::deploy`: deployments and the stages pointed at them.
 //!   - `control::reload`: hot reload: compile again, carry state over, hand workers
 //!     the new plan.

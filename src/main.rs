@@ -217,10 +217,24 @@ fn run(
     }
     // Keys and usage: the store (or memory), and the registry that publishes the
     // first keyring before any worker starts.
-    let store = match &plan.store_path {
-        Some(dir) => Store::open(dir)?,
-        None => Store::memory()?,
+    let shared = match &plan.redis {
+        Some(r) => Some(Arc::new(shardgate::control::redis::Shared::new(r)?)),
+        None => None,
     };
+    let store = match (&plan.store_path, &shared) {
+        (Some(dir), _) => Store::open(dir)?,
+        (None, Some(s)) => Store::memory()?.with_mirror(Arc::clone(s)),
+        (None, None) => Store::memory()?,
+    };
+    if let Some(s) = &shared {
+        // Deployments and stage pointers other nodes made, before compiling.
+        if let Err(e) = shardgate::control::cluster::pull_deployments(s, &store) {
+            if !s.fail_open {
+                return Err(e.context("redis unreachable at start (on_unavailable: fail_closed)"));
+            }
+            tracing::warn!(error = %format!("{e:#}"), "redis unreachable at start: stages follow what this node has (fail_open)");
+        }
+    }
     // Stages the management API pointed at deployments serve those.
     let deployed = shardgate::control::deploy::deployed(&store)?;
     if !deployed.is_empty() {
@@ -266,6 +280,22 @@ fn run(
     }
     let persistent = plan.store_path.is_some();
     let registry = Arc::new(Mutex::new(registry));
+    let mut cluster_from = 0;
+    if let Some(s) = &shared {
+        // What other nodes changed wins over this node's config seeds.
+        let adopted = match shardgate::control::cluster::sync_now(s, &registry) {
+            Ok(v) => v,
+            Err(e) if s.fail_open => {
+                tracing::warn!(error = %format!("{e:#}"), "redis unreachable at start: serving the config's keys (fail_open)");
+                0
+            }
+            Err(e) => {
+                return Err(e.context("redis unreachable at start (on_unavailable: fail_closed)"))
+            }
+        };
+        tracing::info!(node = %s.node_id, version = adopted, "cluster mode: shared state adopted");
+        cluster_from = adopted;
+    }
     let writer = StoreWriter::start(Arc::clone(&registry))?;
     if persistent {
         // Saved as soon as leased, so a kill -9 loses as little as it can; an
@@ -286,8 +316,10 @@ fn run(
         Arc::clone(&plan),
         Arc::clone(&registry),
     ));
+    let mut admin_addr = None;
     if let Some(admin) = &plan.admin {
         let addr = shardgate::control::admin::start(admin, Arc::clone(&control))?;
+        admin_addr = Some(addr.to_string());
         // `admin=`, not `addr=`: tools wait for the public listener's `addr=`.
         tracing::info!(admin = %addr, token = admin.token.is_some(), "admin listening");
     }
@@ -296,6 +328,20 @@ fn run(
     }
     let workers = worker::start(Arc::clone(&plan), sockets)?;
     control.attach(&workers);
+    if let Some(s) = &shared {
+        let me = shardgate::control::cluster::NodeInfo {
+            listeners: plan.listeners.iter().map(|l| l.bind.to_string()).collect(),
+            admin: admin_addr.clone(),
+            started_ms: shardgate::clock::unix_ms(),
+        };
+        shardgate::control::cluster::start(
+            Arc::clone(s),
+            Arc::clone(&registry),
+            Arc::clone(&control),
+            me,
+            cluster_from,
+        );
+    }
     shardgate::control::reload::watch(Arc::clone(&control));
     // Config loaded, listeners bound, workers running: `/readyz` says so.
     plan.metrics

@@ -57,6 +57,8 @@ pub struct Plan {
     pub cache: Arc<crate::policy::cache::Shared>,
     /// `store.path`: where keys and usage persist; in memory when absent.
     pub store_path: Option<std::path::PathBuf>,
+    /// `store.redis`: cluster mode.
+    pub redis: Option<RedisPlan>,
     /// The instant throttle clocks count from, the same for every worker.
     pub epoch: std::time::Instant,
     /// Every API's authorizers; routes refer to them by index.
@@ -215,4 +217,15 @@ impl StageInfo {
             })
             .collect()
     }
+}
+
+/// `store.redis` as compiled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisPlan {
+    /// One URL (standalone), or the cluster nodes given.
+    pub urls: Vec<String>,
+    pub cluster: bool,
+    pub password: Option<String>,
+    pub key_prefix: String,
+    pub fail_open: bool,
 }

@@ -70,8 +70,8 @@ fn validate_accepts_the_quickstart() {
 fn later_features_are_refused_not_ignored() {
     let table = [
         (
-            "store: { redis: { url: \"redis://127.0.0.1:6379/0\" } }\n",
-            "not supported yet: store.redis",
+            "store: { redis: { url: \"rediss://127.0.0.1:6379/0\" } }\n",
+            "not supported yet: store.redis.url (rediss://)",
         ),
         (
             "admin: { bind: 127.0.0.1:9901, colour: red }\n",

@@ -216,9 +216,16 @@ pub fn compile_with(cfg: &ConfigFile, opts: &Options) -> Result<Plan, ConfigErro
     let seed = compile_seed(cfg, &stages, &mut b.errs);
     let admin = compile_admin(cfg, &mut b.errs);
     let mut store_path = None;
+    let mut redis = None;
     if let Some(store) = &cfg.store {
-        if store.redis.is_some() {
-            b.errs.not_supported("store.redis");
+        if let Some(r) = &store.redis {
+            if store.path.is_some() {
+                b.errs.push(
+                    "store",
+                    "store.path and store.redis exclude each other: choose one",
+                );
+            }
+            redis = crate::compile::keys::compile_redis(r, &mut b.errs);
         }
         match store.path.as_deref() {
             Some("") => b.errs.push("store.path", "must name a directory"),
@@ -298,6 +305,7 @@ pub fn compile_with(cfg: &ConfigFile, opts: &Options) -> Result<Plan, ConfigErro
             )),
             admin,
             store_path,
+            redis,
             epoch: std::time::Instant::now(),
         })
     } else {
@@ -378,7 +386,7 @@ apis:
     #[test]
     fn later_features_are_refused_by_name() {
         let text = format!(
-            "{BASE}store: {{ path: ./data, redis: {{ url: \"redis://127.0.0.1:6379/0\" }} }}
+            "{BASE}store: {{ redis: {{ url: \"rediss://127.0.0.1:6379/0\" }} }}
 apis:
   - name: p
     routes:
@@ -395,7 +403,7 @@ apis:
         let with_functions =
             format!("{text}functions:\n  - {{ name: hello, runtime_api: 127.0.0.1:9001 }}\n");
         for (text, key) in [
-            (&text, "store.redis"),
+            (&text, "store.redis.url (rediss://)"),
             (&with_responses, "apis[0].gateway_responses"),
             (&with_functions, "functions"),
         ] {

@@ -95,3 +95,62 @@ pub fn compile_seed(cfg: &ConfigFile, stages: &[StagePlan], errs: &mut ConfigErr
     }
     seed
 }
+
+/// `store.redis`: the URLs, password and prefix, checked.
+pub fn compile_redis(
+    r: &crate::config::RedisFile,
+    errs: &mut ConfigErrors,
+) -> Option<crate::plan::RedisPlan> {
+    let (urls, cluster) = match (&r.url, &r.cluster) {
+        (Some(u), None) => (vec![u.clone()], false),
+        (None, Some(list)) if !list.is_empty() => (list.clone(), true),
+        (None, Some(_)) => {
+            errs.push("store.redis.cluster", "list at least one node");
+            return None;
+        }
+        (Some(_), Some(_)) => {
+            errs.push("store.redis", "url and cluster exclude each other");
+            return None;
+        }
+        (None, None) => {
+            errs.push(
+                "store.redis",
+                "needs url (standalone) or cluster (node URLs)",
+            );
+            return None;
+        }
+    };
+    for (i, u) in urls.iter().enumerate() {
+        let path = if cluster {
+            format!("store.redis.cluster[{i}]")
+        } else {
+            "store.redis.url".to_owned()
+        };
+        if u.starts_with("rediss://") {
+            errs.not_supported(format!("{path} (rediss://)"));
+        } else if !u.starts_with("redis://") {
+            errs.push(path, format!("{u:?}: expected a redis:// URL"));
+        }
+    }
+    let password = r
+        .password
+        .as_ref()
+        .and_then(|p| crate::compile::build::secret(p, "store.redis.password", errs));
+    let key_prefix = r
+        .key_prefix
+        .clone()
+        .unwrap_or_else(|| "shardgate:".to_owned());
+    if key_prefix.contains(['{', '}']) {
+        errs.push(
+            "store.redis.key_prefix",
+            "must not contain { or } (the gateway adds its own hash tag)",
+        );
+    }
+    Some(crate::plan::RedisPlan {
+        urls,
+        cluster,
+        password,
+        key_prefix,
+        fail_open: r.on_unavailable.unwrap_or_default() == crate::config::OnUnavailable::FailOpen,
+    })
+}

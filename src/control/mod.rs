@@ -4,7 +4,9 @@
 
 pub mod admin;
 pub mod cli;
+pub mod cluster;
 pub mod deploy;
+pub mod redis;
 pub mod registry;
 pub mod reload;
 pub mod store;

@@ -49,9 +49,25 @@ const STAGES: TableDefinition<(&str, &str), &str> = TableDefinition::new("stages
 
 const NO_QUOTA: u64 = u64::MAX;
 
+/// A config definition Redis could not take: with `fail_open` the node starts
+/// (or reloads) on it anyway, and the sync thread seeds nothing later: the next
+/// start or reload does.
+fn seeded(m: &crate::control::redis::Shared, r: anyhow::Result<()>) -> anyhow::Result<()> {
+    match r {
+        Err(e) if m.fail_open => {
+            tracing::warn!(error = %format!("{e:#}"), "config definition not seeded into redis (fail_open: going on)");
+            Ok(())
+        }
+        other => other,
+    }
+}
+
 pub struct Store {
     db: Database,
     pub persistent: bool,
+    /// Cluster mode: definitions are written to Redis too (the source of truth),
+    /// which announces them to every node.
+    mirror: Option<std::sync::Arc<crate::control::redis::Shared>>,
 }
 
 /// What the store held at start.
@@ -104,7 +120,11 @@ impl Store {
         tx.open_table(DEPLOYMENTS)?;
         tx.open_table(STAGES)?;
         tx.commit()?;
-        Ok(Self { db, persistent })
+        Ok(Self {
+            db,
+            persistent,
+            mirror: None,
+        })
     }
 
     pub fn load(&self) -> anyhow::Result<Loaded> {
@@ -158,6 +178,40 @@ impl Store {
         Ok(())
     }
 
+    /// Cluster mode: definitions go to Redis as well.
+    pub fn with_mirror(mut self, m: std::sync::Arc<crate::control::redis::Shared>) -> Self {
+        self.mirror = Some(m);
+        self
+    }
+
+    pub fn mirror(&self) -> Option<&std::sync::Arc<crate::control::redis::Shared>> {
+        self.mirror.as_ref()
+    }
+
+    /// The config's keys: saved here, and in Redis only where Redis lacks them
+    /// (a key changed at run time through any node keeps that change).
+    pub fn seed_keys(&self, keys: &[KeyDef]) -> anyhow::Result<()> {
+        self.write_keys(keys)?;
+        if let Some(m) = &self.mirror {
+            for k in keys {
+                seeded(m, m.seed("keys", &k.id, &serde_json::to_string(k)?))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A config plan: as `seed_keys`.
+    pub fn seed_plan(&self, plan: &UsagePlanFile) -> anyhow::Result<()> {
+        self.write_plan(plan)?;
+        if let Some(m) = &self.mirror {
+            seeded(
+                m,
+                m.seed("plans", &plan.name, &serde_json::to_string(plan)?),
+            )?;
+        }
+        Ok(())
+    }
+
     /// The SigV4 access keys made through the management API.
     pub fn access_keys(&self) -> anyhow::Result<Vec<crate::policy::sigv4::AccessKey>> {
         let tx = self.db.begin_read()?;
@@ -175,6 +229,9 @@ impl Store {
     }
 
     pub fn put_access_key(&self, key: &crate::policy::sigv4::AccessKey) -> anyhow::Result<()> {
+        if let Some(m) = &self.mirror {
+            m.put("access_keys", &key.id, &serde_json::to_string(key)?)?;
+        }
         self.write(|tx| {
             tx.open_table(ACCESS_KEYS)?
                 .insert(key.id.as_str(), serde_json::to_string(key)?.as_str())?;
@@ -183,6 +240,9 @@ impl Store {
     }
 
     pub fn delete_access_key(&self, id: &str) -> anyhow::Result<()> {
+        if let Some(m) = &self.mirror {
+            m.delete("access_keys", id)?;
+        }
         self.write(|tx| {
             tx.open_table(ACCESS_KEYS)?.remove(id)?;
             Ok(())
@@ -190,6 +250,18 @@ impl Store {
     }
 
     pub fn put_deployment(&self, d: &crate::control::store::Deployment) -> anyhow::Result<()> {
+        if let Some(m) = &self.mirror {
+            m.put(
+                "deployments",
+                &serde_json::to_string(&(&d.api, &d.id))?,
+                &serde_json::to_string(d)?,
+            )?;
+        }
+        self.write_deployment(d)
+    }
+
+    /// Saves a deployment here only (one another node made, from Redis).
+    pub fn write_deployment(&self, d: &crate::control::store::Deployment) -> anyhow::Result<()> {
         self.write(|tx| {
             tx.open_table(DEPLOYMENTS)?.insert(
                 (d.api.as_str(), d.id.as_str()),
@@ -239,6 +311,23 @@ impl Store {
         stage: &str,
         p: Option<&crate::control::store::StagePointer>,
     ) -> anyhow::Result<()> {
+        if let Some(m) = &self.mirror {
+            let field = serde_json::to_string(&(api, stage))?;
+            match p {
+                Some(p) => m.put("stages", &field, &serde_json::to_string(p)?)?,
+                None => m.delete("stages", &field)?,
+            }
+        }
+        self.write_stage(api, stage, p)
+    }
+
+    /// Sets a stage's pointer here only (another node's, from Redis).
+    pub fn write_stage(
+        &self,
+        api: &str,
+        stage: &str,
+        p: Option<&crate::control::store::StagePointer>,
+    ) -> anyhow::Result<()> {
         self.write(|tx| {
             let mut t = tx.open_table(STAGES)?;
             match p {
@@ -277,6 +366,15 @@ impl Store {
     }
 
     pub fn put_keys(&self, keys: &[KeyDef]) -> anyhow::Result<()> {
+        if let Some(m) = &self.mirror {
+            for k in keys {
+                m.put("keys", &k.id, &serde_json::to_string(k)?)?;
+            }
+        }
+        self.write_keys(keys)
+    }
+
+    fn write_keys(&self, keys: &[KeyDef]) -> anyhow::Result<()> {
         if keys.is_empty() {
             return Ok(());
         }
@@ -290,6 +388,9 @@ impl Store {
     }
 
     pub fn delete_key(&self, id: &str) -> anyhow::Result<()> {
+        if let Some(m) = &self.mirror {
+            m.delete("keys", id)?;
+        }
         self.write(|tx| {
             tx.open_table(KEYS)?.remove(id)?;
             let mut q = tx.open_table(QUOTAS)?;
@@ -299,6 +400,13 @@ impl Store {
     }
 
     pub fn put_plan(&self, plan: &UsagePlanFile) -> anyhow::Result<()> {
+        if let Some(m) = &self.mirror {
+            m.put("plans", &plan.name, &serde_json::to_string(plan)?)?;
+        }
+        self.write_plan(plan)
+    }
+
+    fn write_plan(&self, plan: &UsagePlanFile) -> anyhow::Result<()> {
         self.write(|tx| {
             tx.open_table(PLANS)?
                 .insert(plan.name.as_str(), serde_json::to_string(plan)?.as_str())?;
@@ -307,6 +415,9 @@ impl Store {
     }
 
     pub fn delete_plan(&self, name: &str) -> anyhow::Result<()> {
+        if let Some(m) = &self.mirror {
+            m.delete("plans", name)?;
+        }
         self.write(|tx| {
             tx.open_table(PLANS)?.remove(name)?;
             let mut q = tx.open_table(QUOTAS)?;

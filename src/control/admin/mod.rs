@@ -329,6 +329,18 @@ fn route(ctx: &Ctx, req: &Request, m: &str, segs: &[&str]) -> Result<Response, A
             _ => Err(not_allowed()),
         },
         ["usageplans", id, "usage"] if m == "GET" => usage(ctx, req, id),
+        ["cluster"] if m == "GET" => {
+            let shared = lock(ctx).store().mirror().cloned();
+            match shared {
+                Some(s) => crate::control::cluster::nodes_json(&s)
+                    .map(Response::ok)
+                    .map_err(|e| ApiError::new(503, format!("redis: {e:#}"))),
+                None => Err(ApiError::new(
+                    404,
+                    "not in cluster mode (no store.redis in the config)",
+                )),
+            }
+        }
         ["upstreams"] if m == "GET" => Ok(Response::ok(views::upstreams_json(
             &ctx.control.plan().upstreams,
             crate::clock::unix_ms(),

@@ -17,6 +17,7 @@
 pub mod access_keys;
 pub mod api_keys;
 pub mod plans;
+pub mod shared;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -183,7 +184,7 @@ impl Registry {
         for def in &seed.plans {
             let res = resolve(&r.stages, def)
                 .map_err(|e| anyhow::anyhow!("usage plan {:?}: {e:?}", def.name))?;
-            r.store.put_plan(def)?;
+            r.store.seed_plan(def)?;
             r.plans.insert(def.name.clone(), (def.clone(), res));
         }
         let created: HashMap<String, u64> = loaded
@@ -212,7 +213,7 @@ impl Registry {
             r.by_hash.insert(h, key.id.clone());
             r.keys.insert(key.id.clone(), key);
         }
-        r.store.put_keys(&seeded)?;
+        r.store.seed_keys(&seeded)?;
         r.rebuild();
         Ok(r)
     }
@@ -336,7 +337,7 @@ impl Registry {
             }
         }
         for def in &seed.plans {
-            self.store.put_plan(def)?;
+            self.store.seed_plan(def)?;
         }
         let seeded: Vec<KeyDef> = seed
             .keys
@@ -359,7 +360,7 @@ impl Registry {
             self.by_hash.insert(h, key.id.clone());
             self.keys.insert(key.id.clone(), key.clone());
         }
-        self.store.put_keys(&seeded)?;
+        self.store.seed_keys(&seeded)?;
         let changed: Vec<(String, String)> = self
             .bindings
             .keys()

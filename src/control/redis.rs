@@ -1,0 +1,253 @@
+//! Cluster mode's connection to Redis (`store.redis`): where every node keeps the
+//! shared definitions (API keys, usage plans, SigV4 access keys) and announces
+//! changes. Only control-plane threads call it (the management API through the
+//! store, the cluster sync thread); never a worker.
+//!
+//! Layout, under `key_prefix` and one hash tag (`{defs}`) so a Redis Cluster keeps
+//! them in one slot: a hash per kind (`KINDS`; field = id, value = the definition
+//! as JSON: API keys by their hash only), `version` (bumped
+//! with every change), the `changes` channel (the new version, published), and
+//! `nodes` (each node's heartbeat).
+
+// The control plane may share a connection under a mutex (clippy.toml keeps them
+// off the request path).
+#![allow(clippy::disallowed_types)]
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use redis::ConnectionLike;
+
+use crate::plan::RedisPlan;
+
+/// How long a command may take (connect included) before Redis counts as down.
+const TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The kinds of definition shared, each a hash: `deployments` and `stages` are
+/// keyed by the JSON of `[api, id]` and `[api, stage]`.
+pub const KINDS: [&str; 5] = ["keys", "plans", "access_keys", "deployments", "stages"];
+
+enum Client {
+    Single(redis::Client),
+    Cluster(redis::cluster::ClusterClient),
+}
+
+enum Conn {
+    Single(redis::Connection),
+    Cluster(Box<redis::cluster::ClusterConnection>),
+}
+
+impl Conn {
+    fn like(&mut self) -> &mut dyn ConnectionLike {
+        match self {
+            Conn::Single(c) => c,
+            Conn::Cluster(c) => &mut **c,
+        }
+    }
+}
+
+/// The node's handle on the shared state.
+pub struct Shared {
+    client: Client,
+    /// A standalone client of the first URL: subscriptions (a Redis Cluster
+    /// delivers a PUBLISH to subscribers on every node).
+    subscriber: redis::Client,
+    conn: Mutex<Option<Conn>>,
+    prefix: String,
+    /// This process, in `nodes` and in the logs.
+    pub node_id: String,
+    pub fail_open: bool,
+    /// Redis answered the last command (state changes are logged once).
+    up: AtomicBool,
+}
+
+fn info(url: &str, password: Option<&str>) -> redis::RedisResult<redis::ConnectionInfo> {
+    use redis::IntoConnectionInfo;
+    let mut info = url.into_connection_info()?;
+    if let Some(p) = password {
+        let settings = info.redis_settings().clone().set_password(p);
+        info = info.set_redis_settings(settings);
+    }
+    Ok(info)
+}
+
+impl Shared {
+    pub fn new(plan: &RedisPlan) -> anyhow::Result<Self> {
+        let password = plan.password.as_deref();
+        let infos = plan
+            .urls
+            .iter()
+            .map(|u| info(u, password))
+            .collect::<redis::RedisResult<Vec<_>>>()?;
+        let client = if plan.cluster {
+            let mut b = redis::cluster::ClusterClientBuilder::new(infos.clone())
+                .connection_timeout(TIMEOUT)
+                .response_timeout(TIMEOUT);
+            if let Some(p) = password {
+                b = b.password(p);
+            }
+            Client::Cluster(b.build()?)
+        } else {
+            Client::Single(redis::Client::open(infos[0].clone())?)
+        };
+        let mut id = [0u8; 6];
+        let _ = getrandom::fill(&mut id);
+        let node_id: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        Ok(Self {
+            client,
+            subscriber: redis::Client::open(infos[0].clone())?,
+            conn: Mutex::new(None),
+            prefix: plan.key_prefix.clone(),
+            node_id,
+            fail_open: plan.fail_open,
+            up: AtomicBool::new(true),
+        })
+    }
+
+    /// A key name under the prefix and the hash tag.
+    pub fn key(&self, name: &str) -> String {
+        format!("{}{{defs}}:{name}", self.prefix)
+    }
+
+    /// Runs `f` on the shared connection (connecting first when there is none);
+    /// an error drops the connection, so the next call connects anew.
+    pub fn with<T>(
+        &self,
+        f: impl FnOnce(&mut dyn ConnectionLike) -> redis::RedisResult<T>,
+    ) -> anyhow::Result<T> {
+        let mut guard = crate::lock(&self.conn);
+        if guard.is_none() {
+            let made = match &self.client {
+                Client::Single(c) => c.get_connection_with_timeout(TIMEOUT).map(|c| {
+                    let _ = c.set_read_timeout(Some(TIMEOUT));
+                    let _ = c.set_write_timeout(Some(TIMEOUT));
+                    Conn::Single(c)
+                }),
+                Client::Cluster(c) => c.get_connection().map(|c| Conn::Cluster(Box::new(c))),
+            };
+            match made {
+                Ok(c) => *guard = Some(c),
+                Err(e) => {
+                    self.went(false, &e);
+                    return Err(anyhow::anyhow!("redis: {e}"));
+                }
+            }
+        }
+        let Some(conn) = guard.as_mut() else {
+            return Err(anyhow::anyhow!("redis: no connection"));
+        };
+        match f(conn.like()) {
+            Ok(v) => {
+                self.went(true, &"");
+                Ok(v)
+            }
+            Err(e) => {
+                *guard = None;
+                self.went(false, &e);
+                Err(anyhow::anyhow!("redis: {e}"))
+            }
+        }
+    }
+
+    /// Logs a change of Redis's state, once per change.
+    fn went(&self, up: bool, why: &dyn std::fmt::Display) {
+        if self.up.swap(up, Ordering::AcqRel) != up {
+            if up {
+                tracing::info!(node = %self.node_id, "redis reachable again");
+            } else {
+                tracing::warn!(node = %self.node_id, error = %why, "redis unreachable");
+            }
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    /// Writes one definition and announces the change.
+    pub fn put(&self, kind: &str, id: &str, json: &str) -> anyhow::Result<()> {
+        let (hash, version, channel) = (self.key(kind), self.key("version"), self.key("changes"));
+        self.with(|c| {
+            redis::cmd("HSET").arg(&hash).arg(id).arg(json).exec(c)?;
+            announce(c, &version, &channel)
+        })
+    }
+
+    /// Writes one definition unless the hash has it already (the config's keys and
+    /// plans: run-time changes made through any node stay).
+    pub fn seed(&self, kind: &str, id: &str, json: &str) -> anyhow::Result<()> {
+        let (hash, version, channel) = (self.key(kind), self.key("version"), self.key("changes"));
+        self.with(|c| {
+            let added: i64 = redis::cmd("HSETNX").arg(&hash).arg(id).arg(json).query(c)?;
+            if added == 1 {
+                announce(c, &version, &channel)?;
+            }
+            Ok(())
+        })
+    }
+
+    pub fn delete(&self, kind: &str, id: &str) -> anyhow::Result<()> {
+        let (hash, version, channel) = (self.key(kind), self.key("version"), self.key("changes"));
+        self.with(|c| {
+            redis::cmd("HDEL").arg(&hash).arg(id).exec(c)?;
+            announce(c, &version, &channel)
+        })
+    }
+
+    /// Every definition of a kind: (id, JSON).
+    pub fn all(&self, kind: &str) -> anyhow::Result<Vec<(String, String)>> {
+        let hash = self.key(kind);
+        self.with(|c| redis::cmd("HGETALL").arg(&hash).query(c))
+    }
+
+    /// The shared state's version (0 before any change).
+    pub fn version(&self) -> anyhow::Result<u64> {
+        let key = self.key("version");
+        self.with(|c| {
+            let v: Option<u64> = redis::cmd("GET").arg(&key).query(c)?;
+            Ok(v.unwrap_or(0))
+        })
+    }
+
+    /// Records this node's heartbeat (JSON), and drops nodes silent for a minute.
+    pub fn heartbeat(&self, json: &str) -> anyhow::Result<()> {
+        let key = self.key("nodes");
+        self.with(|c| {
+            redis::cmd("HSET")
+                .arg(&key)
+                .arg(&self.node_id)
+                .arg(json)
+                .exec(c)
+        })
+    }
+
+    /// Every node's last heartbeat: (node id, JSON).
+    pub fn nodes(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let key = self.key("nodes");
+        self.with(|c| redis::cmd("HGETALL").arg(&key).query(c))
+    }
+
+    pub fn forget_node(&self, id: &str) -> anyhow::Result<()> {
+        let key = self.key("nodes");
+        self.with(|c| redis::cmd("HDEL").arg(&key).arg(id).exec(c))
+    }
+
+    /// A connection for subscribing to the changes channel (`changes_channel`),
+    /// its reads bounded by `wait`.
+    pub fn subscriber(&self, wait: Duration) -> anyhow::Result<redis::Connection> {
+        let c = self.subscriber.get_connection_with_timeout(TIMEOUT)?;
+        c.set_read_timeout(Some(wait))?;
+        Ok(c)
+    }
+
+    pub fn changes_channel(&self) -> String {
+        self.key("changes")
+    }
+}
+
+/// Bumps the version and publishes it.
+fn announce(c: &mut dyn ConnectionLike, version: &str, channel: &str) -> redis::RedisResult<()> {
+    let v: u64 = redis::cmd("INCR").arg(version).query(c)?;
+    redis::cmd("PUBLISH").arg(channel).arg(v).exec(c)
+}

@@ -1,0 +1,308 @@
+//! Cluster mode (`store.redis`) with a real `redis-server` started here (Debian's
+//! package; `.ci/run` installs it): three gateway processes sharing API keys,
+//! usage plans and their bindings. A key made on one node works on the others
+//! within a second; one disabled on another is refused everywhere within a
+//! second; config keys are seeded without clobbering run-time changes; nodes see
+//! each other in `GET /cluster`.
+
+mod common;
+
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{wait_until, Client, Gateway, Response};
+
+const TOKEN: &str = "cluster-test-admin-token-01";
+const ALICE: &str = "alice0123456789abcdefXYZ";
+
+/// A redis-server on a free loopback port, killed on drop.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian package redis-server; .ci/run installs it)");
+        let r = Self { child, port };
+        assert!(
+            wait_until(Duration::from_secs(10), || std::net::TcpStream::connect((
+                "127.0.0.1",
+                port
+            ))
+            .is_ok()),
+            "redis-server did not start"
+        );
+        r
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn yaml(redis_port: u16) -> String {
+    yaml_v(redis_port, "v1")
+}
+
+fn yaml_v(redis_port: u16, version: &str) -> String {
+    format!(
+        "workers: 2
+listeners: [ {{ name: public, bind: \"127.0.0.1:0\" }} ]
+admin: {{ bind: \"127.0.0.1:0\", token: {{ env: SG_TEST_ADMIN_TOKEN }} }}
+store:
+  redis: {{ url: \"redis://127.0.0.1:{redis_port}/0\", key_prefix: \"sgtest:\" }}
+apis:
+  - name: pets
+    routes:
+      - {{ route: 'GET /pets', api_key_required: true, integration: {{ type: mock, body: pets }} }}
+      - {{ route: 'GET /v', integration: {{ type: mock, body: {version} }} }}
+    stages: [ {{ name: prod }}, {{ name: beta }} ]
+usage_plans:
+  - {{ name: gold, stages: [pets/prod] }}
+api_keys:
+  - {{ name: alice, value: {{ env: ALICE_KEY }}, plans: [gold] }}
+"
+    )
+}
+
+fn node(redis: &Redis) -> Gateway {
+    let gw = Gateway::start_env(
+        &yaml(redis.port),
+        &[],
+        &[("SG_TEST_ADMIN_TOKEN", TOKEN), ("ALICE_KEY", ALICE)],
+    );
+    assert!(gw.admin.is_some(), "no admin listener; log:\n{}", gw.log());
+    gw
+}
+
+fn call(gw: &Gateway, method: &str, path: &str, body: &str) -> Response {
+    let admin: SocketAddr = gw.admin.expect("admin listener");
+    let auth = format!("Bearer {TOKEN}");
+    Client::connect(admin).request(
+        method,
+        path,
+        "admin.test",
+        &[("authorization", &auth)],
+        body.as_bytes(),
+    )
+}
+
+fn api(gw: &Gateway, method: &str, path: &str, body: &str) -> serde_json::Value {
+    let r = call(gw, method, path, body);
+    assert!(
+        (200..300).contains(&r.status),
+        "{method} {path}: {} {}",
+        r.status,
+        r.text()
+    );
+    serde_json::from_slice(&r.body).unwrap_or(serde_json::Value::Null)
+}
+
+fn pets(gw: &Gateway, key: &str) -> u16 {
+    Client::connect(gw.addr)
+        .request("GET", "/prod/pets", "gw.test", &[("x-api-key", key)], b"")
+        .status
+}
+
+/// How long until `key` gets `status` on `gw` (at most `within`).
+fn reaches(gw: &Gateway, key: &str, status: u16, within: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    wait_until(within, || pets(gw, key) == status).then(|| started.elapsed())
+}
+
+#[test]
+fn keys_made_or_changed_on_one_node_hold_on_every_node_within_a_second() {
+    let redis = Redis::start();
+    let a = node(&redis);
+    let b = node(&redis);
+    let mut c = node(&redis);
+    // The config's key works everywhere.
+    for n in [&a, &b, &c] {
+        assert_eq!(pets(n, ALICE), 200, "log:\n{}", n.log());
+    }
+    // Made on A: works on C within a second.
+    let k = api(&a, "POST", "/apikeys", r#"{"name":"bob","plans":["gold"]}"#);
+    let id = k["id"].as_str().unwrap().to_owned();
+    let value = k["value"].as_str().unwrap().to_owned();
+    let took = reaches(&c, &value, 200, Duration::from_secs(1));
+    assert!(
+        took.is_some(),
+        "a key made on A not live on C within 1 s; C's log:\n{}",
+        c.log()
+    );
+    // Disabled on B: refused on A within a second.
+    api(
+        &b,
+        "PATCH",
+        &format!("/apikeys/{id}"),
+        r#"{"enabled":false}"#,
+    );
+    assert!(
+        reaches(&a, &value, 403, Duration::from_secs(1)).is_some(),
+        "a key disabled on B still works on A after 1 s"
+    );
+    // The definitions are the same on every node.
+    let listed = api(&c, "GET", &format!("/apikeys/{id}"), "");
+    assert_eq!(listed["enabled"], false);
+    // Deleted on C: refused on B.
+    api(&c, "DELETE", &format!("/apikeys/{id}"), "");
+    assert!(reaches(&b, &value, 403, Duration::from_secs(1)).is_some());
+
+    // A run-time change to a config key survives a node's restart: the config
+    // seeds Redis only where it lacks the key.
+    let alice = api(&a, "GET", "/apikeys", "")["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "alice")
+        .map(|i| i["id"].as_str().unwrap().to_owned())
+        .expect("alice listed");
+    api(
+        &a,
+        "PATCH",
+        &format!("/apikeys/{alice}"),
+        r#"{"enabled":false}"#,
+    );
+    assert!(reaches(&c, ALICE, 403, Duration::from_secs(1)).is_some());
+    c.kill9();
+    let c2 = node(&redis);
+    assert_eq!(
+        pets(&c2, ALICE),
+        403,
+        "a restarted node re-enabled a key disabled at run time"
+    );
+    drop(c);
+
+    // Every node is in GET /cluster.
+    assert!(
+        wait_until(Duration::from_secs(3), || {
+            let v = api(&a, "GET", "/cluster", "");
+            v["items"]
+                .as_array()
+                .is_some_and(|n| n.iter().filter(|x| x["alive"] == true).count() >= 3)
+        }),
+        "{}",
+        api(&a, "GET", "/cluster", "")
+    );
+    let v = api(&b, "GET", "/cluster", "");
+    assert_eq!(v["redis"], "up");
+    assert!(v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|x| x["this_node"] == true && x["id"] == v["node"]));
+}
+
+#[test]
+fn usage_plans_made_on_one_node_cover_keys_on_every_node() {
+    let redis = Redis::start();
+    let a = node(&redis);
+    let b = node(&redis);
+    api(
+        &a,
+        "POST",
+        "/usageplans",
+        r#"{"name":"beta-plan","stages":["pets/prod"]}"#,
+    );
+    let k = api(
+        &a,
+        "POST",
+        "/apikeys",
+        r#"{"name":"dora","plans":["beta-plan"]}"#,
+    );
+    let value = k["value"].as_str().unwrap().to_owned();
+    assert!(
+        reaches(&b, &value, 200, Duration::from_secs(1)).is_some(),
+        "log:\n{}",
+        b.log()
+    );
+    // The plan removed on B: the key is refused on A.
+    api(&b, "DELETE", "/usageplans/beta-plan", "");
+    assert!(reaches(&a, &value, 403, Duration::from_secs(1)).is_some());
+    let plans = api(&a, "GET", "/usageplans", "");
+    assert!(!plans.to_string().contains("beta-plan"), "{plans}");
+}
+
+fn body(gw: &Gateway, path: &str) -> String {
+    Client::connect(gw.addr).get(path).text()
+}
+
+#[test]
+fn deployments_and_stage_moves_made_on_one_node_hold_on_every_node() {
+    let redis = Redis::start();
+    let a = node(&redis);
+    let b = node(&redis);
+    // Deployed on A to prod: a snapshot of v1.
+    let r = call(
+        &a,
+        "POST",
+        "/apis/pets/deployments",
+        r#"{"description":"first","stageName":"prod"}"#,
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let first: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let id1 = first["id"].as_str().unwrap().to_owned();
+    // Both files move to v2 and both nodes reload: beta follows the file, prod
+    // serves the deployment on both (B learnt the pointer from Redis).
+    for n in [&a, &b] {
+        n.rewrite(&yaml_v(redis.port, "v2"));
+        assert_eq!(call(n, "POST", "/reload", "").status, 200);
+    }
+    for n in [&a, &b] {
+        assert_eq!(body(n, "/beta/v"), "v2");
+        assert!(
+            wait_until(Duration::from_secs(2), || body(n, "/prod/v") == "v1"),
+            "prod does not serve the deployment; log:\n{}",
+            n.log()
+        );
+    }
+    // Deployed on B (v2) to prod: A serves it within a second; rolled back on A
+    // to the first: B follows.
+    let r = call(
+        &b,
+        "POST",
+        "/apis/pets/deployments",
+        r#"{"stageName":"prod"}"#,
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert!(
+        wait_until(Duration::from_secs(1), || body(&a, "/prod/v") == "v2"),
+        "A's log:\n{}",
+        a.log()
+    );
+    let r = call(
+        &a,
+        "PATCH",
+        "/apis/pets/stages/prod",
+        &format!("{{\"deploymentId\":\"{id1}\"}}"),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(wait_until(Duration::from_secs(1), || body(&b, "/prod/v") == "v1"));
+    // A node started later serves the same.
+    let c = node(&redis);
+    assert_eq!(body(&c, "/prod/v"), "v1");
+}
