@@ -29,6 +29,10 @@ impl Redis {
             .local_addr()
             .unwrap()
             .port();
+        Self::start_on(port)
+    }
+
+    fn start_on(port: u16) -> Self {
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -57,6 +61,22 @@ impl Redis {
     }
 }
 
+impl Redis {
+    /// Stops the server (its data goes with it: no persistence).
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// A fresh, empty server on the same port.
+    fn restart(&mut self) {
+        self.stop();
+        let fresh = Self::start_on(self.port);
+        let old = std::mem::replace(self, fresh);
+        std::mem::forget(old);
+    }
+}
+
 impl Drop for Redis {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -69,12 +89,16 @@ fn yaml(redis_port: u16) -> String {
 }
 
 fn yaml_v(redis_port: u16, version: &str) -> String {
+    yaml_full(redis_port, version, "fail_open")
+}
+
+fn yaml_full(redis_port: u16, version: &str, on_unavailable: &str) -> String {
     format!(
         "workers: 2
 listeners: [ {{ name: public, bind: \"127.0.0.1:0\" }} ]
 admin: {{ bind: \"127.0.0.1:0\", token: {{ env: SG_TEST_ADMIN_TOKEN }} }}
 store:
-  redis: {{ url: \"redis://127.0.0.1:{redis_port}/0\", key_prefix: \"sgtest:\" }}
+  redis: {{ url: \"redis://127.0.0.1:{redis_port}/0\", key_prefix: \"sgtest:\", on_unavailable: {on_unavailable} }}
 apis:
   - name: pets
     routes:
@@ -305,4 +329,53 @@ fn deployments_and_stage_moves_made_on_one_node_hold_on_every_node() {
     // A node started later serves the same.
     let c = node(&redis);
     assert_eq!(body(&c, "/prod/v"), "v1");
+}
+
+#[test]
+fn redis_down_fail_closed_refuses_keyed_routes_fail_open_serves_and_nothing_is_lost() {
+    let mut redis = Redis::start();
+    let env = [("SG_TEST_ADMIN_TOKEN", TOKEN), ("ALICE_KEY", ALICE)];
+    let closed = Gateway::start_env(&yaml_full(redis.port, "v1", "fail_closed"), &[], &env);
+    let open = node(&redis);
+    let k = api(
+        &open,
+        "POST",
+        "/apikeys",
+        r#"{"name":"erin","plans":["gold"]}"#,
+    );
+    let value = k["value"].as_str().unwrap().to_owned();
+    assert!(reaches(&closed, &value, 200, Duration::from_secs(1)).is_some());
+    redis.stop();
+    // fail_closed: keyed routes answer 503 once the node sees Redis gone; routes
+    // without a key or throttle go on.
+    assert!(
+        wait_until(Duration::from_secs(4), || pets(&closed, ALICE) == 503),
+        "log:\n{}",
+        closed.log()
+    );
+    let r = Client::connect(closed.addr).request(
+        "GET",
+        "/prod/pets",
+        "gw.test",
+        &[("x-api-key", ALICE)],
+        b"",
+    );
+    assert_eq!(r.text(), r#"{"message":"Service Unavailable"}"#);
+    assert_eq!(body(&closed, "/prod/v"), "v1");
+    // fail_open: every key goes on working, the run-time one too.
+    for _ in 0..200 {
+        assert_eq!(pets(&open, &value), 200);
+        assert_eq!(pets(&open, ALICE), 200);
+    }
+    // Redis comes back empty: the nodes put back what they hold, and the key made
+    // at run time survives Redis's loss.
+    redis.restart();
+    assert!(
+        wait_until(Duration::from_secs(10), || pets(&closed, ALICE) == 200),
+        "log:\n{}",
+        closed.log()
+    );
+    assert!(wait_until(Duration::from_secs(5), || pets(&closed, &value) == 200));
+    assert!(wait_until(Duration::from_secs(5), || pets(&open, &value) == 200));
+    assert!(closed.log().contains("redis unreachable"));
 }

@@ -184,9 +184,26 @@ fn round(
     if due {
         st.next_round = now + EVERY;
         heartbeat(shared, me, st.adopted);
+        if !shared.fail_open {
+            crate::lock(registry).live().set_closed(!shared.is_up());
+        }
     }
     let regen = crate::lock(registry).generation();
-    let moved = due && shared.version().is_ok_and(|v| v != st.adopted);
+    let current = if due { shared.version().ok() } else { None };
+    if current.is_some_and(|v| v < st.adopted) {
+        // Redis went back in time: it lost its data. What this node holds goes
+        // back in (where Redis lacks it), then every node adopts it.
+        tracing::warn!(
+            redis_version = current,
+            adopted = st.adopted,
+            "redis lost the shared state; seeding it again from this node"
+        );
+        if let Err(e) = crate::lock(registry).reseed() {
+            tracing::warn!(error = %format!("{e:#}"), "reseeding redis failed; retrying");
+            return;
+        }
+    }
+    let moved = current.is_some_and(|v| v != st.adopted);
     if changed || moved || regen != st.generation {
         match sync_now(shared, registry) {
             Ok(v) => {

@@ -145,6 +145,9 @@ pub struct Live {
     usage_dirty: std::sync::atomic::AtomicBool,
     /// The keyring version each worker uses (0: not started).
     seen: Box<[AtomicU64]>,
+    /// Cluster mode with `on_unavailable: fail_closed`, Redis unreachable: keyed
+    /// and throttled routes answer 503 (set by the cluster sync thread).
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl Live {
@@ -161,6 +164,19 @@ impl Live {
         let ring = Arc::new(ring);
         *crate::lock(&self.ring) = ring;
         self.version.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Refuses (or admits again) keyed and throttled routes: the shared state is
+    /// out of reach and the config says `fail_closed`.
+    pub fn set_closed(&self, closed: bool) {
+        self.closed.store(closed, Ordering::Release);
+    }
+
+    /// Whether keyed and throttled routes are refused now (a relaxed load of a
+    /// line that changes only when Redis comes or goes).
+    #[inline]
+    pub fn closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
     }
 
     /// Worker `w` now uses keyring `version`.

@@ -346,6 +346,16 @@ fn stages(
         _ => &current.1,
     };
     let binding = api_key(f, ring, stage_id, route, &mut p.log)?;
+    if f.plan.live.closed()
+        && (route.api_key_required
+            || route.throttle.is_some()
+            || stage.throttle.is_some()
+            || f.plan.throttle.is_some())
+    {
+        return Err(Action::Refuse(GatewayError::Unavailable(
+            "cluster state unreachable (fail_closed)",
+        )));
+    }
     validate(f, route, &m)?;
     if !admit(f.plan, f.shard, binding, stage_id, m.route, route, stage) {
         return Err(Action::Refuse(GatewayError::Throttled));

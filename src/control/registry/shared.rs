@@ -4,6 +4,11 @@
 use crate::control::registry::*;
 
 impl Registry {
+    /// The keyring's publisher (shared with every plan's workers).
+    pub fn live(&self) -> &Arc<Live> {
+        &self.live
+    }
+
     /// The plan generation the registry's stages come from.
     pub fn generation(&self) -> u64 {
         self.generation
@@ -64,5 +69,40 @@ impl Registry {
             .collect();
         self.publish_access_keys();
         self.publish(false);
+    }
+
+    /// Writes everything this node holds into Redis where Redis lacks it: after
+    /// Redis lost its data (a restart without persistence), so the cluster's keys,
+    /// plans and stages are not lost with it.
+    pub fn reseed(&self) -> anyhow::Result<()> {
+        let Some(m) = self.store.mirror() else {
+            return Ok(());
+        };
+        for k in self.keys.values() {
+            m.seed("keys", &k.id, &serde_json::to_string(k)?)?;
+        }
+        for (def, _) in self.plans.values() {
+            m.seed("plans", &def.name, &serde_json::to_string(def)?)?;
+        }
+        for a in self.access.made.values() {
+            m.seed("access_keys", &a.id, &serde_json::to_string(a)?)?;
+        }
+        for (api, stage, p) in self.store.stages()? {
+            if let Some(id) = &p.deployment_id {
+                if let Some(d) = self.store.deployment(&api, id)? {
+                    m.seed(
+                        "deployments",
+                        &serde_json::to_string(&(&api, id))?,
+                        &serde_json::to_string(&d)?,
+                    )?;
+                }
+            }
+            m.seed(
+                "stages",
+                &serde_json::to_string(&(&api, &stage))?,
+                &serde_json::to_string(&p)?,
+            )?;
+        }
+        Ok(())
     }
 }
