@@ -379,3 +379,57 @@ fn redis_down_fail_closed_refuses_keyed_routes_fail_open_serves_and_nothing_is_l
     assert!(wait_until(Duration::from_secs(5), || pets(&open, &value) == 200));
     assert!(closed.log().contains("redis unreachable"));
 }
+
+#[test]
+fn a_cache_flush_on_one_node_reaches_every_node() {
+    let redis = Redis::start();
+    let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let n2 = std::sync::Arc::clone(&n);
+    let up = common::Upstream::start(move |_| {
+        common::Reply::ok(format!(
+            "#{}",
+            n2.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        ))
+    });
+    let yaml = format!(
+        "workers: 1
+listeners: [ {{ name: public, bind: \"127.0.0.1:0\" }} ]
+admin: {{ bind: \"127.0.0.1:0\", token: {{ env: SG_TEST_ADMIN_TOKEN }} }}
+store:
+  redis: {{ url: \"redis://127.0.0.1:{}/0\", key_prefix: \"sgcache:\" }}
+apis:
+  - name: pets
+    routes:
+      - {{ route: 'GET /pets', integration: {{ type: http_proxy, uri: \"{}/pets\" }} }}
+    stages:
+      - {{ name: prod, cache: {{ capacity_mb: 4, ttl_s: 300 }} }}
+",
+        redis.port,
+        up.url()
+    );
+    let env = [("SG_TEST_ADMIN_TOKEN", TOKEN)];
+    let a = Gateway::start_env(&yaml, &[], &env);
+    let b = Gateway::start_env(&yaml, &[], &env);
+    let get = |g: &Gateway| {
+        let r = Client::connect(g.addr).get("/prod/pets");
+        (r.header("x-cache").unwrap_or("").to_owned(), r.text())
+    };
+    // Each node caches its own copy.
+    let (_, a1) = get(&a);
+    let (_, b1) = get(&b);
+    assert_eq!(get(&a), ("Hit".to_owned(), a1.clone()));
+    assert_eq!(get(&b), ("Hit".to_owned(), b1.clone()));
+    // Flushed on A: B's next request within a second is a miss (a fresh body).
+    assert_eq!(call(&a, "DELETE", "/cache/pets/prod", "").status, 204);
+    assert!(
+        wait_until(Duration::from_secs(1), || get(&b).0 == "Miss"),
+        "B still serves its cached copy; log:\n{}",
+        b.log()
+    );
+    // One entry, flushed on B: A drops it too.
+    assert_eq!(get(&a).0, "Miss");
+    assert_eq!(get(&a).0, "Hit");
+    let r = call(&b, "POST", "/cache/pets/prod/flush", r#"{"path":"/pets"}"#);
+    assert_eq!(r.status, 204, "{}", r.text());
+    assert!(wait_until(Duration::from_secs(1), || get(&a).0 == "Miss"));
+}

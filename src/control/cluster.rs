@@ -147,10 +147,18 @@ fn run(
         match shared.subscriber(WAIT) {
             Ok(mut conn) => {
                 let mut ps = conn.as_pubsub();
-                if ps.subscribe(shared.changes_channel()).is_ok() {
+                let flushes = shared.flushes_channel();
+                if ps.subscribe(shared.changes_channel()).is_ok() && ps.subscribe(&flushes).is_ok()
+                {
                     backoff = Duration::from_millis(100);
                     loop {
                         let changed = match ps.get_message() {
+                            Ok(msg) if msg.get_channel_name() == flushes => {
+                                if let Ok(text) = msg.get_payload::<String>() {
+                                    flush(shared, control, &text);
+                                }
+                                false
+                            }
                             Ok(_) => true,
                             Err(e) if e.is_timeout() => false,
                             Err(_) => break,
@@ -224,6 +232,37 @@ fn round(
             Err(e) => tracing::debug!(error = %e, "cluster: deployments not pulled; retrying"),
         }
     }
+}
+
+/// A cache flush another node announced: this node's workers drop the same.
+fn flush(shared: &Shared, control: &Control, text: &str) {
+    use base64::Engine;
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(text) else {
+        return;
+    };
+    if v["from"] == shared.node_id.as_str() {
+        return;
+    }
+    let (Some(api), Some(stage)) = (v["api"].as_str(), v["stage"].as_str()) else {
+        return;
+    };
+    let plan = control.plan();
+    let Some(sid) = plan
+        .stages
+        .iter()
+        .position(|s| s.api == api && s.stage == stage)
+    else {
+        return;
+    };
+    match v["key"].as_str() {
+        Some(k) => {
+            if let Ok(key) = base64::engine::general_purpose::STANDARD.decode(k) {
+                plan.cache.flush_key(sid, key);
+            }
+        }
+        None => plan.cache.flush_stage(sid),
+    }
+    tracing::debug!(api, stage, "cache flush from another node applied");
 }
 
 fn heartbeat(shared: &Shared, me: &NodeInfo, version: u64) {

@@ -244,6 +244,25 @@ impl Shared {
     pub fn changes_channel(&self) -> String {
         self.key("changes")
     }
+
+    /// Where cache flushes are announced (JSON: api, stage, key, from).
+    pub fn flushes_channel(&self) -> String {
+        self.key("flushes")
+    }
+
+    /// Tells every node's workers to flush a stage's cache (`key`: one entry).
+    pub fn publish_flush(&self, api: &str, stage: &str, key: Option<&[u8]>) -> anyhow::Result<()> {
+        use base64::Engine;
+        let json = serde_json::json!({
+            "api": api,
+            "stage": stage,
+            "key": key.map(|k| base64::engine::general_purpose::STANDARD.encode(k)),
+            "from": self.node_id,
+        })
+        .to_string();
+        let channel = self.flushes_channel();
+        self.with(|c| redis::cmd("PUBLISH").arg(&channel).arg(&json).exec(c))
+    }
 }
 
 /// Bumps the version and publishes it.

@@ -98,8 +98,23 @@ pub fn flush_entry(ctx: &Ctx, req: &Request, api: &str, stage: &str) -> Result<R
     let mut key = Vec::new();
     let sig = sp.routes[m.route].sig;
     crate::policy::cache::build_key(&mut key, sig, &w.method, path, query, &headers, &m, &rc.key);
+    announce_flush(ctx, api, stage, Some(&key));
     plan.cache.flush_key(sid, key);
     Ok(Response::no_content())
+}
+
+/// Cluster mode: every other node flushes the same (a Redis that cannot be
+/// reached is logged; this node's flush stands).
+pub fn announce_flush(ctx: &Ctx, api: &str, stage: &str, key: Option<&[u8]>) {
+    let shared = crate::lock(ctx.control.registry())
+        .store()
+        .mirror()
+        .cloned();
+    if let Some(s) = shared {
+        if let Err(e) = s.publish_flush(api, stage, key) {
+            tracing::warn!(api, stage, error = %format!("{e:#}"), "cache flush not announced to the other nodes");
+        }
+    }
 }
 
 /// Each HTTPS listener's name and TLS state.

@@ -349,6 +349,7 @@ fn route(ctx: &Ctx, req: &Request, m: &str, segs: &[&str]) -> Result<Response, A
         ["cache", api, stage] if m == "DELETE" => {
             let sid = cached_stage(&ctx.control.plan(), api, stage)?;
             ctx.control.plan().cache.flush_stage(sid);
+            cache::announce_flush(ctx, api, stage, None);
             Ok(Response::no_content())
         }
         ["cache", api, stage, "flush"] if m == "POST" => flush_entry(ctx, req, api, stage),
