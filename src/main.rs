@@ -297,7 +297,7 @@ fn run(
         cluster_from = adopted;
     }
     let writer = StoreWriter::start(Arc::clone(&registry))?;
-    if persistent {
+    if persistent || shared.is_some() {
         // Saved as soon as leased, so a kill -9 loses as little as it can; an
         // in-memory store is only read by the usage report, every 50 ms is enough.
         plan.live.set_writer(writer.thread());
@@ -377,6 +377,7 @@ fn run(
     control.plan().logs.drain(Duration::from_secs(1));
     // The workers gave back their unspent leases: save the exact counts.
     writer.stop();
+    shardgate::lock(&registry).return_grants();
     let saved = shardgate::lock(&registry).shutdown();
     if let Err(e) = saved {
         tracing::error!(error = %format!("{e:#}"), "could not save usage at shutdown");
@@ -405,7 +406,12 @@ impl StoreWriter {
             .spawn(move || {
                 while !flag.load(Ordering::Acquire) {
                     std::thread::park_timeout(Duration::from_millis(50));
-                    let result = shardgate::lock(&registry).flush_if_changed();
+                    let result = {
+                        let mut r = shardgate::lock(&registry);
+                        // Cluster mode: more of the quotas this node runs low on.
+                        r.top_up_grants();
+                        r.flush_if_changed()
+                    };
                     if let Err(e) = result {
                         tracing::error!(error = %format!("{e:#}"), "store write failed; retrying");
                         std::thread::sleep(Duration::from_secs(1));

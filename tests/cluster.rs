@@ -107,8 +107,9 @@ apis:
     stages: [ {{ name: prod }}, {{ name: beta }} ]
 usage_plans:
   - {{ name: gold, stages: [pets/prod] }}
+  - {{ name: metered, stages: [pets/beta], quota: {{ limit: 300, period: day }} }}
 api_keys:
-  - {{ name: alice, value: {{ env: ALICE_KEY }}, plans: [gold] }}
+  - {{ name: alice, value: {{ env: ALICE_KEY }}, plans: [gold, metered] }}
 "
     )
 }
@@ -432,4 +433,56 @@ apis:
     let r = call(&b, "POST", "/cache/pets/prod/flush", r#"{"path":"/pets"}"#);
     assert_eq!(r.status, 204, "{}", r.text());
     assert!(wait_until(Duration::from_secs(1), || get(&a).0 == "Miss"));
+}
+
+#[test]
+fn a_quota_hammered_on_three_nodes_at_once_admits_exactly_its_limit() {
+    let redis = Redis::start();
+    let nodes: Vec<Gateway> = (0..3).map(|_| node(&redis)).collect();
+    let admitted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let other = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u16>::new()));
+    // Two clients per node, at once, until each has seen 30 refusals in a row.
+    let threads: Vec<_> = nodes
+        .iter()
+        .flat_map(|n| [n.addr, n.addr])
+        .map(|addr| {
+            let (admitted, other) = (
+                std::sync::Arc::clone(&admitted),
+                std::sync::Arc::clone(&other),
+            );
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                let mut refused_in_a_row = 0;
+                for _ in 0..2000 {
+                    let r = c.request("GET", "/beta/pets", "gw.test", &[("x-api-key", ALICE)], b"");
+                    match r.status {
+                        200 => {
+                            admitted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            refused_in_a_row = 0;
+                        }
+                        429 => {
+                            refused_in_a_row += 1;
+                            if refused_in_a_row >= 30 {
+                                break;
+                            }
+                        }
+                        s => other.lock().unwrap().push(s),
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert!(
+        other.lock().unwrap().is_empty(),
+        "{:?}",
+        other.lock().unwrap()
+    );
+    assert_eq!(
+        admitted.load(std::sync::atomic::Ordering::SeqCst),
+        300,
+        "three nodes together must admit exactly the quota"
+    );
 }

@@ -265,6 +265,53 @@ impl Shared {
     }
 }
 
+/// Grants up to `ARGV[2]` more of a quota counted at `KEYS[1]`, never past the
+/// limit `ARGV[1]`; the counter expires `ARGV[3]` ms after its period ends.
+const GRANT: &str = r"
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+local n = math.min(tonumber(ARGV[2]), tonumber(ARGV[1]) - used)
+if n <= 0 then return 0 end
+redis.call('INCRBY', KEYS[1], n)
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return n
+";
+
+impl Shared {
+    /// The counter of one quota in one period, over all nodes.
+    pub fn quota_key(&self, key: &str, plan: &str, period_kind: u8, period: u64) -> String {
+        format!("{}q:{key}:{plan}:{period_kind}:{period}", self.prefix)
+    }
+
+    /// Grants this node up to `want` more of a quota (0: spent).
+    pub fn grant(&self, counter: &str, limit: u64, want: u64, ttl_ms: u64) -> anyhow::Result<u64> {
+        self.with(|c| {
+            redis::Script::new(GRANT)
+                .key(counter)
+                .arg(limit)
+                .arg(want)
+                .arg(ttl_ms)
+                .invoke(c)
+        })
+    }
+
+    /// Adds to a quota's counter what this node admitted on its own while Redis
+    /// was away (negative: hands back what it was granted and did not use).
+    pub fn add_count(&self, counter: &str, n: i64, ttl_ms: u64) -> anyhow::Result<()> {
+        self.with(|c| {
+            redis::cmd("INCRBY").arg(counter).arg(n).exec(c)?;
+            redis::cmd("PEXPIRE").arg(counter).arg(ttl_ms).exec(c)
+        })
+    }
+
+    /// A quota's count over all nodes.
+    pub fn count(&self, counter: &str) -> anyhow::Result<u64> {
+        self.with(|c| {
+            let v: Option<i64> = redis::cmd("GET").arg(counter).query(c)?;
+            Ok(v.unwrap_or(0).max(0) as u64)
+        })
+    }
+}
+
 /// Bumps the version and publishes it.
 fn announce(c: &mut dyn ConnectionLike, version: &str, channel: &str) -> redis::RedisResult<()> {
     let v: u64 = redis::cmd("INCR").arg(version).query(c)?;

@@ -75,6 +75,12 @@ pub enum Work {
     Jwks { authorizer: usize, seen: u64 },
     /// Ask a request authorizer.
     Call(Box<request::Call>),
+    /// Cluster mode: wait for Redis's next answer on a quota this node ran out
+    /// of (`seen`: answers when it was asked).
+    Quota {
+        quota: std::sync::Arc<crate::policy::quota::Quota>,
+        seen: u64,
+    },
 }
 
 /// The body read for a route that needs it whole.
@@ -86,6 +92,10 @@ pub enum BodyRead {
     Decoded(Vec<u8>),
 }
 
+/// Cluster mode: how many times a request waits for Redis to grant its node more
+/// of a quota (other requests on the node may take a grant first).
+pub const MAX_QUOTA_WAITS: u8 = 3;
+
 /// What earlier work found, carried into the next look at the request.
 #[derive(Debug, Default)]
 pub struct Pass {
@@ -93,6 +103,8 @@ pub struct Pass {
     pub decision: Option<Rc<request::Decision>>,
     /// Keys were refetched for this request.
     pub refreshed: bool,
+    /// Times a quota's grant was waited for (at most `MAX_QUOTA_WAITS`).
+    pub quota_waits: u8,
     /// The request id given on the first look.
     pub id: Option<crate::ids::RequestId>,
     pub rounds: u8,

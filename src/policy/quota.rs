@@ -60,6 +60,58 @@ pub struct Quota {
     dirty: AtomicBool,
     /// Bumped by a reset (`set_remaining`): leases taken before it are void.
     gen: AtomicU32,
+    /// Cluster mode: what Redis granted this node of the period. Workers lease
+    /// within it; the store's writer asks Redis for more as it runs low.
+    pub grant: Option<Arc<NodeGrant>>,
+}
+
+/// A node's share of one quota in cluster mode: Redis hands each node batches of
+/// the period's `limit` with a script that never hands out more than `limit`
+/// over all nodes, so the cluster admits at most `limit`.
+#[derive(Debug, Default)]
+pub struct NodeGrant {
+    /// `period << 44 | requests granted to this node in it` (cumulative).
+    granted: AtomicU64,
+    /// A worker ran out of the grant, or is about to: ask for more now.
+    pub wanted: AtomicBool,
+    /// The period in which Redis said the quota is spent (`u64::MAX`: none).
+    spent_in: AtomicU64,
+    /// Redis unreachable with `on_unavailable: fail_open`: the node admits up to
+    /// `limit` on its own (its count goes to Redis when it is back).
+    pub offline: AtomicBool,
+    /// Bumped at each answer from Redis (workers waiting for a grant watch it).
+    pub answers: AtomicU64,
+}
+
+impl NodeGrant {
+    pub fn new() -> Self {
+        Self {
+            spent_in: AtomicU64::new(u64::MAX),
+            ..Self::default()
+        }
+    }
+
+    /// Requests granted to this node in `period`.
+    pub fn granted(&self, period: u64) -> u64 {
+        Quota::count(&self.granted, period)
+    }
+
+    /// Adds `n` granted in `period` (Redis answered); 0: the quota is spent.
+    pub fn add(&self, period: u64, n: u64) {
+        if n == 0 {
+            self.spent_in.store(period, Ordering::Release);
+        } else {
+            let before = self.granted(period);
+            self.granted
+                .store(pack(period, before + n), Ordering::Release);
+        }
+        self.answers.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Whether Redis may still grant more of `period`.
+    pub fn may_grant(&self, period: u64) -> bool {
+        self.spent_in.load(Ordering::Acquire) != period
+    }
 }
 
 fn pack(period: u64, n: u64) -> u64 {
@@ -79,7 +131,34 @@ impl Quota {
             spent: AtomicU64::new(0),
             dirty: AtomicBool::new(false),
             gen: AtomicU32::new(0),
+            grant: None,
         }
+    }
+
+    /// Cluster mode: leases stay within what Redis granted this node.
+    pub fn with_grant(mut self) -> Self {
+        self.grant = Some(Arc::new(NodeGrant::new()));
+        self
+    }
+
+    /// How many requests of `period` workers may lease on this node: `limit`, or
+    /// in cluster mode what Redis granted (all of `limit` while it is offline).
+    fn ceiling(&self, period: u64) -> u64 {
+        let limit = self.limit();
+        match &self.grant {
+            Some(g) if !g.offline.load(Ordering::Acquire) => limit.min(g.granted(period)),
+            _ => limit,
+        }
+    }
+
+    /// Cluster mode: whether a worker refused for want of a grant should wait for
+    /// the next answer from Redis (it may grant more).
+    pub fn may_wait(&self, period: u64) -> bool {
+        self.grant.as_ref().is_some_and(|g| {
+            !g.offline.load(Ordering::Acquire)
+                && g.may_grant(period)
+                && self.used(period) < self.limit()
+        })
     }
 
     /// The reset generation leases are taken under.
@@ -105,7 +184,7 @@ impl Quota {
         self.dirty.store(true, Ordering::Relaxed);
     }
 
-    fn count(word: &AtomicU64, period: u64) -> u64 {
+    pub(crate) fn count(word: &AtomicU64, period: u64) -> u64 {
         let s = word.load(Ordering::Relaxed);
         if s >> USED_BITS == period {
             s & USED_MASK
@@ -155,7 +234,7 @@ impl Quota {
 
     /// Leases up to `want` requests of `period`; 0 when the quota is spent.
     pub fn lease(&self, period: u64, want: u64) -> u64 {
-        let limit = self.limit();
+        let limit = self.ceiling(period);
         let mut s = self.state.load(Ordering::Relaxed);
         loop {
             let (p, used) = (s >> USED_BITS, s & USED_MASK);
@@ -167,6 +246,12 @@ impl Quota {
                 std::cmp::Ordering::Greater => return 0,
             };
             let granted = want.min(limit - used.min(limit));
+            if let Some(g) = &self.grant {
+                // Running low on what Redis granted: the writer asks for more.
+                if limit - used.min(limit) <= granted.max(1) * 4 {
+                    g.wanted.store(true, Ordering::Release);
+                }
+            }
             if granted == 0 {
                 return 0;
             }

@@ -207,6 +207,20 @@ pub async fn do_work(
             pass.body = Some(read_whole_body(c, p, lp).await?);
             Ok(())
         }
+        Work::Quota { quota, seen } => {
+            // Bounded: Redis answers within its command timeout, or the node goes
+            // offline (fail_open) or closed (fail_closed).
+            if let Some(g) = &quota.grant {
+                let until = Instant::now() + Duration::from_millis(1500);
+                while g.answers.load(std::sync::atomic::Ordering::Acquire) == seen
+                    && Instant::now() < until
+                {
+                    monoio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+            pass.quota_waits += 1;
+            Ok(())
+        }
         Work::Jwks { authorizer, seen } => {
             if let Some(Authorizer::Jwt(j)) = plan.authorizers.get(authorizer).map(|a| &**a) {
                 let until = Instant::now() + crate::policy::jwt::FETCH_TIMEOUT * 2;
@@ -361,7 +375,7 @@ fn stages(
         return Err(Action::Refuse(GatewayError::Throttled));
     }
     // Last, so that a request a throttle refused does not count against the quota.
-    quota(f, binding, &mut p.tag)?;
+    quota(f, binding, &mut p.tag, pass)?;
     // A caller with a valid key may invalidate cache entries, on any route.
     let authorized = binding.is_some()
         || (route
@@ -581,7 +595,7 @@ fn validate(f: &Facts<'_, '_>, route: &RoutePlan, m: &route::RouteMatch<'_, '_>)
 
 /// The key's plan quota: spends one from this shard's lease (taking a new lease
 /// when it runs out).
-fn quota(f: &Facts<'_, '_>, binding: Option<&Binding>, tag: &mut Tag) -> Verdict {
+fn quota(f: &Facts<'_, '_>, binding: Option<&Binding>, tag: &mut Tag, pass: &Pass) -> Verdict {
     let Some((slot, q)) = binding.and_then(|b| b.quota.as_ref()) else {
         return Ok(());
     };
@@ -601,6 +615,19 @@ fn quota(f: &Facts<'_, '_>, binding: Option<&Binding>, tag: &mut Tag) -> Verdict
             Ok(())
         }
         Err(state) => {
+            let (period, _) = q.period.at(crate::clock::unix_s());
+            if let Some(g) = q.grant.as_ref().filter(|_| {
+                pass.quota_waits < crate::policy::access::MAX_QUOTA_WAITS && q.may_wait(period)
+            }) {
+                // Cluster mode: this node's grant is spent, Redis may have more.
+                let seen = g.answers.load(std::sync::atomic::Ordering::Acquire);
+                g.wanted.store(true, std::sync::atomic::Ordering::Release);
+                f.plan.live.lease_taken();
+                return Err(Action::Work(Work::Quota {
+                    quota: Arc::clone(q),
+                    seen,
+                }));
+            }
             tag.quota = Some(state);
             Err(Action::Refuse(GatewayError::QuotaExceeded))
         }

@@ -242,6 +242,8 @@ impl Registry {
             .map(|&(s, r, l)| (s, r, bucket(&mut self.slots, l)))
             .collect();
         let quota = match res.quota {
+            // Cluster mode: within what Redis grants this node.
+            Some(q) if self.store.mirror().is_some() => Quota::new(q.limit, q.period).with_grant(),
             Some(q) => Quota::new(q.limit, q.period),
             None => Quota::unlimited(),
         };

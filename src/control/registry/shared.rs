@@ -1,6 +1,8 @@
 //! Cluster mode: taking the definitions Redis holds (every node's changes) as
 //! this node's, in place of its own.
 
+use std::sync::atomic::Ordering;
+
 use crate::control::registry::*;
 
 impl Registry {
@@ -104,5 +106,90 @@ impl Registry {
             )?;
         }
         Ok(())
+    }
+
+    /// Cluster mode, the store writer's loop: asks Redis for more of each quota
+    /// this node is running low on (or a worker ran out of), in batches of about
+    /// `limit / 64`; Redis never grants past `limit` over all nodes. Redis away
+    /// with `fail_open`: the node admits on its own up to `limit` and adds its
+    /// count to Redis when it is back.
+    pub fn top_up_grants(&mut self) {
+        let Some(m) = self.store.mirror().cloned() else {
+            return;
+        };
+        let now = now_s();
+        let mut reachable = true;
+        for ((key, plan), b) in &self.bindings {
+            let Some((_, q)) = &b.quota else { continue };
+            let Some(g) = &q.grant else { continue };
+            let (period, next) = q.period.at(now);
+            let (limit, granted, used) = (q.limit(), g.granted(period), q.used(period));
+            let batch = (limit / 64).clamp(1, 1000);
+            let offline = g.offline.load(Ordering::Acquire);
+            let wanted = g.wanted.swap(false, Ordering::AcqRel);
+            let low = granted.saturating_sub(used) < batch.div_ceil(2);
+            if !(wanted || low || offline) || !g.may_grant(period) || (granted >= limit && !offline)
+            {
+                continue;
+            }
+            let counter = m.quota_key(key, plan, period_kind(q.period), period);
+            let ttl_ms = (next.saturating_sub(now) + 3600) * 1000;
+            if !reachable {
+                if m.fail_open {
+                    g.offline.store(true, Ordering::Release);
+                }
+                g.answers.fetch_add(1, Ordering::AcqRel);
+                continue;
+            }
+            if offline {
+                // Back from fail_open: what the node admitted beyond its grant
+                // counts in Redis too.
+                let over = used.saturating_sub(granted);
+                match m.add_count(&counter, over as i64, ttl_ms) {
+                    Ok(()) => {
+                        if over > 0 {
+                            g.add(period, over);
+                        }
+                        g.offline.store(false, Ordering::Release);
+                        tracing::info!(key = %key, plan = %plan, replayed = over, "quota counted in redis again");
+                    }
+                    Err(_) => {
+                        reachable = false;
+                        continue;
+                    }
+                }
+            }
+            let want = batch.min(limit.saturating_sub(g.granted(period)));
+            match m.grant(&counter, limit, want, ttl_ms) {
+                Ok(n) => g.add(period, n),
+                Err(_) => {
+                    reachable = false;
+                    if m.fail_open {
+                        g.offline.store(true, Ordering::Release);
+                    }
+                    g.answers.fetch_add(1, Ordering::AcqRel);
+                }
+            }
+        }
+    }
+
+    /// Cluster mode, at shutdown: hands back to Redis what this node was granted
+    /// and did not use, so other nodes can.
+    pub fn return_grants(&self) {
+        let Some(m) = self.store.mirror() else { return };
+        let now = now_s();
+        for ((key, plan), b) in &self.bindings {
+            let Some((_, q)) = &b.quota else { continue };
+            let Some(g) = &q.grant else { continue };
+            let (period, next) = q.period.at(now);
+            let unused = g.granted(period).saturating_sub(q.used(period));
+            if unused > 0 && !g.offline.load(Ordering::Acquire) {
+                let counter = m.quota_key(key, plan, period_kind(q.period), period);
+                let ttl_ms = (next.saturating_sub(now) + 3600) * 1000;
+                if let Err(e) = m.add_count(&counter, -(unused as i64), ttl_ms) {
+                    tracing::warn!(key = %key, plan = %plan, unused, error = %format!("{e:#}"), "unused quota grant not handed back");
+                }
+            }
+        }
     }
 }
