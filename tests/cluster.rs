@@ -5,6 +5,9 @@
 //! second; config keys are seeded without clobbering run-time changes; nodes see
 //! each other in `GET /cluster`.
 
+// Tests may share state under a mutex (clippy.toml keeps them off the request path).
+#![allow(clippy::disallowed_types)]
+
 mod common;
 
 use std::net::{SocketAddr, TcpListener};
