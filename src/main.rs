@@ -279,6 +279,12 @@ fn run(
         exporter.start();
     }
     let persistent = plan.store_path.is_some();
+    if shared.is_some() {
+        // Cluster mode: every throttle of the config is Redis's, for all nodes.
+        for b in &plan.throttles {
+            b.share(plan.workers);
+        }
+    }
     let registry = Arc::new(Mutex::new(registry));
     let mut cluster_from = 0;
     if let Some(s) = &shared {
@@ -341,6 +347,7 @@ fn run(
             me,
             cluster_from,
         );
+        shardgate::control::cluster::start_tokens(Arc::clone(s), Arc::clone(&control));
     }
     shardgate::control::reload::watch(Arc::clone(&control));
     // Config loaded, listeners bound, workers running: `/readyz` says so.

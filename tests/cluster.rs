@@ -489,3 +489,59 @@ fn a_quota_hammered_on_three_nodes_at_once_admits_exactly_its_limit() {
         "three nodes together must admit exactly the quota"
     );
 }
+
+#[test]
+fn a_stage_throttle_holds_for_all_nodes_together() {
+    let redis = Redis::start();
+    let yaml = yaml(redis.port).replace(
+        "stages: [ { name: prod }, { name: beta } ]",
+        "stages: [ { name: prod }, { name: beta }, { name: slow, throttle: { rate: 50, burst: 10 } } ]",
+    );
+    let env = [("SG_TEST_ADMIN_TOKEN", TOKEN), ("ALICE_KEY", ALICE)];
+    let nodes: Vec<Gateway> = (0..3)
+        .map(|_| Gateway::start_env(&yaml, &[], &env))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let admitted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let secs = 3.0;
+    let started = Instant::now();
+    let threads: Vec<_> = nodes
+        .iter()
+        .flat_map(|n| [n.addr, n.addr])
+        .map(|addr| {
+            let admitted = std::sync::Arc::clone(&admitted);
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                while started.elapsed() < Duration::from_secs_f64(secs) {
+                    let r = c.request("GET", "/slow/v", "gw.test", &[], b"");
+                    match r.status {
+                        200 => {
+                            admitted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        429 => std::thread::sleep(Duration::from_millis(2)),
+                        s => panic!("unexpected {s}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let t = started.elapsed().as_secs_f64();
+    let got = admitted.load(std::sync::atomic::Ordering::SeqCst) as f64;
+    // The bound (README, src/policy/throttle.rs): rate × t + burst + what the
+    // nodes hold: 3 nodes × (a reservoir of workers × batch + each worker's batch)
+    // = 3 × (2 + 2) tokens here.
+    let bound = 50.0 * t + 10.0 + 12.0;
+    eprintln!("stage throttle 50/s burst 10 over 3 nodes: {got} admitted in {t:.2} s (rate x t + burst = {:.0}; bound {bound:.0})", 50.0 * t + 10.0);
+    assert!(
+        got <= bound,
+        "{got} admitted in {t:.2} s across 3 nodes; bound {bound:.0}"
+    );
+    // Three nodes each on their own would have admitted about three times the rate.
+    assert!(
+        got >= 50.0 * secs * 0.8,
+        "{got} admitted in {t:.2} s: far under the rate"
+    );
+}

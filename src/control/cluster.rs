@@ -298,3 +298,61 @@ pub fn nodes_json(shared: &Shared) -> anyhow::Result<serde_json::Value> {
         "items": nodes,
     }))
 }
+
+/// How often the tokens thread looks at the reservoirs.
+const REFILL_EVERY: Duration = Duration::from_millis(5);
+
+/// Starts the thread that keeps each throttle's reservoir on this node topped up
+/// from the bucket in Redis (cluster mode: a stage's `rate` is for all nodes).
+pub fn start_tokens(shared: Arc<Shared>, control: Arc<Control>) {
+    let spawned = std::thread::Builder::new()
+        .name("shardgate-tokens".into())
+        .spawn(move || {
+            crate::below_workers(5);
+            // Per bucket (by slot): not before this time again (an empty bucket).
+            let mut quiet: std::collections::HashMap<u32, Instant> = Default::default();
+            loop {
+                std::thread::sleep(REFILL_EVERY);
+                let plan = control.plan();
+                let now = Instant::now();
+                for (b, name) in plan.throttles.iter().zip(&plan.throttle_names) {
+                    let Some(r) = b.remote.get() else { continue };
+                    if quiet.get(&b.slot).is_some_and(|t| now < *t) {
+                        continue;
+                    }
+                    let have = r.tokens();
+                    let wanted = r.wanted.swap(false, std::sync::atomic::Ordering::AcqRel);
+                    let offline = r.offline.load(std::sync::atomic::Ordering::Acquire);
+                    if !(wanted || offline || have < r.target.div_ceil(2)) {
+                        continue;
+                    }
+                    let want = r.target.saturating_sub(have).max(1);
+                    let (interval_ns, tolerance_ns) = b.gcra();
+                    if interval_ns == 0 {
+                        continue;
+                    }
+                    match shared.tokens(name, interval_ns / 1000, tolerance_ns / 1000, want) {
+                        Ok(n) => {
+                            r.add(n);
+                            r.offline.store(false, std::sync::atomic::Ordering::Release);
+                            if n == 0 {
+                                // Empty: ask again when a token may be there.
+                                let wait = Duration::from_nanos(interval_ns)
+                                    .min(Duration::from_millis(50));
+                                quiet.insert(b.slot, now + wait);
+                            }
+                        }
+                        Err(_) => {
+                            if shared.fail_open {
+                                r.offline.store(true, std::sync::atomic::Ordering::Release);
+                            }
+                            quiet.insert(b.slot, now + Duration::from_millis(500));
+                        }
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the cluster tokens thread: throttles admit nothing");
+    }
+}

@@ -276,7 +276,43 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return n
 ";
 
+/// GCRA on Redis's clock: grants up to `ARGV[3]` tokens of the bucket whose
+/// theoretical arrival time (µs) is at `KEYS[1]`, `ARGV[1]` µs apart, with a
+/// burst tolerance of `ARGV[2]` µs.
+const GCRA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+local base = math.max(tat, now)
+local n = math.min(math.floor((now + tolerance - base) / interval), tonumber(ARGV[3]))
+if n <= 0 then return 0 end
+local nxt = base + n * interval
+redis.call('SET', KEYS[1], string.format('%.0f', nxt), 'PX', math.floor((nxt - now) / 1000) + 1000)
+return n
+";
+
 impl Shared {
+    /// Takes up to `want` tokens of the throttle `name` shared by every node.
+    pub fn tokens(
+        &self,
+        name: &str,
+        interval_us: u64,
+        tolerance_us: u64,
+        want: u64,
+    ) -> anyhow::Result<u64> {
+        let key = format!("{}t:{name}", self.prefix);
+        self.with(|c| {
+            redis::Script::new(GCRA)
+                .key(&key)
+                .arg(interval_us.max(1))
+                .arg(tolerance_us)
+                .arg(want)
+                .invoke(c)
+        })
+    }
+
     /// The counter of one quota in one period, over all nodes.
     pub fn quota_key(&self, key: &str, plan: &str, period_kind: u8, period: u64) -> String {
         format!("{}q:{key}:{plan}:{period_kind}:{period}", self.prefix)

@@ -368,6 +368,13 @@ fn carry(next: &mut Plan, prev: &Plan) {
             *g = Arc::clone(old);
         }
     }
+    // Cluster mode: the new plan's throttles are Redis's too, from its first
+    // request on.
+    if prev.throttles.iter().any(|b| b.remote.get().is_some()) {
+        for b in &next.throttles {
+            b.share(next.workers);
+        }
+    }
     // The same series for the same (api, stage, route).
     next.metrics = Arc::clone(&prev.metrics);
     crate::plan::assign_metric_slots(&next.metrics, &mut next.stages);
