@@ -247,8 +247,8 @@ impl Quota {
             };
             let granted = want.min(limit - used.min(limit));
             if let Some(g) = &self.grant {
-                // Running low on what Redis granted: the writer asks for more.
-                if limit - used.min(limit) <= granted.max(1) * 4 {
+                // Short of what Redis granted: the writer asks for more now.
+                if granted < want {
                     g.wanted.store(true, Ordering::Release);
                 }
             }

@@ -109,8 +109,11 @@ impl Registry {
     }
 
     /// Cluster mode, the store writer's loop: asks Redis for more of each quota
-    /// this node is running low on (or a worker ran out of), in batches of about
-    /// `limit / 64`; Redis never grants past `limit` over all nodes. Redis away
+    /// this node is running low on (under one batch left) or a worker ran short
+    /// of, a batch at a time (`limit / 64`, 1 to 1,000); Redis never grants past
+    /// `limit` over all nodes. A node so holds at most 2 batches beyond what its
+    /// workers leased, and its workers at most that in leases: a node killed
+    /// with `-9` loses at most `2 × batch × (workers + 1)` of the period. Redis away
     /// with `fail_open`: the node admits on its own up to `limit` and adds its
     /// count to Redis when it is back.
     pub fn top_up_grants(&mut self) {
@@ -127,7 +130,7 @@ impl Registry {
             let batch = (limit / 64).clamp(1, 1000);
             let offline = g.offline.load(Ordering::Acquire);
             let wanted = g.wanted.swap(false, Ordering::AcqRel);
-            let low = granted.saturating_sub(used) < batch.div_ceil(2);
+            let low = granted.saturating_sub(used) < batch;
             if !(wanted || low || offline) || !g.may_grant(period) || (granted >= limit && !offline)
             {
                 continue;
