@@ -417,6 +417,7 @@ impl StoreWriter {
                         let mut r = shardgate::lock(&registry);
                         // Cluster mode: more of the quotas this node runs low on.
                         r.top_up_grants();
+                        r.store().replay_usage();
                         r.flush_if_changed()
                     };
                     if let Err(e) = result {

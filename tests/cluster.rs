@@ -711,3 +711,59 @@ fn pets_beta(gw: &Gateway) -> u16 {
         .request("GET", "/beta/pets", "gw.test", &[("x-api-key", ALICE)], b"")
         .status
 }
+
+/// SIGSTOP / SIGCONT a process (Redis paused: connections hang, nothing is lost).
+fn signal(pid: u32, sig: i32) {
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(pid as i32, sig) };
+}
+
+#[test]
+fn usage_made_while_redis_is_away_is_replayed_into_the_shared_report() {
+    let redis = Redis::start();
+    let a = node(&redis);
+    let b = node(&redis);
+    for n in [&a, &b] {
+        for _ in 0..10 {
+            assert_eq!(pets(n, ALICE), 200);
+        }
+    }
+    let day = common::today();
+    let alice = api(&a, "GET", "/apikeys", "")["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "alice")
+        .map(|i| i["id"].as_str().unwrap().to_owned())
+        .unwrap();
+    let served = |n: &Gateway| {
+        api(
+            n,
+            "GET",
+            &format!("/usageplans/gold/usage?startDate={day}&endDate={day}&keyId={alice}"),
+            "",
+        )["values"][&alice][0][0]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    assert!(
+        wait_until(Duration::from_secs(3), || served(&b) == 20),
+        "{}",
+        served(&b)
+    );
+    // Redis paused mid-traffic (fail_open): every request with a valid key is
+    // answered.
+    signal(redis.child.id(), libc::SIGSTOP);
+    for _ in 0..30 {
+        assert_eq!(pets(&a, ALICE), 200);
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    signal(redis.child.id(), libc::SIGCONT);
+    // Back: what A counted meanwhile reaches the shared report.
+    assert!(
+        wait_until(Duration::from_secs(10), || served(&b) == 50),
+        "{} of 50; A's log:\n{}",
+        served(&b),
+        a.log()
+    );
+}

@@ -339,6 +339,35 @@ impl Shared {
         })
     }
 
+    /// Adds requests served per (plan, key, day) to the shared daily usage.
+    pub fn add_usage(&self, served: &[((String, String, u64), u64)]) -> anyhow::Result<()> {
+        let mut pipe = redis::pipe();
+        for ((plan, key, day), n) in served {
+            let hash = format!("{}u:{plan}:{key}", self.prefix);
+            pipe.cmd("HINCRBY").arg(&hash).arg(*day).arg(*n).ignore();
+            pipe.cmd("EXPIRE").arg(&hash).arg(400 * 86_400).ignore();
+        }
+        self.with(|c| pipe.exec(c))
+    }
+
+    /// Requests served per day of `days`, over all nodes.
+    pub fn usage(
+        &self,
+        plan: &str,
+        key: &str,
+        days: std::ops::RangeInclusive<u64>,
+    ) -> anyhow::Result<Vec<(u64, u64)>> {
+        let hash = format!("{}u:{plan}:{key}", self.prefix);
+        let days: Vec<u64> = days.collect();
+        let values: Vec<Option<u64>> =
+            self.with(|c| redis::cmd("HMGET").arg(&hash).arg(&days).query(c))?;
+        Ok(days
+            .into_iter()
+            .zip(values)
+            .filter_map(|(d, v)| v.map(|v| (d, v)))
+            .collect())
+    }
+
     /// A quota's count over all nodes.
     pub fn count(&self, counter: &str) -> anyhow::Result<u64> {
         self.with(|c| {

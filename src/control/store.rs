@@ -68,6 +68,11 @@ pub struct Store {
     /// Cluster mode: definitions are written to Redis too (the source of truth),
     /// which announces them to every node.
     mirror: Option<std::sync::Arc<crate::control::redis::Shared>>,
+    /// Cluster mode: requests served not yet added to Redis's daily usage (Redis
+    /// away): added when it is back, so the report counts every request.
+    #[allow(clippy::disallowed_types)]
+    // The store's writer and the admin thread only; never a worker.
+    pending: std::sync::Mutex<HashMap<(String, String, u64), u64>>,
 }
 
 /// What the store held at start.
@@ -124,6 +129,7 @@ impl Store {
             db,
             persistent,
             mirror: None,
+            pending: Default::default(),
         })
     }
 
@@ -428,6 +434,15 @@ impl Store {
 
     /// Saves quota counts and adds to today's usage, in one transaction.
     pub fn write_counts(&self, writes: &[CountWrite]) -> anyhow::Result<()> {
+        if let Some(m) = &self.mirror {
+            let mut pending = crate::lock(&self.pending);
+            for w in writes.iter().filter(|w| w.served > 0) {
+                *pending
+                    .entry((w.plan.clone(), w.key.clone(), w.day))
+                    .or_default() += w.served;
+            }
+            self.push_usage(m, &mut pending);
+        }
         self.write(|tx| {
             let mut q = tx.open_table(QUOTAS)?;
             let mut u = tx.open_table(USAGE)?;
@@ -443,6 +458,31 @@ impl Store {
             }
             Ok(())
         })
+    }
+
+    /// Adds what is pending to Redis's daily usage; kept for later if Redis is away.
+    fn push_usage(
+        &self,
+        m: &crate::control::redis::Shared,
+        pending: &mut HashMap<(String, String, u64), u64>,
+    ) {
+        if pending.is_empty() {
+            return;
+        }
+        let batch: Vec<((String, String, u64), u64)> =
+            pending.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        if m.add_usage(&batch).is_ok() {
+            pending.clear();
+        }
+    }
+
+    /// Cluster mode: adds usage still pending to Redis (the writer's loop, so
+    /// counts kept while Redis was away reach it once it is back).
+    pub fn replay_usage(&self) {
+        if let Some(m) = &self.mirror {
+            let mut pending = crate::lock(&self.pending);
+            self.push_usage(m, &mut pending);
+        }
     }
 
     /// `(day, served, remaining)` of the days with a record, from `start` to `end`.
@@ -464,6 +504,19 @@ impl Store {
                 used,
                 (remaining != NO_QUOTA).then_some(remaining),
             ));
+        }
+        // Cluster mode: what every node served (this node's own count when Redis
+        // cannot be read).
+        if let Some(m) = &self.mirror {
+            if let Ok(shared) = m.usage(plan, key, start..=end) {
+                for (day, served) in shared {
+                    match out.iter_mut().find(|r| r.0 == day) {
+                        Some(r) => r.1 = served,
+                        None => out.push((day, served, None)),
+                    }
+                }
+                out.sort_by_key(|r| r.0);
+            }
         }
         Ok(out)
     }
