@@ -57,6 +57,15 @@ fn validate_accepts_the_access_example() {
 }
 
 #[test]
+fn validate_accepts_the_cluster_example() {
+    let (code, out) = validate_file(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/examples/cluster.yaml").as_ref(),
+        &[("ADMIN_TOKEN", "an-admin-token-for-the-example")],
+    );
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
 fn validate_accepts_the_quickstart() {
     let (code, out) = validate_file(
         concat!(env!("CARGO_MANIFEST_DIR"), "/examples/quickstart.yaml").as_ref(),

@@ -72,8 +72,19 @@ pub struct Store {
     /// away): added when it is back, so the report counts every request.
     #[allow(clippy::disallowed_types)]
     // The store's writer and the admin thread only; never a worker.
-    pending: std::sync::Mutex<HashMap<(String, String, u64), u64>>,
+    pending: std::sync::Mutex<Pending>,
 }
+
+/// Daily usage not yet in Redis, and when it was last sent.
+#[derive(Default)]
+struct Pending {
+    served: HashMap<(String, String, u64), u64>,
+    sent: Option<std::time::Instant>,
+}
+
+/// Usage goes to Redis at most this often (one pipeline per gap, whatever the
+/// traffic): the usage report lags by as much.
+const USAGE_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// What the store held at start.
 #[derive(Debug, Default)]
@@ -438,10 +449,11 @@ impl Store {
             let mut pending = crate::lock(&self.pending);
             for w in writes.iter().filter(|w| w.served > 0) {
                 *pending
+                    .served
                     .entry((w.plan.clone(), w.key.clone(), w.day))
                     .or_default() += w.served;
             }
-            self.push_usage(m, &mut pending);
+            self.push_usage(m, &mut pending, false);
         }
         self.write(|tx| {
             let mut q = tx.open_table(QUOTAS)?;
@@ -461,18 +473,20 @@ impl Store {
     }
 
     /// Adds what is pending to Redis's daily usage; kept for later if Redis is away.
-    fn push_usage(
-        &self,
-        m: &crate::control::redis::Shared,
-        pending: &mut HashMap<(String, String, u64), u64>,
-    ) {
-        if pending.is_empty() {
+    fn push_usage(&self, m: &crate::control::redis::Shared, pending: &mut Pending, now: bool) {
+        if pending.served.is_empty()
+            || (!now && pending.sent.is_some_and(|t| t.elapsed() < USAGE_EVERY))
+        {
             return;
         }
-        let batch: Vec<((String, String, u64), u64)> =
-            pending.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        pending.sent = Some(std::time::Instant::now());
+        let batch: Vec<((String, String, u64), u64)> = pending
+            .served
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
         if m.add_usage(&batch).is_ok() {
-            pending.clear();
+            pending.served.clear();
         }
     }
 
@@ -481,7 +495,15 @@ impl Store {
     pub fn replay_usage(&self) {
         if let Some(m) = &self.mirror {
             let mut pending = crate::lock(&self.pending);
-            self.push_usage(m, &mut pending);
+            self.push_usage(m, &mut pending, false);
+        }
+    }
+
+    /// Cluster mode: sends pending usage now (a usage report, shutdown).
+    pub fn send_usage(&self) {
+        if let Some(m) = &self.mirror {
+            let mut pending = crate::lock(&self.pending);
+            self.push_usage(m, &mut pending, true);
         }
     }
 

@@ -522,6 +522,8 @@ impl Registry {
     /// Hands every quota back to the store (at shutdown, after the workers settled
     /// their leases).
     pub fn shutdown(&mut self) -> anyhow::Result<()> {
-        self.flush()
+        let r = self.flush();
+        self.store.send_usage();
+        r
     }
 }

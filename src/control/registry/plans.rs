@@ -201,6 +201,7 @@ impl Registry {
     ) -> Result<Report, ApiError> {
         self.plan(plan)?;
         self.flush()?;
+        self.store.send_usage();
         let ids: Vec<String> = match key_id {
             Some(id) => {
                 self.key(id)?;
