@@ -37,11 +37,13 @@ for _ in $(seq 50); do curl -sf http://127.0.0.1:18081/ >/dev/null && redis-cli 
 
 cp load-tests/peers/shardgate-keyed.yaml "$RUN/embedded.yaml"
 { sed 's/18086/18101/' load-tests/peers/shardgate-keyed.yaml
-  echo 'store: { redis: { url: "redis://127.0.0.1:18100/0", key_prefix: "bench:" } }'; } >"$RUN/cluster.yaml"
+  echo 'store: { redis: { url: "redis://127.0.0.1:18100/0", key_prefix: "bench:" } }'
+  echo 'admin: { bind: "127.0.0.1:18109" }'; } >"$RUN/cluster.yaml"
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 CLK=$(getconf CLK_TCK)
-redis_calls() { redis-cli -p 18100 info commandstats | awk -F'[=,]' '/^cmdstat_/ {s += $2} END {print s + 0}'; }
+# Round trips the node made to Redis (its /metrics; a script or pipeline is one).
+redis_calls() { curl -s http://127.0.0.1:18109/metrics 2>/dev/null | awk '/^shardgate_redis_round_trips_total/ {print $2}' | grep . || echo 0; }
 
 # measure NAME CONFIG PORT: one run; appends "cpu_us ops_per_10k" to R_NAME.
 declare -A R
@@ -61,7 +63,7 @@ measure() {
   cpu=$(awk -v a="$t0" -v b="$t1" -v n="$reqs" -v k="$CLK" 'BEGIN {printf "%.2f", (b - a) / k * 1e6 / n}')
   ops=$(awk -v a="$c0" -v b="$c1" -v n="$reqs" 'BEGIN {printf "%.1f", (b - a) * 10000 / n}')
   R[$name]+="$cpu/$ops "
-  echo "  $name: $reqs requests, cpu ${cpu} us/req, redis commands per 10k requests ${ops}"
+  echo "  $name: $reqs requests, cpu ${cpu} us/req, redis round trips per 10k requests ${ops}"
 }
 
 echo "== keyed small GET, embedded vs cluster mode ($ROUNDS rounds, ${DURATION}s)"
@@ -129,7 +131,7 @@ dest="load-tests/results/cluster-$(nproc)core-${tag:-unknown}.txt"
   echo "$ROUNDS alternating rounds of ${DURATION}s, medians:"
   echo "  embedded: cpu $emb us/req"
   echo "  cluster:  cpu $clu us/req ($(awk -v a="$clu" -v b="$emb" 'BEGIN {printf "%.3f", a / b}')x embedded; bar: <= 1.10x)"
-  echo "  redis commands per 10,000 requests in cluster mode: $ops"
+  echo "  redis round trips per 10,000 requests in cluster mode: $ops (quota grants, throttle refills, usage, heartbeats)"
   echo "  per round (cpu/ops): embedded ${R[embedded]}; cluster ${R[cluster]}"
   echo
   echo "a stage throttle shared by three nodes (one worker each, wrk -c8 on each at once, ${DURATION}s):"

@@ -60,6 +60,8 @@ pub struct Shared {
     pub fail_open: bool,
     /// Redis answered the last command (state changes are logged once).
     up: AtomicBool,
+    /// Round trips to Redis (a pipeline or a script is one): `/metrics`.
+    pub round_trips: std::sync::atomic::AtomicU64,
 }
 
 fn info(url: &str, password: Option<&str>) -> redis::RedisResult<redis::ConnectionInfo> {
@@ -102,6 +104,7 @@ impl Shared {
             node_id,
             fail_open: plan.fail_open,
             up: AtomicBool::new(true),
+            round_trips: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -137,6 +140,7 @@ impl Shared {
         let Some(conn) = guard.as_mut() else {
             return Err(anyhow::anyhow!("redis: no connection"));
         };
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
         match f(conn.like()) {
             Ok(v) => {
                 self.went(true, &"");

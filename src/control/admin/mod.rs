@@ -181,6 +181,15 @@ fn handle(ctx: &Ctx, req: &Request) -> Response {
             let plan = ctx.control.plan();
             let mut text = plan.metrics.render();
             text.push_str(&crate::observe::metrics::render_upstreams(&plan.upstreams));
+            if let Some(s) = lock(ctx).store().mirror() {
+                use std::fmt::Write as _;
+                let _ = writeln!(
+                    text,
+                    "# HELP shardgate_redis_round_trips_total Calls to Redis (cluster mode; a script or a pipeline is one).\n# TYPE shardgate_redis_round_trips_total counter\nshardgate_redis_round_trips_total {}\n# HELP shardgate_redis_up 1 while Redis answers.\n# TYPE shardgate_redis_up gauge\nshardgate_redis_up {}",
+                    s.round_trips.load(std::sync::atomic::Ordering::Relaxed),
+                    u8::from(s.is_up())
+                );
+            }
             return Response::text("text/plain; version=0.0.4; charset=utf-8", text);
         }
         _ => {}
