@@ -192,6 +192,19 @@ fn round(
     if due {
         st.next_round = now + EVERY;
         heartbeat(shared, me, st.adopted);
+        if let Ok(nodes) = shared.nodes() {
+            let now_ms = crate::clock::unix_ms();
+            let alive = nodes
+                .iter()
+                .filter_map(|(_, j)| serde_json::from_str::<serde_json::Value>(j).ok())
+                .filter(|v| {
+                    now_ms.saturating_sub(v["last_seen_ms"].as_u64().unwrap_or(0)) < ALIVE_MS
+                })
+                .count();
+            shared
+                .alive
+                .store((alive as u32).max(1), std::sync::atomic::Ordering::Release);
+        }
         if !shared.fail_open {
             crate::lock(registry).live().set_closed(!shared.is_up());
         }
@@ -334,7 +347,9 @@ pub fn start_tokens(shared: Arc<Shared>, control: Arc<Control>) {
                     match shared.tokens(name, interval_ns / 1000, tolerance_ns / 1000, want) {
                         Ok(n) => {
                             r.add(n);
-                            r.offline.store(false, std::sync::atomic::Ordering::Release);
+                            if r.offline.swap(false, std::sync::atomic::Ordering::AcqRel) {
+                                tracing::info!(throttle = %name, "throttle shared through redis again");
+                            }
                             if n == 0 {
                                 // Empty: ask again when a token may be there.
                                 let wait = Duration::from_nanos(interval_ns)
@@ -344,7 +359,8 @@ pub fn start_tokens(shared: Arc<Shared>, control: Arc<Control>) {
                         }
                         Err(_) => {
                             if shared.fail_open {
-                                r.offline.store(true, std::sync::atomic::Ordering::Release);
+                                let nodes = shared.alive.load(std::sync::atomic::Ordering::Acquire);
+                                r.go_offline(b.limit, nodes);
                             }
                             quiet.insert(b.slot, now + Duration::from_millis(500));
                         }

@@ -62,6 +62,9 @@ pub struct Shared {
     up: AtomicBool,
     /// Round trips to Redis (a pipeline or a script is one): `/metrics`.
     pub round_trips: std::sync::atomic::AtomicU64,
+    /// Nodes alive at the last heartbeat round (each node's share of a throttle
+    /// while Redis is away).
+    pub alive: std::sync::atomic::AtomicU32,
 }
 
 fn info(url: &str, password: Option<&str>) -> redis::RedisResult<redis::ConnectionInfo> {
@@ -105,6 +108,7 @@ impl Shared {
             fail_open: plan.fail_open,
             up: AtomicBool::new(true),
             round_trips: std::sync::atomic::AtomicU64::new(0),
+            alive: std::sync::atomic::AtomicU32::new(1),
         })
     }
 
@@ -343,32 +347,45 @@ impl Shared {
         })
     }
 
-    /// Adds requests served per (plan, key, day) to the shared daily usage.
-    pub fn add_usage(&self, served: &[((String, String, u64), u64)]) -> anyhow::Result<()> {
+    /// Sets this node's count of requests served per (plan, key, day): one hash
+    /// per day, a field per node, so sending a count twice (a reply lost to a
+    /// timeout) never counts it twice.
+    pub fn set_usage(&self, served: &[((String, String, u64), u64)]) -> anyhow::Result<()> {
         let mut pipe = redis::pipe();
         for ((plan, key, day), n) in served {
-            let hash = format!("{}u:{plan}:{key}", self.prefix);
-            pipe.cmd("HINCRBY").arg(&hash).arg(*day).arg(*n).ignore();
+            let hash = self.usage_key(plan, key, *day);
+            pipe.cmd("HSET")
+                .arg(&hash)
+                .arg(&self.node_id)
+                .arg(*n)
+                .ignore();
             pipe.cmd("EXPIRE").arg(&hash).arg(400 * 86_400).ignore();
         }
         self.with(|c| pipe.exec(c))
     }
 
-    /// Requests served per day of `days`, over all nodes.
+    fn usage_key(&self, plan: &str, key: &str, day: u64) -> String {
+        format!("{}u:{plan}:{key}:{day}", self.prefix)
+    }
+
+    /// Requests served per day of `days`, over all nodes (days with none left out).
     pub fn usage(
         &self,
         plan: &str,
         key: &str,
         days: std::ops::RangeInclusive<u64>,
     ) -> anyhow::Result<Vec<(u64, u64)>> {
-        let hash = format!("{}u:{plan}:{key}", self.prefix);
         let days: Vec<u64> = days.collect();
-        let values: Vec<Option<u64>> =
-            self.with(|c| redis::cmd("HMGET").arg(&hash).arg(&days).query(c))?;
+        let mut pipe = redis::pipe();
+        for d in &days {
+            pipe.cmd("HVALS").arg(self.usage_key(plan, key, *d));
+        }
+        let values: Vec<Vec<u64>> = self.with(|c| pipe.query(c))?;
         Ok(days
             .into_iter()
             .zip(values)
-            .filter_map(|(d, v)| v.map(|v| (d, v)))
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(d, v)| (d, v.iter().sum()))
             .collect())
     }
 

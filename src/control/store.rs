@@ -445,16 +445,7 @@ impl Store {
 
     /// Saves quota counts and adds to today's usage, in one transaction.
     pub fn write_counts(&self, writes: &[CountWrite]) -> anyhow::Result<()> {
-        if let Some(m) = &self.mirror {
-            let mut pending = crate::lock(&self.pending);
-            for w in writes.iter().filter(|w| w.served > 0) {
-                *pending
-                    .served
-                    .entry((w.plan.clone(), w.key.clone(), w.day))
-                    .or_default() += w.served;
-            }
-            self.push_usage(m, &mut pending, false);
-        }
+        let mut totals = Vec::new();
         self.write(|tx| {
             let mut q = tx.open_table(QUOTAS)?;
             let mut u = tx.open_table(USAGE)?;
@@ -467,9 +458,19 @@ impl Store {
                 let k = (w.plan.as_str(), w.key.as_str(), w.day);
                 let before = u.get(k)?.map_or(0, |v| v.value().0);
                 u.insert(k, (before + w.served, w.remaining.unwrap_or(NO_QUOTA)))?;
+                if w.served > 0 {
+                    totals.push(((w.plan.clone(), w.key.clone(), w.day), before + w.served));
+                }
             }
             Ok(())
-        })
+        })?;
+        // Cluster mode: this node's day totals go to Redis (its field of each day).
+        if let Some(m) = &self.mirror {
+            let mut pending = crate::lock(&self.pending);
+            pending.served.extend(totals);
+            self.push_usage(m, &mut pending, false);
+        }
+        Ok(())
     }
 
     /// Adds what is pending to Redis's daily usage; kept for later if Redis is away.
@@ -485,7 +486,7 @@ impl Store {
             .iter()
             .map(|(k, v)| (k.clone(), *v))
             .collect();
-        if m.add_usage(&batch).is_ok() {
+        if m.set_usage(&batch).is_ok() {
             pending.served.clear();
         }
     }

@@ -62,16 +62,39 @@ pub struct Reservoir {
     pub target: u64,
     /// Workers found it low: refill now.
     pub wanted: std::sync::atomic::AtomicBool,
-    /// Redis unreachable with `fail_open`: the node's own bucket decides.
+    /// Redis unreachable with `fail_open`: `fallback` decides.
     pub offline: std::sync::atomic::AtomicBool,
+    /// While offline: this node's last known share of the bucket (the rate and
+    /// burst divided by the nodes alive when Redis went away).
+    pub fallback: arc_swap::ArcSwapOption<SharedBucket>,
+    pub workers: usize,
 }
 
 impl Reservoir {
-    pub fn new(target: u64) -> Self {
+    pub fn new(target: u64, workers: usize) -> Self {
         Self {
             target: target.max(1),
+            workers,
             ..Self::default()
         }
+    }
+
+    /// Redis went away (`fail_open`): from now until it is back, this node admits
+    /// its share of `limit` among `nodes` on its own.
+    pub fn go_offline(&self, limit: Limit, nodes: u32) {
+        if self.offline.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let n = f64::from(nodes.max(1));
+        let share = Limit {
+            rate: limit.rate / n,
+            burst: ((limit.burst as f64 / n).ceil() as u64).max(1),
+        };
+        self.fallback
+            .store(Some(std::sync::Arc::new(SharedBucket::new(
+                share,
+                self.workers,
+            ))));
     }
 
     pub fn tokens(&self) -> u64 {
@@ -131,6 +154,7 @@ impl SharedBucket {
     pub fn share(&self, workers: usize) {
         let _ = self.remote.set(std::sync::Arc::new(Reservoir::new(
             u64::from(self.batch) * workers.max(1) as u64,
+            workers,
         )));
     }
 
@@ -148,6 +172,9 @@ impl SharedBucket {
         if let Some(r) = self.remote.get() {
             if !r.offline.load(Ordering::Relaxed) {
                 return r.take(want);
+            }
+            if let Some(f) = &*r.fallback.load() {
+                return f.take(now_ns, want);
             }
         }
         let mut tat = self.tat_ns.load(Ordering::Relaxed);
