@@ -229,10 +229,7 @@ fn run(
     if let Some(s) = &shared {
         // Deployments and stage pointers other nodes made, before compiling.
         if let Err(e) = shardgate::control::cluster::pull_deployments(s, &store) {
-            if !s.fail_open {
-                return Err(e.context("redis unreachable at start (on_unavailable: fail_closed)"));
-            }
-            tracing::warn!(error = %format!("{e:#}"), "redis unreachable at start: stages follow what this node has (fail_open)");
+            tracing::warn!(error = %format!("{e:#}"), "redis unreachable at start: stages follow the config");
         }
     }
     // Stages the management API pointed at deployments serve those.
@@ -291,14 +288,19 @@ fn run(
         // What other nodes changed wins over this node's config seeds.
         let adopted = match shardgate::control::cluster::sync_now(s, &registry) {
             Ok(v) => v,
-            Err(e) if s.fail_open => {
-                tracing::warn!(error = %format!("{e:#}"), "redis unreachable at start: serving the config's keys (fail_open)");
+            Err(e) => {
+                if s.fail_open {
+                    tracing::warn!(error = %format!("{e:#}"), "redis unreachable at start: serving the config's keys (fail_open)");
+                } else {
+                    // Keyed and throttled routes answer 503 until Redis does.
+                    tracing::warn!(error = %format!("{e:#}"), "redis unreachable at start: keyed and throttled routes answer 503 until it is back (fail_closed)");
+                    plan.live.set_closed(true);
+                }
                 0
             }
-            Err(e) => {
-                return Err(e.context("redis unreachable at start (on_unavailable: fail_closed)"))
-            }
         };
+        // Each throttle's reservoir filled before the first request.
+        shardgate::control::cluster::fill_reservoirs(s, &plan.throttles, &plan.throttle_names);
         tracing::info!(node = %s.node_id, version = adopted, "cluster mode: shared state adopted");
         cluster_from = adopted;
     }

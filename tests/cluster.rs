@@ -820,3 +820,32 @@ fn with_redis_away_each_node_keeps_its_share_of_a_throttle() {
     assert!(got <= 100, "{got}: the nodes did not keep to their shares");
     assert!(got >= 50, "{got}: far under the rate");
 }
+
+#[test]
+fn a_node_starts_while_redis_is_down_and_catches_up_when_it_is_back() {
+    let mut redis = Redis::start();
+    let port = redis.port;
+    redis.stop();
+    let env = [("SG_TEST_ADMIN_TOKEN", TOKEN), ("ALICE_KEY", ALICE)];
+    // fail_closed: it starts, and answers 503 on keyed routes until Redis is back.
+    let closed = Gateway::start_env(&yaml_full(port, "v1", "fail_closed"), &[], &env);
+    let open = Gateway::start_env(&yaml_full(port, "v1", "fail_open"), &[], &env);
+    assert_eq!(pets(&closed, ALICE), 503, "log:\n{}", closed.log());
+    assert_eq!(body(&closed, "/prod/v"), "v1");
+    assert_eq!(pets(&open, ALICE), 200);
+    redis.restart();
+    assert!(
+        wait_until(Duration::from_secs(10), || pets(&closed, ALICE) == 200),
+        "log:\n{}",
+        closed.log()
+    );
+    // Both seeded Redis with the config on their way back: a key made now works on both.
+    let k = api(
+        &open,
+        "POST",
+        "/apikeys",
+        r#"{"name":"late","plans":["gold"]}"#,
+    );
+    let value = k["value"].as_str().unwrap().to_owned();
+    assert!(reaches(&closed, &value, 200, Duration::from_secs(2)).is_some());
+}

@@ -170,7 +170,7 @@ fn run(
             Err(_) => {
                 round(shared, registry, control, me, &mut st, false);
                 std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff = (backoff * 2).min(EVERY);
             }
         }
     }
@@ -189,6 +189,26 @@ fn round(
 ) {
     let now = Instant::now();
     let due = now >= st.next_round;
+    if shared.needs_seed.load(std::sync::atomic::Ordering::Acquire) {
+        // What this node holds goes in first: adopting a Redis without the
+        // config's definitions would drop them here too.
+        if !(due || changed) {
+            return;
+        }
+        if crate::lock(registry).reseed().is_err() {
+            if due {
+                st.next_round = now + EVERY;
+                if !shared.fail_open {
+                    crate::lock(registry).live().set_closed(true);
+                }
+            }
+            return;
+        }
+        shared
+            .needs_seed
+            .store(false, std::sync::atomic::Ordering::Release);
+        tracing::info!("config definitions seeded into redis");
+    }
     if due {
         st.next_round = now + EVERY;
         heartbeat(shared, me, st.adopted);
@@ -310,6 +330,27 @@ pub fn nodes_json(shared: &Shared) -> anyhow::Result<serde_json::Value> {
         "redis": if shared.is_up() { "up" } else { "unreachable" },
         "items": nodes,
     }))
+}
+
+/// Fills each shared throttle's reservoir once (at start, before any request):
+/// Redis away with `fail_open`, the node takes its share on its own.
+pub fn fill_reservoirs(
+    shared: &Shared,
+    throttles: &[Arc<crate::policy::throttle::SharedBucket>],
+    names: &[String],
+) {
+    for (b, name) in throttles.iter().zip(names) {
+        let Some(r) = b.remote.get() else { continue };
+        let (interval_ns, tolerance_ns) = b.gcra();
+        if interval_ns == 0 {
+            continue;
+        }
+        match shared.tokens(name, interval_ns / 1000, tolerance_ns / 1000, r.target) {
+            Ok(n) => r.add(n),
+            Err(_) if shared.fail_open => r.go_offline(b.limit, 1),
+            Err(_) => {}
+        }
+    }
 }
 
 /// How often the tokens thread looks at the reservoirs.

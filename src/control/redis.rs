@@ -65,6 +65,9 @@ pub struct Shared {
     /// Nodes alive at the last heartbeat round (each node's share of a throttle
     /// while Redis is away).
     pub alive: std::sync::atomic::AtomicU32,
+    /// Seeding the config's definitions failed (Redis away at start or reload):
+    /// the sync thread seeds them before it adopts anything from Redis.
+    pub needs_seed: AtomicBool,
 }
 
 fn info(url: &str, password: Option<&str>) -> redis::RedisResult<redis::ConnectionInfo> {
@@ -109,6 +112,7 @@ impl Shared {
             up: AtomicBool::new(true),
             round_trips: std::sync::atomic::AtomicU64::new(0),
             alive: std::sync::atomic::AtomicU32::new(1),
+            needs_seed: AtomicBool::new(false),
         })
     }
 

@@ -49,17 +49,17 @@ const STAGES: TableDefinition<(&str, &str), &str> = TableDefinition::new("stages
 
 const NO_QUOTA: u64 = u64::MAX;
 
-/// A config definition Redis could not take: with `fail_open` the node starts
-/// (or reloads) on it anyway, and the sync thread seeds nothing later: the next
-/// start or reload does.
+/// A config definition Redis could not take: the node starts (or reloads) on it
+/// anyway (with `fail_closed`, answering 503 on keyed and throttled routes until
+/// Redis is back), and the cluster sync thread seeds it once Redis answers,
+/// before it adopts anything from there.
 fn seeded(m: &crate::control::redis::Shared, r: anyhow::Result<()>) -> anyhow::Result<()> {
-    match r {
-        Err(e) if m.fail_open => {
-            tracing::warn!(error = %format!("{e:#}"), "config definition not seeded into redis (fail_open: going on)");
-            Ok(())
+    if let Err(e) = r {
+        if !m.needs_seed.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            tracing::warn!(error = %format!("{e:#}"), "config definitions not seeded into redis; seeded when it is back");
         }
-        other => other,
     }
+    Ok(())
 }
 
 pub struct Store {
