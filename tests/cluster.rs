@@ -849,3 +849,107 @@ fn a_node_starts_while_redis_is_down_and_catches_up_when_it_is_back() {
     let value = k["value"].as_str().unwrap().to_owned();
     assert!(reaches(&closed, &value, 200, Duration::from_secs(2)).is_some());
 }
+
+#[test]
+fn rediss_with_tls_to_redis() {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
+    let dir = std::env::temp_dir().join(format!("shardgate-rediss-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name = rcgen::DistinguishedName::new();
+    ca.distinguished_name
+        .push(DnType::CommonName, "shardgate rediss test CA");
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+    let issuer = Issuer::new(ca, ca_key);
+    let mut leaf = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    leaf.distinguished_name = rcgen::DistinguishedName::new();
+    leaf.distinguished_name
+        .push(DnType::CommonName, "localhost");
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf_pem = leaf.signed_by(&leaf_key, &issuer).unwrap().pem();
+    let (ca_path, cert, key) = (
+        dir.join("ca.pem"),
+        dir.join("redis.pem"),
+        dir.join("redis.key"),
+    );
+    std::fs::write(&ca_path, ca_pem).unwrap();
+    std::fs::write(&cert, leaf_pem).unwrap();
+    std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args([
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--tls-auth-clients",
+            "no",
+        ])
+        .arg("--tls-cert-file")
+        .arg(&cert)
+        .arg("--tls-key-file")
+        .arg(&key)
+        .arg("--tls-ca-cert-file")
+        .arg(&ca_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server with TLS");
+    let _redis = Redis { child, port };
+    assert!(wait_until(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    }));
+    // The gateway verifies Redis's certificate against the system's roots; this
+    // test's CA stands in for them (SSL_CERT_FILE).
+    let yaml = yaml_store(
+        &format!("{{ url: \"rediss://localhost:{port}/0\", key_prefix: \"sgtls:\" }}"),
+        "v1",
+    );
+    let env = [
+        ("SG_TEST_ADMIN_TOKEN", TOKEN),
+        ("ALICE_KEY", ALICE),
+        ("SSL_CERT_FILE", ca_path.to_str().unwrap()),
+    ];
+    let a = Gateway::start_env(&yaml, &[], &env);
+    let b = Gateway::start_env(&yaml, &[], &env);
+    let k = api(&a, "POST", "/apikeys", r#"{"name":"tls","plans":["gold"]}"#);
+    let value = k["value"].as_str().unwrap().to_owned();
+    assert!(
+        reaches(&b, &value, 200, Duration::from_secs(1)).is_some(),
+        "log:\n{}",
+        b.log()
+    );
+    assert_eq!(api(&b, "GET", "/cluster", "")["redis"], "up");
+    // Without the CA the certificate is refused: that node cannot reach Redis.
+    let untrusting = Gateway::start_env(
+        &yaml,
+        &[],
+        &[
+            ("SG_TEST_ADMIN_TOKEN", TOKEN),
+            ("ALICE_KEY", ALICE),
+            ("SSL_CERT_FILE", "/nonexistent"),
+        ],
+    );
+    assert_eq!(call(&untrusting, "GET", "/cluster", "").status, 503);
+    let _ = std::fs::remove_dir_all(&dir);
+}

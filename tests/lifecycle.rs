@@ -79,8 +79,8 @@ fn validate_accepts_the_quickstart() {
 fn later_features_are_refused_not_ignored() {
     let table = [
         (
-            "store: { redis: { url: \"rediss://127.0.0.1:6379/0\" } }\n",
-            "not supported yet: store.redis.url (rediss://)",
+            "store: { redis: { url: \"http://127.0.0.1:6379/0\" } }\n",
+            "store.redis.url: \"http://127.0.0.1:6379/0\": expected a redis:// or rediss:// URL",
         ),
         (
             "admin: { bind: 127.0.0.1:9901, colour: red }\n",

@@ -386,8 +386,7 @@ apis:
     #[test]
     fn later_features_are_refused_by_name() {
         let text = format!(
-            "{BASE}store: {{ redis: {{ url: \"rediss://127.0.0.1:6379/0\" }} }}
-apis:
+            "{BASE}apis:
   - name: p
     routes:
       - route: POST /orders
@@ -403,7 +402,6 @@ apis:
         let with_functions =
             format!("{text}functions:\n  - {{ name: hello, runtime_api: 127.0.0.1:9001 }}\n");
         for (text, key) in [
-            (&text, "store.redis.url (rediss://)"),
             (&with_responses, "apis[0].gateway_responses"),
             (&with_functions, "functions"),
         ] {

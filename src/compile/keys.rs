@@ -126,10 +126,8 @@ pub fn compile_redis(
         } else {
             "store.redis.url".to_owned()
         };
-        if u.starts_with("rediss://") {
-            errs.not_supported(format!("{path} (rediss://)"));
-        } else if !u.starts_with("redis://") {
-            errs.push(path, format!("{u:?}: expected a redis:// URL"));
+        if !u.starts_with("redis://") && !u.starts_with("rediss://") {
+            errs.push(path, format!("{u:?}: expected a redis:// or rediss:// URL"));
         }
     }
     let password = r
