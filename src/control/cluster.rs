@@ -332,24 +332,14 @@ pub fn nodes_json(shared: &Shared) -> anyhow::Result<serde_json::Value> {
     }))
 }
 
-/// Fills each shared throttle's reservoir once (at start, before any request):
-/// Redis away with `fail_open`, the node takes its share on its own.
+/// Fills each shared throttle's reservoir once (at start, before any request).
 pub fn fill_reservoirs(
     shared: &Shared,
     throttles: &[Arc<crate::policy::throttle::SharedBucket>],
     names: &[String],
 ) {
     for (b, name) in throttles.iter().zip(names) {
-        let Some(r) = b.remote.get() else { continue };
-        let (interval_ns, tolerance_ns) = b.gcra();
-        if interval_ns == 0 {
-            continue;
-        }
-        match shared.tokens(name, interval_ns / 1000, tolerance_ns / 1000, r.target) {
-            Ok(n) => r.add(n),
-            Err(_) if shared.fail_open => r.go_offline(b.limit, 1),
-            Err(_) => {}
-        }
+        crate::control::redis::fill(shared, b, name);
     }
 }
 
@@ -357,8 +347,10 @@ pub fn fill_reservoirs(
 const REFILL_EVERY: Duration = Duration::from_millis(5);
 
 /// Starts the thread that keeps each throttle's reservoir on this node topped up
-/// from the bucket in Redis (cluster mode: a stage's `rate` is for all nodes).
+/// from the bucket in Redis (cluster mode: a throttle's `rate` is for all nodes):
+/// the plan's throttles (stages, routes, the gateway) and every key's.
 pub fn start_tokens(shared: Arc<Shared>, control: Arc<Control>) {
+    let keys = crate::lock(control.registry()).key_buckets();
     let spawned = std::thread::Builder::new()
         .name("shardgate-tokens".into())
         .spawn(move || {
@@ -370,46 +362,61 @@ pub fn start_tokens(shared: Arc<Shared>, control: Arc<Control>) {
                 let plan = control.plan();
                 let now = Instant::now();
                 for (b, name) in plan.throttles.iter().zip(&plan.throttle_names) {
-                    let Some(r) = b.remote.get() else { continue };
-                    if quiet.get(&b.slot).is_some_and(|t| now < *t) {
-                        continue;
-                    }
-                    let have = r.tokens();
-                    let wanted = r.wanted.swap(false, std::sync::atomic::Ordering::AcqRel);
-                    let offline = r.offline.load(std::sync::atomic::Ordering::Acquire);
-                    if !(wanted || offline || have < r.target.div_ceil(2)) {
-                        continue;
-                    }
-                    let want = r.target.saturating_sub(have).max(1);
-                    let (interval_ns, tolerance_ns) = b.gcra();
-                    if interval_ns == 0 {
-                        continue;
-                    }
-                    match shared.tokens(name, interval_ns / 1000, tolerance_ns / 1000, want) {
-                        Ok(n) => {
-                            r.add(n);
-                            if r.offline.swap(false, std::sync::atomic::Ordering::AcqRel) {
-                                tracing::info!(throttle = %name, "throttle shared through redis again");
-                            }
-                            if n == 0 {
-                                // Empty: ask again when a token may be there.
-                                let wait = Duration::from_nanos(interval_ns)
-                                    .min(Duration::from_millis(50));
-                                quiet.insert(b.slot, now + wait);
-                            }
-                        }
-                        Err(_) => {
-                            if shared.fail_open {
-                                let nodes = shared.alive.load(std::sync::atomic::Ordering::Acquire);
-                                r.go_offline(b.limit, nodes);
-                            }
-                            quiet.insert(b.slot, now + Duration::from_millis(500));
-                        }
-                    }
+                    refill(&shared, b, name, &mut quiet, now);
+                }
+                for (name, b) in keys.load().iter() {
+                    refill(&shared, b, name, &mut quiet, now);
                 }
             }
         });
     if let Err(e) = spawned {
         tracing::error!(error = %e, "cannot start the cluster tokens thread: throttles admit nothing");
+    }
+}
+
+/// Tops one reservoir up when a worker found it low (or it is offline: tries
+/// Redis again); an empty bucket is asked again once a token may be there.
+fn refill(
+    shared: &Shared,
+    b: &crate::policy::throttle::SharedBucket,
+    name: &str,
+    quiet: &mut std::collections::HashMap<u32, Instant>,
+    now: Instant,
+) {
+    use std::sync::atomic::Ordering;
+    let Some(r) = b.remote.get() else { return };
+    if quiet.get(&b.slot).is_some_and(|t| now < *t) {
+        return;
+    }
+    let have = r.tokens();
+    let wanted = r.wanted.swap(false, Ordering::AcqRel);
+    let offline = r.offline.load(Ordering::Acquire);
+    if !(wanted || offline || have < r.target.div_ceil(2)) {
+        return;
+    }
+    let (interval_ns, tolerance_ns) = b.gcra();
+    if interval_ns == 0 {
+        return;
+    }
+    let want = r.target.saturating_sub(have).max(1);
+    match shared.tokens(name, interval_ns / 1000, tolerance_ns / 1000, want) {
+        Ok(n) => {
+            r.add(n);
+            if r.offline.swap(false, Ordering::AcqRel) {
+                tracing::info!(throttle = %name, "throttle shared through redis again");
+            }
+            if n == 0 {
+                let wait = Duration::from_nanos(interval_ns).min(Duration::from_millis(50));
+                quiet.insert(b.slot, now + wait);
+            } else {
+                quiet.remove(&b.slot);
+            }
+        }
+        Err(_) => {
+            if shared.fail_open {
+                r.go_offline(b.limit, shared.alive.load(Ordering::Acquire));
+            }
+            quiet.insert(b.slot, now + Duration::from_millis(500));
+        }
     }
 }

@@ -407,3 +407,19 @@ fn announce(c: &mut dyn ConnectionLike, version: &str, channel: &str) -> redis::
     let v: u64 = redis::cmd("INCR").arg(version).query(c)?;
     redis::cmd("PUBLISH").arg(channel).arg(v).exec(c)
 }
+
+/// Fills a shared throttle's reservoir on this node once (at start, or when a
+/// key's binding is made), so its first requests do not wait for the refill
+/// thread. Redis away with `fail_open`: the node takes its share on its own.
+pub fn fill(shared: &Shared, b: &crate::policy::throttle::SharedBucket, name: &str) {
+    let Some(r) = b.remote.get() else { return };
+    let (interval_ns, tolerance_ns) = b.gcra();
+    if interval_ns == 0 {
+        return;
+    }
+    match shared.tokens(name, interval_ns / 1000, tolerance_ns / 1000, r.target) {
+        Ok(n) => r.add(n),
+        Err(_) if shared.fail_open => r.go_offline(b.limit, shared.alive.load(Ordering::Acquire)),
+        Err(_) => {}
+    }
+}

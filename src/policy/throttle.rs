@@ -14,7 +14,8 @@
 //! request per worker where `burst < 4 × W`) and at most 10 ms of traffic per worker. One client on one worker can still use the whole
 //! rate: it draws batch after batch.
 //!
-//! Cluster mode (`store.redis`): the bucket is one GCRA in Redis, on Redis's
+//! Cluster mode (`store.redis`): every bucket (a stage's, a route's, the
+//! gateway's, each key's in its usage plan) is one GCRA in Redis, on Redis's
 //! clock, for all nodes; each node keeps a reservoir of `W × batch` tokens drawn
 //! from it (`Reservoir`, refilled by `control::cluster`'s tokens thread), and its
 //! workers draw batches from the reservoir as above. So across `N` nodes of `W`

@@ -129,7 +129,14 @@ pub struct Registry {
     saved: HashMap<(String, String), Saved>,
     /// SigV4 access keys: the config's, then the management API's (in the store).
     access: AccessKeys,
+    /// Cluster mode: every key's throttle buckets, by their name in Redis (the
+    /// tokens thread refills their reservoirs; republished with each keyring).
+    key_buckets: KeyBuckets,
 }
+
+/// Cluster mode: every key's throttle buckets by their name in Redis, swapped as
+/// keys and plans change (read by the tokens thread without a lock).
+pub type KeyBuckets = Arc<arc_swap::ArcSwap<Vec<(String, Arc<SharedBucket>)>>>;
 
 #[derive(Default)]
 struct AccessKeys {
@@ -164,6 +171,7 @@ impl Registry {
             restore: loaded.quotas,
             saved: HashMap::new(),
             access: AccessKeys::default(),
+            key_buckets: Arc::default(),
         };
         let config_plans: HashSet<&str> = seed.plans.iter().map(|p| p.name.as_str()).collect();
         for def in loaded.plans {
@@ -231,16 +239,38 @@ impl Registry {
         }
         let res = self.plans.get(plan)?.1.clone();
         let workers = self.workers;
-        let bucket = |slots: &mut Slots, l: Limit| Bucket {
-            slot: slots.take(),
-            shared: Arc::new(SharedBucket::new(l, workers)),
+        let cluster = self.store.mirror().is_some();
+        let bucket = |slots: &mut Slots, l: Limit| {
+            let shared = Arc::new(SharedBucket::new(l, workers));
+            if cluster {
+                // Cluster mode: the key's rate is for all nodes together.
+                shared.share(workers);
+            }
+            Bucket {
+                slot: slots.take(),
+                shared,
+            }
         };
         let throttle = res.throttle.map(|l| bucket(&mut self.slots, l));
-        let routes = res
+        let routes: Box<[(StageId, crate::ids::RouteId, Bucket)]> = res
             .routes
             .iter()
             .map(|&(s, r, l)| (s, r, bucket(&mut self.slots, l)))
             .collect();
+        if let Some(m) = self.store.mirror() {
+            // Cluster mode: the key's reservoirs filled before its first request.
+            let named = throttle
+                .iter()
+                .map(|t| (self.bucket_name(key_id, plan, None), t))
+                .chain(
+                    routes
+                        .iter()
+                        .map(|(s, r, t)| (self.bucket_name(key_id, plan, Some((*s, *r))), t)),
+                );
+            for (name, t) in named {
+                crate::control::redis::fill(m, &t.shared, &name);
+            }
+        }
         let quota = match res.quota {
             // Cluster mode: within what Redis grants this node.
             Some(q) if self.store.mirror().is_some() => Quota::new(q.limit, q.period).with_grant(),
@@ -268,6 +298,23 @@ impl Registry {
         });
         self.bindings.insert(k, Arc::clone(&b));
         Some(b)
+    }
+
+    /// A key's throttle bucket's name in Redis: the plan's, or one route's.
+    fn bucket_name(
+        &self,
+        key: &str,
+        plan: &str,
+        route: Option<(StageId, crate::ids::RouteId)>,
+    ) -> String {
+        match route {
+            None => format!("k:{key}:{plan}"),
+            Some((s, r)) => {
+                let st = &self.stages[s];
+                let route = st.routes.get(r).map_or("", String::as_str);
+                format!("k:{key}:{plan}:{}/{}:{route}", st.api, st.stage)
+            }
+        }
     }
 
     /// Drops a (key, plan) binding so that the next rebuild makes it anew (new
@@ -443,6 +490,21 @@ impl Registry {
                 enabled: key.enabled,
                 stages: per_key.remove(&key.id).unwrap_or_default().into(),
             });
+        }
+        if self.store.mirror().is_some() {
+            let mut list = Vec::new();
+            for ((key, plan), b) in &self.bindings {
+                if let Some(t) = &b.throttle {
+                    list.push((self.bucket_name(key, plan, None), Arc::clone(&t.shared)));
+                }
+                for (s, r, t) in b.routes.iter() {
+                    list.push((
+                        self.bucket_name(key, plan, Some((*s, *r))),
+                        Arc::clone(&t.shared),
+                    ));
+                }
+            }
+            self.key_buckets.store(Arc::new(list));
         }
         let version = self.live.publish(ring);
         // Answer only once every worker uses it: a key the API just returned works

@@ -11,6 +11,12 @@ impl Registry {
         &self.live
     }
 
+    /// Cluster mode: every key's throttle buckets by name (the tokens thread
+    /// refills their reservoirs from Redis).
+    pub fn key_buckets(&self) -> KeyBuckets {
+        Arc::clone(&self.key_buckets)
+    }
+
     /// The plan generation the registry's stages come from.
     pub fn generation(&self) -> u64 {
         self.generation
