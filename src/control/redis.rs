@@ -417,7 +417,14 @@ pub fn fill(shared: &Shared, b: &crate::policy::throttle::SharedBucket, name: &s
     if interval_ns == 0 {
         return;
     }
-    match shared.tokens(name, interval_ns / 1000, tolerance_ns / 1000, r.target) {
+    // Redis already found away: no connect (and its timeout) per bucket; the
+    // tokens thread fills it once Redis is back.
+    let got = if shared.is_up() {
+        shared.tokens(name, interval_ns / 1000, tolerance_ns / 1000, r.target)
+    } else {
+        Err(anyhow::anyhow!("redis unreachable"))
+    };
+    match got {
         Ok(n) => r.add(n),
         Err(_) if shared.fail_open => r.go_offline(b.limit, shared.alive.load(Ordering::Acquire)),
         Err(_) => {}
