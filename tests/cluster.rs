@@ -454,6 +454,38 @@ fn a_quota_hammered_on_three_nodes_at_once_admits_exactly_its_limit() {
         300,
         "three nodes together must admit exactly the quota"
     );
+    // What is left, as every node shows it: nothing.
+    let r = Client::connect(nodes[1].addr).request(
+        "GET",
+        "/beta/pets",
+        "gw.test",
+        &[("x-api-key", ALICE)],
+        b"",
+    );
+    assert_eq!(
+        (r.status, r.header("x-ratelimit-remaining")),
+        (429, Some("0"))
+    );
+    // A reset through one node's management API (AWS's UpdateUsage) holds for
+    // the cluster: 5 more, over all nodes.
+    let alice = api(&nodes[0], "GET", "/apikeys", "")["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "alice")
+        .map(|i| i["id"].as_str().unwrap().to_owned())
+        .unwrap();
+    api(
+        &nodes[0],
+        "PATCH",
+        &format!("/usageplans/metered/keys/{alice}/usage"),
+        r#"{"patchOperations":[{"op":"replace","path":"/remaining","value":"5"}]}"#,
+    );
+    assert_eq!(
+        hammer(&nodes),
+        5,
+        "a reset must hold for all nodes together"
+    );
 }
 
 /// Two clients per node, at once, on the metered route until each has seen 30
@@ -964,6 +996,15 @@ fn a_usage_plan_throttle_holds_for_all_nodes_together() {
         "/usageplans",
         r#"{"name":"capped","stages":["pets/prod"],"throttle":{"rate":20,"burst":4}}"#,
     );
+    // The plan made on node 0 is in force on node 1 within a second.
+    assert!(wait_until(Duration::from_secs(1), || call(
+        &nodes[1],
+        "GET",
+        "/usageplans/capped",
+        ""
+    )
+    .status
+        == 200));
     let k = api(
         &nodes[1],
         "POST",

@@ -282,10 +282,10 @@ impl Shared {
 const GRANT: &str = r"
 local used = tonumber(redis.call('GET', KEYS[1]) or '0')
 local n = math.min(tonumber(ARGV[2]), tonumber(ARGV[1]) - used)
-if n <= 0 then return 0 end
+if n <= 0 then return {0, used} end
 redis.call('INCRBY', KEYS[1], n)
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return n
+return {n, used + n}
 ";
 
 /// GCRA on Redis's clock: grants up to `ARGV[3]` tokens of the bucket whose
@@ -330,8 +330,15 @@ impl Shared {
         format!("{}q:{key}:{plan}:{period_kind}:{period}", self.prefix)
     }
 
-    /// Grants this node up to `want` more of a quota (0: spent).
-    pub fn grant(&self, counter: &str, limit: u64, want: u64, ttl_ms: u64) -> anyhow::Result<u64> {
+    /// Grants this node up to `want` more of a quota (0: spent); and the count
+    /// over all nodes after it.
+    pub fn grant(
+        &self,
+        counter: &str,
+        limit: u64,
+        want: u64,
+        ttl_ms: u64,
+    ) -> anyhow::Result<(u64, u64)> {
         self.with(|c| {
             redis::Script::new(GRANT)
                 .key(counter)
@@ -391,6 +398,18 @@ impl Shared {
             .filter(|(_, v)| !v.is_empty())
             .map(|(d, v)| (d, v.iter().sum()))
             .collect())
+    }
+
+    /// Sets a quota's count over all nodes (a quota reset).
+    pub fn set_count(&self, counter: &str, n: u64, ttl_ms: u64) -> anyhow::Result<()> {
+        self.with(|c| {
+            redis::cmd("SET")
+                .arg(counter)
+                .arg(n)
+                .arg("PX")
+                .arg(ttl_ms)
+                .exec(c)
+        })
     }
 
     /// A quota's count over all nodes.

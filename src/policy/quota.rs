@@ -81,6 +81,9 @@ pub struct NodeGrant {
     pub offline: AtomicBool,
     /// Bumped at each answer from Redis (workers waiting for a grant watch it).
     pub answers: AtomicU64,
+    /// `period << 44 | what the other nodes were granted of it`, as of Redis's
+    /// last answer (what is left is shown for the cluster, not this node).
+    others: AtomicU64,
 }
 
 impl NodeGrant {
@@ -105,6 +108,27 @@ impl NodeGrant {
             self.granted
                 .store(pack(period, before + n), Ordering::Release);
         }
+        self.answers.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Redis's count of `period` over all nodes, after its last answer: the
+    /// other nodes' part of it is remembered.
+    pub fn saw_total(&self, period: u64, total: u64) {
+        let others = total.saturating_sub(self.granted(period));
+        self.others.store(pack(period, others), Ordering::Release);
+    }
+
+    /// What the other nodes were granted of `period`, as last seen.
+    pub fn others(&self, period: u64) -> u64 {
+        Quota::count(&self.others, period)
+    }
+
+    /// A quota reset (`set_remaining`): this node holds no grant beyond what its
+    /// workers leased, and may be granted again.
+    pub fn reset(&self, period: u64, used: u64) {
+        self.granted.store(pack(period, used), Ordering::Release);
+        self.others.store(pack(period, 0), Ordering::Release);
+        self.spent_in.store(u64::MAX, Ordering::Release);
         self.answers.fetch_add(1, Ordering::AcqRel);
     }
 
@@ -149,6 +173,12 @@ impl Quota {
             Some(g) if !g.offline.load(Ordering::Acquire) => limit.min(g.granted(period)),
             _ => limit,
         }
+    }
+
+    /// Requests of `period` used: this node's leases, plus in cluster mode what
+    /// the other nodes were granted (as of Redis's last answer).
+    pub fn used_everywhere(&self, period: u64) -> u64 {
+        self.used(period) + self.grant.as_ref().map_or(0, |g| g.others(period))
     }
 
     /// Cluster mode: whether a worker refused for want of a grant should wait for
@@ -416,7 +446,7 @@ impl Leases {
         let limit = quota.limit();
         let state = |left: u64| QuotaState {
             limit,
-            remaining: limit - quota.used(period).min(limit) + left,
+            remaining: limit - quota.used_everywhere(period).min(limit) + left,
             reset_s: next.saturating_sub(unix_s),
         };
         let mut leased = false;

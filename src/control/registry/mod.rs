@@ -547,7 +547,8 @@ impl Registry {
             };
             *last = Saved { period, spent };
             let remaining = if period == current {
-                q.limit().saturating_sub(spent)
+                let others = q.grant.as_ref().map_or(0, |g| g.others(period));
+                q.limit().saturating_sub(spent + others)
             } else {
                 q.limit()
             };

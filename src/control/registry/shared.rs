@@ -170,7 +170,10 @@ impl Registry {
             }
             let want = batch.min(limit.saturating_sub(g.granted(period)));
             match m.grant(&counter, limit, want, ttl_ms) {
-                Ok(n) => g.add(period, n),
+                Ok((n, total)) => {
+                    g.add(period, n);
+                    g.saw_total(period, total);
+                }
                 Err(_) => {
                     reachable = false;
                     if m.fail_open {
