@@ -1049,3 +1049,56 @@ fn a_usage_plan_throttle_holds_for_all_nodes_together() {
     assert!(got <= 56, "{got}: the key's rate was not shared");
     assert!(got >= 30, "{got}: far under the rate");
 }
+
+#[test]
+fn a_redis_with_a_password() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .args(["--appendonly", "no", "--requirepass", "s3cret-redis-pass"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server");
+    let _redis = Redis { child, port };
+    assert!(wait_until(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    }));
+    let store = |password: &str| {
+        yaml_store(
+            &format!(
+                "{{ url: \"redis://127.0.0.1:{port}/0\", password: {{ env: {password} }}, key_prefix: \"sgpw:\" }}"
+            ),
+            "v1",
+        )
+    };
+    let env = [
+        ("SG_TEST_ADMIN_TOKEN", TOKEN),
+        ("ALICE_KEY", ALICE),
+        ("REDIS_PASSWORD", "s3cret-redis-pass"),
+        ("WRONG_PASSWORD", "not-it"),
+    ];
+    let a = Gateway::start_env(&store("REDIS_PASSWORD"), &[], &env);
+    let b = Gateway::start_env(&store("REDIS_PASSWORD"), &[], &env);
+    let k = api(&a, "POST", "/apikeys", r#"{"name":"pw","plans":["gold"]}"#);
+    let value = k["value"].as_str().unwrap().to_owned();
+    assert!(
+        reaches(&b, &value, 200, Duration::from_secs(1)).is_some(),
+        "log:\n{}",
+        b.log()
+    );
+    // A wrong password: that node cannot use Redis (and says so).
+    let wrong = Gateway::start_env(&store("WRONG_PASSWORD"), &[], &env);
+    assert_eq!(call(&wrong, "GET", "/cluster", "").status, 503);
+}
