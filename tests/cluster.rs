@@ -547,34 +547,10 @@ fn a_stage_throttle_holds_for_all_nodes_together() {
         .map(|_| Gateway::start_env(&yaml, &[], &env))
         .collect();
     std::thread::sleep(Duration::from_millis(300));
-    let admitted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let secs = 3.0;
-    let started = Instant::now();
-    let threads: Vec<_> = nodes
-        .iter()
-        .flat_map(|n| [n.addr, n.addr])
-        .map(|addr| {
-            let admitted = std::sync::Arc::clone(&admitted);
-            std::thread::spawn(move || {
-                let mut c = Client::connect(addr);
-                while started.elapsed() < Duration::from_secs_f64(secs) {
-                    let r = c.request("GET", "/slow/v", "gw.test", &[], b"");
-                    match r.status {
-                        200 => {
-                            admitted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                        }
-                        429 => std::thread::sleep(Duration::from_millis(2)),
-                        s => panic!("unexpected {s}"),
-                    }
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
-    let t = started.elapsed().as_secs_f64();
-    let got = admitted.load(std::sync::atomic::Ordering::SeqCst) as f64;
+    let addrs: Vec<SocketAddr> = nodes.iter().flat_map(|n| [n.addr, n.addr]).collect();
+    let (got, t) = admitted_for(&addrs, "/slow/v", None, secs);
+    let got = got as f64;
     // The bound (README, src/policy/throttle.rs): rate × t + burst + what the
     // nodes hold: 3 nodes × (a reservoir of workers × batch + each worker's batch)
     // = 3 × (2 + 2) tokens here.
@@ -826,26 +802,8 @@ fn with_redis_away_each_node_keeps_its_share_of_a_throttle() {
         }
     }
     std::thread::sleep(Duration::from_millis(800));
-    let admitted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let started = Instant::now();
-    let threads: Vec<_> = nodes
-        .iter()
-        .map(|n| {
-            let (addr, admitted) = (n.addr, std::sync::Arc::clone(&admitted));
-            std::thread::spawn(move || {
-                let mut c = Client::connect(addr);
-                while started.elapsed() < Duration::from_secs(2) {
-                    if c.request("GET", "/slow/v", "gw.test", &[], b"").status == 200 {
-                        admitted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    }
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
-    let got = admitted.load(std::sync::atomic::Ordering::SeqCst);
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    let (got, _) = admitted_for(&addrs, "/slow/v", None, 2.0);
     eprintln!("redis away, 2 nodes, 40/s burst 4, 2 s: {got} admitted");
     // Each node at half the rate: about 40 × 2 + 4; each at the whole rate
     // would be about 160.
@@ -1016,33 +974,8 @@ fn a_usage_plan_throttle_holds_for_all_nodes_together() {
         assert!(reaches(n, &value, 200, Duration::from_secs(2)).is_some());
     }
     std::thread::sleep(Duration::from_millis(1000));
-    let admitted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let started = Instant::now();
-    let threads: Vec<_> = nodes
-        .iter()
-        .map(|n| {
-            let (addr, admitted, value) = (n.addr, std::sync::Arc::clone(&admitted), value.clone());
-            std::thread::spawn(move || {
-                let mut c = Client::connect(addr);
-                while started.elapsed() < Duration::from_secs(2) {
-                    let r = c.request(
-                        "GET",
-                        "/prod/pets",
-                        "gw.test",
-                        &[("x-api-key", &value)],
-                        b"",
-                    );
-                    if r.status == 200 {
-                        admitted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    }
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
-    let got = admitted.load(std::sync::atomic::Ordering::SeqCst);
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    let (got, _) = admitted_for(&addrs, "/prod/pets", Some(&value), 2.0);
     eprintln!("a key's plan throttle 20/s burst 4 over 3 nodes, 2 s: {got} admitted");
     // rate × t + burst = 44, plus what 3 nodes of 2 workers hold (3 × 2 × 2 × 1);
     // three independent nodes would admit about 130.
@@ -1101,4 +1034,43 @@ fn a_redis_with_a_password() {
     // A wrong password: that node cannot use Redis (and says so).
     let wrong = Gateway::start_env(&store("WRONG_PASSWORD"), &[], &env);
     assert_eq!(call(&wrong, "GET", "/cluster", "").status, 503);
+}
+
+/// One client per address, all at once, looping GETs of `path` for `secs`
+/// seconds (a short pause after each 429); the requests answered 200, and the
+/// seconds it took. Any answer but 200 or 429 fails the test.
+fn admitted_for(addrs: &[SocketAddr], path: &str, key: Option<&str>, secs: f64) -> (usize, f64) {
+    let admitted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let threads: Vec<_> = addrs
+        .iter()
+        .map(|&addr| {
+            let admitted = std::sync::Arc::clone(&admitted);
+            let (path, key) = (path.to_owned(), key.map(str::to_owned));
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                let headers: Vec<(&str, &str)> = key
+                    .as_deref()
+                    .map(|k| ("x-api-key", k))
+                    .into_iter()
+                    .collect();
+                while started.elapsed() < Duration::from_secs_f64(secs) {
+                    match c.request("GET", &path, "gw.test", &headers, b"").status {
+                        200 => {
+                            admitted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        429 => std::thread::sleep(Duration::from_millis(2)),
+                        s => panic!("unexpected {s}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    (
+        admitted.load(std::sync::atomic::Ordering::SeqCst),
+        started.elapsed().as_secs_f64(),
+    )
 }

@@ -182,9 +182,8 @@ impl Registry {
             // Cluster mode: the count over all nodes is what the reset says; this
             // node is granted anew from it. (Other nodes may still spend what
             // they were granted before: at most two batches each.)
-            let (_, next) = q.period.at(now_s());
-            let counter = m.quota_key(key_id, plan, period_kind(q.period), period);
-            let ttl_ms = (next.saturating_sub(now_s()) + 3600) * 1000;
+            let (counter, ttl_ms) =
+                crate::control::registry::shared::counter_of(m, key_id, plan, &q, now_s());
             m.set_count(&counter, q.limit() - remaining, ttl_ms)
                 .map_err(|e| ApiError::new(503, format!("redis: {e:#}")))?;
             g.reset(period, q.used(period));

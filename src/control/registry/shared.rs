@@ -131,7 +131,7 @@ impl Registry {
         for ((key, plan), b) in &self.bindings {
             let Some((_, q)) = &b.quota else { continue };
             let Some(g) = &q.grant else { continue };
-            let (period, next) = q.period.at(now);
+            let (period, _) = q.period.at(now);
             let (limit, granted, used) = (q.limit(), g.granted(period), q.used(period));
             let batch = (limit / 64).clamp(1, 1000);
             let offline = g.offline.load(Ordering::Acquire);
@@ -141,8 +141,7 @@ impl Registry {
             {
                 continue;
             }
-            let counter = m.quota_key(key, plan, period_kind(q.period), period);
-            let ttl_ms = (next.saturating_sub(now) + 3600) * 1000;
+            let (counter, ttl_ms) = counter_of(&m, key, plan, q, now);
             if !reachable {
                 if m.fail_open {
                     g.offline.store(true, Ordering::Release);
@@ -193,15 +192,30 @@ impl Registry {
         for ((key, plan), b) in &self.bindings {
             let Some((_, q)) = &b.quota else { continue };
             let Some(g) = &q.grant else { continue };
-            let (period, next) = q.period.at(now);
+            let (period, _) = q.period.at(now);
             let unused = g.granted(period).saturating_sub(q.used(period));
             if unused > 0 && !g.offline.load(Ordering::Acquire) {
-                let counter = m.quota_key(key, plan, period_kind(q.period), period);
-                let ttl_ms = (next.saturating_sub(now) + 3600) * 1000;
+                let (counter, ttl_ms) = counter_of(m, key, plan, q, now);
                 if let Err(e) = m.add_count(&counter, -(unused as i64), ttl_ms) {
                     tracing::warn!(key = %key, plan = %plan, unused, error = %format!("{e:#}"), "unused quota grant not handed back");
                 }
             }
         }
     }
+}
+
+/// A quota's counter in Redis for the period holding `now`, and how long it
+/// lives (an hour past the period's end).
+pub(crate) fn counter_of(
+    m: &crate::control::redis::Shared,
+    key: &str,
+    plan: &str,
+    q: &Quota,
+    now: u64,
+) -> (String, u64) {
+    let (period, next) = q.period.at(now);
+    (
+        m.quota_key(key, plan, period_kind(q.period), period),
+        (next.saturating_sub(now) + 3600) * 1000,
+    )
 }
