@@ -842,37 +842,8 @@ fn a_node_starts_while_redis_is_down_and_catches_up_when_it_is_back() {
 
 #[test]
 fn rediss_with_tls_to_redis() {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    };
     let dir = std::env::temp_dir().join(format!("shardgate-rediss-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name = rcgen::DistinguishedName::new();
-    ca.distinguished_name
-        .push(DnType::CommonName, "shardgate rediss test CA");
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_key = KeyPair::generate().unwrap();
-    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
-    let issuer = Issuer::new(ca, ca_key);
-    let mut leaf = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-    leaf.distinguished_name = rcgen::DistinguishedName::new();
-    leaf.distinguished_name
-        .push(DnType::CommonName, "localhost");
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf_pem = leaf.signed_by(&leaf_key, &issuer).unwrap().pem();
-    let (ca_path, cert, key) = (
-        dir.join("ca.pem"),
-        dir.join("redis.pem"),
-        dir.join("redis.key"),
-    );
-    std::fs::write(&ca_path, ca_pem).unwrap();
-    std::fs::write(&cert, leaf_pem).unwrap();
-    std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
+    let (ca_path, cert, key) = common::test_ca(&dir, &["localhost"]);
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

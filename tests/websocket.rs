@@ -171,38 +171,8 @@ fn an_idle_tunnel_is_closed_after_the_listeners_idle_timeout() {
 
 #[test]
 fn wss_on_an_https_listener_to_a_wss_upstream() {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    };
     let dir = std::env::temp_dir().join(format!("shardgate-wss-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name = rcgen::DistinguishedName::new();
-    ca.distinguished_name
-        .push(DnType::CommonName, "shardgate wss test CA");
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_key = KeyPair::generate().unwrap();
-    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
-    let issuer = Issuer::new(ca, ca_key);
-    let mut leaf =
-        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
-    leaf.distinguished_name = rcgen::DistinguishedName::new();
-    leaf.distinguished_name
-        .push(DnType::CommonName, "localhost");
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf_pem = leaf.signed_by(&leaf_key, &issuer).unwrap().pem();
-    let (ca_path, cert, key) = (
-        dir.join("ca.pem"),
-        dir.join("leaf.pem"),
-        dir.join("leaf.key"),
-    );
-    std::fs::write(&ca_path, ca_pem).unwrap();
-    std::fs::write(&cert, leaf_pem).unwrap();
-    std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
+    let (ca_path, cert, key) = common::test_ca(&dir, &["localhost", "127.0.0.1"]);
     let (ca_s, cert_s, key_s) = (
         ca_path.to_str().unwrap(),
         cert.to_str().unwrap(),
