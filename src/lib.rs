@@ -46,6 +46,8 @@
 //!   - `http::respond`: response heads, the reason-phrase table, mock responses.
 //!   - `http::error`: the one gateway error type and its response.
 //!   - `http::tls`: certificates, client authentication, upstream TLS, reloads.
+//!   - `http::sigv4`: AWS Signature Version 4: the canonical request, signing keys,
+//!     signing the gateway's outbound AWS calls.
 //!   - `http::client`: the blocking client of the control plane's outbound calls
 //!     (JWKS, OTLP export, the CLI), on `http::parse`.
 //! - `upstream`: the integration side:
@@ -61,6 +63,10 @@
 //!   - `upstream::connect`: TCP (and TLS) to a target, for integrations and request
 //!     authorizers alike.
 //!   - `upstream::pool`: each shard's idle upstream connections.
+//!   - `upstream::function`: functions run next to the gateway: the Lambda Runtime
+//!     API, their processes, the invocation queue and each worker's inbox.
+//!   - `upstream::aws`: signed calls to AWS (Lambda Invoke, service integrations).
+//!   - `upstream::mapping`: HTTP API parameter mapping expressions.
 //! - `route`: which stage and route serve a request, in one step (`resolve`): stage
 //!   dispatch (domain, stage segment, `$default`), then the stage's radix router.
 //! - `policy`: the checks between route and integration:
@@ -86,6 +92,8 @@
 //!   - `compile::build`: what a compile accumulates, and shared checks.
 //!   - `compile::upstreams`: upstream groups, and the implicit group of a named host.
 //!   - `compile::integrations`: `http_proxy` URIs and mock responses.
+//!   - `compile::functions`: `functions[]`, `lambda` and `aws` integrations,
+//!     parameter mapping.
 //!   - `compile::routes`: route keys, routers, per-route caches.
 //!   - `compile::authorizers`: resource policy, CORS, authorizers, validation.
 //!   - `compile::apis`: what an API compiles to once; deployments' snapshots.
@@ -108,6 +116,10 @@
 //!   - `proxy::client`: the client connection and the ways to answer it.
 //!   - `proxy::forward`: the `http_proxy` integration: request and response rewriting,
 //!     cache fills.
+//!   - `proxy::lambda`: Lambda proxy events (1.0, 2.0) and responses.
+//!   - `proxy::invoke`: the `lambda` and `aws` integrations: invocations and their
+//!     answers.
+//!   - `proxy::remap`: parameter mapping of `http_proxy` request and response heads.
 //!   - `proxy::send`: a group's pick for a request, retries and outlier feedback.
 //!   - `proxy::tunnel`: WebSocket pass-through after a 101.
 //! - `control`: the control plane:

@@ -272,6 +272,9 @@ fn run(
     }
     plan.logs.start();
     shardgate::upstream::watch::start(&plan.upstreams);
+    for f in &plan.functions {
+        f.start()?;
+    }
     if let Some(exporter) = &plan.telemetry {
         exporter.start();
     }
@@ -382,6 +385,10 @@ fn run(
         .store(false, std::sync::atomic::Ordering::Release);
     workers.begin_shutdown();
     workers.join();
+    // Function runtimes stop with the gateway (after the requests they served).
+    for f in &control.plan().functions {
+        f.shutdown();
+    }
     // Lines the workers handed over last reach their files.
     control.plan().logs.drain(Duration::from_secs(1));
     // The workers gave back their unspent leases: save the exact counts.

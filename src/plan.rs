@@ -39,6 +39,8 @@ pub struct Plan {
     pub pool: PoolLimits,
     /// Upstream groups, configured and implicit (`Upstream::Group` indexes).
     pub upstreams: Vec<Arc<crate::upstream::group::Group>>,
+    /// `functions[]`: `lambda` integrations name them by index.
+    pub functions: Vec<Arc<crate::upstream::function::Function>>,
     /// Every throttle of the config. A reload keeps the buckets whose name and
     /// limit did not change (their levels and the shards' unspent tokens).
     pub throttles: Vec<Arc<crate::policy::throttle::SharedBucket>>,
@@ -147,6 +149,8 @@ impl Default for Limits {
 pub struct StagePlan {
     pub api: String,
     pub stage: String,
+    /// Stage variables (functions' events carry them).
+    pub variables: std::collections::BTreeMap<String, String>,
     pub router: Arc<Router>,
     pub routes: Vec<RoutePlan>,
     /// The stage-wide throttle (`stages[].throttle`), over all its routes.
@@ -185,6 +189,8 @@ pub struct RoutePlan {
     pub validate: Option<Arc<crate::policy::validate::Validator>>,
     /// This route's series in `Plan::metrics` (kept across reloads).
     pub metric_slot: usize,
+    /// HTTP API parameter mapping of the route's integration.
+    pub mapping: Option<Arc<crate::upstream::mapping::Mappings>>,
     /// A digest of everything the route's config says (and its stage's
     /// variables): cached responses of a route that a reload changed are not
     /// served (the digest is part of the cache key).
@@ -195,6 +201,29 @@ pub struct RoutePlan {
 pub enum Integration {
     HttpProxy(ProxyTarget),
     Mock(MockResponse),
+    Lambda(Box<LambdaPlan>),
+    Aws(Box<crate::upstream::aws::AwsAction>),
+}
+
+/// A `lambda` integration.
+#[derive(Debug)]
+pub struct LambdaPlan {
+    pub target: LambdaTarget,
+    /// Payload format 2.0 (else 1.0).
+    pub v2: bool,
+    /// How long the caller waits (the integration timeout).
+    pub timeout: std::time::Duration,
+}
+
+#[derive(Debug)]
+pub enum LambdaTarget {
+    /// One of `Plan::functions`.
+    Local(usize),
+    /// A function in AWS: the Invoke API's endpoint and path.
+    Remote {
+        endpoint: Box<crate::upstream::aws::AwsEndpoint>,
+        path: String,
+    },
 }
 
 /// Gives each route of `stages` its series in `metrics` (kept across reloads).

@@ -182,6 +182,8 @@ pub struct Build {
     pub logs: crate::observe::accesslog::Logs,
     /// The config file's directory: relative paths resolve from it.
     pub base_dir: PathBuf,
+    /// `functions[]` by name: their index in `Plan::functions`.
+    pub functions: std::collections::HashMap<String, usize>,
 }
 
 /// The upstream groups of one config: those configured, then the implicit ones

@@ -91,7 +91,11 @@ pub fn compile_with(cfg: &ConfigFile, opts: &Options) -> Result<Plan, ConfigErro
         groups: crate::compile::build::Groups::default(),
         logs: crate::observe::accesslog::Logs::default(),
         base_dir: cfg.base_dir.clone(),
+        functions: HashMap::new(),
     };
+    let (functions, function_names) =
+        crate::compile::functions::compile_functions(&cfg.functions, &cfg.base_dir, &mut b.errs);
+    b.functions = function_names;
     for key in &cfg.unsupported {
         b.errs.not_supported(key.clone());
     }
@@ -290,6 +294,7 @@ pub fn compile_with(cfg: &ConfigFile, opts: &Options) -> Result<Plan, ConfigErro
             listeners,
             stages,
             pool: PoolLimits::default(),
+            functions,
             upstreams: std::mem::take(&mut b.groups.list)
                 .into_iter()
                 .map(Arc::new)
@@ -399,18 +404,66 @@ apis:
             "    stages:",
             "    gateway_responses: { THROTTLED: { status: 503 } }\n    stages:",
         );
-        let with_functions =
-            format!("{text}functions:\n  - {{ name: hello, runtime_api: 127.0.0.1:9001 }}\n");
-        for (text, key) in [
-            (&with_responses, "apis[0].gateway_responses"),
-            (&with_functions, "functions"),
+        let key = "apis[0].gateway_responses";
+        let errs = errors_of(&with_responses);
+        assert!(
+            errs.iter()
+                .any(|e| e.contains(&format!("not supported yet: {key}"))),
+            "{key}: {errs:?}"
+        );
+    }
+
+    #[test]
+    fn functions_and_aws_integrations_are_checked_key_by_key() {
+        let text = format!(
+            "{BASE}functions:
+  - {{ name: hello, runtime_api: 127.0.0.1:9001, concurrency: 0, timeout_ms: 0 }}
+  - {{ name: 'bad name', runtime_api: nowhere }}
+apis:
+  - name: p
+    routes:
+      - route: GET /a
+        integration: {{ type: lambda, function: nope }}
+      - route: GET /b
+        integration: {{ type: lambda, function: hello, payload_format_version: '3.0' }}
+      - route: GET /c
+        integration: {{ type: aws, subtype: SQS-Nothing }}
+      - route: GET /d
+        integration:
+          type: aws
+          subtype: SQS-SendMessage
+          endpoint: http://127.0.0.1:5000
+          credentials: {{ access_key_id: a, secret_access_key: b }}
+          parameters: {{ QueueUrl: $request.nothing, Colour: red }}
+      - route: GET /e
+        integration:
+          type: http_proxy
+          uri: http://127.0.0.1:9/x
+          request_parameters: {{ 'overwrite:header.authorization': x, 'shout:header.x': y }}
+          response_parameters: {{ '700': {{}}, '200': {{ 'append:statuscode': '201' }} }}
+      - route: GET /f
+        integration: {{ type: lambda, function_arn: 'arn:aws:s3:::bucket', endpoint: http://127.0.0.1:9, credentials: {{ access_key_id: a, secret_access_key: b }} }}
+    stages: [ {{ name: prod }} ]
+"
+        );
+        let errs = errors_of(&text);
+        for want in [
+            "functions[0].concurrency: must be from 1 to 256",
+            "functions[0].timeout_ms: must be from 1 to 900000",
+            "functions[1].name:",
+            "apis[0].routes[0].integration.function: no function named \"nope\"",
+            "apis[0].routes[1].integration.payload_format_version: \"3.0\"",
+            "apis[0].routes[2].integration.subtype: \"SQS-Nothing\": expected one of SQS-SendMessage",
+            "apis[0].routes[3].integration.parameters.QueueUrl: \"request.nothing\" is not a mapping source",
+            "apis[0].routes[3].integration.parameters.Colour: not a parameter of SQS-SendMessage",
+            "apis[0].routes[3].integration.parameters: SQS-SendMessage needs MessageBody",
+            "apis[0].routes[4].integration.request_parameters.\"overwrite:header.authorization\": \"authorization\" is reserved",
+            "apis[0].routes[4].integration.request_parameters.\"shout:header.x\": \"shout\": expected overwrite, append or remove",
+            "apis[0].routes[4].integration.response_parameters.\"700\": expected a status code",
+            "apis[0].routes[4].integration.response_parameters.\"200\".\"append:statuscode\": the status code can only be overwritten",
+            "apis[0].routes[5].integration.function_arn: \"arn:aws:s3:::bucket\" is not a Lambda function ARN",
         ] {
-            let errs = errors_of(text);
-            assert!(
-                errs.iter()
-                    .any(|e| e.contains(&format!("not supported yet: {key}"))),
-                "{key}: {errs:?}"
-            );
+            assert!(errs.iter().any(|e| e.contains(want)), "{want}: {errs:#?}");
         }
     }
 

@@ -27,6 +27,7 @@ pub fn compile_integration(
     errs: &mut ConfigErrors,
 ) -> Option<Integration> {
     match i {
+        IntegrationFile::Lambda(_) | IntegrationFile::Aws(_) => None,
         IntegrationFile::Mock {
             status,
             headers,
@@ -79,6 +80,7 @@ pub fn compile_integration(
             upstream,
             timeout_ms,
             tls,
+            ..
         } => {
             let timeout_ms = timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
             if !TIMEOUT_RANGE_MS.contains(&timeout_ms) {

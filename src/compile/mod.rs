@@ -1,13 +1,15 @@
 //! Validates a `ConfigFile` and builds the immutable `Plan`. Every error is
 //! reported at once, with the key's path; nothing is checked at request time that
 //! could have been checked here. One file per part, each importing only the ones
-//! before it: `build` (shared state and checks) → `upstreams` → `integrations`, `routes` →
+//! before it: `build` (shared state and checks) → `upstreams` → `integrations`, `functions`,
+//! `routes` →
 //! `authorizers` → `apis` (APIs and stages) → `listeners`, `keys` → `gateway`
 //! (the whole config) → `load` (from a file).
 
 pub mod apis;
 pub mod authorizers;
 pub mod build;
+pub mod functions;
 pub mod gateway;
 pub mod integrations;
 pub mod keys;

@@ -7,8 +7,10 @@ use std::sync::Arc;
 use crate::compile::apis::{check_stage_name, ApiParts, Deployed};
 use crate::compile::authorizers::compile_policy;
 use crate::compile::build::{add_throttle, digest, resolve_path, Build};
+use crate::compile::functions::{compile_aws_integration, compile_mappings, integration_mappings};
 use crate::compile::integrations::compile_integration;
 use crate::compile::routes::{check_ttl, route_cache, DEFAULT_CACHE_TTL_S};
+use crate::config::IntegrationFile;
 use crate::config::{ApiFile, StageFile};
 use crate::http::respond::MockResponse;
 use crate::ids::ThrottleId;
@@ -141,22 +143,30 @@ pub fn compile_stage(
                 cache: None,
                 auth: None,
                 validate: None,
+                mapping: None,
                 metric_slot: usize::MAX,
                 sig: 0,
             });
             continue;
         };
         let rpath = format!("{path}.routes[{ri}].integration");
-        let integration = compile_integration(
-            &route.integration,
-            keys.get(ri),
-            &variables,
-            &rpath,
-            &stage.name,
-            &mut b.up_tls,
-            &mut b.groups,
-            &mut b.errs,
-        );
+        let integration = match &route.integration {
+            IntegrationFile::Lambda(_) | IntegrationFile::Aws(_) => {
+                compile_aws_integration(&route.integration, &variables, &rpath, b)
+            }
+            _ => compile_integration(
+                &route.integration,
+                keys.get(ri),
+                &variables,
+                &rpath,
+                &stage.name,
+                &mut b.up_tls,
+                &mut b.groups,
+                &mut b.errs,
+            ),
+        };
+        let mapping = integration_mappings(&route.integration)
+            .and_then(|(req, resp)| compile_mappings(req, resp, &variables, &rpath, &mut b.errs));
         if let Some(integration) = integration {
             let over = stage
                 .routes
@@ -181,6 +191,7 @@ pub fn compile_stage(
                 cache,
                 auth: route_auth.get(ri).cloned().flatten(),
                 validate: route_validate.get(ri).cloned().flatten(),
+                mapping,
                 metric_slot: usize::MAX,
                 sig: digest(&(
                     &api.name,
@@ -207,6 +218,7 @@ pub fn compile_stage(
         access_log,
         api: api.name.clone(),
         stage: stage.name.clone(),
+        variables: variables.clone(),
         // Stages of one API share the tree; they differ in integrations.
         router: Arc::clone(router),
         routes,

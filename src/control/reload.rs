@@ -160,6 +160,20 @@ impl Control {
         let compiled_us = started.elapsed().as_micros() as u64;
         let warnings = restart_only(&prev, &mut next);
         carry(&mut next, &prev);
+        crate::compile::functions::keep_running(&mut next.functions, &prev.functions);
+        // Functions the new config changed or dropped stop first, so a changed
+        // one can take its address again.
+        for f in &prev.functions {
+            if !next.functions.iter().any(|n| Arc::ptr_eq(n, f)) {
+                f.shutdown();
+            }
+        }
+        for f in &next.functions {
+            if let Err(e) = f.start() {
+                tracing::error!(reason = why, error = %e, "reload refused: a function cannot start");
+                return Err(vec![e.to_string()]);
+            }
+        }
         next.generation = prev.generation + 1;
         // Listeners: the same name and configured address keep their sockets.
         let mut opened = Vec::new();

@@ -44,6 +44,10 @@ pub enum GatewayError {
     UpstreamRefused,
     #[error("integration failed: {0}")]
     UpstreamFailed(&'static str),
+    /// A function failed, timed out in its runtime, or answered malformed: 502
+    /// `Internal Server Error`.
+    #[error("function failed: {0}")]
+    FunctionFailed(&'static str),
     /// An upstream group with no target to send to (none healthy, or every one
     /// at its connection cap).
     #[error("upstream unavailable: {0}")]
@@ -173,6 +177,7 @@ impl GatewayError {
                 (503, r#"{"message":"Service Unavailable"}"#, false)
             }
             Self::UpstreamFailed(_) => (502, r#"{"message":"Bad Gateway"}"#, false),
+            Self::FunctionFailed(_) => (502, r#"{"message":"Internal Server Error"}"#, false),
             Self::Throttled => (429, r#"{"message":"Too Many Requests"}"#, false),
             Self::Forbidden(_) => (403, r#"{"message":"Forbidden"}"#, false),
             Self::QuotaExceeded => (429, r#"{"message":"Limit Exceeded"}"#, false),

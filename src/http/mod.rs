@@ -8,5 +8,6 @@ pub mod error;
 pub mod parse;
 pub mod path;
 pub mod respond;
+pub mod sigv4;
 pub mod stream;
 pub mod tls;

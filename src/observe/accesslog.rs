@@ -262,7 +262,7 @@ impl TimeCache {
 }
 
 /// AWS's `requestTime`: `24/Nov/2026:09:22:00 +0000`.
-fn clf_time(out: &mut Vec<u8>, unix_s: u64) {
+pub fn clf_time(out: &mut Vec<u8>, unix_s: u64) {
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];

@@ -6,9 +6,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use aws_lc_rs::{digest, hmac};
+use aws_lc_rs::hmac;
 
 use crate::http::error::GatewayError;
+pub use crate::http::sigv4::sha256_hex;
+use crate::http::sigv4::{amz_date, canonical_request, signing_key, Canonical};
+#[cfg(test)]
+use crate::http::sigv4::{normalize_path, uri_encode};
 
 /// Signatures older or newer than this are refused (AWS: 5 minutes).
 pub const MAX_SKEW_S: u64 = 300;
@@ -138,10 +142,6 @@ fn header<'a>(headers: &[httparse::Header<'a>], name: &str) -> Option<&'a str> {
     crate::http::parse::header(headers, name).and_then(|v| std::str::from_utf8(v).ok())
 }
 
-pub fn sha256_hex(data: &[u8]) -> String {
-    crate::encode::hex(digest::digest(&digest::SHA256, data).as_ref())
-}
-
 /// `yyyyMMddTHHmmssZ` → unix seconds.
 fn parse_amz_date(s: &str) -> Option<u64> {
     let b = s.as_bytes();
@@ -159,17 +159,6 @@ fn parse_amz_date(s: &str) -> Option<u64> {
     }
     let days = crate::clock::days_from_civil(y, mo as u32, d as u32);
     Some(days * 86_400 + h * 3600 + mi * 60 + se)
-}
-
-fn amz_date(unix: u64) -> String {
-    let (y, m, d) = crate::clock::civil_from_days((unix / 86_400) as i64);
-    let s = unix % 86_400;
-    format!(
-        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
-        s / 3600,
-        s / 60 % 60,
-        s % 60
-    )
 }
 
 /// The credential, signed header names and signature of a request.
@@ -371,7 +360,7 @@ impl Sigv4Authorizer {
                 )),
                 None => r.body_hash,
             };
-        let signing_key = signing_key(&key.secret, auth.date, auth.region);
+        let signing_key = signing_key(&key.secret, auth.date, auth.region, "execute-api");
         let presigned = auth.expires.is_some();
         // A presigned URL may also leave the payload unsigned (S3's convention).
         let payloads: &[&str] = if presigned {
@@ -385,8 +374,19 @@ impl Sigv4Authorizer {
         // is written (botocore), that form too.
         'forms: for strict in [true, false] {
             for payload in payloads {
-                let canonical =
-                    canonical_request(r, &signed, auth.signed_headers, payload, strict, presigned);
+                let canonical = canonical_request(
+                    &Canonical {
+                        method: r.method,
+                        raw_path: r.raw_path,
+                        query: r.query,
+                        headers: r.headers,
+                    },
+                    &signed,
+                    auth.signed_headers,
+                    payload,
+                    strict,
+                    presigned,
+                );
                 let sts = format!(
                     "AWS4-HMAC-SHA256\n{}\n{}/{}/execute-api/aws4_request\n{}",
                     auth.amz_date,
@@ -422,136 +422,6 @@ impl Sigv4Authorizer {
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn signing_key(secret: &str, date: &str, region: &str) -> hmac::Key {
-    let mut k = hmac::sign(
-        &hmac::Key::new(hmac::HMAC_SHA256, format!("AWS4{secret}").as_bytes()),
-        date.as_bytes(),
-    );
-    for part in [region, "execute-api", "aws4_request"] {
-        k = hmac::sign(
-            &hmac::Key::new(hmac::HMAC_SHA256, k.as_ref()),
-            part.as_bytes(),
-        );
-    }
-    hmac::Key::new(hmac::HMAC_SHA256, k.as_ref())
-}
-
-/// RFC 3986 encoding: unreserved characters stay, everything else is `%XX`
-/// (upper case); `/` stays where `keep_slash`.
-fn uri_encode(out: &mut String, s: &[u8], keep_slash: bool) {
-    for &b in s {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) || (keep_slash && b == b'/') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-}
-
-/// botocore's `remove_dot_segments`: `.` and empty segments dropped, `..` pops.
-fn normalize_path(path: &str) -> String {
-    if path.is_empty() {
-        return "/".into();
-    }
-    let mut out: Vec<&str> = Vec::new();
-    for seg in path.split('/') {
-        match seg {
-            "" | "." => {}
-            ".." => {
-                out.pop();
-            }
-            s => out.push(s),
-        }
-    }
-    let first = if path.starts_with('/') { "/" } else { "" };
-    let last = if path.ends_with('/') && !out.is_empty() {
-        "/"
-    } else {
-        ""
-    };
-    format!("{first}{}{last}", out.join("/"))
-}
-
-fn canonical_request(
-    r: &Signed<'_>,
-    signed: &[&str],
-    signed_headers: &str,
-    payload: &str,
-    strict: bool,
-    presigned: bool,
-) -> String {
-    let mut c = String::with_capacity(256);
-    c.push_str(r.method);
-    c.push('\n');
-    // The path as sent is encoded once already; encoding it again is AWS's
-    // "twice" for services other than S3.
-    uri_encode(&mut c, normalize_path(r.raw_path).as_bytes(), true);
-    c.push('\n');
-    let mut pairs: Vec<(String, String)> = Vec::new();
-    for pair in r.query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        if presigned && k == "X-Amz-Signature" {
-            continue;
-        }
-        if strict {
-            let (mut ek, mut ev) = (String::new(), String::new());
-            uri_encode(
-                &mut ek,
-                &percent_encoding::percent_decode_str(k).collect::<Vec<u8>>(),
-                false,
-            );
-            uri_encode(
-                &mut ev,
-                &percent_encoding::percent_decode_str(v).collect::<Vec<u8>>(),
-                false,
-            );
-            pairs.push((ek, ev));
-        } else {
-            pairs.push((k.to_owned(), v.to_owned()));
-        }
-    }
-    pairs.sort();
-    for (i, (k, v)) in pairs.iter().enumerate() {
-        if i > 0 {
-            c.push('&');
-        }
-        c.push_str(k);
-        c.push('=');
-        c.push_str(v);
-    }
-    c.push('\n');
-    for name in signed {
-        c.push_str(name);
-        c.push(':');
-        let mut first = true;
-        for h in r
-            .headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case(name))
-        {
-            if !first {
-                c.push(',');
-            }
-            first = false;
-            let v = String::from_utf8_lossy(h.value);
-            let mut words = v.split_ascii_whitespace();
-            if let Some(w) = words.next() {
-                c.push_str(w);
-                for w in words {
-                    c.push(' ');
-                    c.push_str(w);
-                }
-            }
-        }
-        c.push('\n');
-    }
-    c.push('\n');
-    c.push_str(signed_headers);
-    c.push('\n');
-    c.push_str(payload);
-    c
 }
 
 #[cfg(test)]

@@ -592,6 +592,17 @@ async fn handle(
                 .is_ok()
                 && !persist.closes()
         }
+        Action::Invoke(stage, route, inv) => {
+            let asked = crate::proxy::invoke::Asked {
+                tag: &p.tag,
+                persist: p.persist,
+                is_head: p.is_head,
+                framing: p.framing,
+                expect_continue: p.expect_continue,
+                deadline: p.deadline,
+            };
+            crate::proxy::invoke::invoke(c, plan, lp, shard, asked, stage, route, inv).await
+        }
         Action::CacheHit(entry) => {
             let persist = unread;
             serve_hit(c, shard, entry, &p.tag, persist, p.is_head).await && !persist.closes()
@@ -656,6 +667,11 @@ async fn handle(
                 retry: false,
                 max_conns: u32::MAX,
                 websocket: pick.websocket,
+                mapping: plan.stages[stage].routes[route]
+                    .mapping
+                    .as_ref()
+                    .filter(|m| !m.response.is_empty())
+                    .cloned(),
             };
             match crate::proxy::send::send(c, shard, plan, target, &pick, req, &lp.limits).await {
                 Ok(keep) => keep,

@@ -47,6 +47,8 @@ pub struct Request {
     pub max_conns: u32,
     /// `Upgrade: websocket`: a 101 from the target opens a tunnel.
     pub websocket: bool,
+    /// The route's response mappings (`response_parameters`), if it has any.
+    pub mapping: Option<std::sync::Arc<crate::upstream::mapping::Mappings>>,
 }
 
 /// Why no upstream response reached the client.
@@ -750,6 +752,18 @@ async fn exchange(
                         date,
                         &req.tag,
                     );
+                    if let Some(maps) = req.mapping.as_ref().and_then(|m| m.for_status(head.status))
+                    {
+                        let head_len = c.out.len();
+                        if let Some((status, _)) =
+                            crate::proxy::remap::response_head(&mut c.out, head_len, maps, &req.tag)
+                        {
+                            c.outcome.status = status;
+                        }
+                        // Mapped heads are not stored (the cache keeps upstream heads).
+                        up.pos += head.head_len;
+                        return Ok(a);
+                    }
                     if req.fill.is_some()
                         && !req.is_head
                         && head.status == 200

@@ -1,11 +1,14 @@
 //! The hot path: worker threads, each shard's state, the connection loop and the
-//! request pipeline, and the `http_proxy` integration.
+//! request pipeline, and the integrations (`http_proxy`, `lambda`, `aws`).
 
 pub mod authorize;
 pub mod client;
 pub mod conn;
 pub mod forward;
+pub mod invoke;
+pub mod lambda;
 pub mod pipeline;
+pub mod remap;
 pub mod send;
 pub mod shard;
 pub mod tunnel;

@@ -389,6 +389,13 @@ fn stages(
     cache(f, p, stage_id, route, &m, path, authorized)?;
     Ok(match &route.integration {
         Integration::Mock(_) => Action::Mock(stage_id, m.route),
+        Integration::Lambda(_) | Integration::Aws(_) => {
+            let seen = seen(f, stage, route, &m, path, &grant, &p.tag, source_ip());
+            match crate::proxy::invoke::build(&seen) {
+                Ok(inv) => Action::Invoke(stage_id, m.route, Box::new(inv)),
+                Err(e) => Action::Refuse(e),
+            }
+        }
         Integration::HttpProxy(target) => {
             let extra = forward::Extra {
                 strip: &stage.access.strip,
@@ -396,9 +403,14 @@ fn stages(
                 trace: p.trace.as_ref(),
             };
             let websocket = forward::wants_websocket(f.head, f.headers);
-            let host = forward::write_request_head(
+            let mut host = forward::write_request_head(
                 up_head, target, f.head, f.headers, &m, path, f.origin, &extra, websocket,
             );
+            if let Some(maps) = route.mapping.as_ref().filter(|m| !m.request.is_empty()) {
+                let seen = seen(f, stage, route, &m, path, &grant, &p.tag, source_ip());
+                let req = crate::proxy::invoke::request_of(&seen, f.head.query);
+                host = crate::proxy::remap::request_head(up_head, &maps.request, &req);
+            }
             let hash = match &target.to {
                 Upstream::Group(g) => f
                     .plan
@@ -419,6 +431,33 @@ fn stages(
             )
         }
     })
+}
+
+/// The request as events and mappings read it.
+#[allow(clippy::too_many_arguments)]
+fn seen<'a, 'h>(
+    f: &'a Facts<'a, 'h>,
+    stage: &'a crate::plan::StagePlan,
+    route: &'a RoutePlan,
+    m: &'a route::RouteMatch<'a, 'a>,
+    path: &'a str,
+    grant: &'a Grant,
+    tag: &'a Tag,
+    source_ip: std::net::IpAddr,
+) -> crate::proxy::invoke::Seen<'a, 'h> {
+    crate::proxy::invoke::Seen {
+        head: f.head,
+        headers: f.headers,
+        stage,
+        route,
+        m,
+        routed_path: path,
+        grant,
+        tag,
+        source_ip,
+        client_cert: f.origin.tls.and_then(|t| t.client_cert_headers.as_deref()),
+        body: f.body,
+    }
 }
 
 /// The hash of a request's consistent-hash key; `None` when it lacks the key.
@@ -543,7 +582,11 @@ fn whole_body_first(f: &Facts<'_, '_>, route: &RoutePlan) -> Verdict {
         .validate
         .as_ref()
         .is_some_and(|v| v.wants_body(f.headers));
-    if !(sigv4 || validates) {
+    let invokes = matches!(
+        route.integration,
+        Integration::Lambda(_) | Integration::Aws(_)
+    );
+    if !(sigv4 || validates || invokes) {
         return Ok(());
     }
     Err(match f.head.framing {

@@ -72,6 +72,10 @@ pub struct Shard {
     pub access: RefCell<crate::policy::access::AccessCache>,
     /// This worker's state of each upstream group, by its `Live`'s address.
     pub choosers: RefCell<rustc_hash::FxHashMap<usize, crate::upstream::choose::Chooser>>,
+    /// Function invocations this worker awaits (`None`: no inbox could be made).
+    pub calls: Option<crate::upstream::function::Calls>,
+    /// The socket the inbox rings: taken by the worker's task that reads it.
+    pub bell: RefCell<Option<std::os::unix::net::UnixStream>>,
     /// Connection buffers not in use (parked connections hold none).
     bufs: RefCell<Vec<Vec<u8>>>,
     /// The fewest free buffers seen since the last `trim_bufs`: that many went
@@ -108,7 +112,19 @@ impl Shard {
             metrics,
             plan,
         } = parts;
+        let (calls, bell) = match crate::upstream::function::Inbox::new() {
+            Ok((inbox, bell)) => (
+                Some(crate::upstream::function::Calls::new(inbox)),
+                Some(bell),
+            ),
+            Err(e) => {
+                tracing::warn!(worker = id, error = %e, "no function inbox: lambda integrations answer 500");
+                (None, None)
+            }
+        };
         Self {
+            calls,
+            bell: RefCell::new(bell),
             id,
             plan: RefCell::new(plan),
             uring,

@@ -284,6 +284,9 @@ async fn worker_main(
     };
     let shard = Rc::new(Shard::new(id, uring, plan.pool, parts, ctl.seed));
     shard.log_owner.set(Arc::as_ptr(&plan.logs) as usize);
+    if let Some(bell) = shard.bell.borrow_mut().take() {
+        monoio::spawn(ring(Rc::clone(&shard), bell));
+    }
     plan.live.saw(id, shard.keyring.borrow().0);
     let mut accepting: Vec<Accepting> = listeners
         .into_iter()
@@ -438,6 +441,29 @@ async fn accept_loop(listener: TcpListener, name: String, shard: Rc<Shard>, stop
         }
         if stop.get() {
             return;
+        }
+    }
+}
+
+/// Wakes the requests whose function invocations finished, each time a host
+/// thread rings this worker's inbox.
+async fn ring(shard: Rc<Shard>, bell: std::os::unix::net::UnixStream) {
+    use monoio::io::AsyncReadRent;
+    let Ok(mut bell) = monoio::net::UnixStream::from_std(bell) else {
+        tracing::warn!(worker = shard.id, "cannot watch the function inbox");
+        return;
+    };
+    let mut buf = vec![0u8; 64];
+    loop {
+        let (r, b) = bell.read(buf).await;
+        buf = b;
+        match r {
+            Ok(n) if n > 0 => {
+                if let Some(calls) = &shard.calls {
+                    calls.dispatch();
+                }
+            }
+            _ => return,
         }
     }
 }
