@@ -271,6 +271,20 @@ impl Subtype {
         }
     }
 
+    /// A parameter's name in the action's JSON: Step Functions' API spells its
+    /// members in lower camel case (`stateMachineArn`), the others as written.
+    fn wire_name(self, name: &str) -> String {
+        match self {
+            Self::StepFunctionsStartExecution => {
+                let mut c = name.chars();
+                c.next()
+                    .map(|f| f.to_ascii_lowercase().to_string() + c.as_str())
+                    .unwrap_or_default()
+            }
+            _ => name.to_owned(),
+        }
+    }
+
     /// The action's JSON body from the evaluated parameters (`Region` is the
     /// integration's, not the body's); `Err`: a value of the wrong kind.
     pub fn body(
@@ -326,7 +340,7 @@ impl Subtype {
                     )
                 }
             };
-            obj.insert((*name).to_owned(), out);
+            obj.insert(self.wire_name(name), out);
         }
         let doc = match self {
             Self::EventBridgePutEvents => serde_json::json!({ "Entries": [Value::Object(obj)] }),
