@@ -718,3 +718,111 @@ fn parameter_mapping_both_ways() {
     let r = c.request("GET", "/prod/fn/unknown", "gw.test", &[], b"");
     assert_eq!(r.status, 418, "{}", r.text());
 }
+
+#[test]
+fn authorizer_context_reaches_the_event() {
+    let authz = Upstream::start(|_| {
+        Reply::ok(
+            serde_json::json!({"isAuthorized": true, "context": {"user": "u1", "tier": 2}})
+                .to_string(),
+        )
+    });
+    let port = free_port();
+    let yaml = functions_config(port, "", "").replace(
+        "    routes:\n",
+        &format!(
+            "    authorizers:
+      - {{ name: partners, type: request, uri: \"{}/authorize\", identity_sources: [header.authorization] }}
+    routes:
+      - route: GET /authed/{{p+}}
+        authorizer: partners
+        integration: {{ type: lambda, function: hello }}
+      - route: GET /authed1/{{p+}}
+        authorizer: partners
+        integration: {{ type: lambda, function: hello, payload_format_version: \"1.0\" }}
+",
+            authz.url()
+        ),
+    );
+    let gw = Gateway::start(&yaml);
+    let mut c = Client::connect(gw.addr);
+    warm(&mut c);
+    let r = c.request(
+        "GET",
+        "/prod/authed/echo",
+        "gw.test",
+        &[("authorization", "t1")],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        json(&r)["event"]["requestContext"]["authorizer"],
+        serde_json::json!({"lambda": {"user": "u1", "tier": 2}})
+    );
+    let r = c.request(
+        "GET",
+        "/prod/authed1/echo",
+        "gw.test",
+        &[("authorization", "t1")],
+        b"",
+    );
+    let a = &json(&r)["event"]["requestContext"]["authorizer"];
+    assert_eq!(
+        (&a["user"], &a["tier"]),
+        (&serde_json::json!("u1"), &serde_json::json!(2))
+    );
+}
+
+#[test]
+fn reloads_keep_runtimes_and_shutdown_stops_them() {
+    let port = free_port();
+    let yaml = functions_config(port, "", "");
+    let gw = Gateway::start_with(&yaml, &[]);
+    let mut c = Client::connect(gw.addr);
+    warm(&mut c);
+    let pids = |c: &mut Client| -> std::collections::BTreeSet<String> {
+        (0..20)
+            .map(|_| c.request("GET", "/prod/v2/pid", "gw.test", &[], b"").text())
+            .collect()
+    };
+    let before = pids(&mut c);
+    assert!(!before.is_empty());
+    // A reload that leaves the function alone keeps its processes.
+    gw.rewrite(&yaml.replace("table: pets", "table: cats"));
+    // SAFETY: signalling the gateway this test started.
+    unsafe { libc::kill(gw.pid(), libc::SIGHUP) };
+    assert!(wait_until(Duration::from_secs(5), || gw
+        .log()
+        .contains("generation=1")));
+    let mut c = Client::connect(gw.addr);
+    let r = c.request("GET", "/prod/v2/echo", "gw.test", &[], b"");
+    assert_eq!(json(&r)["event"]["stageVariables"]["table"], "cats");
+    let after = pids(&mut c);
+    assert!(after.is_subset(&before), "{before:?} → {after:?}");
+    // A reload that changes it restarts them (same address).
+    gw.rewrite(&yaml.replace("GREETING: hi", "GREETING: hello"));
+    unsafe { libc::kill(gw.pid(), libc::SIGHUP) };
+    assert!(wait_until(Duration::from_secs(5), || gw
+        .log()
+        .contains("generation=2")));
+    let mut c = Client::connect(gw.addr);
+    assert!(wait_until(Duration::from_secs(20), || {
+        let r = c.request("GET", "/prod/v2/echo", "gw.test", &[], b"");
+        r.status == 200 && json(&r)["env"] == "hello"
+    }));
+    let changed = pids(&mut c);
+    assert!(changed.is_disjoint(&before), "{before:?} → {changed:?}");
+    // SIGTERM: the gateway drains, then its runtimes are gone.
+    gw.sigterm();
+    let mut gw = gw;
+    assert_eq!(gw.wait_exit(Duration::from_secs(10)), Some(0));
+    for pid in &changed {
+        assert!(
+            wait_until(Duration::from_secs(3), || !std::path::Path::new(&format!(
+                "/proc/{pid}"
+            ))
+            .exists()),
+            "runtime {pid} outlived the gateway"
+        );
+    }
+}
