@@ -37,6 +37,9 @@
 //! - `encode`: hex, IP addresses as text, random ids, constant-time compare.
 //! - `config`: the config file's serde types and their structural errors.
 //!   - `config::upstreams`: upstream groups and upstream TLS.
+//!   - `config::functions`: functions, `lambda` and `aws` integrations, parameter
+//!     mapping.
+//!   - `config::secret`: secrets (a value or an environment variable).
 //! - `http`: the codec and everything that speaks HTTP/1.1:
 //!   - `http::parse`: strict request and response heads on httparse, chunked decoding.
 //!   - `http::path`: the one normalised request path routing, policies, logs and the

@@ -277,9 +277,11 @@ fn responses_errors_timeouts_and_crashes() {
     assert!(wait_until(Duration::from_secs(5), || gw
         .log()
         .contains("function timed out; restarting its runtime")));
-    assert!(wait_until(Duration::from_secs(5), || gw
-        .log()
-        .contains("status=signal: 9")));
+    assert!(
+        wait_until(Duration::from_secs(5), || gw.log().contains("status=signal: 9")),
+        "{}",
+        gw.log()
+    );
     // Both runtimes serve again.
     warm(&mut c);
     // A crash: the invocation is answered at once, the runtime restarted, and the
@@ -301,7 +303,8 @@ fn a_full_queue_is_throttled_and_an_outside_runtime_is_used() {
     // No command: the runtime is started here, as a container's would be.
     let port = free_port();
     let yaml = config(&format!(
-        "functions:
+        "admin: {{ bind: \"127.0.0.1:0\", token: an-admin-token-for-tests }}
+functions:
   - {{ name: outside, runtime_api: 127.0.0.1:{port}, timeout_ms: 5000, queue: 1 }}
 apis:
   - name: serverless
@@ -350,6 +353,13 @@ apis:
         answers.iter().map(|r| r.status).collect::<Vec<_>>()
     );
     assert_eq!(throttled[0].text(), r#"{"message":"Too Many Requests"}"#);
+    let metrics = common::get(gw.admin.expect("admin listener"), "/metrics").text();
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("shardgate_function_throttles_total{function=\"outside\"}"))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    let n: usize = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert_eq!(n, throttled.len(), "{line}");
 }
 
 #[test]
@@ -780,13 +790,22 @@ fn reloads_keep_runtimes_and_shutdown_stops_them() {
     let gw = Gateway::start_with(&yaml, &[]);
     let mut c = Client::connect(gw.addr);
     warm(&mut c);
-    let pids = |c: &mut Client| -> std::collections::BTreeSet<String> {
-        (0..20)
-            .map(|_| c.request("GET", "/prod/v2/pid", "gw.test", &[], b"").text())
+    // The gateway's child processes: its runtimes.
+    let gw_pid = gw.pid();
+    let pids = |_: &mut Client| -> std::collections::BTreeSet<String> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| {
+                let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+                let ppid: i32 = stat.rsplit_once(") ")?.1.split(' ').nth(1)?.parse().ok()?;
+                (ppid == gw_pid).then(|| pid.to_string())
+            })
             .collect()
     };
     let before = pids(&mut c);
-    assert!(!before.is_empty());
+    assert_eq!(before.len(), 2, "{before:?}");
     // A reload that leaves the function alone keeps its processes.
     gw.rewrite(&yaml.replace("table: pets", "table: cats"));
     // SAFETY: signalling the gateway this test started.
@@ -798,7 +817,7 @@ fn reloads_keep_runtimes_and_shutdown_stops_them() {
     let r = c.request("GET", "/prod/v2/echo", "gw.test", &[], b"");
     assert_eq!(json(&r)["event"]["stageVariables"]["table"], "cats");
     let after = pids(&mut c);
-    assert!(after.is_subset(&before), "{before:?} → {after:?}");
+    assert_eq!(after, before);
     // A reload that changes it restarts them (same address).
     gw.rewrite(&yaml.replace("GREETING: hi", "GREETING: hello"));
     unsafe { libc::kill(gw.pid(), libc::SIGHUP) };
@@ -810,6 +829,7 @@ fn reloads_keep_runtimes_and_shutdown_stops_them() {
         let r = c.request("GET", "/prod/v2/echo", "gw.test", &[], b"");
         r.status == 200 && json(&r)["env"] == "hello"
     }));
+    assert!(wait_until(Duration::from_secs(5), || pids(&mut c).len() == 2));
     let changed = pids(&mut c);
     assert!(changed.is_disjoint(&before), "{before:?} → {changed:?}");
     // SIGTERM: the gateway drains, then its runtimes are gone.
@@ -825,4 +845,38 @@ fn reloads_keep_runtimes_and_shutdown_stops_them() {
             "runtime {pid} outlived the gateway"
         );
     }
+}
+
+#[test]
+fn the_example_runs_as_written() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/functions");
+    let text = std::fs::read_to_string(format!("{dir}/functions.yaml")).unwrap();
+    // The same file on free ports, its handlers found where they are.
+    let yaml = text
+        .replace("127.0.0.1:8080", "127.0.0.1:0")
+        .replace("127.0.0.1:9001", &format!("127.0.0.1:{}", free_port()))
+        .replace("127.0.0.1:9002", &format!("127.0.0.1:{}", free_port()))
+        .replace(
+            "    command: [",
+            &format!("    working_dir: {dir}\n    command: ["),
+        );
+    let gw = Gateway::start(&yaml);
+    let mut c = Client::connect(gw.addr);
+    assert!(wait_until(Duration::from_secs(20), || {
+        c.get("/hello?name=ann").status == 200
+    }));
+    let r = c.get("/hello?name=ann");
+    assert_eq!(
+        json(&r),
+        serde_json::json!({"message": "hello, ann", "table": "pets"})
+    );
+    assert!(wait_until(Duration::from_secs(20), || c
+        .get("/pets/1")
+        .status
+        == 200));
+    let r = c.get("/pets/1");
+    assert_eq!(r.header("set-cookie"), Some("seen=1; Path=/"));
+    assert_eq!(r.header("x-served-by"), Some("shardgate"));
+    assert_eq!(json(&r)["requestId"], r.header("apigw-requestid").unwrap());
+    assert_eq!(c.get("/pets/2").status, 404);
 }

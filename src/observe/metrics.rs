@@ -464,3 +464,54 @@ pub fn render_upstreams(groups: &[std::sync::Arc<crate::upstream::group::Group>]
     }
     out
 }
+
+/// The Prometheus series of `functions[]`: invocations, errors, timeouts,
+/// throttles (a full queue) and runtime restarts, all counters.
+pub fn render_functions(
+    functions: &[std::sync::Arc<crate::upstream::function::Function>],
+) -> String {
+    use crate::upstream::function::FunctionStats;
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut out = String::new();
+    type Read = fn(&FunctionStats) -> u64;
+    let counters: [(&str, &str, Read); 5] = [
+        (
+            "invocations",
+            "Invocations handed to the function's queue (throttled ones included).",
+            |s| s.invocations.load(Relaxed),
+        ),
+        (
+            "errors",
+            "Invocations the function failed (an error, a runtime that exited with it).",
+            |s| s.errors.load(Relaxed),
+        ),
+        (
+            "timeouts",
+            "Invocations past the function's timeout (its runtime restarted).",
+            |s| s.timeouts.load(Relaxed),
+        ),
+        (
+            "throttles",
+            "Invocations refused with 429: the function's queue was full.",
+            |s| s.throttles.load(Relaxed),
+        ),
+        (
+            "restarts",
+            "Runtime processes restarted after they exited.",
+            |s| s.restarts.load(Relaxed),
+        ),
+    ];
+    for (what, help, count) in counters.iter().filter(|_| !functions.is_empty()) {
+        let name = format!("shardgate_function_{what}_total");
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for func in functions {
+            let _ = writeln!(
+                out,
+                "{name}{{function=\"{}\"}} {}",
+                func.spec.name,
+                count(func.stats())
+            );
+        }
+    }
+    out
+}

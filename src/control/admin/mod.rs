@@ -181,6 +181,7 @@ fn handle(ctx: &Ctx, req: &Request) -> Response {
             let plan = ctx.control.plan();
             let mut text = plan.metrics.render();
             text.push_str(&crate::observe::metrics::render_upstreams(&plan.upstreams));
+            text.push_str(&crate::observe::metrics::render_functions(&plan.functions));
             if let Some(s) = lock(ctx).store().mirror() {
                 use std::fmt::Write as _;
                 let _ = writeln!(
