@@ -416,9 +416,12 @@ struct RuntimeRequest {
 
 /// Reads one request (head and `Content-Length` body); `None` when the connection
 /// closed, failed, or the function is stopping.
-fn read_request(s: &Shared, conn: &mut TcpStream, buf: &mut Vec<u8>) -> Option<RuntimeRequest> {
-    let _ = conn.set_read_timeout(Some(Duration::from_millis(200)));
-    let mut chunk = [0u8; 16 * 1024];
+fn read_request(
+    s: &Shared,
+    conn: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    chunk: &mut [u8],
+) -> Option<RuntimeRequest> {
     loop {
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut req = httparse::Request::new(&mut headers);
@@ -451,7 +454,7 @@ fn read_request(s: &Shared, conn: &mut TcpStream, buf: &mut Vec<u8>) -> Option<R
                 req.path.unwrap_or("").to_owned(),
             );
             while buf.len() < n + len {
-                match conn.read(&mut chunk) {
+                match conn.read(chunk) {
                     Ok(0) => return None,
                     Ok(k) => buf.extend_from_slice(&chunk[..k]),
                     Err(e) if is_timeout(&e) && !s.stop.load(Ordering::Relaxed) => {}
@@ -470,7 +473,7 @@ fn read_request(s: &Shared, conn: &mut TcpStream, buf: &mut Vec<u8>) -> Option<R
         if buf.len() > 64 * 1024 {
             return None;
         }
-        match conn.read(&mut chunk) {
+        match conn.read(chunk) {
             Ok(0) => return None,
             Ok(k) => buf.extend_from_slice(&chunk[..k]),
             Err(e) if is_timeout(&e) && !s.stop.load(Ordering::Relaxed) => {}
@@ -526,9 +529,12 @@ fn peer_closed(conn: &TcpStream) -> bool {
 /// Serves one runtime client's connection: `next` long-polls the queue; the
 /// invocation's `response` or `error` goes to the waiting worker.
 fn serve_runtime(s: &Shared, mut conn: TcpStream, peer: SocketAddr) {
+    // Reads wake at least this often to see a stop.
+    let _ = conn.set_read_timeout(Some(Duration::from_millis(200)));
     let mut buf = Vec::with_capacity(4096);
+    let mut chunk = vec![0u8; 16 * 1024];
     const PREFIX: &str = "/2018-06-01/runtime/";
-    while let Some(req) = read_request(s, &mut conn, &mut buf) {
+    while let Some(req) = read_request(s, &mut conn, &mut buf, &mut chunk) {
         let path = req.path.split('?').next().unwrap_or("");
         let Some(rest) = path.strip_prefix(PREFIX) else {
             let _ = write_response(
