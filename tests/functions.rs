@@ -278,7 +278,9 @@ fn responses_errors_timeouts_and_crashes() {
         .log()
         .contains("function timed out; restarting its runtime")));
     assert!(
-        wait_until(Duration::from_secs(5), || gw.log().contains("status=signal: 9")),
+        wait_until(Duration::from_secs(5), || gw
+            .log()
+            .contains("status=signal: 9")),
         "{}",
         gw.log()
     );
@@ -474,7 +476,9 @@ fn the_invoke_api_is_signed_for_botocore() {
         (r.status, r.text().as_str()),
         (500, r#"{"message":"Internal Server Error"}"#)
     );
-    assert!(gw.log().contains("the Lambda Invoke API refused"));
+    assert!(wait_until(Duration::from_secs(2), || gw
+        .log()
+        .contains("the Lambda Invoke API refused")));
 }
 
 /// moto's server on a free port, killed on drop.
@@ -879,4 +883,71 @@ fn the_example_runs_as_written() {
     assert_eq!(r.header("x-served-by"), Some("shardgate"));
     assert_eq!(json(&r)["requestId"], r.header("apigw-requestid").unwrap());
     assert_eq!(c.get("/pets/2").status, 404);
+}
+
+#[test]
+fn jwt_claims_and_scopes_reach_the_event() {
+    use jsonwebtoken::{jwk::Jwk, Algorithm, EncodingKey, Header};
+    let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let enc = EncodingKey::from_ec_pem(kp.serialize_pem().as_bytes()).unwrap();
+    let mut jwk = Jwk::from_encoding_key(&enc, Algorithm::ES256).unwrap();
+    jwk.common.key_id = Some("k1".into());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut h = Header::new(Algorithm::ES256);
+    h.kid = Some("k1".into());
+    let token = jsonwebtoken::encode(
+        &h,
+        &serde_json::json!({"iss": "https://id.test/", "aud": "fn", "sub": "alice",
+            "exp": now + 600, "scope": "pets:read openid"}),
+        &enc,
+    )
+    .unwrap();
+    let port = free_port();
+    let yaml = functions_config(port, "", "").replace(
+        "    routes:\n",
+        &format!(
+            "    authorizers:
+      - {{ name: users, type: jwt, issuer: https://id.test/, audience: [fn], jwks: {{ keys: [{}] }} }}
+    routes:
+      - route: GET /jwt/{{p+}}
+        authorizer: users
+        integration: {{ type: lambda, function: hello }}
+      - route: GET /jwt1/{{p+}}
+        authorizer: users
+        integration: {{ type: lambda, function: hello, payload_format_version: \"1.0\" }}
+",
+            serde_json::to_string(&jwk).unwrap()
+        ),
+    );
+    let gw = Gateway::start(&yaml);
+    let mut c = Client::connect(gw.addr);
+    warm(&mut c);
+    let bearer = format!("Bearer {token}");
+    let r = c.request(
+        "GET",
+        "/prod/jwt/echo",
+        "gw.test",
+        &[("authorization", &bearer)],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let a = &json(&r)["event"]["requestContext"]["authorizer"]["jwt"];
+    assert_eq!(a["claims"]["sub"], "alice");
+    assert_eq!(a["scopes"], serde_json::json!(["pets:read", "openid"]));
+    let r = c.request(
+        "GET",
+        "/prod/jwt1/echo",
+        "gw.test",
+        &[("authorization", &bearer)],
+        b"",
+    );
+    assert_eq!(
+        json(&r)["event"]["requestContext"]["authorizer"]["claims"]["sub"],
+        "alice"
+    );
+    let r = c.request("GET", "/prod/jwt/echo", "gw.test", &[], b"");
+    assert_eq!(r.status, 401);
 }

@@ -713,12 +713,17 @@ fn supervise(s: &Shared) {
         }
         let kill: Vec<SocketAddr> = std::mem::take(&mut *crate::lock(&s.kill));
         for peer in kill {
-            for slot in &mut slots {
-                if let Some(c) = &slot.child {
-                    if owns_socket(c.id(), peer) {
-                        kill_group(c);
-                    }
-                }
+            let holder = slots
+                .iter()
+                .filter_map(|slot| slot.child.as_ref())
+                .find(|c| owns_socket(c.id(), peer));
+            match holder {
+                Some(c) => kill_group(c),
+                None if !slots.is_empty() => tracing::warn!(
+                    function = %s.spec.name, %peer,
+                    "no runtime process holds the timed-out invocation's connection; none restarted"
+                ),
+                None => {}
             }
         }
         for slot in &mut slots {
