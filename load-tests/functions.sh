@@ -24,6 +24,8 @@ DURATION=${DURATION:-5}
 need_apt wrk:wrk curl:curl
 python3 -c 'import awslambdaric' 2>/dev/null || python3 -m pip install --quiet awslambdaric
 ports_free '1812[0-9]'
+# The commit measured (read before the results file is rewritten).
+REV="$(git rev-parse --short HEAD)$(git diff --quiet || echo +changes)"
 cargo build --release --quiet
 SG=./target/release/shardgate
 run_dir
@@ -76,7 +78,7 @@ lc=$(echo "${CPU[lambda]}" | median); pc=$(echo "${CPU[proxy]}" | median); mc=$(
 {
   echo "# load-tests/functions.sh, $(date -u +%Y-%m-%dT%H:%MZ)"
   echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(python3 --version); awslambdaric $(python3 -m pip show awslambdaric 2>/dev/null | awk '/^Version/ {print $2}')"
-  echo "shardgate $(git rev-parse --short HEAD)$(git diff --quiet || echo +changes)"
+  echo "shardgate $REV"
   echo "one gateway worker on CPU 0; Python and wrk -t1 -c8 on CPU 1; $ROUNDS alternating rounds of ${DURATION}s, medians"
   echo
   printf "%-8s %10s %22s %10s\n" scenario "req/s" "gateway cpu us/req" "p99 ms"

@@ -322,7 +322,6 @@ async fn local(
         event,
         trace: None,
         reply,
-        queued: now,
         give_up: now + l.timeout,
     };
     if let Err(job) = f.submit(job) {

@@ -98,8 +98,7 @@ pub struct Job {
     pub event: Vec<u8>,
     pub trace: Option<String>,
     pub reply: Reply,
-    /// When it was queued: an invocation whose caller gave up is not run.
-    pub queued: Instant,
+    /// When its caller gives up: a runtime that takes it later does not run it.
     pub give_up: Instant,
 }
 

@@ -116,10 +116,6 @@ impl Expr {
         }
         self.eval(l).map(serde_json::Value::String)
     }
-
-    pub fn is_static(&self) -> bool {
-        self.0.iter().all(|p| matches!(p, Part::Text(_)))
-    }
 }
 
 fn source(inner: &str, vars: &BTreeMap<String, String>, response: bool) -> Result<Part, String> {
