@@ -458,12 +458,16 @@ fn the_invoke_api_is_signed_for_botocore() {
     assert_eq!(r.status, 200, "{} {}", r.text(), gw.log());
     assert_eq!(
         json(&r),
-        serde_json::json!({"rawPath": "/orders/1", "signed": true})
+        serde_json::json!({"rawPath": "/orders/1", "signed": true, "connection_requests": 1})
     );
     assert_eq!(
         r.header("x-invoked"),
         Some(format!("/2015-03-31/functions/{arn}/invocations").as_str())
     );
+    // The worker keeps its connection to the Invoke API for the next call.
+    let r = c.request("POST", "/orders/2", "gw.test", &[], b"");
+    assert_eq!(r.status, 200);
+    assert_eq!(json(&r)["connection_requests"], 2, "{}", r.text());
     // A function error (X-Amz-Function-Error): 502.
     let r = c.request("POST", "/orders/error", "gw.test", &[], b"");
     assert_eq!(

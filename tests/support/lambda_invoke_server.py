@@ -60,6 +60,8 @@ class H(http.server.BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_POST(self):
+        # How many requests this connection has carried (the gateway pools them).
+        self.served = getattr(self, "served", 0) + 1
         body = self.rfile.read(int(self.headers.get("content-length", "0")))
         path = urllib.parse.unquote(self.path)
         if not (path.startswith("/2015-03-31/functions/") and path.endswith("/invocations")):
@@ -71,7 +73,8 @@ class H(http.server.BaseHTTPRequestHandler):
             return self.reply(200, {"errorMessage": "bad", "errorType": "Exception"},
                               [("X-Amz-Function-Error", "Unhandled")])
         self.reply(200, {"statusCode": 200, "headers": {"x-invoked": path},
-                         "body": json.dumps({"rawPath": event["rawPath"], "signed": True})})
+                         "body": json.dumps({"rawPath": event["rawPath"], "signed": True,
+                                             "connection_requests": self.served})})
 
 
 srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
