@@ -66,8 +66,9 @@
 //!   - `upstream::connect`: TCP (and TLS) to a target, for integrations and request
 //!     authorizers alike.
 //!   - `upstream::pool`: each shard's idle upstream connections.
-//!   - `upstream::function`: functions run next to the gateway: the Lambda Runtime
-//!     API, their processes, the invocation queue and each worker's inbox.
+//!   - `upstream::function`: functions run next to the gateway: what workers share
+//!     of each (queue, Runtime API sockets, waiting runtimes), their processes,
+//!     each worker's inbox.
 //!   - `upstream::aws`: signed calls to AWS (Lambda Invoke, service integrations).
 //!   - `upstream::mapping`: HTTP API parameter mapping expressions.
 //! - `route`: which stage and route serve a request, in one step (`resolve`): stage
@@ -122,6 +123,8 @@
 //!   - `proxy::lambda`: Lambda proxy events (1.0, 2.0) and responses.
 //!   - `proxy::invoke`: the `lambda` and `aws` integrations: invocations and their
 //!     answers.
+//!   - `proxy::runtime_api`: the Lambda Runtime API, served by each worker for
+//!     the runtimes connected to it.
 //!   - `proxy::remap`: parameter mapping of `http_proxy` request and response heads.
 //!   - `proxy::send`: a group's pick for a request, retries and outlier feedback.
 //!   - `proxy::tunnel`: WebSocket pass-through after a 101.

@@ -27,6 +27,7 @@ const DEFAULT_REGION: &str = "us-east-1";
 pub fn compile_functions(
     files: &[Option<FunctionFile>],
     base_dir: &std::path::Path,
+    workers: usize,
     errs: &mut ConfigErrors,
 ) -> (Vec<Arc<Function>>, HashMap<String, usize>) {
     let mut out = Vec::new();
@@ -104,18 +105,21 @@ pub fn compile_functions(
             Some(d) => base_dir.join(d),
             None => base_dir.to_path_buf(),
         };
-        out.push(Function::new(FunctionSpec {
-            name: f.name.clone(),
-            runtime_api: addr,
-            command: f.command.clone(),
-            concurrency,
-            timeout: Duration::from_millis(timeout_ms),
-            environment: f.environment.clone(),
-            memory_mb,
-            queue: queue as usize,
-            working_dir,
-            region: std::env::var("AWS_REGION").unwrap_or_else(|_| DEFAULT_REGION.into()),
-        }));
+        out.push(Function::new(
+            FunctionSpec {
+                name: f.name.clone(),
+                runtime_api: addr,
+                command: f.command.clone(),
+                concurrency,
+                timeout: Duration::from_millis(timeout_ms),
+                environment: f.environment.clone(),
+                memory_mb,
+                queue: queue as usize,
+                working_dir,
+                region: std::env::var("AWS_REGION").unwrap_or_else(|_| DEFAULT_REGION.into()),
+            },
+            workers,
+        ));
     }
     (out, names)
 }

@@ -93,8 +93,12 @@ pub fn compile_with(cfg: &ConfigFile, opts: &Options) -> Result<Plan, ConfigErro
         base_dir: cfg.base_dir.clone(),
         functions: HashMap::new(),
     };
-    let (functions, function_names) =
-        crate::compile::functions::compile_functions(&cfg.functions, &cfg.base_dir, &mut b.errs);
+    let (functions, function_names) = crate::compile::functions::compile_functions(
+        &cfg.functions,
+        &cfg.base_dir,
+        workers,
+        &mut b.errs,
+    );
     b.functions = function_names;
     for key in &cfg.unsupported {
         b.errs.not_supported(key.clone());

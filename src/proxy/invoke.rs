@@ -307,7 +307,7 @@ fn malformed(r: Result<Answer, String>) -> Result<Answer, GatewayError> {
 /// A local function: queued (429 when the queue is full), then awaited.
 async fn local(
     shard: &Shard,
-    f: &Function,
+    f: &std::sync::Arc<Function>,
     l: &LambdaPlan,
     event: Vec<u8>,
     tag: &Tag,
@@ -324,7 +324,11 @@ async fn local(
         reply,
         give_up: now + l.timeout,
     };
-    if let Err(job) = f.submit(job) {
+    // A runtime of this worker waiting: handed over on this thread; else the
+    // function's queue.
+    f.count_invocation();
+    let job = crate::proxy::runtime_api::offer(shard, f, job).err();
+    if let Some(Err(job)) = job.map(|j| f.submit(j)) {
         calls.cancel(token);
         drop(job);
         tracing::debug!(function = %f.spec.name, "function queue full");

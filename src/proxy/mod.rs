@@ -9,6 +9,7 @@ pub mod invoke;
 pub mod lambda;
 pub mod pipeline;
 pub mod remap;
+pub mod runtime_api;
 pub mod send;
 pub mod shard;
 pub mod tunnel;

@@ -74,6 +74,15 @@ pub struct Shard {
     pub choosers: RefCell<rustc_hash::FxHashMap<usize, crate::upstream::choose::Chooser>>,
     /// Function invocations this worker awaits (`None`: no inbox could be made).
     pub calls: Option<crate::upstream::function::Calls>,
+    /// The functions whose Runtime API this worker serves, and its runtimes
+    /// waiting for a job of each.
+    #[allow(clippy::type_complexity)]
+    pub runtimes: RefCell<
+        Vec<(
+            Arc<crate::upstream::function::Function>,
+            Vec<std::rc::Rc<crate::upstream::function::Idle>>,
+        )>,
+    >,
     /// The socket the inbox rings: taken by the worker's task that reads it.
     pub bell: RefCell<Option<std::os::unix::net::UnixStream>>,
     /// Connection buffers not in use (parked connections hold none).
@@ -124,6 +133,7 @@ impl Shard {
         };
         Self {
             calls,
+            runtimes: RefCell::new(Vec::new()),
             bell: RefCell::new(bell),
             id,
             plan: RefCell::new(plan),

@@ -287,6 +287,7 @@ async fn worker_main(
     if let Some(bell) = shard.bell.borrow_mut().take() {
         monoio::spawn(ring(Rc::clone(&shard), bell));
     }
+    crate::proxy::runtime_api::serve(&shard, &plan);
     plan.live.saw(id, shard.keyring.borrow().0);
     let mut accepting: Vec<Accepting> = listeners
         .into_iter()
@@ -407,6 +408,7 @@ fn apply(shard: &Rc<Shard>, old: &Plan, swap: Swap, accepting: &mut Vec<Acceptin
         *caches = taken.carry(&old_stages, Arc::clone(&new.cache), &cache_sizes(&new));
     }
     *shard.plan.borrow_mut() = Some(Arc::clone(&new));
+    crate::proxy::runtime_api::serve(shard, &new);
     new
 }
 
@@ -462,6 +464,7 @@ async fn ring(shard: Rc<Shard>, bell: std::os::unix::net::UnixStream) {
                 if let Some(calls) = &shard.calls {
                     calls.dispatch();
                 }
+                crate::proxy::runtime_api::wake_idle(&shard);
             }
             _ => return,
         }

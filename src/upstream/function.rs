@@ -1,28 +1,30 @@
-//! Functions run next to the gateway (`functions[]`): the Lambda Runtime API their
-//! runtime clients poll (`awslambdaric`, `aws-lambda-ric`, `lambda_runtime`, a
-//! container's bootstrap), the processes started for them, and the queue
-//! invocations wait in.
+//! Functions run next to the gateway (`functions[]`): what the workers share of
+//! each (its queue, its Runtime API sockets, which workers have runtimes waiting),
+//! the processes started for it, and each worker's inbox.
 //!
-//! The hot path only hands a `Job` to the function's bounded channel (`submit`,
-//! never blocking) and awaits its `Outcome` in this worker's `Calls`: the host's
-//! threads deliver outcomes to the worker's `Inbox` (a channel and a socket pair
-//! rung once per batch), so no worker ever blocks or takes a lock. The host (the
-//! Runtime API's connection threads, the supervisor and its watchdog) is control
-//! plane: it may lock.
+//! The Runtime API is served by the workers themselves (`proxy::runtime_api`):
+//! every worker listens on the function's `runtime_api` address (`SO_REUSEPORT`),
+//! so each runtime's connection belongs to one worker. An invocation goes to a
+//! runtime of its own worker when one is waiting (no other thread involved);
+//! otherwise to the function's bounded queue, and a worker with a waiting
+//! runtime is rung. Outcomes for another worker go to that worker's `Inbox` (a
+//! channel and a socket pair rung once per batch). No worker blocks or locks on
+//! the request path; the supervisor thread (processes, restarts) may lock.
 #![allow(clippy::disallowed_types)]
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
+use socket2::{Domain, Protocol, Socket, Type};
 
 /// The largest response or error a runtime may post (Lambda's 6 MB).
 pub const MAX_PAYLOAD: usize = 6 * 1024 * 1024;
@@ -80,6 +82,15 @@ impl Reply {
         self.sent = true;
         self.inbox.deliver(self.token, o);
     }
+
+    /// The token, when the reply goes to `calls` (the worker at hand): it is
+    /// then filed there directly, not through the inbox.
+    pub fn local_token(&mut self, calls: &Calls) -> Option<u64> {
+        Arc::ptr_eq(&self.inbox, &calls.inbox).then(|| {
+            self.sent = true;
+            self.token
+        })
+    }
 }
 
 impl Drop for Reply {
@@ -131,6 +142,11 @@ impl Inbox {
 
     fn deliver(&self, token: u64, o: Outcome) {
         let _ = self.tx.send((token, o));
+        self.ring();
+    }
+
+    /// Wakes the worker (its outcomes, and its runtimes waiting for a job).
+    pub fn ring(&self) {
         if !self.rung.swap(true, Ordering::SeqCst) {
             // A full socket buffer means the worker has wake-ups unread anyway.
             let _ = (&self.bell).write(&[1]);
@@ -187,14 +203,17 @@ impl Calls {
 
     /// Files the outcomes the bell announced and wakes their requests.
     pub fn dispatch(&self) {
-        self.inbox.drain(|token, o| {
-            if let Some(slot) = self.waiting.borrow_mut().get_mut(&token) {
-                slot.0 = Some(o);
-                if let Some(w) = slot.1.take() {
-                    w.wake();
-                }
+        self.inbox.drain(|token, o| self.fulfil(token, o));
+    }
+
+    /// Files an outcome and wakes the request waiting for it.
+    pub fn fulfil(&self, token: u64, o: Outcome) {
+        if let Some(slot) = self.waiting.borrow_mut().get_mut(&token) {
+            slot.0 = Some(o);
+            if let Some(w) = slot.1.take() {
+                w.wake();
             }
-        });
+        }
     }
 
     /// The outcome of `token`'s invocation, or `None` after `limit`.
@@ -223,6 +242,47 @@ impl Calls {
     }
 }
 
+/// A runtime waiting for a job on its worker (single-threaded: the worker's).
+#[derive(Default)]
+pub struct Idle {
+    job: RefCell<Option<Job>>,
+    /// Rung: look at the function's queue again.
+    woken: Cell<bool>,
+    waker: Cell<Option<Waker>>,
+}
+
+impl Idle {
+    /// Hands the runtime a job of its own worker.
+    pub fn give(&self, job: Job) {
+        *self.job.borrow_mut() = Some(job);
+        self.wake();
+    }
+
+    /// Tells the runtime to look at the function's queue again.
+    pub fn ring(&self) {
+        self.woken.set(true);
+        self.wake();
+    }
+
+    fn wake(&self) {
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// A job handed over (`Some`), or rung (`None`).
+    pub fn poll_job(&self, cx: &mut std::task::Context<'_>) -> Poll<Option<Job>> {
+        if let Some(j) = self.job.borrow_mut().take() {
+            return Poll::Ready(Some(j));
+        }
+        if self.woken.get() {
+            return Poll::Ready(None);
+        }
+        self.waker.set(Some(cx.waker().clone()));
+        Poll::Pending
+    }
+}
+
 /// Counters of a function, for `/metrics` and the admin API.
 #[derive(Debug, Default)]
 pub struct FunctionStats {
@@ -233,13 +293,22 @@ pub struct FunctionStats {
     pub restarts: AtomicU64,
 }
 
-/// A function: its queue, and (once started) its Runtime API and processes.
+/// A function as the workers share it.
 pub struct Function {
     pub spec: FunctionSpec,
     jobs: Sender<Job>,
+    queued: Receiver<Job>,
     shared: Arc<Shared>,
     started: AtomicBool,
     supervisor: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Each worker's Runtime API socket until the worker takes it.
+    listeners: Mutex<Vec<Option<TcpListener>>>,
+    /// The sockets' descriptors, shut down on stop so the workers' accepts end.
+    fds: Mutex<Vec<i32>>,
+    /// Each worker's inbox, set when it starts serving the function.
+    inboxes: Box<[OnceLock<Arc<Inbox>>]>,
+    /// Each worker's runtimes waiting for a job.
+    idle: Box<[AtomicU32]>,
 }
 
 impl std::fmt::Debug for Function {
@@ -250,46 +319,47 @@ impl std::fmt::Debug for Function {
     }
 }
 
-/// What the host's threads share.
+/// What the supervisor thread shares with the function.
 struct Shared {
     spec: FunctionSpec,
-    jobs: Receiver<Job>,
-    /// A job taken from the queue whose runtime vanished before it was sent:
-    /// run first.
-    retry: Sender<Job>,
-    retried: Receiver<Job>,
-    pending: Mutex<HashMap<String, Pending>>,
+    /// Invocations a runtime took, by request id: its answer may come on any
+    /// of its connections, on any worker.
+    pending: dashmap::DashMap<String, Pending>,
     stop: AtomicBool,
     stats: Arc<FunctionStats>,
     /// Peers whose runtime must be restarted (a timeout), for the supervisor.
     kill: Mutex<Vec<SocketAddr>>,
 }
 
+/// An invocation a runtime took.
 struct Pending {
     reply: Reply,
     deadline: Instant,
+    /// The connection it was sent on (the runtime to restart on a timeout).
     peer: SocketAddr,
 }
 
 impl Function {
-    pub fn new(spec: FunctionSpec) -> Arc<Self> {
+    pub fn new(spec: FunctionSpec, workers: usize) -> Arc<Self> {
         let (tx, rx) = crossbeam_channel::bounded(spec.queue.max(1));
-        let (retry, retried) = crossbeam_channel::unbounded();
+        let workers = workers.max(1);
         Arc::new(Self {
             shared: Arc::new(Shared {
                 spec: spec.clone(),
-                jobs: rx,
-                retry,
-                retried,
-                pending: Mutex::new(HashMap::new()),
+                pending: dashmap::DashMap::new(),
                 stop: AtomicBool::new(false),
                 stats: Arc::new(FunctionStats::default()),
                 kill: Mutex::new(Vec::new()),
             }),
             spec,
             jobs: tx,
+            queued: rx,
             started: AtomicBool::new(false),
             supervisor: Mutex::new(None),
+            listeners: Mutex::new(Vec::new()),
+            fds: Mutex::new(Vec::new()),
+            inboxes: (0..workers).map(|_| OnceLock::new()).collect(),
+            idle: (0..workers).map(|_| AtomicU32::new(0)).collect(),
         })
     }
 
@@ -297,36 +367,113 @@ impl Function {
         &self.shared.stats
     }
 
-    /// Queues an invocation; `Err` (the job back) when the queue is full.
+    pub fn stopped(&self) -> bool {
+        self.shared.stop.load(Ordering::Relaxed)
+    }
+
+    /// Queues an invocation for any worker's runtime and rings a worker that
+    /// has one waiting; `Err` (the job back) when the queue is full.
+    /// (The caller counts the invocation: `count_invocation`.)
     pub fn submit(&self, job: Job) -> Result<(), Box<Job>> {
+        if let Err(TrySendError::Full(j) | TrySendError::Disconnected(j)) = self.jobs.try_send(job)
+        {
+            self.shared.stats.throttles.fetch_add(1, Ordering::Relaxed);
+            return Err(Box::new(j));
+        }
+        // After the job is queued (a runtime that goes idle after this load
+        // finds it in the queue).
+        if let Some(w) = self.idle.iter().position(|n| n.load(Ordering::SeqCst) > 0) {
+            if let Some(inbox) = self.inboxes[w].get() {
+                inbox.ring();
+            }
+        }
+        Ok(())
+    }
+
+    pub fn count_invocation(&self) {
         self.shared
             .stats
             .invocations
             .fetch_add(1, Ordering::Relaxed);
-        match self.jobs.try_send(job) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(j) | TrySendError::Disconnected(j)) => {
-                self.shared.stats.throttles.fetch_add(1, Ordering::Relaxed);
-                Err(Box::new(j))
+    }
+
+    pub fn has_queued(&self) -> bool {
+        !self.queued.is_empty()
+    }
+
+    /// A job from the queue.
+    pub fn take_job(&self) -> Option<Job> {
+        self.queued.try_recv().ok()
+    }
+
+    /// Puts back a job whose runtime went away before it was sent.
+    pub fn requeue(&self, job: Job) {
+        if let Err(TrySendError::Full(j) | TrySendError::Disconnected(j)) = self.jobs.try_send(job)
+        {
+            j.reply
+                .send(Outcome::Lost("the function's runtime went away"));
+        }
+    }
+
+    /// A runtime of `worker` starts (`true`) or stops waiting for a job.
+    pub fn idle(&self, worker: usize, waiting: bool) {
+        if let Some(n) = self.idle.get(worker) {
+            if waiting {
+                n.fetch_add(1, Ordering::SeqCst);
+            } else {
+                n.fetch_sub(1, Ordering::SeqCst);
             }
         }
     }
 
-    /// Opens the Runtime API and starts the processes (once; a second call does
-    /// nothing).
+    /// Worker `worker` serves the function: its Runtime API socket (once), and
+    /// where to ring it.
+    pub fn serve(&self, worker: usize, inbox: &Arc<Inbox>) -> Option<TcpListener> {
+        if let Some(slot) = self.inboxes.get(worker) {
+            let _ = slot.set(Arc::clone(inbox));
+        }
+        crate::lock(&self.listeners)
+            .get_mut(worker)
+            .and_then(Option::take)
+    }
+
+    /// A runtime took invocation `id` on its connection `peer`; past `deadline`
+    /// the supervisor answers it and restarts that runtime.
+    pub fn hold(&self, id: String, reply: Reply, deadline: Instant, peer: SocketAddr) {
+        self.shared.pending.insert(
+            id,
+            Pending {
+                reply,
+                deadline,
+                peer,
+            },
+        );
+    }
+
+    /// The reply of invocation `id`, if it is still awaited.
+    pub fn release(&self, id: &str) -> Option<Reply> {
+        self.shared.pending.remove(id).map(|(_, p)| p.reply)
+    }
+
+    pub fn count_error(&self) {
+        self.shared.stats.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Opens the Runtime API (one `SO_REUSEPORT` socket per worker) and starts
+    /// the processes (once; a second call does nothing).
     pub fn start(&self) -> std::io::Result<()> {
         if self.started.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
         // A reload that replaced this function's predecessor on the same address:
-        // its listener closes within a few tens of milliseconds.
-        let mut bound = TcpListener::bind(self.spec.runtime_api);
+        // its sockets close within a few tens of milliseconds.
+        let mut bound = self.bind_all();
         let until = Instant::now() + Duration::from_secs(2);
         while bound.is_err() && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(20));
-            bound = TcpListener::bind(self.spec.runtime_api);
+            bound = self.bind_all();
         }
-        let listener = bound.map_err(|e| {
+        let sockets = bound.map_err(|e| {
             self.started.store(false, Ordering::SeqCst);
             std::io::Error::new(
                 e.kind(),
@@ -336,11 +483,11 @@ impl Function {
                 ),
             )
         })?;
-        listener.set_nonblocking(true)?;
-        let s = Arc::clone(&self.shared);
-        std::thread::Builder::new()
-            .name(format!("fn-{}-api", self.spec.name))
-            .spawn(move || accept_loop(&s, &listener))?;
+        {
+            use std::os::fd::AsRawFd;
+            *crate::lock(&self.fds) = sockets.iter().map(|l| l.as_raw_fd()).collect();
+        }
+        *crate::lock(&self.listeners) = sockets.into_iter().map(Some).collect();
         let s = Arc::clone(&self.shared);
         let h = std::thread::Builder::new()
             .name(format!("fn-{}", self.spec.name))
@@ -355,10 +502,42 @@ impl Function {
         Ok(())
     }
 
-    /// Stops the processes and the Runtime API; invocations waiting are answered
-    /// as lost.
+    fn bind_all(&self) -> std::io::Result<Vec<TcpListener>> {
+        let addr = self.spec.runtime_api;
+        (0..self.idle.len())
+            .map(|_| {
+                let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+                s.set_reuse_address(true)?;
+                s.set_reuse_port(true)?;
+                s.set_nonblocking(true)?;
+                s.bind(&addr.into())?;
+                s.listen(1024)?;
+                Ok(s.into())
+            })
+            .collect()
+    }
+
+    /// Stops the processes and the Runtime API; invocations still queued are
+    /// answered as lost.
     pub fn stop(&self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
+        if self.shared.stop.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        for fd in crate::lock(&self.fds).drain(..) {
+            // SAFETY: a listening socket this function owns (held by a worker or
+            // by `listeners`); shutting it down ends the worker's accept.
+            unsafe {
+                libc::shutdown(fd, libc::SHUT_RDWR);
+            }
+        }
+        crate::lock(&self.listeners).clear();
+        // Runtimes waiting for a job see the stop.
+        for inbox in self.inboxes.iter().filter_map(OnceLock::get) {
+            inbox.ring();
+        }
+        while let Ok(job) = self.queued.try_recv() {
+            job.reply.send(Outcome::Lost("the function stopped"));
+        }
     }
 
     /// Stops and waits until the processes are gone.
@@ -376,296 +555,6 @@ impl Drop for Function {
     }
 }
 
-fn accept_loop(s: &Arc<Shared>, listener: &TcpListener) {
-    while !s.stop.load(Ordering::Relaxed) {
-        match listener.accept() {
-            Ok((conn, peer)) => {
-                let s = Arc::clone(s);
-                let _ = conn.set_nonblocking(false);
-                let _ = conn.set_nodelay(true);
-                let spawned = std::thread::Builder::new()
-                    .name(format!("fn-{}-rt", s.spec.name))
-                    .spawn(move || serve_runtime(&s, conn, peer));
-                if let Err(e) = spawned {
-                    tracing::warn!(error = %e, "cannot serve a runtime connection");
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => {
-                tracing::warn!(function = %s.spec.name, error = %e, "runtime API accept failed");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    }
-    // Whatever is still queued is answered, not left to time out.
-    while let Ok(job) = s.jobs.try_recv() {
-        job.reply.send(Outcome::Lost("the function stopped"));
-    }
-}
-
-/// One request of a runtime client.
-struct RuntimeRequest {
-    method: String,
-    path: String,
-    body: Vec<u8>,
-    error_type: Option<String>,
-}
-
-/// Reads one request (head and `Content-Length` body); `None` when the connection
-/// closed, failed, or the function is stopping.
-fn read_request(
-    s: &Shared,
-    conn: &mut TcpStream,
-    buf: &mut Vec<u8>,
-    chunk: &mut [u8],
-) -> Option<RuntimeRequest> {
-    loop {
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut req = httparse::Request::new(&mut headers);
-        if let Ok(httparse::Status::Complete(n)) = req.parse(buf) {
-            let len = req
-                .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                .and_then(|h| {
-                    std::str::from_utf8(h.value)
-                        .ok()?
-                        .trim()
-                        .parse::<usize>()
-                        .ok()
-                })
-                .unwrap_or(0);
-            if len > MAX_PAYLOAD + 1024 {
-                return None;
-            }
-            let error_type = req
-                .headers
-                .iter()
-                .find(|h| {
-                    h.name
-                        .eq_ignore_ascii_case("lambda-runtime-function-error-type")
-                })
-                .map(|h| String::from_utf8_lossy(h.value).into_owned());
-            let (method, path) = (
-                req.method.unwrap_or("").to_owned(),
-                req.path.unwrap_or("").to_owned(),
-            );
-            while buf.len() < n + len {
-                match conn.read(chunk) {
-                    Ok(0) => return None,
-                    Ok(k) => buf.extend_from_slice(&chunk[..k]),
-                    Err(e) if is_timeout(&e) && !s.stop.load(Ordering::Relaxed) => {}
-                    Err(_) => return None,
-                }
-            }
-            let body = buf[n..n + len].to_vec();
-            buf.drain(..n + len);
-            return Some(RuntimeRequest {
-                method,
-                path,
-                body,
-                error_type,
-            });
-        }
-        if buf.len() > 64 * 1024 {
-            return None;
-        }
-        match conn.read(chunk) {
-            Ok(0) => return None,
-            Ok(k) => buf.extend_from_slice(&chunk[..k]),
-            Err(e) if is_timeout(&e) && !s.stop.load(Ordering::Relaxed) => {}
-            Err(_) => return None,
-        }
-    }
-}
-
-fn is_timeout(e: &std::io::Error) -> bool {
-    matches!(
-        e.kind(),
-        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-    )
-}
-
-fn write_response(
-    conn: &mut TcpStream,
-    status: u16,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> std::io::Result<()> {
-    let reason = match status {
-        200 => "OK",
-        202 => "Accepted",
-        400 => "Bad Request",
-        404 => "Not Found",
-        413 => "Request Entity Too Large",
-        _ => "Error",
-    };
-    let mut out = format!("HTTP/1.1 {status} {reason}\r\n");
-    for (n, v) in headers {
-        out.push_str(n);
-        out.push_str(": ");
-        out.push_str(v);
-        out.push_str("\r\n");
-    }
-    out.push_str("content-type: application/json\r\n");
-    out.push_str(&format!("content-length: {}\r\n\r\n", body.len()));
-    let mut bytes = out.into_bytes();
-    bytes.extend_from_slice(body);
-    conn.write_all(&bytes)
-}
-
-/// True when the peer closed its end (a runtime that died while polling).
-fn peer_closed(conn: &TcpStream) -> bool {
-    let mut b = [0u8; 1];
-    let _ = conn.set_nonblocking(true);
-    let closed = matches!(conn.peek(&mut b), Ok(0));
-    let _ = conn.set_nonblocking(false);
-    closed
-}
-
-/// Serves one runtime client's connection: `next` long-polls the queue; the
-/// invocation's `response` or `error` goes to the waiting worker.
-fn serve_runtime(s: &Shared, mut conn: TcpStream, peer: SocketAddr) {
-    // Reads wake at least this often to see a stop.
-    let _ = conn.set_read_timeout(Some(Duration::from_millis(200)));
-    let mut buf = Vec::with_capacity(4096);
-    let mut chunk = vec![0u8; 16 * 1024];
-    const PREFIX: &str = "/2018-06-01/runtime/";
-    while let Some(req) = read_request(s, &mut conn, &mut buf, &mut chunk) {
-        let path = req.path.split('?').next().unwrap_or("");
-        let Some(rest) = path.strip_prefix(PREFIX) else {
-            let _ = write_response(
-                &mut conn,
-                404,
-                &[],
-                br#"{"errorMessage":"not found","errorType":"NotFound"}"#,
-            );
-            continue;
-        };
-        let ok = match (req.method.as_str(), rest) {
-            ("GET", "invocation/next") => next(s, &mut conn, peer),
-            ("POST", "init/error") => {
-                tracing::warn!(
-                    function = %s.spec.name,
-                    error_type = req.error_type.as_deref().unwrap_or("-"),
-                    error = %String::from_utf8_lossy(&req.body),
-                    "function init failed"
-                );
-                write_response(&mut conn, 202, &[], br#"{"status":"OK"}"#).is_ok()
-            }
-            ("POST", r) => match r
-                .strip_prefix("invocation/")
-                .and_then(|r| r.rsplit_once('/'))
-            {
-                Some((id, kind @ ("response" | "error"))) => {
-                    finish(s, &mut conn, id, kind == "response", req.body)
-                }
-                _ => write_response(
-                    &mut conn,
-                    404,
-                    &[],
-                    br#"{"errorMessage":"not found","errorType":"NotFound"}"#,
-                )
-                .is_ok(),
-            },
-            _ => write_response(
-                &mut conn,
-                404,
-                &[],
-                br#"{"errorMessage":"not found","errorType":"NotFound"}"#,
-            )
-            .is_ok(),
-        };
-        if !ok {
-            return;
-        }
-    }
-}
-
-/// `GET .../invocation/next`: waits for a job and sends it.
-fn next(s: &Shared, conn: &mut TcpStream, peer: SocketAddr) -> bool {
-    let job = loop {
-        if s.stop.load(Ordering::Relaxed) {
-            return false;
-        }
-        let got = s
-            .retried
-            .try_recv()
-            .or_else(|_| s.jobs.recv_timeout(Duration::from_millis(200)));
-        match got {
-            Ok(job) if Instant::now() >= job.give_up => {
-                job.reply.send(Outcome::Timeout);
-            }
-            Ok(job) => break job,
-            Err(_) if peer_closed(conn) => return false,
-            Err(_) => {}
-        }
-    };
-    let deadline = Instant::now() + s.spec.timeout;
-    let deadline_ms = crate::clock::unix_ms() + s.spec.timeout.as_millis() as u64;
-    let arn = s.spec.arn();
-    let deadline_text = deadline_ms.to_string();
-    let mut headers: Vec<(&str, &str)> = vec![
-        ("lambda-runtime-aws-request-id", &job.id),
-        ("lambda-runtime-deadline-ms", &deadline_text),
-        ("lambda-runtime-invoked-function-arn", &arn),
-    ];
-    if let Some(t) = &job.trace {
-        headers.push(("lambda-runtime-trace-id", t));
-    }
-    if let Err(e) = write_response(conn, 200, &headers, &job.event) {
-        // The runtime went away with the job unsent: the next one runs it.
-        tracing::debug!(function = %s.spec.name, error = %e, "runtime gone before its invocation");
-        let _ = s.retry.send(job);
-        return false;
-    }
-    let id = job.id.clone();
-    crate::lock(&s.pending).insert(
-        id,
-        Pending {
-            reply: job.reply,
-            deadline,
-            peer,
-        },
-    );
-    true
-}
-
-/// `POST .../invocation/{id}/response` or `/error`.
-fn finish(s: &Shared, conn: &mut TcpStream, id: &str, response: bool, body: Vec<u8>) -> bool {
-    let Some(p) = crate::lock(&s.pending).remove(id) else {
-        return write_response(
-            conn,
-            400,
-            &[],
-            br#"{"errorMessage":"Invalid request ID","errorType":"InvalidRequestID"}"#,
-        )
-        .is_ok();
-    };
-    if body.len() > MAX_PAYLOAD {
-        s.stats.errors.fetch_add(1, Ordering::Relaxed);
-        p.reply.send(Outcome::Error(
-            br#"{"errorMessage":"Response payload size exceeded maximum allowed payload size (6291556 bytes).","errorType":"Function.ResponseSizeTooLarge"}"#.to_vec(),
-        ));
-        return write_response(
-            conn,
-            413,
-            &[],
-            br#"{"errorMessage":"Exceeded maximum allowed payload size (6291556 bytes).","errorType":"RequestEntityTooLarge"}"#,
-        )
-        .is_ok();
-    }
-    if response {
-        p.reply.send(Outcome::Response(body));
-    } else {
-        s.stats.errors.fetch_add(1, Ordering::Relaxed);
-        p.reply.send(Outcome::Error(body));
-    }
-    write_response(conn, 202, &[], br#"{"status":"OK"}"#).is_ok()
-}
-
 /// A process of the function and when it may next be started.
 struct Slot {
     child: Option<Child>,
@@ -675,8 +564,8 @@ struct Slot {
 }
 
 /// Keeps `concurrency` processes running (restarting one that exits, with
-/// backoff), times out invocations (restarting the runtime that holds one), and
-/// stops everything when the function stops.
+/// backoff), kills the runtime of an invocation that timed out (it is then
+/// restarted), and stops everything when the function stops.
 fn supervise(s: &Shared) {
     let mut slots: Vec<Slot> = if s.spec.command.is_empty() {
         Vec::new()
@@ -691,24 +580,21 @@ fn supervise(s: &Shared) {
             .collect()
     };
     while !s.stop.load(Ordering::Relaxed) {
-        let now = Instant::now();
         // Timeouts.
-        let expired: Vec<(String, Pending)> = {
-            let mut pending = crate::lock(&s.pending);
-            let ids: Vec<String> = pending
-                .iter()
-                .filter(|(_, p)| p.deadline <= now)
-                .map(|(id, _)| id.clone())
-                .collect();
-            ids.into_iter()
-                .filter_map(|id| pending.remove(&id).map(|p| (id, p)))
-                .collect()
-        };
-        for (id, p) in expired {
-            tracing::warn!(function = %s.spec.name, request_id = %id, timeout_ms = s.spec.timeout.as_millis() as u64, "function timed out; restarting its runtime");
-            s.stats.timeouts.fetch_add(1, Ordering::Relaxed);
-            p.reply.send(Outcome::Timeout);
-            crate::lock(&s.kill).push(p.peer);
+        let now = Instant::now();
+        let expired: Vec<String> = s
+            .pending
+            .iter()
+            .filter(|p| p.deadline <= now)
+            .map(|p| p.key().clone())
+            .collect();
+        for id in expired {
+            if let Some((_, p)) = s.pending.remove(&id) {
+                tracing::warn!(function = %s.spec.name, request_id = %id, timeout_ms = s.spec.timeout.as_millis() as u64, "function timed out; restarting its runtime");
+                s.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                p.reply.send(Outcome::Timeout);
+                crate::lock(&s.kill).push(p.peer);
+            }
         }
         let kill: Vec<SocketAddr> = std::mem::take(&mut *crate::lock(&s.kill));
         for peer in kill {
@@ -737,7 +623,6 @@ fn supervise(s: &Shared) {
                     }
                 }
                 slot.child = None;
-                orphans(s);
                 // Backoff doubles while processes die young, and resets after
                 // one ran 10 s.
                 slot.backoff = if slot.started.elapsed() > Duration::from_secs(10) {
@@ -770,27 +655,11 @@ fn supervise(s: &Shared) {
             let _ = c.wait();
         }
     }
-    let pending: Vec<Pending> = crate::lock(&s.pending).drain().map(|(_, p)| p).collect();
-    for p in pending {
-        p.reply.send(Outcome::Lost("the function stopped"));
-    }
-}
-
-/// Answers the invocations whose runtime's socket is gone (its process exited
-/// with them in hand) instead of letting them time out.
-fn orphans(s: &Shared) {
-    let gone: Vec<Pending> = {
-        let mut pending = crate::lock(&s.pending);
-        let ids: Vec<String> = pending
-            .iter()
-            .filter(|(_, p)| matches!(socket_inode(p.peer), None | Some(0)))
-            .map(|(id, _)| id.clone())
-            .collect();
-        ids.iter().filter_map(|id| pending.remove(id)).collect()
-    };
-    for p in gone {
-        s.stats.errors.fetch_add(1, Ordering::Relaxed);
-        p.reply.send(Outcome::Lost("the function's runtime exited"));
+    let ids: Vec<String> = s.pending.iter().map(|p| p.key().clone()).collect();
+    for id in ids {
+        if let Some((_, p)) = s.pending.remove(&id) {
+            p.reply.send(Outcome::Lost("the function stopped"));
+        }
     }
 }
 
