@@ -25,7 +25,7 @@ need_apt wrk:wrk curl:curl
 python3 -c 'import awslambdaric' 2>/dev/null || python3 -m pip install --quiet awslambdaric
 ports_free '1812[0-9]'
 # The commit measured (read before the results file is rewritten).
-REV="$(git rev-parse --short HEAD)$(git diff --quiet || echo +changes)"
+REV="$(git rev-parse --short HEAD)$(git diff --quiet -- . ':!load-tests/results' || echo +changes)"
 cargo build --release --quiet
 SG=./target/release/shardgate
 run_dir
