@@ -40,6 +40,7 @@
 //!   - `config::functions`: functions, `lambda` and `aws` integrations, parameter
 //!     mapping.
 //!   - `config::secret`: secrets (a value or an environment variable).
+//!   - `config::websocket`: what WebSocket APIs add (stage limits).
 //! - `http`: the codec and everything that speaks HTTP/1.1:
 //!   - `http::parse`: strict request and response heads on httparse, chunked decoding.
 //!   - `http::path`: the one normalised request path routing, policies, logs and the
@@ -51,6 +52,8 @@
 //!   - `http::tls`: certificates, client authentication, upstream TLS, reloads.
 //!   - `http::sigv4`: AWS Signature Version 4: the canonical request, signing keys,
 //!     signing the gateway's outbound AWS calls.
+//!   - `http::ws`: WebSocket (RFC 6455) frames and messages as the gateway
+//!     terminates them: the handshake key, checks, fragments, close codes.
 //!   - `http::client`: the blocking client of the control plane's outbound calls
 //!     (JWKS, OTLP export, the CLI), on `http::parse`.
 //! - `upstream`: the integration side:
@@ -98,6 +101,7 @@
 //!   - `compile::integrations`: `http_proxy` URIs and mock responses.
 //!   - `compile::functions`: `functions[]`, `lambda` and `aws` integrations,
 //!     parameter mapping.
+//!   - `compile::websocket`: WebSocket APIs' route keys, route responses, limits.
 //!   - `compile::routes`: route keys, routers, per-route caches.
 //!   - `compile::authorizers`: resource policy, CORS, authorizers, validation.
 //!   - `compile::apis`: what an API compiles to once; deployments' snapshots.
@@ -127,6 +131,8 @@
 //!     the runtimes connected to it.
 //!   - `proxy::remap`: parameter mapping of `http_proxy` request and response heads.
 //!   - `proxy::send`: a group's pick for a request, retries and outlier feedback.
+//!   - `proxy::websocket`: WebSocket APIs: `$connect`, messages routed to
+//!     integrations, route responses, `$disconnect`.
 //!   - `proxy::tunnel`: WebSocket pass-through after a 101.
 //! - `control`: the control plane:
 //!   - `control::redis`: cluster mode's connection to Redis (`store.redis`): the

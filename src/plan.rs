@@ -160,6 +160,34 @@ pub struct StagePlan {
     pub cache_bytes: usize,
     pub access: crate::policy::access::StageAccess,
     pub access_log: Option<crate::observe::accesslog::LogSpec>,
+    /// A WebSocket API's stage: how messages are routed, its limits.
+    pub ws: Option<Box<WsStage>>,
+}
+
+/// A stage of a WebSocket API.
+#[derive(Debug)]
+pub struct WsStage {
+    /// The route selection expression (`$request.body.action`); `None` when it
+    /// did not compile (there is then no plan).
+    pub selection: Option<crate::upstream::mapping::Expr>,
+    /// Custom route keys → route ids.
+    pub routes: std::collections::HashMap<String, crate::ids::RouteId>,
+    /// `None` for `$connect`: the handshake is accepted (a route added at the
+    /// end of the stage's routes answers it).
+    pub connect: Option<crate::ids::RouteId>,
+    pub disconnect: Option<crate::ids::RouteId>,
+    pub default: Option<crate::ids::RouteId>,
+    /// Per route id: the integration's answer goes back to the client.
+    pub route_response: Vec<bool>,
+    pub limits: WsLimits,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WsLimits {
+    pub max_frame: usize,
+    pub max_message: usize,
+    pub idle: std::time::Duration,
+    pub max_duration: std::time::Duration,
 }
 
 /// How one route's responses are cached.

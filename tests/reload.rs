@@ -103,6 +103,7 @@ fn reload_keeps_unchanged_routes_state_and_refuses_bad_configs() {
     let statuses: Vec<u16> = (0..4).map(|_| c.get("/t").status).collect();
     assert_eq!(statuses, [200, 200, 200, 429]);
     assert_eq!(c.get("/b").status, 404);
+    wait_until(Duration::from_secs(2), || requests_of(&gw, "GET /a") == 3);
     let a_before = requests_of(&gw, "GET /a");
     assert_eq!(a_before, 3);
 
@@ -147,6 +148,10 @@ fn reload_keeps_unchanged_routes_state_and_refuses_bad_configs() {
         1,
         "the pooled upstream connection was reused"
     );
+    // A request is counted just after its response is written: wait for it.
+    wait_until(Duration::from_secs(2), || {
+        requests_of(&gw, "GET /a") == a_before + 1
+    });
     assert_eq!(
         requests_of(&gw, "GET /a"),
         a_before + 1,

@@ -67,7 +67,11 @@ pub fn api_parts(
     access_keys: &Arc<crate::policy::sigv4::KeyTable>,
     errs: &mut ConfigErrors,
 ) -> ApiParts {
-    let keys = route_keys(api, path, errs);
+    let keys = if crate::compile::websocket::is_websocket(api) {
+        crate::compile::websocket::ws_route_keys(api, path, errs)
+    } else {
+        route_keys(api, path, errs)
+    };
     let before = authorizers.len();
     let api_access = compile_api_access(
         api,

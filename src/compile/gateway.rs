@@ -144,7 +144,13 @@ pub fn compile_with(cfg: &ConfigFile, opts: &Options) -> Result<Plan, ConfigErro
         }
         match api.kind.as_str() {
             "http" => {}
-            "rest" | "websocket" => b.errs.not_supported(format!("{path}.type ({})", api.kind)),
+            "websocket" => {
+                if api.connections_authorizer.is_some() {
+                    b.errs
+                        .not_supported(format!("{path}.connections_authorizer (@connections)"));
+                }
+            }
+            "rest" => b.errs.not_supported(format!("{path}.type ({})", api.kind)),
             other => b.errs.push(
                 format!("{path}.type"),
                 format!("unknown API type {other:?}: expected http, rest or websocket"),

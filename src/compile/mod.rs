@@ -19,6 +19,7 @@ pub mod routes;
 pub mod stages;
 pub mod telemetry;
 pub mod upstreams;
+pub mod websocket;
 
 pub use apis::Deployed;
 pub use gateway::{compile, compile_with, Options};

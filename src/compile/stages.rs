@@ -127,7 +127,34 @@ pub fn compile_stage(
             }
         }
     }
-    let mut routes = Vec::with_capacity(src.routes.len());
+    let websocket = crate::compile::websocket::is_websocket(src);
+    let ws = websocket.then(|| {
+        Box::new(crate::compile::websocket::ws_stage(
+            src,
+            stage,
+            &variables,
+            &path,
+            &spath,
+            &mut b.errs,
+        ))
+    });
+    if !websocket {
+        if stage.limits.is_some() {
+            b.errs.push(
+                format!("{spath}.limits"),
+                "only WebSocket APIs' stages take limits",
+            );
+        }
+        for (ri, r) in src.routes.iter().enumerate() {
+            if r.as_ref().is_some_and(|r| r.route_response.is_some()) {
+                b.errs.push(
+                    format!("{path}.routes[{ri}].route_response"),
+                    "only WebSocket APIs' routes answer with route responses",
+                );
+            }
+        }
+    }
+    let mut routes = Vec::with_capacity(src.routes.len() + 1);
     for (ri, route) in src.routes.iter().enumerate() {
         let Some(route) = route else {
             // Keeps route ids aligned with the router; never matched.
@@ -165,6 +192,16 @@ pub fn compile_stage(
                 &mut b.errs,
             ),
         };
+        if websocket {
+            if let Some(Integration::HttpProxy(t)) = &integration {
+                if t.fixed().is_none() {
+                    b.errs.push(
+                        rpath.clone(),
+                        "a WebSocket route's http_proxy takes a URI with an IP address (not a host name or an upstream group) for now",
+                    );
+                }
+            }
+        }
         let mapping = integration_mappings(&route.integration)
             .and_then(|(req, resp)| compile_mappings(req, resp, &variables, &rpath, &mut b.errs));
         if let Some(integration) = integration {
@@ -203,6 +240,25 @@ pub fn compile_stage(
             });
         }
     }
+    // A WebSocket API without `$connect`: the handshake is accepted.
+    if ws.as_ref().is_some_and(|w| w.connect.is_none()) {
+        routes.push(RoutePlan {
+            key: "$connect".into(),
+            integration: Integration::Mock(MockResponse {
+                status: 200,
+                header_lines: Box::default(),
+                body: Box::default(),
+            }),
+            throttle: None,
+            api_key_required: false,
+            cache: None,
+            auth: None,
+            validate: None,
+            mapping: None,
+            metric_slot: usize::MAX,
+            sig: 0,
+        });
+    }
     let policy = match &stage.resource_policy {
         Some(p) => compile_policy(p, &format!("{spath}.resource_policy"), &mut b.errs),
         None => api_access.policy.clone(),
@@ -224,5 +280,6 @@ pub fn compile_stage(
         routes,
         throttle: stage_throttle,
         cache_bytes,
+        ws,
     }
 }

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 pub mod functions;
 pub mod secret;
 pub mod upstreams;
+pub mod websocket;
 
 pub use functions::{AwsCredentialsFile, FunctionFile, ParameterMap, ResponseParameters};
 pub use secret::{EnvRef, SecretFile};
@@ -14,6 +15,7 @@ pub use upstreams::{
     Balance, ClientCertFile, HealthCheckFile, OutlierFile, RetriesFile, UpstreamFile,
     UpstreamTargetFile, UpstreamTlsFile,
 };
+pub use websocket::WsLimitsFile;
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -246,6 +248,10 @@ pub struct ApiFile {
     pub resource_policy: Option<ResourcePolicyFile>,
     /// CIDRs of the proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<String>,
+    /// WebSocket APIs: which part of a message names its route.
+    pub route_selection_expression: Option<String>,
+    /// WebSocket APIs: the SigV4 authorizer whose keys sign `@connections` calls.
+    pub connections_authorizer: Option<String>,
 }
 
 /// `apis[].cors`: AWS HTTP APIs' `corsConfiguration`.
@@ -390,6 +396,10 @@ struct ApiHead {
     trusted_proxies: Vec<String>,
     #[serde(default)]
     gateway_responses: Option<Value>,
+    #[serde(default)]
+    route_selection_expression: Option<String>,
+    #[serde(default)]
+    connections_authorizer: Option<String>,
 }
 
 fn default_api_type() -> String {
@@ -409,6 +419,9 @@ pub struct RouteFile {
     /// JWT: the token must carry at least one of these scopes.
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// WebSocket APIs: the integration's answer goes back to the client.
+    #[serde(default)]
+    pub route_response: Option<bool>,
     #[serde(default)]
     pub validate: Option<ValidateFile>,
 }
@@ -468,6 +481,9 @@ pub struct StageFile {
     /// Per-route overrides, keyed by route key (`"GET /pets"`).
     #[serde(default)]
     pub routes: BTreeMap<String, StageRouteFile>,
+    /// WebSocket APIs: message and frame sizes, idle and duration limits.
+    #[serde(default)]
+    pub limits: Option<WsLimitsFile>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -846,6 +862,8 @@ pub(crate) fn parse_api(v: Value, path: &str, errs: &mut ConfigErrors) -> Option
         authorizers,
         resource_policy: head.resource_policy,
         trusted_proxies: head.trusted_proxies,
+        route_selection_expression: head.route_selection_expression,
+        connections_authorizer: head.connections_authorizer,
     })
 }
 

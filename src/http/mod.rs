@@ -11,3 +11,4 @@ pub mod respond;
 pub mod sigv4;
 pub mod stream;
 pub mod tls;
+pub mod ws;

@@ -191,6 +191,7 @@ pub fn reason(status: u16) -> &'static [u8] {
         409 => b"Conflict",
         411 => b"Length Required",
         413 => b"Content Too Large",
+        426 => b"Upgrade Required",
         417 => b"Expectation Failed",
         429 => b"Too Many Requests",
         431 => b"Request Header Fields Too Large",

@@ -303,40 +303,26 @@ impl RequestAuthorizer {
     }
 
     async fn exchange(&self, dial: &Dial<'_>, payload: &[u8]) -> Result<Decision, &'static str> {
-        let mut up = crate::upstream::connect::connect(dial, &self.endpoint)
-            .await
-            .map_err(|_| "cannot connect to the authorizer")?;
-        let mut out = Vec::with_capacity(256 + payload.len());
-        crate::http::client::request_head(
-            &mut out,
-            "POST",
+        let (status, body) = crate::upstream::connect::post(
+            dial,
+            &self.endpoint,
             &self.request_target,
-            &self.endpoint.host_header,
-            &[],
-            Some(("application/json", payload.len())),
-        );
-        out.extend_from_slice(payload);
-        crate::http::body::write_all(&mut up.stream, &mut out, self.timeout)
-            .await
-            .map_err(|_| "cannot send to the authorizer")?;
-        let mut buf = Vec::with_capacity(4096);
-        loop {
-            match crate::http::body::read_more(&mut up.stream, &mut buf, 4096).await {
-                Ok(0) => break,
-                Ok(_) if buf.len() > MAX_ANSWER_BYTES => return Err("the answer is too large"),
-                Ok(_) => {
-                    if crate::http::client::complete(&buf) {
-                        break;
-                    }
-                }
-                Err(_) if !buf.is_empty() => break,
-                Err(_) => return Err("the authorizer closed without answering"),
-            }
-        }
-        let body = crate::http::client::body_of(&buf, MAX_ANSWER_BYTES).map_err(|e| {
-            tracing::warn!(authorizer = %self.name, error = %e, "bad answer from the request authorizer");
-            "bad answer"
+            "application/json",
+            payload,
+            MAX_ANSWER_BYTES,
+        )
+        .await
+        .map_err(|why| match why {
+            "cannot connect" => "cannot connect to the authorizer",
+            "cannot send" => "cannot send to the authorizer",
+            "closed without answering" => "the authorizer closed without answering",
+            "the answer is too large" => "the answer is too large",
+            _ => "bad answer",
         })?;
+        if status != 200 {
+            tracing::warn!(authorizer = %self.name, status, "bad answer from the request authorizer");
+            return Err("bad answer");
+        }
         self.decide(&body)
     }
 }

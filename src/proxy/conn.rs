@@ -592,6 +592,9 @@ async fn handle(
                 .is_ok()
                 && !persist.closes()
         }
+        Action::WsConnect(stage, route, o) => {
+            crate::proxy::websocket::open(c, plan, shard, &p.tag, stage, route, o).await
+        }
         Action::Invoke(stage, route, inv) => {
             let asked = crate::proxy::invoke::Asked {
                 tag: &p.tag,

@@ -204,7 +204,10 @@ pub async fn invoke(
     let result = match &r.integration {
         Integration::Lambda(l) => match &l.target {
             LambdaTarget::Local(fi) => match plan.functions.get(*fi) {
-                Some(f) => local(shard, f, l, inv.payload, a.tag).await,
+                Some(f) => {
+                    let id = String::from_utf8_lossy(&a.tag.id).into_owned();
+                    local(shard, f, l, inv.payload, id).await
+                }
                 None => Err(GatewayError::FunctionFailed("no such function")),
             },
             LambdaTarget::Remote { endpoint, path } => {
@@ -304,13 +307,14 @@ fn malformed(r: Result<Answer, String>) -> Result<Answer, GatewayError> {
     })
 }
 
-/// A local function: queued (429 when the queue is full), then awaited.
-async fn local(
+/// A local function: handed to a runtime of this worker, or queued (429 when
+/// the queue is full), then awaited. `id`: the invocation's request id.
+pub async fn local(
     shard: &Shard,
     f: &std::sync::Arc<Function>,
     l: &LambdaPlan,
     event: Vec<u8>,
-    tag: &Tag,
+    id: String,
 ) -> Result<Answer, GatewayError> {
     let Some(calls) = &shard.calls else {
         return Err(GatewayError::FunctionFailed("no inbox on this worker"));
@@ -318,7 +322,7 @@ async fn local(
     let (reply, token) = calls.reply();
     let now = Instant::now();
     let job = Job {
-        id: String::from_utf8_lossy(&tag.id).into_owned(),
+        id,
         event,
         trace: None,
         reply,

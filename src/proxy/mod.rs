@@ -14,4 +14,5 @@ pub mod send;
 pub mod shard;
 pub mod tunnel;
 pub mod verdict;
+pub mod websocket;
 pub mod worker;

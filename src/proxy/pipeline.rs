@@ -387,6 +387,14 @@ fn stages(
     drop(current);
     drop(previous);
     cache(f, p, stage_id, route, &m, path, authorized)?;
+    if stage.ws.is_some() {
+        // A WebSocket API routes only its handshake by path: `$connect`.
+        let seen = seen(f, stage, route, &m, path, &grant, &p.tag, source_ip());
+        return Ok(match crate::proxy::websocket::opening(&seen) {
+            Ok(o) => Action::WsConnect(stage_id, m.route, Box::new(o)),
+            Err(e) => Action::Refuse(e),
+        });
+    }
     Ok(match &route.integration {
         Integration::Mock(_) => Action::Mock(stage_id, m.route),
         Integration::Lambda(_) | Integration::Aws(_) => {

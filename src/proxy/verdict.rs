@@ -16,6 +16,8 @@ pub enum Action {
     CacheHit(std::rc::Rc<crate::policy::cache::Entry>),
     /// The upstream head is in `Client::up_head`.
     Proxy(StageId, RouteId, Pick),
+    /// A WebSocket API's handshake (`$connect`), worked out.
+    WsConnect(StageId, RouteId, Box<crate::proxy::websocket::Opening>),
     /// A `lambda` or `aws` integration's invocation, built.
     Invoke(StageId, RouteId, Box<crate::proxy::invoke::Invocation>),
 }

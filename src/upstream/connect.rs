@@ -62,3 +62,47 @@ pub async fn connect(dial: &Dial<'_>, target: &Endpoint) -> Result<UpConn, Gatew
         }
     }
 }
+
+/// One `POST` of `body` to `target` on a new connection (`connection: close`):
+/// the answer's status and body (at most `max` bytes), or why there is none.
+pub async fn post(
+    dial: &Dial<'_>,
+    to: &Endpoint,
+    target: &str,
+    content_type: &str,
+    body: &[u8],
+    max: usize,
+) -> Result<(u16, Vec<u8>), &'static str> {
+    let mut up = connect(dial, to).await.map_err(|_| "cannot connect")?;
+    let mut out = Vec::with_capacity(256 + body.len());
+    crate::http::client::request_head(
+        &mut out,
+        "POST",
+        target,
+        &to.host_header,
+        &[],
+        Some((content_type, body.len())),
+    );
+    out.extend_from_slice(body);
+    crate::http::body::write_all(&mut up.stream, &mut out, std::time::Duration::from_secs(30))
+        .await
+        .map_err(|_| "cannot send")?;
+    let mut buf = Vec::with_capacity(4096);
+    loop {
+        match crate::http::body::read_more(&mut up.stream, &mut buf, 4096).await {
+            Ok(0) => break,
+            Ok(_) if buf.len() > max => return Err("the answer is too large"),
+            Ok(_) => {
+                if crate::http::client::complete(&buf) {
+                    break;
+                }
+            }
+            Err(_) if !buf.is_empty() => break,
+            Err(_) => return Err("closed without answering"),
+        }
+    }
+    crate::http::client::response_of(&buf, max).map_err(|e| {
+        tracing::warn!(upstream = %to.addr, error = %e, "bad answer");
+        "bad answer"
+    })
+}

@@ -1,0 +1,469 @@
+//! WebSocket APIs: the handshake (`$connect` and its integration), then the
+//! connection's messages, each routed by the API's route selection expression to
+//! an integration that receives AWS's WebSocket event, its answer sent back where
+//! the route asks for a route response; `$disconnect` when the connection ends.
+
+use std::time::Instant;
+
+use serde_json::{json, Map, Value};
+
+use crate::http::body;
+use crate::http::error::GatewayError;
+use crate::http::respond::{Persist, Tag};
+use crate::http::ws::{self, code, Event, Messages, Opcode};
+use crate::ids::{RouteId, StageId};
+use crate::plan::{Integration, LambdaTarget, Plan, WsStage};
+use crate::proxy::client::{refuse, Client};
+use crate::proxy::invoke::Seen;
+use crate::proxy::shard::Shard;
+use crate::upstream::mapping::Lookup;
+
+/// The most an HTTP integration of a WebSocket route may answer.
+const MAX_ANSWER: usize = 1 << 20;
+
+/// What the pipeline worked out for a handshake.
+#[derive(Debug)]
+pub struct Opening {
+    accept: String,
+    /// Fields every event of the connection carries (`requestContext`'s).
+    context: Map<String, Value>,
+    /// The `$connect` event.
+    connect_event: Vec<u8>,
+}
+
+/// The handshake's facts, while the request head is at hand; `Err` when the
+/// request is not a WebSocket handshake (426) or a malformed one (400).
+pub fn opening(s: &Seen<'_, '_>) -> Result<Opening, GatewayError> {
+    let header = |n: &str| {
+        crate::http::parse::header(s.headers, n).map(|v| String::from_utf8_lossy(v).into_owned())
+    };
+    let wants = crate::proxy::forward::wants_websocket(s.head, s.headers);
+    if !wants {
+        return Err(GatewayError::detailed(
+            426,
+            "message",
+            "Upgrade Required",
+            None,
+        ));
+    }
+    let (Some(key), Some("13")) = (
+        header("sec-websocket-key"),
+        header("sec-websocket-version").as_deref(),
+    ) else {
+        return Err(GatewayError::detailed(
+            400,
+            "message",
+            "a WebSocket handshake needs Sec-WebSocket-Key and Sec-WebSocket-Version: 13",
+            None,
+        ));
+    };
+    let req = crate::proxy::invoke::request_of(s, s.head.query);
+    let now = crate::clock::unix_ms();
+    let mut ctx = Map::new();
+    ctx.insert("messageDirection".into(), "IN".into());
+    ctx.insert("connectionId".into(), connection_id().into());
+    ctx.insert("connectedAt".into(), now.into());
+    ctx.insert("stage".into(), s.stage.stage.as_str().into());
+    ctx.insert(
+        "domainName".into(),
+        req.context("domainName").unwrap_or_default().into(),
+    );
+    ctx.insert("apiId".into(), s.stage.api.as_str().into());
+    ctx.insert(
+        "identity".into(),
+        json!({
+            "sourceIp": s.source_ip.to_string(),
+            "userAgent": header("user-agent").unwrap_or_default(),
+        }),
+    );
+    if let Some(v) = s.grant.claims.as_deref() {
+        ctx.insert(
+            "authorizer".into(),
+            json!({ "claims": v.claims, "scopes": v.scopes.iter().map(|x| &**x).collect::<Vec<_>>() }),
+        );
+    } else if let Some(d) = s.grant.context.as_deref() {
+        ctx.insert("authorizer".into(), Value::Object(d.context.clone()));
+    }
+    let mut headers = Map::new();
+    let mut multi: Map<String, Value> = Map::new();
+    for h in s.headers {
+        let v = String::from_utf8_lossy(h.value).into_owned();
+        headers.insert(h.name.to_owned(), Value::String(v.clone()));
+        match multi.get_mut(h.name) {
+            Some(Value::Array(a)) => a.push(Value::String(v)),
+            _ => {
+                multi.insert(h.name.to_owned(), json!([v]));
+            }
+        }
+    }
+    let mut q = Map::new();
+    let mut qm: Map<String, Value> = Map::new();
+    for (k, v) in form_urlencoded::parse(s.head.query.unwrap_or("").as_bytes()) {
+        q.insert(k.to_string(), Value::String(v.to_string()));
+        match qm.get_mut(k.as_ref()) {
+            Some(Value::Array(a)) => a.push(Value::String(v.into_owned())),
+            _ => {
+                qm.insert(k.into_owned(), json!([v]));
+            }
+        }
+    }
+    let request_id = String::from_utf8_lossy(&s.tag.id).into_owned();
+    let mut e = event(&ctx, "$connect", "CONNECT", &request_id, now);
+    e.insert("headers".into(), Value::Object(headers));
+    e.insert("multiValueHeaders".into(), Value::Object(multi));
+    if !q.is_empty() {
+        e.insert("queryStringParameters".into(), Value::Object(q));
+        e.insert("multiValueQueryStringParameters".into(), Value::Object(qm));
+    }
+    Ok(Opening {
+        accept: ws::accept_key(key.trim().as_bytes()),
+        context: ctx,
+        connect_event: Value::Object(e).to_string().into_bytes(),
+    })
+}
+
+/// An unguessable connection id, unique across workers and nodes (96 random
+/// bits, base64 as AWS's look).
+fn connection_id() -> String {
+    use base64::Engine;
+    let mut b = [0u8; 12];
+    if getrandom::fill(&mut b).is_err() {
+        b[..8].copy_from_slice(&crate::clock::unix_ns().to_le_bytes());
+    }
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+/// An event of the connection: its `requestContext` with this event's fields.
+fn event(
+    ctx: &Map<String, Value>,
+    route_key: &str,
+    event_type: &str,
+    request_id: &str,
+    now_ms: u64,
+) -> Map<String, Value> {
+    let mut c = ctx.clone();
+    c.insert("routeKey".into(), route_key.into());
+    c.insert("eventType".into(), event_type.into());
+    c.insert("requestId".into(), request_id.into());
+    c.insert("extendedRequestId".into(), request_id.into());
+    let mut t = Vec::new();
+    crate::observe::accesslog::clf_time(&mut t, now_ms / 1000);
+    c.insert(
+        "requestTime".into(),
+        String::from_utf8_lossy(&t).into_owned().into(),
+    );
+    c.insert("requestTimeEpoch".into(), now_ms.into());
+    let mut e = Map::new();
+    e.insert("requestContext".into(), Value::Object(c));
+    e.insert("isBase64Encoded".into(), false.into());
+    e
+}
+
+/// Calls a route's integration with an event: its status and body.
+async fn call(
+    plan: &Plan,
+    shard: &Shard,
+    stage: StageId,
+    route: RouteId,
+    event: Vec<u8>,
+    request_id: String,
+) -> Result<(u16, Vec<u8>), GatewayError> {
+    match &plan.stages[stage].routes[route].integration {
+        Integration::Mock(m) => Ok((m.status, m.body.to_vec())),
+        Integration::HttpProxy(t) => {
+            let Some(ep) = t.fixed() else {
+                return Err(GatewayError::UpstreamFailed("no fixed endpoint"));
+            };
+            let mut target = String::new();
+            for p in &t.path {
+                if let crate::upstream::target::PathPart::Literal(l) = p {
+                    target.push_str(l);
+                }
+            }
+            if target.is_empty() {
+                target.push('/');
+            }
+            if let Some(q) = &t.query {
+                target.push('?');
+                target.push_str(q);
+            }
+            match monoio::time::timeout(
+                t.timeout,
+                crate::upstream::connect::post(
+                    &shard.dial(),
+                    ep,
+                    &target,
+                    "application/json",
+                    &event,
+                    MAX_ANSWER,
+                ),
+            )
+            .await
+            {
+                Ok(Ok(r)) => Ok(r),
+                Ok(Err(why)) => {
+                    tracing::warn!(upstream = %ep.addr, reason = why, "WebSocket integration failed");
+                    Err(GatewayError::UpstreamFailed(why))
+                }
+                Err(_) => Err(GatewayError::IntegrationTimeout),
+            }
+        }
+        Integration::Lambda(l) => match &l.target {
+            LambdaTarget::Local(fi) => {
+                let f = plan
+                    .functions
+                    .get(*fi)
+                    .ok_or(GatewayError::FunctionFailed("no such function"))?;
+                let a = crate::proxy::invoke::local(shard, f, l, event, request_id).await?;
+                Ok((a.status, a.body))
+            }
+            LambdaTarget::Remote { .. } => Err(GatewayError::FunctionFailed(
+                "functions in AWS are not WebSocket integrations yet",
+            )),
+        },
+        Integration::Aws(_) => Err(GatewayError::UpstreamFailed(
+            "AWS service integrations are not WebSocket integrations",
+        )),
+    }
+}
+
+/// Runs `$connect`, answers the handshake, then serves the connection until it
+/// ends. The connection is done afterwards (`false`).
+#[allow(clippy::too_many_arguments)]
+pub async fn open(
+    c: &mut Client,
+    plan: &Plan,
+    shard: &Shard,
+    tag: &Tag,
+    stage: StageId,
+    route: RouteId,
+    o: Box<Opening>,
+) -> bool {
+    let request_id = String::from_utf8_lossy(&tag.id).into_owned();
+    let Opening {
+        accept,
+        context,
+        connect_event,
+    } = *o;
+    match call(plan, shard, stage, route, connect_event, request_id).await {
+        Ok((status, _)) if (200..300).contains(&status) => {}
+        Ok((status, _)) => {
+            let reason = String::from_utf8_lossy(crate::http::respond::reason(status)).into_owned();
+            let err = GatewayError::detailed(status, "message", &reason, None);
+            return refuse(c, shard, err, tag, Persist::Close, false).await && false;
+        }
+        Err(err) => {
+            tracing::warn!(%err, "$connect failed");
+            return refuse(c, shard, err, tag, Persist::Close, false).await && false;
+        }
+    }
+    c.out.clear();
+    c.out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: ");
+    c.out.extend_from_slice(accept.as_bytes());
+    c.out.extend_from_slice(b"\r\napigw-requestid: ");
+    c.out.extend_from_slice(&tag.id);
+    c.out.extend_from_slice(b"\r\n\r\n");
+    c.outcome.status = 101;
+    if body::write_all(&mut c.stream, &mut c.out, c.send_timeout)
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    let Some(ws) = plan.stages[stage].ws.as_deref() else {
+        return false;
+    };
+    let (code, reason) = session(c, plan, shard, stage, ws, &context).await;
+    if let Some(d) = ws.disconnect {
+        let now = crate::clock::unix_ms();
+        let id = String::from_utf8_lossy(&shard.next_request_id()).into_owned();
+        let mut e = event(&context, "$disconnect", "DISCONNECT", &id, now);
+        if let Some(Value::Object(rc)) = e.get_mut("requestContext") {
+            rc.insert("disconnectStatusCode".into(), code.into());
+            rc.insert("disconnectReason".into(), reason.into());
+        }
+        // Best effort, as AWS's.
+        if let Err(err) = call(
+            plan,
+            shard,
+            stage,
+            d,
+            Value::Object(e).to_string().into_bytes(),
+            id,
+        )
+        .await
+        {
+            tracing::debug!(%err, "$disconnect failed");
+        }
+    }
+    false
+}
+
+/// What a message's route selection expression reads: the message.
+struct Message<'a>(&'a [u8]);
+
+impl Lookup for Message<'_> {
+    fn header(&self, _: &str) -> Option<String> {
+        None
+    }
+    fn query(&self, _: &str) -> Option<String> {
+        None
+    }
+    fn body(&self) -> Option<&[u8]> {
+        Some(self.0)
+    }
+    fn path(&self) -> Option<String> {
+        None
+    }
+    fn path_param(&self, _: &str) -> Option<String> {
+        None
+    }
+    fn context(&self, _: &str) -> Option<String> {
+        None
+    }
+}
+
+/// Sends one frame; `false` when the client is gone.
+async fn send(c: &mut Client, op: Opcode, payload: &[u8]) -> bool {
+    c.out.clear();
+    ws::write_frame(&mut c.out, op, payload);
+    body::write_all(&mut c.stream, &mut c.out, c.send_timeout)
+        .await
+        .is_ok()
+}
+
+async fn close(c: &mut Client, code: u16, reason: &str) {
+    c.out.clear();
+    ws::write_close(&mut c.out, code, reason);
+    let _ = body::write_all(&mut c.stream, &mut c.out, c.send_timeout).await;
+}
+
+/// Serves messages until the connection ends: the close code and reason.
+async fn session(
+    c: &mut Client,
+    plan: &Plan,
+    shard: &Shard,
+    stage: StageId,
+    w: &WsStage,
+    context: &Map<String, Value>,
+) -> (u16, String) {
+    let limits = ws::Limits {
+        max_frame: w.limits.max_frame,
+        max_message: w.limits.max_message,
+    };
+    let until = Instant::now() + w.limits.max_duration;
+    let mut messages = Messages::default();
+    loop {
+        // Every whole frame already read.
+        loop {
+            let start = c.pos;
+            let frame = match ws::parse_frame(&mut c.buf[start..], &limits) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(v) => {
+                    close(c, v.code, v.why).await;
+                    return (v.code, v.why.into());
+                }
+            };
+            let payload = c.buf[start + frame.payload.start..start + frame.payload.end].to_vec();
+            c.pos = start + frame.len;
+            match messages.take(&frame, &payload, &limits) {
+                Ok(Event::Text(text)) => {
+                    if !message(c, plan, shard, stage, w, context, text).await {
+                        return (1006, String::new());
+                    }
+                }
+                Ok(Event::Ping(p)) => {
+                    if !send(c, Opcode::Pong, &p).await {
+                        return (1006, String::new());
+                    }
+                }
+                Ok(Event::Pong | Event::Partial) => {}
+                Ok(Event::Close(code, reason)) => {
+                    close(c, if code == 1005 { code::NORMAL } else { code }, "").await;
+                    return (code, reason);
+                }
+                Err(v) => {
+                    close(c, v.code, v.why).await;
+                    return (v.code, v.why.into());
+                }
+            }
+        }
+        c.buf.drain(..c.pos);
+        c.pos = 0;
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            close(c, code::GOING_AWAY, "Going away").await;
+            return (code::GOING_AWAY, "the connection's duration limit".into());
+        }
+        let wait = w.limits.idle.min(left);
+        match monoio::time::timeout(wait, body::read_more(&mut c.stream, &mut c.buf, 16 * 1024))
+            .await
+        {
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(_) => return (1006, String::new()),
+            Err(_) => {
+                close(c, code::GOING_AWAY, "Going away").await;
+                return (code::GOING_AWAY, "idle".into());
+            }
+        }
+    }
+}
+
+/// Routes one message, calls its integration, sends the route response;
+/// `false` when the client is gone.
+async fn message(
+    c: &mut Client,
+    plan: &Plan,
+    shard: &Shard,
+    stage: StageId,
+    w: &WsStage,
+    context: &Map<String, Value>,
+    text: String,
+) -> bool {
+    let key = w
+        .selection
+        .as_ref()
+        .and_then(|e| e.eval(&Message(text.as_bytes())))
+        .unwrap_or_default();
+    let (route, route_key) = match w.routes.get(&key) {
+        Some(&r) => (Some(r), key.as_str()),
+        None => (w.default, "$default"),
+    };
+    let id = String::from_utf8_lossy(&shard.next_request_id()).into_owned();
+    let connection = context
+        .get("connectionId")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let Some(route) = route else {
+        // AWS's answer when no route matches and there is no $default.
+        let m = json!({"message": "Forbidden", "connectionId": connection, "requestId": id});
+        return send(c, Opcode::Text, m.to_string().as_bytes()).await;
+    };
+    let now = crate::clock::unix_ms();
+    let mut e = event(context, route_key, "MESSAGE", &id, now);
+    if let Some(Value::Object(rc)) = e.get_mut("requestContext") {
+        rc.insert("messageId".into(), connection_id().into());
+    }
+    e.insert("body".into(), Value::String(text));
+    let answered = call(
+        plan,
+        shard,
+        stage,
+        route,
+        Value::Object(e).to_string().into_bytes(),
+        id.clone(),
+    )
+    .await;
+    match answered {
+        Ok((_, body)) if w.route_response.get(route).copied().unwrap_or(false) => {
+            body.is_empty() || send(c, Opcode::Text, &body).await
+        }
+        Ok(_) => true,
+        Err(err) => {
+            tracing::warn!(%err, route = route_key, "WebSocket integration failed");
+            let m = json!({"message": "Internal server error", "connectionId": connection, "requestId": id});
+            send(c, Opcode::Text, m.to_string().as_bytes()).await
+        }
+    }
+}
