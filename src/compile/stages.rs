@@ -134,7 +134,7 @@ pub fn compile_stage(
             stage,
             &variables,
             &path,
-            &spath,
+            spath,
             &mut b.errs,
         ))
     });

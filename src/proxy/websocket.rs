@@ -250,11 +250,13 @@ pub async fn open(
         Ok((status, _)) => {
             let reason = String::from_utf8_lossy(crate::http::respond::reason(status)).into_owned();
             let err = GatewayError::detailed(status, "message", &reason, None);
-            return refuse(c, shard, err, tag, Persist::Close, false).await && false;
+            refuse(c, shard, err, tag, Persist::Close, false).await;
+            return false;
         }
         Err(err) => {
             tracing::warn!(%err, "$connect failed");
-            return refuse(c, shard, err, tag, Persist::Close, false).await && false;
+            refuse(c, shard, err, tag, Persist::Close, false).await;
+            return false;
         }
     }
     c.out.clear();

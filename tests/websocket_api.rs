@@ -1,0 +1,376 @@
+//! WebSocket APIs (AWS's route-based ones) over real sockets: the `websockets`
+//! package's clients (tests/support/ws_chat.py) and a raw frame client here for
+//! what a library will not send (invalid UTF-8, unmasked frames, fragments with
+//! control frames between them).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{config, wait_until, Gateway, Reply, Upstream};
+use serde_json::Value;
+
+const CHAT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/ws_chat.py");
+
+/// Runs the two-client chat script: one JSON value per client.
+fn chat(url: &str, messages: &[&str], headers: &[&str]) -> Vec<Value> {
+    let mut cmd = Command::new("timeout");
+    cmd.args(["20", "python3", CHAT, url]).args(messages);
+    for h in headers {
+        cmd.args(["--header", h]);
+    }
+    let out = cmd.output().expect("python3 with websockets");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A handshake by hand: the stream and the status.
+fn handshake(addr: SocketAddr, path: &str) -> (TcpStream, u16) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: gw.test\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut b).unwrap_or(0) == 0 {
+            break;
+        }
+        head.push(b[0]);
+    }
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    if status == 101 {
+        assert!(
+            text.contains("sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+            "{text}"
+        );
+    }
+    (s, status)
+}
+
+/// A client frame (masked unless `unmasked`).
+fn frame(fin: bool, op: u8, payload: &[u8], unmasked: bool) -> Vec<u8> {
+    let mask = [1u8, 2, 3, 4];
+    let mut out = vec![if fin { 0x80 } else { 0 } | op];
+    let m = if unmasked { 0 } else { 0x80 };
+    match payload.len() {
+        n if n < 126 => out.push(m | n as u8),
+        n if n <= 0xffff => {
+            out.push(m | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(m | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    if unmasked {
+        out.extend_from_slice(payload);
+    } else {
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+    }
+    out
+}
+
+/// The next server frame: opcode and payload.
+fn read_frame(s: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+    let mut h = [0u8; 2];
+    s.read_exact(&mut h).ok()?;
+    assert_eq!(h[1] & 0x80, 0, "server frames are not masked");
+    let len = match h[1] & 0x7f {
+        126 => {
+            let mut b = [0u8; 2];
+            s.read_exact(&mut b).ok()?;
+            u16::from_be_bytes(b) as usize
+        }
+        127 => {
+            let mut b = [0u8; 8];
+            s.read_exact(&mut b).ok()?;
+            u64::from_be_bytes(b) as usize
+        }
+        n => n as usize,
+    };
+    let mut p = vec![0u8; len];
+    s.read_exact(&mut p).ok()?;
+    Some((h[0] & 0x0f, p))
+}
+
+/// The close code the gateway sent (reading past other frames).
+fn close_code(s: &mut TcpStream) -> u16 {
+    while let Some((op, p)) = read_frame(s) {
+        if op == 8 {
+            return u16::from_be_bytes([p[0], p[1]]);
+        }
+    }
+    panic!("no close frame");
+}
+
+fn chat_api(be: &str, extra_routes: &str, stage_extra: &str) -> String {
+    config(&format!(
+        "apis:
+  - name: chat
+    type: websocket
+    route_selection_expression: \"$request.body.action\"
+    routes:
+      - route: $connect
+        integration: {{ type: http_proxy, uri: \"{be}/connect\" }}
+      - route: $disconnect
+        integration: {{ type: http_proxy, uri: \"{be}/disconnect\" }}
+      - route: sendmessage
+        integration: {{ type: http_proxy, uri: \"{be}/message\" }}
+        route_response: true
+      - route: $default
+        integration: {{ type: mock, body: '{{\"error\":\"unknown action\"}}' }}
+        route_response: true
+{extra_routes}    stages:
+      - name: prod
+        limits: {{ max_message_bytes: 2048, max_frame_bytes: 1024, idle_timeout_s: 2 }}
+{stage_extra}"
+    ))
+}
+
+fn events(be: &Upstream, path: &str) -> Vec<Value> {
+    be.seen()
+        .into_iter()
+        .filter(|s| s.target == path)
+        .map(|s| serde_json::from_slice(&s.body).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_chat_routes_messages_and_answers_with_route_responses() {
+    let be = Upstream::start(|s| {
+        if s.target == "/message" {
+            let e: Value = serde_json::from_slice(&s.body).unwrap();
+            let body: Value = serde_json::from_str(e["body"].as_str().unwrap()).unwrap();
+            Reply::ok(format!(
+                "{{\"from\":\"{}\",\"said\":{}}}",
+                e["requestContext"]["connectionId"].as_str().unwrap(),
+                body["text"]
+            ))
+        } else {
+            Reply::ok("")
+        }
+    });
+    let gw = Gateway::start(&chat_api(&be.url(), "", ""));
+    let url = format!("ws://{}/prod?room=1", gw.addr);
+    let out = chat(
+        &url,
+        &[
+            r#"{"action":"sendmessage","text":"hi"}"#,
+            r#"{"action":"nothing"}"#,
+        ],
+        &["x-client:tests"],
+    );
+    let said: Value = serde_json::from_str(out[0]["got"].as_str().unwrap()).unwrap();
+    assert_eq!(said["said"], "hi");
+    assert_eq!(out[1]["got"], r#"{"error":"unknown action"}"#);
+    // The integration saw AWS's events: CONNECT (headers, query), MESSAGE, and
+    // DISCONNECT after the clients closed.
+    assert!(wait_until(Duration::from_secs(5), || events(
+        &be,
+        "/disconnect"
+    )
+    .len()
+        == 2));
+    let connects = events(&be, "/connect");
+    assert_eq!(connects.len(), 2);
+    let c = &connects[0];
+    let rc = &c["requestContext"];
+    assert_eq!(rc["eventType"], "CONNECT");
+    assert_eq!(rc["routeKey"], "$connect");
+    assert_eq!(rc["stage"], "prod");
+    assert_eq!(rc["apiId"], "chat");
+    assert_eq!(rc["messageDirection"], "IN");
+    assert_eq!(rc["identity"]["sourceIp"], "127.0.0.1");
+    assert_eq!(rc["requestId"], rc["extendedRequestId"]);
+    assert!(rc["connectedAt"].as_u64().unwrap() > 1_700_000_000_000);
+    assert_eq!(c["headers"]["x-client"], "tests");
+    assert_eq!(c["queryStringParameters"]["room"], "1");
+    assert_ne!(
+        connects[0]["requestContext"]["connectionId"],
+        connects[1]["requestContext"]["connectionId"]
+    );
+    let m = &events(&be, "/message")[0];
+    assert_eq!(m["requestContext"]["eventType"], "MESSAGE");
+    assert_eq!(m["requestContext"]["routeKey"], "sendmessage");
+    assert!(m["requestContext"]["messageId"].is_string());
+    assert_eq!(m["body"], r#"{"action":"sendmessage","text":"hi"}"#);
+    assert_eq!(said["from"], m["requestContext"]["connectionId"]);
+    let d = &events(&be, "/disconnect")[0];
+    assert_eq!(d["requestContext"]["eventType"], "DISCONNECT");
+    assert_eq!(d["requestContext"]["disconnectStatusCode"], 1000);
+}
+
+#[test]
+fn connect_refusals_and_no_default_route() {
+    let be = Upstream::start(|s| {
+        let mut r = Reply::ok("");
+        if s.target == "/connect" && s.body.windows(6).any(|w| w == b"banned") {
+            r.status = 403;
+        }
+        r
+    });
+    let yaml = config(&format!(
+        "apis:
+  - name: chat
+    type: websocket
+    routes:
+      - route: $connect
+        integration: {{ type: http_proxy, uri: \"{}/connect\" }}
+      - route: ping
+        integration: {{ type: mock, body: pong }}
+        route_response: true
+    stages: [ {{ name: prod }} ]
+",
+        be.url()
+    ));
+    let gw = Gateway::start(&yaml);
+    let url = format!("ws://{}/prod", gw.addr);
+    // $connect's integration refuses: the handshake gets its status.
+    let out = chat(&url, &["x", "y"], &["x-user:banned"]);
+    assert_eq!(out[0]["refused"], 403);
+    // No route and no $default: AWS's message.
+    let out = chat(
+        &url,
+        &[r#"{"action":"ping"}"#, r#"{"action":"other"}"#],
+        &[],
+    );
+    assert_eq!(out[0]["got"], "pong");
+    let v: Value = serde_json::from_str(out[1]["got"].as_str().unwrap()).unwrap();
+    assert_eq!(v["message"], "Forbidden");
+    assert!(v["connectionId"].is_string() && v["requestId"].is_string());
+    // A plain request to the stage: 426.
+    let r = common::get(gw.addr, "/prod");
+    assert_eq!(r.status, 426);
+}
+
+#[test]
+fn frames_limits_and_close_codes() {
+    let be = Upstream::start(|_| Reply::ok(""));
+    let gw = Gateway::start(&chat_api(&be.url(), "", ""));
+    // Fragments with a ping between them: the pong first, then the answer.
+    let (mut s, status) = handshake(gw.addr, "/prod");
+    assert_eq!(status, 101);
+    let msg = br#"{"action":"unknown","pad":"...."}"#;
+    s.write_all(&frame(false, 1, &msg[..10], false)).unwrap();
+    s.write_all(&frame(true, 9, b"are you there", false))
+        .unwrap();
+    s.write_all(&frame(true, 0, &msg[10..], false)).unwrap();
+    assert_eq!(read_frame(&mut s), Some((10, b"are you there".to_vec())));
+    assert_eq!(
+        read_frame(&mut s),
+        Some((1, br#"{"error":"unknown action"}"#.to_vec()))
+    );
+    // A close from the client is answered with its code.
+    let mut close = 1000u16.to_be_bytes().to_vec();
+    close.extend_from_slice(b"bye");
+    s.write_all(&frame(true, 8, &close, false)).unwrap();
+    assert_eq!(close_code(&mut s), 1000);
+    for (bytes, code, what) in [
+        (
+            frame(true, 1, &[0xff, 0xfe, 0xfd], false),
+            1007,
+            "invalid UTF-8",
+        ),
+        (frame(true, 1, b"hello", true), 1002, "an unmasked frame"),
+        (frame(true, 2, b"bin", false), 1003, "a binary message"),
+        (
+            frame(true, 1, &[b'a'; 1500], false),
+            1009,
+            "a frame over max_frame_bytes",
+        ),
+        (
+            [
+                frame(false, 1, &[b'a'; 1000], false),
+                frame(false, 0, &[b'a'; 1000], false),
+                frame(true, 0, &[b'a'; 100], false),
+            ]
+            .concat(),
+            1009,
+            "a message over max_message_bytes",
+        ),
+    ] {
+        let (mut s, status) = handshake(gw.addr, "/prod");
+        assert_eq!(status, 101);
+        s.write_all(&bytes).unwrap();
+        assert_eq!(close_code(&mut s), code, "{what}");
+    }
+    // Idle: closed with 1001 after idle_timeout_s.
+    let (mut s, _) = handshake(gw.addr, "/prod");
+    let t = Instant::now();
+    assert_eq!(close_code(&mut s), 1001);
+    assert!(
+        t.elapsed() >= Duration::from_millis(1900),
+        "{:?}",
+        t.elapsed()
+    );
+    // Each connection's end reached $disconnect with its code.
+    assert!(wait_until(Duration::from_secs(5), || events(
+        &be,
+        "/disconnect"
+    )
+    .len()
+        == 7));
+    let codes: Vec<u64> = events(&be, "/disconnect")
+        .iter()
+        .map(|e| {
+            e["requestContext"]["disconnectStatusCode"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    for c in [1000, 1007, 1002, 1003, 1009, 1001] {
+        assert!(codes.contains(&c), "{c}: {codes:?}");
+    }
+}
+
+#[test]
+fn websocket_config_is_checked() {
+    let (code, out) = common::validate(&config(
+        "apis:
+  - name: chat
+    type: websocket
+    routes:
+      - { route: \"$bogus\", integration: { type: mock } }
+      - { route: a, integration: { type: mock } }
+      - { route: a, integration: { type: mock } }
+    stages:
+      - { name: prod, limits: { max_frame_bytes: 0 } }
+  - name: web
+    routes:
+      - { route: GET /x, integration: { type: mock }, route_response: true }
+    stages:
+      - { name: prod, limits: { idle_timeout_s: 5 } }
+",
+    ));
+    assert_eq!(code, 1, "{out}");
+    for want in [
+        "apis[0].routes[0].route: \"$bogus\": a WebSocket route key is",
+        "apis[0].routes[2].route: \"a\" is also routes[1]",
+        "apis[0].stages[0].limits.max_frame_bytes: must be from 1 to",
+        "apis[1].routes[0].route_response: only WebSocket APIs",
+        "apis[1].stages[0].limits: only WebSocket APIs' stages take limits",
+    ] {
+        assert!(out.contains(want), "{want}: {out}");
+    }
+}
