@@ -72,6 +72,10 @@
 //!   - `upstream::function`: functions run next to the gateway: what workers share
 //!     of each (queue, Runtime API sockets, waiting runtimes), their processes,
 //!     each worker's inbox.
+//!   - `upstream::inbox`: a worker's inbox (function outcomes, connection
+//!     commands) and its wake-up socket.
+//!   - `upstream::connections`: the process's WebSocket connections, for
+//!     `@connections`, and each worker's mailboxes.
 //!   - `upstream::aws`: signed calls to AWS (Lambda Invoke, service integrations).
 //!   - `upstream::mapping`: HTTP API parameter mapping expressions.
 //! - `route`: which stage and route serve a request, in one step (`resolve`): stage

@@ -179,6 +179,9 @@ pub struct WsStage {
     pub default: Option<crate::ids::RouteId>,
     /// Per route id: the integration's answer goes back to the client.
     pub route_response: Vec<bool>,
+    /// The first of the `@connections` routes (POST, GET, DELETE, then the same
+    /// with `%40`), when the API has a `connections_authorizer`.
+    pub connections: Option<crate::ids::RouteId>,
     pub limits: WsLimits,
 }
 

@@ -36,11 +36,16 @@ fn chat(url: &str, messages: &[&str], headers: &[&str]) -> Vec<Value> {
 
 /// A handshake by hand: the stream and the status.
 fn handshake(addr: SocketAddr, path: &str) -> (TcpStream, u16) {
+    handshake_with(addr, path, "")
+}
+
+/// A handshake with more header lines (each ending in CRLF).
+fn handshake_with(addr: SocketAddr, path: &str, extra: &str) -> (TcpStream, u16) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nhost: gw.test\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nhost: gw.test\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n{extra}\r\n"
     )
     .unwrap();
     let mut head = Vec::new();
@@ -120,8 +125,11 @@ fn close_code(s: &mut TcpStream) -> u16 {
         if op == 8 {
             return u16::from_be_bytes([p[0], p[1]]);
         }
+        eprintln!("frame {op}: {}", String::from_utf8_lossy(&p));
     }
-    panic!("no close frame");
+    let mut rest = Vec::new();
+    let e = s.read_to_end(&mut rest);
+    panic!("no close frame ({e:?}, {} more bytes)", rest.len());
 }
 
 fn chat_api(be: &str, extra_routes: &str, stage_extra: &str) -> String {
@@ -313,7 +321,14 @@ fn frames_limits_and_close_codes() {
         let (mut s, status) = handshake(gw.addr, "/prod");
         assert_eq!(status, 101);
         s.write_all(&bytes).unwrap();
-        assert_eq!(close_code(&mut s), code, "{what}");
+        let mut got = None;
+        while let Some((op, p)) = read_frame(&mut s) {
+            if op == 8 {
+                got = Some(u16::from_be_bytes([p[0], p[1]]));
+                break;
+            }
+        }
+        assert_eq!(got, Some(code), "{what}: {}", gw.log());
     }
     // Idle: closed with 1001 after idle_timeout_s.
     let (mut s, _) = handshake(gw.addr, "/prod");
@@ -373,4 +388,119 @@ fn websocket_config_is_checked() {
     ] {
         assert!(out.contains(want), "{want}: {out}");
     }
+}
+
+const CONNECTIONS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/support/connections_client.py"
+);
+
+/// One `apigatewaymanagementapi` call by botocore.
+fn manage(endpoint: &str, secret: &str, args: &[&str]) -> Value {
+    let out = Command::new("timeout")
+        .args([
+            "20",
+            "python3",
+            CONNECTIONS,
+            endpoint,
+            "AKIDCONNECTIONS12345",
+            secret,
+            "us-east-1",
+        ])
+        .args(args)
+        .output()
+        .expect("python3 with botocore");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn connections_api_with_botocore_across_workers() {
+    let be = Upstream::start(|_| Reply::ok(""));
+    let yaml = config(&format!(
+        "apis:
+  - name: chat
+    type: websocket
+    connections_authorizer: machines
+    authorizers:
+      - name: machines
+        type: sigv4
+        region: us-east-1
+        access_keys:
+          - {{ id: AKIDCONNECTIONS12345, secret: conn-secret-0123456789, allow: [\"chat/prod/*/@connections/*\"] }}
+    routes:
+      - route: $connect
+        integration: {{ type: http_proxy, uri: \"{be}/connect\" }}
+      - route: $disconnect
+        integration: {{ type: http_proxy, uri: \"{be}/disconnect\" }}
+    stages: [ {{ name: prod }} ]
+",
+        be = be.url()
+    ));
+    let gw = Gateway::start(&yaml);
+    let (mut a, status) = handshake_with(gw.addr, "/prod", "x-client: a\r\n");
+    assert_eq!(status, 101);
+    let (mut b, status) = handshake_with(gw.addr, "/prod", "x-client: b\r\n");
+    assert_eq!(status, 101);
+    let id_of = |who: &str| -> String {
+        events(&be, "/connect")
+            .into_iter()
+            .find(|e| e["headers"]["x-client"] == who)
+            .and_then(|e| {
+                e["requestContext"]["connectionId"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .unwrap()
+    };
+    let (ida, idb) = (id_of("a"), id_of("b"));
+    let endpoint = format!("http://{}/prod", gw.addr);
+    let secret = "conn-secret-0123456789";
+    // Ten posts, each its own client connection (spread over the workers by the
+    // kernel): every one reaches a, whichever worker holds it.
+    for i in 0..10 {
+        let r = manage(&endpoint, secret, &["post", &ida, &format!("hello {i}")]);
+        assert_eq!(r["status"], 200, "{r}");
+        assert_eq!(
+            read_frame(&mut a),
+            Some((1, format!("hello {i}").into_bytes()))
+        );
+    }
+    let r = manage(&endpoint, secret, &["get", &ida]);
+    assert_eq!(r["status"], 200, "{r}");
+    assert_eq!(r["body"]["identity"]["SourceIp"], "127.0.0.1");
+    // DELETE closes b (1000), which reaches $disconnect; then b is gone.
+    let r = manage(&endpoint, secret, &["delete", &idb]);
+    assert_eq!(r["status"], 204, "{r}");
+    assert_eq!(close_code(&mut b), 1000);
+    assert!(wait_until(Duration::from_secs(5), || events(
+        &be,
+        "/disconnect"
+    )
+    .len()
+        == 1));
+    assert!(wait_until(Duration::from_secs(2), || manage(
+        &endpoint,
+        secret,
+        &["post", &idb, "x"]
+    )["status"]
+        == 410));
+    let r = manage(&endpoint, secret, &["post", &idb, "x"]);
+    assert_eq!(r["error"], "GoneException", "{r}");
+    let r = manage(&endpoint, secret, &["get", "no-such-connection"]);
+    assert_eq!(
+        (r["status"].as_u64(), r["error"].as_str()),
+        (Some(410), Some("GoneException"))
+    );
+    // A wrong secret is refused before anything is looked up.
+    let r = manage(&endpoint, "not-the-secret-at-all", &["post", &ida, "x"]);
+    assert_eq!(r["status"], 403, "{r}");
+    // a is still connected and served.
+    let r = manage(&endpoint, secret, &["post", &ida, "still here"]);
+    assert_eq!(r["status"], 200);
+    assert_eq!(read_frame(&mut a), Some((1, b"still here".to_vec())));
 }

@@ -91,8 +91,25 @@ pub fn api_parts(
     } else {
         sigs.extend(std::iter::repeat_n(0, added));
     }
-    let (route_auth, route_validate) =
+    let (mut route_auth, route_validate) =
         compile_route_access(api, path, &api_access, authorizers, errs);
+    if let Some(auth) = crate::compile::websocket::connections_auth(
+        api,
+        &api_access.by_name,
+        authorizers,
+        path,
+        errs,
+    ) {
+        // After the API's routes and an added `$connect`, as in the keys.
+        route_auth.resize(
+            keys.len() - crate::compile::websocket::CONNECTIONS_KEYS.len(),
+            None,
+        );
+        route_auth.extend(std::iter::repeat_n(
+            Some(auth),
+            crate::compile::websocket::CONNECTIONS_KEYS.len(),
+        ));
+    }
     let router = match Router::build(&keys) {
         Ok(r) => Arc::new(r),
         Err(conflicts) => {

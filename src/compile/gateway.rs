@@ -144,12 +144,7 @@ pub fn compile_with(cfg: &ConfigFile, opts: &Options) -> Result<Plan, ConfigErro
         }
         match api.kind.as_str() {
             "http" => {}
-            "websocket" => {
-                if api.connections_authorizer.is_some() {
-                    b.errs
-                        .not_supported(format!("{path}.connections_authorizer (@connections)"));
-                }
-            }
+            "websocket" => {}
             "rest" => b.errs.not_supported(format!("{path}.type ({})", api.kind)),
             other => b.errs.push(
                 format!("{path}.type"),

@@ -259,6 +259,28 @@ pub fn compile_stage(
             sig: 0,
         });
     }
+    // The `@connections` API's routes (answered by the gateway).
+    if ws.as_ref().is_some_and(|w| w.connections.is_some()) {
+        for key in crate::compile::websocket::CONNECTIONS_KEYS {
+            let ri = routes.len();
+            routes.push(RoutePlan {
+                key: key.into(),
+                integration: Integration::Mock(MockResponse {
+                    status: 200,
+                    header_lines: Box::default(),
+                    body: Box::default(),
+                }),
+                throttle: None,
+                api_key_required: false,
+                cache: None,
+                auth: route_auth.get(ri).cloned().flatten(),
+                validate: None,
+                mapping: None,
+                metric_slot: usize::MAX,
+                sig: 0,
+            });
+        }
+    }
     let policy = match &stage.resource_policy {
         Some(p) => compile_policy(p, &format!("{spath}.resource_policy"), &mut b.errs),
         None => api_access.policy.clone(),

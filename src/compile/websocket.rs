@@ -60,7 +60,64 @@ pub fn ws_route_keys(api: &ApiFile, path: &str, errs: &mut ConfigErrors) -> Vec<
     if !seen.contains_key("$connect") {
         keys.push(connect_key());
     }
+    if api.connections_authorizer.is_some() {
+        for key in CONNECTIONS_KEYS {
+            keys.push(RouteKey::parse(key).unwrap_or(RouteKey::Default));
+        }
+    }
     keys
+}
+
+/// The `@connections` API's routes, after the API's own (and an added
+/// `$connect`): POST, GET, DELETE, with `@` as written and as botocore sends it.
+pub const CONNECTIONS_KEYS: [&str; 6] = [
+    "POST /@connections/{connectionId}",
+    "GET /@connections/{connectionId}",
+    "DELETE /@connections/{connectionId}",
+    "POST /%40connections/{connectionId}",
+    "GET /%40connections/{connectionId}",
+    "DELETE /%40connections/{connectionId}",
+];
+
+/// The authorizer of the `@connections` routes: the API's SigV4 authorizer
+/// named by `connections_authorizer`.
+pub fn connections_auth(
+    api: &ApiFile,
+    by_name: &HashMap<String, usize>,
+    authorizers: &[std::sync::Arc<crate::policy::access::Authorizer>],
+    path: &str,
+    errs: &mut ConfigErrors,
+) -> Option<crate::policy::access::RouteAuth> {
+    let name = api.connections_authorizer.as_ref()?;
+    let kpath = format!("{path}.connections_authorizer");
+    if !is_websocket(api) {
+        errs.push(kpath, "only WebSocket APIs have @connections");
+        return None;
+    }
+    match by_name.get(name) {
+        Some(&id)
+            if matches!(
+                authorizers.get(id).map(|a| &**a),
+                Some(crate::policy::access::Authorizer::Sigv4(_))
+            ) =>
+        {
+            Some(crate::policy::access::RouteAuth {
+                authorizer: id,
+                scopes: Box::default(),
+            })
+        }
+        Some(_) => {
+            errs.push(kpath, format!("{name:?} is not a sigv4 authorizer"));
+            None
+        }
+        None => {
+            errs.push(
+                kpath,
+                format!("no authorizer {name:?} in API {:?}", api.name),
+            );
+            None
+        }
+    }
 }
 
 fn connect_key() -> RouteKey {
@@ -89,6 +146,11 @@ pub fn ws_stage(
     };
     let mut routes = HashMap::new();
     let (mut connect, mut disconnect, mut default) = (None, None, None);
+    let added = usize::from(!api.routes.iter().flatten().any(|r| r.route == "$connect"));
+    let connections = api
+        .connections_authorizer
+        .is_some()
+        .then_some(api.routes.len() + added);
     let mut route_response = Vec::new();
     for (ri, r) in api.routes.iter().enumerate() {
         let Some(r) = r else {
@@ -133,6 +195,7 @@ pub fn ws_stage(
         disconnect,
         default,
         route_response,
+        connections,
         limits: WsLimits {
             max_frame: max_frame as usize,
             max_message: max_message as usize,

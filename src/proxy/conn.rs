@@ -592,6 +592,35 @@ async fn handle(
                 .is_ok()
                 && !persist.closes()
         }
+        Action::Connections(stage, call) => {
+            let asked = crate::proxy::invoke::Asked {
+                tag: &p.tag,
+                persist: p.persist,
+                is_head: p.is_head,
+                framing: p.framing,
+                expect_continue: p.expect_continue,
+                deadline: p.deadline,
+            };
+            if !crate::proxy::invoke::skip_body(c, lp, shard, &asked).await {
+                return false;
+            }
+            match crate::proxy::websocket::manage(shard, &plan.stages[stage], &call) {
+                Ok(ans) => {
+                    let persist = shard.persist(p.persist);
+                    c.out.clear();
+                    let date = *shard.date.borrow_mut().now();
+                    crate::proxy::invoke::write_answer(
+                        &mut c.out, &ans, &date, &p.tag, persist, p.is_head,
+                    );
+                    c.outcome.status = ans.status;
+                    body::write_all(&mut c.stream, &mut c.out, c.send_timeout)
+                        .await
+                        .is_ok()
+                        && !persist.closes()
+                }
+                Err(err) => refuse(c, shard, err, &p.tag, p.persist, p.is_head).await,
+            }
+        }
         Action::WsConnect(stage, route, o) => {
             crate::proxy::websocket::open(c, plan, shard, &p.tag, stage, route, o).await
         }

@@ -171,33 +171,8 @@ pub async fn invoke(
     inv: Box<Invocation>,
 ) -> bool {
     // The body is in the event already: step over it in the buffer.
-    if a.framing != Framing::None {
-        if a.expect_continue && send_continue(c).await.is_err() {
-            return false;
-        }
-        let mut src = body::Source {
-            stream: &mut c.stream,
-            buf: &mut c.buf,
-            pos: &mut c.pos,
-            read_timeout: lp.limits.idle_timeout,
-            deadline: Some(a.deadline),
-        };
-        let mut sink = Vec::new();
-        if let Err(e) = body::pump(
-            &mut src,
-            None,
-            a.framing,
-            body::Encode::Raw,
-            &mut sink,
-            lp.limits.max_body_bytes,
-        )
-        .await
-        {
-            return match body_error(e) {
-                Some(err) => refuse(c, shard, err, a.tag, Persist::Close, a.is_head).await,
-                None => false,
-            };
-        }
+    if !skip_body(c, lp, shard, &a).await {
+        return false;
     }
     let r = &plan.stages[stage].routes[route];
     c.outcome.sent = Instant::now();
@@ -305,6 +280,41 @@ fn malformed(r: Result<Answer, String>) -> Result<Answer, GatewayError> {
         tracing::warn!(reason = %why, "malformed Lambda proxy response");
         GatewayError::FunctionFailed("malformed Lambda proxy response")
     })
+}
+
+/// Steps over a request body already read whole (it is in the event or the
+/// call); `false` when the connection is done (refused or gone).
+pub async fn skip_body(c: &mut Client, lp: &ListenerPlan, shard: &Shard, a: &Asked<'_>) -> bool {
+    if a.framing == Framing::None {
+        return true;
+    }
+    if a.expect_continue && send_continue(c).await.is_err() {
+        return false;
+    }
+    let mut src = body::Source {
+        stream: &mut c.stream,
+        buf: &mut c.buf,
+        pos: &mut c.pos,
+        read_timeout: lp.limits.idle_timeout,
+        deadline: Some(a.deadline),
+    };
+    let mut sink = Vec::new();
+    if let Err(e) = body::pump(
+        &mut src,
+        None,
+        a.framing,
+        body::Encode::Raw,
+        &mut sink,
+        lp.limits.max_body_bytes,
+    )
+    .await
+    {
+        if let Some(err) = body_error(e) {
+            refuse(c, shard, err, a.tag, Persist::Close, a.is_head).await;
+        }
+        return false;
+    }
+    true
 }
 
 /// A local function: handed to a runtime of this worker, or queued (429 when

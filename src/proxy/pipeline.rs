@@ -387,7 +387,20 @@ fn stages(
     drop(current);
     drop(previous);
     cache(f, p, stage_id, route, &m, path, authorized)?;
-    if stage.ws.is_some() {
+    if let Some(w) = &stage.ws {
+        if let Some(base) = w.connections.filter(|b| (*b..*b + 6).contains(&m.route)) {
+            let id = percent_encoding::percent_decode_str(m.param("connectionId").unwrap_or(""))
+                .decode_utf8_lossy()
+                .into_owned();
+            return Ok(Action::Connections(
+                stage_id,
+                Box::new(crate::proxy::websocket::ConnectionsCall {
+                    kind: (m.route - base) % 3,
+                    id,
+                    data: f.body.map(<[u8]>::to_vec).unwrap_or_default(),
+                }),
+            ));
+        }
         // A WebSocket API routes only its handshake by path: `$connect`.
         let seen = seen(f, stage, route, &m, path, &grant, &p.tag, source_ip());
         return Ok(match crate::proxy::websocket::opening(&seen) {

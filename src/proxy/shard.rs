@@ -83,6 +83,8 @@ pub struct Shard {
             Vec<std::rc::Rc<crate::upstream::function::Idle>>,
         )>,
     >,
+    /// The mailboxes of this worker's WebSocket connections.
+    pub mailboxes: crate::upstream::connections::Mailboxes,
     /// The socket the inbox rings: taken by the worker's task that reads it.
     pub bell: RefCell<Option<std::os::unix::net::UnixStream>>,
     /// Connection buffers not in use (parked connections hold none).
@@ -134,6 +136,7 @@ impl Shard {
         Self {
             calls,
             runtimes: RefCell::new(Vec::new()),
+            mailboxes: crate::upstream::connections::Mailboxes::default(),
             bell: RefCell::new(bell),
             id,
             plan: RefCell::new(plan),

@@ -18,6 +18,8 @@ pub enum Action {
     Proxy(StageId, RouteId, Pick),
     /// A WebSocket API's handshake (`$connect`), worked out.
     WsConnect(StageId, RouteId, Box<crate::proxy::websocket::Opening>),
+    /// An `@connections` call of a WebSocket API.
+    Connections(StageId, Box<crate::proxy::websocket::ConnectionsCall>),
     /// A `lambda` or `aws` integration's invocation, built.
     Invoke(StageId, RouteId, Box<crate::proxy::invoke::Invocation>),
 }

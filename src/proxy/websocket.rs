@@ -3,6 +3,10 @@
 //! an integration that receives AWS's WebSocket event, its answer sent back where
 //! the route asks for a route response; `$disconnect` when the connection ends.
 
+use std::future::Future;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::task::Poll;
 use std::time::Instant;
 
 use serde_json::{json, Map, Value};
@@ -16,6 +20,7 @@ use crate::plan::{Integration, LambdaTarget, Plan, WsStage};
 use crate::proxy::client::{refuse, Client};
 use crate::proxy::invoke::Seen;
 use crate::proxy::shard::Shard;
+use crate::upstream::connections::{Command, Entry, Registered, CONNECTIONS};
 use crate::upstream::mapping::Lookup;
 
 /// The most an HTTP integration of a WebSocket route may answer.
@@ -123,14 +128,14 @@ pub fn opening(s: &Seen<'_, '_>) -> Result<Opening, GatewayError> {
 }
 
 /// An unguessable connection id, unique across workers and nodes (96 random
-/// bits, base64 as AWS's look).
+/// bits, URL-safe base64: it goes into `@connections` paths).
 fn connection_id() -> String {
     use base64::Engine;
     let mut b = [0u8; 12];
     if getrandom::fill(&mut b).is_err() {
         b[..8].copy_from_slice(&crate::clock::unix_ns().to_le_bytes());
     }
-    base64::engine::general_purpose::STANDARD.encode(b)
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
 }
 
 /// An event of the connection: its `requestContext` with this event's fields.
@@ -275,7 +280,39 @@ pub async fn open(
     let Some(ws) = plan.stages[stage].ws.as_deref() else {
         return false;
     };
-    let (code, reason) = session(c, plan, shard, stage, ws, &context).await;
+    let Some(calls) = &shard.calls else {
+        return false;
+    };
+    let id = context
+        .get("connectionId")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    let identity = context.get("identity");
+    let text = |k: &str| {
+        identity
+            .and_then(|i| i.get(k))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned()
+    };
+    let local = shard.mailboxes.open();
+    let now = crate::clock::unix_ms();
+    let entry = Arc::new(Entry {
+        api: plan.stages[stage].api.clone(),
+        stage: plan.stages[stage].stage.clone(),
+        inbox: Arc::clone(&calls.inbox),
+        local,
+        connected_at_ms: now,
+        last_active_ms: AtomicU64::new(now),
+        source_ip: text("sourceIp"),
+        user_agent: text("userAgent"),
+    });
+    CONNECTIONS.insert(id.clone(), Arc::clone(&entry));
+    let registered = Registered(id);
+    let (code, reason) = session(c, plan, shard, stage, ws, &context, &entry).await;
+    drop(registered);
+    shard.mailboxes.close(local);
     if let Some(d) = ws.disconnect {
         let now = crate::clock::unix_ms();
         let id = String::from_utf8_lossy(&shard.next_request_id()).into_owned();
@@ -299,6 +336,102 @@ pub async fn open(
         }
     }
     false
+}
+
+/// What ended a wait for the client.
+enum Woke {
+    /// io_uring: the socket is readable (read next).
+    Readable,
+    /// epoll: bytes were read.
+    Read,
+    /// The client closed or the read failed.
+    Gone,
+    Command(Command),
+    Idle,
+}
+
+/// What the pipeline worked out for an `@connections` call.
+#[derive(Debug)]
+pub struct ConnectionsCall {
+    /// 0 POST (send), 1 GET, 2 DELETE.
+    pub kind: usize,
+    pub id: String,
+    pub data: Vec<u8>,
+}
+
+/// AWS's `PostToConnection` limit.
+const MAX_POST: usize = 128 * 1024;
+
+/// Answers an `@connections` call: sends to, describes or closes a connection
+/// of this stage held by any worker; 410 `GoneException` when there is none.
+pub fn manage(
+    shard: &Shard,
+    stage: &crate::plan::StagePlan,
+    call: &ConnectionsCall,
+) -> Result<crate::proxy::lambda::Answer, GatewayError> {
+    let gone = || GatewayError::detailed(410, "message", "", Some("GoneException"));
+    let entry = CONNECTIONS
+        .get(&call.id)
+        .map(|e| Arc::clone(&e))
+        .filter(|e| e.api == stage.api && e.stage == stage.stage)
+        .ok_or_else(gone)?;
+    let deliver = |cmd: Command| {
+        let local = shard
+            .calls
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(&c.inbox, &entry.inbox));
+        if local {
+            shard.mailboxes.post(entry.local, cmd);
+        } else {
+            entry.inbox.command(entry.local, cmd);
+        }
+    };
+    let answer = |status, body: Vec<u8>| crate::proxy::lambda::Answer {
+        status,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body,
+    };
+    match call.kind {
+        0 if call.data.len() > MAX_POST => Err(GatewayError::detailed(
+            413,
+            "message",
+            "Message too long",
+            Some("PayloadTooLargeException"),
+        )),
+        0 => {
+            deliver(Command::Send(call.data.clone()));
+            Ok(answer(200, Vec::new()))
+        }
+        1 => {
+            let last = entry
+                .last_active_ms
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let body = json!({
+                "connectedAt": iso8601(entry.connected_at_ms),
+                "identity": { "sourceIp": entry.source_ip, "userAgent": entry.user_agent },
+                "lastActiveAt": iso8601(last),
+            });
+            Ok(answer(200, body.to_string().into_bytes()))
+        }
+        _ => {
+            deliver(Command::Close);
+            Ok(answer(204, Vec::new()))
+        }
+    }
+}
+
+/// `2024-01-20T11:54:57.419Z`.
+fn iso8601(ms: u64) -> String {
+    let s = ms / 1000;
+    let (y, mo, d) = crate::clock::civil_from_days((s / 86_400) as i64);
+    let t = s % 86_400;
+    format!(
+        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t / 3600,
+        t / 60 % 60,
+        t % 60,
+        ms % 1000
+    )
 }
 
 /// What a message's route selection expression reads: the message.
@@ -348,6 +481,7 @@ async fn session(
     stage: StageId,
     w: &WsStage,
     context: &Map<String, Value>,
+    entry: &Entry,
 ) -> (u16, String) {
     let limits = ws::Limits {
         max_frame: w.limits.max_frame,
@@ -371,6 +505,7 @@ async fn session(
             c.pos = start + frame.len;
             match messages.take(&frame, &payload, &limits) {
                 Ok(Event::Text(text)) => {
+                    entry.touch();
                     if !message(c, plan, shard, stage, w, context, text).await {
                         return (1006, String::new());
                     }
@@ -399,12 +534,73 @@ async fn session(
             return (code::GOING_AWAY, "the connection's duration limit".into());
         }
         let wait = w.limits.idle.min(left);
-        match monoio::time::timeout(wait, body::read_more(&mut c.stream, &mut c.buf, 16 * 1024))
+        // Readable, a command from `@connections`, or the idle limit: waiting for
+        // readiness (not a read) can be given up safely on both drivers.
+        // Data, a command from `@connections`, or the idle limit. With io_uring a
+        // pending read cannot be dropped safely: wait for readiness (exact there)
+        // and read after. With epoll a read can be dropped, but readiness may be
+        // stale: race the read itself, into a buffer of its own.
+        let woke = if shard.uring {
+            let buffered = c.stream.has_buffered();
+            let mut readable = std::pin::pin!(c.stream.tcp().readable(true));
+            let mut sleep = std::pin::pin!(monoio::time::sleep(wait));
+            std::future::poll_fn(|cx| {
+                if let Some(cmd) = shard.mailboxes.take(entry.local, cx.waker()) {
+                    return Poll::Ready(Woke::Command(cmd));
+                }
+                if buffered || readable.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Woke::Readable);
+                }
+                if sleep.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Woke::Idle);
+                }
+                Poll::Pending
+            })
             .await
-        {
-            Ok(Ok(n)) if n > 0 => {}
-            Ok(_) => return (1006, String::new()),
-            Err(_) => {
+        } else {
+            let mut scratch = Vec::new();
+            let woke = {
+                let mut read =
+                    std::pin::pin!(body::read_more(&mut c.stream, &mut scratch, 16 * 1024));
+                let mut sleep = std::pin::pin!(monoio::time::sleep(wait));
+                std::future::poll_fn(|cx| {
+                    if let Some(cmd) = shard.mailboxes.take(entry.local, cx.waker()) {
+                        return Poll::Ready(Woke::Command(cmd));
+                    }
+                    if let Poll::Ready(r) = read.as_mut().poll(cx) {
+                        return Poll::Ready(match r {
+                            Ok(n) if n > 0 => Woke::Read,
+                            _ => Woke::Gone,
+                        });
+                    }
+                    if sleep.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Woke::Idle);
+                    }
+                    Poll::Pending
+                })
+                .await
+            };
+            c.buf.extend_from_slice(&scratch);
+            woke
+        };
+        match woke {
+            Woke::Readable => match body::read_more(&mut c.stream, &mut c.buf, 16 * 1024).await {
+                Ok(n) if n > 0 => {}
+                _ => return (1006, String::new()),
+            },
+            Woke::Read => {}
+            Woke::Gone => return (1006, String::new()),
+            Woke::Command(Command::Send(data)) => {
+                entry.touch();
+                if !send(c, Opcode::Text, &data).await {
+                    return (1006, String::new());
+                }
+            }
+            Woke::Command(Command::Close) => {
+                close(c, code::NORMAL, "").await;
+                return (code::NORMAL, "deleted through @connections".into());
+            }
+            Woke::Idle => {
                 close(c, code::GOING_AWAY, "Going away").await;
                 return (code::GOING_AWAY, "idle".into());
             }

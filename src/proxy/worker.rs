@@ -462,7 +462,7 @@ async fn ring(shard: Rc<Shard>, bell: std::os::unix::net::UnixStream) {
         match r {
             Ok(n) if n > 0 => {
                 if let Some(calls) = &shard.calls {
-                    calls.dispatch();
+                    calls.dispatch(|n, c| shard.mailboxes.post(n, c));
                 }
                 crate::proxy::runtime_api::wake_idle(&shard);
             }

@@ -14,7 +14,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command};
@@ -24,6 +23,8 @@ use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+pub use crate::upstream::inbox::{Inbox, Outcome};
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// The largest response or error a runtime may post (Lambda's 6 MB).
@@ -54,20 +55,6 @@ impl FunctionSpec {
             self.region, self.name
         )
     }
-}
-
-/// How an invocation ended.
-#[derive(Debug)]
-pub enum Outcome {
-    /// The runtime's response payload.
-    Response(Vec<u8>),
-    /// The function failed: its error document (and error type header).
-    Error(Vec<u8>),
-    /// The function ran past its timeout (its runtime was restarted).
-    Timeout,
-    /// The invocation could not be run (the function stopped; its runtime died
-    /// with it in hand).
-    Lost(&'static str),
 }
 
 /// Where an outcome goes: a worker's inbox and the waiting request's token.
@@ -113,55 +100,6 @@ pub struct Job {
     pub give_up: Instant,
 }
 
-/// A worker's inbox: outcomes from any host thread, and a socket pair rung when
-/// the first of a batch arrives.
-pub struct Inbox {
-    tx: Sender<(u64, Outcome)>,
-    rx: Receiver<(u64, Outcome)>,
-    bell: std::os::unix::net::UnixStream,
-    rung: AtomicBool,
-}
-
-impl Inbox {
-    /// The inbox and the socket its worker reads to wake.
-    pub fn new() -> std::io::Result<(Arc<Self>, std::os::unix::net::UnixStream)> {
-        let (bell, wake) = std::os::unix::net::UnixStream::pair()?;
-        bell.set_nonblocking(true)?;
-        wake.set_nonblocking(true)?;
-        let (tx, rx) = crossbeam_channel::unbounded();
-        Ok((
-            Arc::new(Self {
-                tx,
-                rx,
-                bell,
-                rung: AtomicBool::new(false),
-            }),
-            wake,
-        ))
-    }
-
-    fn deliver(&self, token: u64, o: Outcome) {
-        let _ = self.tx.send((token, o));
-        self.ring();
-    }
-
-    /// Wakes the worker (its outcomes, and its runtimes waiting for a job).
-    pub fn ring(&self) {
-        if !self.rung.swap(true, Ordering::SeqCst) {
-            // A full socket buffer means the worker has wake-ups unread anyway.
-            let _ = (&self.bell).write(&[1]);
-        }
-    }
-
-    /// Hands every delivered outcome to `f` (the worker, after its bell rang).
-    pub fn drain(&self, mut f: impl FnMut(u64, Outcome)) {
-        self.rung.store(false, Ordering::SeqCst);
-        while let Ok((t, o)) = self.rx.try_recv() {
-            f(t, o);
-        }
-    }
-}
-
 /// An invocation's outcome once delivered, and the request waiting for it.
 type Waiting = (Option<Outcome>, Option<Waker>);
 
@@ -201,9 +139,10 @@ impl Calls {
         self.waiting.borrow_mut().remove(&token);
     }
 
-    /// Files the outcomes the bell announced and wakes their requests.
-    pub fn dispatch(&self) {
-        self.inbox.drain(|token, o| self.fulfil(token, o));
+    /// Files the outcomes the bell announced and wakes their requests; hands
+    /// the connection commands to `commands`.
+    pub fn dispatch(&self, commands: impl FnMut(u64, crate::upstream::inbox::Command)) {
+        self.inbox.drain(|token, o| self.fulfil(token, o), commands);
     }
 
     /// Files an outcome and wakes the request waiting for it.
