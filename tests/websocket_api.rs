@@ -504,3 +504,142 @@ fn connections_api_with_botocore_across_workers() {
     assert_eq!(r["status"], 200);
     assert_eq!(read_frame(&mut a), Some((1, b"still here".to_vec())));
 }
+
+#[test]
+fn the_chat_example_runs_as_written() {
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (gw_port, be_port) = (free(), free());
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/chat");
+    let yaml = std::fs::read_to_string(format!("{dir}/chat.yaml"))
+        .unwrap()
+        .replace("127.0.0.1:8081", &format!("127.0.0.1:{gw_port}"))
+        .replace("127.0.0.1:9000", &format!("127.0.0.1:{be_port}"));
+    let secret = "chat-secret-0123456789";
+    let mut backend = Command::new("python3")
+        .arg(format!("{dir}/backend.py"))
+        .arg(be_port.to_string())
+        .arg(format!("http://127.0.0.1:{gw_port}/prod"))
+        .env("CHAT_SECRET", secret)
+        .spawn()
+        .expect("python3 with botocore");
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _backend = Kill(&mut backend);
+    assert!(wait_until(Duration::from_secs(10), || TcpStream::connect(
+        ("127.0.0.1", be_port)
+    )
+    .is_ok()));
+    let gw = Gateway::start_env(&yaml, &[], &[("CHAT_SECRET", secret)]);
+    let (mut a, sa) = handshake(gw.addr, "/prod");
+    let (mut b, sb) = handshake(gw.addr, "/prod");
+    assert_eq!((sa, sb), (101, 101));
+    a.write_all(&frame(
+        true,
+        1,
+        br#"{"action":"sendmessage","text":"hi"}"#,
+        false,
+    ))
+    .unwrap();
+    let (op, got) = read_frame(&mut b).unwrap();
+    assert_eq!(op, 1);
+    let v: Value = serde_json::from_slice(&got).unwrap();
+    assert_eq!(v["text"], "hi");
+    let mut at_a: Vec<Value> = (0..2)
+        .map(|_| serde_json::from_slice(&read_frame(&mut a).unwrap().1).unwrap())
+        .collect();
+    at_a.sort_by_key(|v| v.get("delivered").is_some());
+    assert_eq!(at_a[0]["text"], "hi", "{at_a:?}");
+    assert_eq!(at_a[1]["delivered"], 2, "{at_a:?}");
+    a.write_all(&frame(true, 1, br#"{"action":"dance"}"#, false))
+        .unwrap();
+    let (_, got) = read_frame(&mut a).unwrap();
+    assert_eq!(got, br#"{"error":"unknown action: use sendmessage"}"#);
+}
+
+#[test]
+fn authorizers_on_connect_and_lambda_routes() {
+    let authz = Upstream::start(|s| {
+        // The authorizer gets the request's facts as JSON (its headers among them).
+        let v: Value = serde_json::from_slice(&s.body).unwrap_or(Value::Null);
+        let ok = v["headers"]["authorization"] == "let-me-in";
+        let mut r = Reply::ok(
+            serde_json::json!({"isAuthorized": ok, "context": {"user": "u1"}}).to_string(),
+        );
+        r.headers
+            .push(("content-type".into(), "application/json".into()));
+        r
+    });
+    let be = Upstream::start(|_| Reply::ok(""));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let yaml = config(&format!(
+        "functions:
+  - name: wsfn
+    runtime_api: 127.0.0.1:{port}
+    command: [python3, -m, awslambdaric, ws_app.handler]
+    working_dir: {dir}/tests/support/functions
+apis:
+  - name: locked
+    type: websocket
+    authorizers:
+      - {{ name: gate, type: request, uri: \"{authz}/authorize\", identity_sources: [header.authorization] }}
+    routes:
+      - route: $connect
+        authorizer: gate
+        integration: {{ type: http_proxy, uri: \"{be}/connect\" }}
+      - route: hello
+        integration: {{ type: lambda, function: wsfn }}
+        route_response: true
+    stages: [ {{ name: prod }} ]
+",
+        dir = env!("CARGO_MANIFEST_DIR"),
+        authz = authz.url(),
+        be = be.url()
+    ));
+    let gw = Gateway::start(&yaml);
+    // Refused by the authorizer: the handshake gets 403 and $connect's
+    // integration is never called.
+    let (_s, status) = handshake_with(gw.addr, "/prod", "authorization: nope\r\n");
+    assert_eq!(status, 403);
+    let (_s, status) = handshake(gw.addr, "/prod");
+    assert_eq!(status, 401);
+    assert!(events(&be, "/connect").is_empty());
+    // Let in: the authorizer's context is in the events.
+    let (mut s, status) = handshake_with(gw.addr, "/prod", "authorization: let-me-in\r\n");
+    assert_eq!(status, 101);
+    let c = &events(&be, "/connect")[0];
+    assert_eq!(c["requestContext"]["authorizer"]["user"], "u1");
+    // A lambda route: the function's body is the route response.
+    let got = (0..100)
+        .find_map(|_| {
+            s.write_all(&frame(true, 1, br#"{"action":"hello","n":1}"#, false))
+                .unwrap();
+            let (_, p) = read_frame(&mut s)?;
+            let v: Value = serde_json::from_slice(&p).ok()?;
+            if v.get("route").is_some() {
+                Some(v)
+            } else {
+                std::thread::sleep(Duration::from_millis(200));
+                None
+            }
+        })
+        .expect("the function answered");
+    assert_eq!(got["route"], "hello");
+    assert_eq!(got["type"], "MESSAGE");
+    assert_eq!(got["connection"], c["requestContext"]["connectionId"]);
+    assert_eq!(got["body"], r#"{"action":"hello","n":1}"#);
+}
