@@ -422,7 +422,8 @@ fn manage(endpoint: &str, secret: &str, args: &[&str]) -> Value {
 fn connections_api_with_botocore_across_workers() {
     let be = Upstream::start(|_| Reply::ok(""));
     let yaml = config(&format!(
-        "apis:
+        "admin: {{ bind: \"127.0.0.1:0\", token: an-admin-token-for-tests }}
+apis:
   - name: chat
     type: websocket
     connections_authorizer: machines
@@ -503,6 +504,20 @@ fn connections_api_with_botocore_across_workers() {
     let r = manage(&endpoint, secret, &["post", &ida, "still here"]);
     assert_eq!(r["status"], 200);
     assert_eq!(read_frame(&mut a), Some((1, b"still here".to_vec())));
+    // The metrics count them (summed over workers).
+    let metrics = common::get(gw.admin.expect("admin"), "/metrics").text();
+    let sum = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    assert_eq!(sum("shardgate_connections_api_ok_total"), 13, "{metrics}");
+    assert!(sum("shardgate_connections_api_gone_total") >= 2);
+    assert_eq!(sum("shardgate_websocket_api_messages_out_total"), 11);
+    assert_eq!(sum("shardgate_websocket_api_connections_total"), 2);
+    assert_eq!(sum("shardgate_websocket_api_connections_open"), 1);
 }
 
 #[test]

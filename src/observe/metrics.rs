@@ -96,6 +96,17 @@ pub struct WorkerCell {
     /// WebSocket tunnels opened and ended (`http_proxy` pass-through).
     pub websockets_opened: Counter,
     pub websockets_closed: Counter,
+    /// WebSocket APIs' connections opened and ended, messages and their bytes.
+    pub ws_api_opened: Counter,
+    pub ws_api_closed: Counter,
+    pub ws_messages_in: Counter,
+    pub ws_messages_out: Counter,
+    pub ws_bytes_in: Counter,
+    pub ws_bytes_out: Counter,
+    /// `@connections` calls: answered, 410 (gone), refused otherwise (413).
+    pub connections_ok: Counter,
+    pub connections_gone: Counter,
+    pub connections_refused: Counter,
 }
 
 /// What one request did, for the metrics.
@@ -311,7 +322,7 @@ impl Metrics {
                 let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
             }
         }
-        let per_worker: [WorkerCounter; 10] = [
+        let per_worker: [WorkerCounter; 19] = [
             (
                 "shardgate_accepted_connections_total",
                 "counter",
@@ -375,6 +386,60 @@ impl Metrics {
                         .get()
                         .saturating_sub(c.websockets_closed.get())
                 },
+            ),
+            (
+                "shardgate_websocket_api_connections_total",
+                "counter",
+                "Connections of WebSocket APIs accepted, per worker.",
+                |c| c.ws_api_opened.get(),
+            ),
+            (
+                "shardgate_websocket_api_connections_open",
+                "gauge",
+                "Connections of WebSocket APIs open now, per worker.",
+                |c| c.ws_api_opened.get().saturating_sub(c.ws_api_closed.get()),
+            ),
+            (
+                "shardgate_websocket_api_messages_in_total",
+                "counter",
+                "Messages received on WebSocket APIs, per worker.",
+                |c| c.ws_messages_in.get(),
+            ),
+            (
+                "shardgate_websocket_api_messages_out_total",
+                "counter",
+                "Messages sent on WebSocket APIs (route responses, @connections posts), per worker.",
+                |c| c.ws_messages_out.get(),
+            ),
+            (
+                "shardgate_websocket_api_bytes_in_total",
+                "counter",
+                "Bytes of messages received on WebSocket APIs, per worker.",
+                |c| c.ws_bytes_in.get(),
+            ),
+            (
+                "shardgate_websocket_api_bytes_out_total",
+                "counter",
+                "Bytes of messages sent on WebSocket APIs, per worker.",
+                |c| c.ws_bytes_out.get(),
+            ),
+            (
+                "shardgate_connections_api_ok_total",
+                "counter",
+                "@connections calls answered (200, 204), per worker.",
+                |c| c.connections_ok.get(),
+            ),
+            (
+                "shardgate_connections_api_gone_total",
+                "counter",
+                "@connections calls for a connection that is gone (410), per worker.",
+                |c| c.connections_gone.get(),
+            ),
+            (
+                "shardgate_connections_api_refused_total",
+                "counter",
+                "@connections calls refused otherwise (413), per worker.",
+                |c| c.connections_refused.get(),
             ),
         ];
         for (name, kind, help, f) in per_worker {

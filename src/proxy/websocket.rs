@@ -310,7 +310,14 @@ pub async fn open(
     });
     CONNECTIONS.insert(id.clone(), Arc::clone(&entry));
     let registered = Registered(id);
+    let cells = shard.metrics.worker.get(shard.id);
+    if let Some(m) = cells {
+        m.ws_api_opened.add(1);
+    }
     let (code, reason) = session(c, plan, shard, stage, ws, &context, &entry).await;
+    if let Some(m) = cells {
+        m.ws_api_closed.add(1);
+    }
     drop(registered);
     shard.mailboxes.close(local);
     if let Some(d) = ws.disconnect {
@@ -365,6 +372,22 @@ const MAX_POST: usize = 128 * 1024;
 /// Answers an `@connections` call: sends to, describes or closes a connection
 /// of this stage held by any worker; 410 `GoneException` when there is none.
 pub fn manage(
+    shard: &Shard,
+    stage: &crate::plan::StagePlan,
+    call: &ConnectionsCall,
+) -> Result<crate::proxy::lambda::Answer, GatewayError> {
+    let r = connections_call(shard, stage, call);
+    if let Some(m) = shard.metrics.worker.get(shard.id) {
+        match &r {
+            Ok(_) => m.connections_ok.add(1),
+            Err(e) if e.refusal().status == 410 => m.connections_gone.add(1),
+            Err(_) => m.connections_refused.add(1),
+        }
+    }
+    r
+}
+
+fn connections_call(
     shard: &Shard,
     stage: &crate::plan::StagePlan,
     call: &ConnectionsCall,
@@ -459,7 +482,13 @@ impl Lookup for Message<'_> {
 }
 
 /// Sends one frame; `false` when the client is gone.
-async fn send(c: &mut Client, op: Opcode, payload: &[u8]) -> bool {
+async fn send(c: &mut Client, shard: &Shard, op: Opcode, payload: &[u8]) -> bool {
+    if op == Opcode::Text {
+        if let Some(m) = shard.metrics.worker.get(shard.id) {
+            m.ws_messages_out.add(1);
+            m.ws_bytes_out.add(payload.len() as u64);
+        }
+    }
     c.out.clear();
     ws::write_frame(&mut c.out, op, payload);
     body::write_all(&mut c.stream, &mut c.out, c.send_timeout)
@@ -506,12 +535,16 @@ async fn session(
             match messages.take(&frame, &payload, &limits) {
                 Ok(Event::Text(text)) => {
                     entry.touch();
+                    if let Some(m) = shard.metrics.worker.get(shard.id) {
+                        m.ws_messages_in.add(1);
+                        m.ws_bytes_in.add(text.len() as u64);
+                    }
                     if !message(c, plan, shard, stage, w, context, text).await {
                         return (1006, String::new());
                     }
                 }
                 Ok(Event::Ping(p)) => {
-                    if !send(c, Opcode::Pong, &p).await {
+                    if !send(c, shard, Opcode::Pong, &p).await {
                         return (1006, String::new());
                     }
                 }
@@ -592,7 +625,7 @@ async fn session(
             Woke::Gone => return (1006, String::new()),
             Woke::Command(Command::Send(data)) => {
                 entry.touch();
-                if !send(c, Opcode::Text, &data).await {
+                if !send(c, shard, Opcode::Text, &data).await {
                     return (1006, String::new());
                 }
             }
@@ -636,7 +669,7 @@ async fn message(
     let Some(route) = route else {
         // AWS's answer when no route matches and there is no $default.
         let m = json!({"message": "Forbidden", "connectionId": connection, "requestId": id});
-        return send(c, Opcode::Text, m.to_string().as_bytes()).await;
+        return send(c, shard, Opcode::Text, m.to_string().as_bytes()).await;
     };
     let now = crate::clock::unix_ms();
     let mut e = event(context, route_key, "MESSAGE", &id, now);
@@ -655,13 +688,13 @@ async fn message(
     .await;
     match answered {
         Ok((_, body)) if w.route_response.get(route).copied().unwrap_or(false) => {
-            body.is_empty() || send(c, Opcode::Text, &body).await
+            body.is_empty() || send(c, shard, Opcode::Text, &body).await
         }
         Ok(_) => true,
         Err(err) => {
             tracing::warn!(%err, route = route_key, "WebSocket integration failed");
             let m = json!({"message": "Internal server error", "connectionId": connection, "requestId": id});
-            send(c, Opcode::Text, m.to_string().as_bytes()).await
+            send(c, shard, Opcode::Text, m.to_string().as_bytes()).await
         }
     }
 }
