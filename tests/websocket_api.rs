@@ -17,7 +17,12 @@ const CHAT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/ws_chat.p
 
 /// Runs the two-client chat script: one JSON value per client.
 fn chat(url: &str, messages: &[&str], headers: &[&str]) -> Vec<Value> {
+    chat_env(url, messages, headers, &[])
+}
+
+fn chat_env(url: &str, messages: &[&str], headers: &[&str], env: &[(&str, &str)]) -> Vec<Value> {
     let mut cmd = Command::new("timeout");
+    cmd.envs(env.iter().copied());
     cmd.args(["20", "python3", CHAT, url]).args(messages);
     for h in headers {
         cmd.args(["--header", h]);
@@ -657,4 +662,35 @@ apis:
     assert_eq!(got["type"], "MESSAGE");
     assert_eq!(got["connection"], c["requestContext"]["connectionId"]);
     assert_eq!(got["body"], r#"{"action":"hello","n":1}"#);
+}
+
+#[test]
+fn wss_on_an_https_listener() {
+    let dir = std::env::temp_dir().join(format!("shardgate-wsapi-{}", std::process::id()));
+    let (ca, cert, key) = common::test_ca(&dir, &["localhost", "127.0.0.1"]);
+    let yaml = format!(
+        "workers: 2
+listeners:
+  - name: secure
+    bind: \"127.0.0.1:0\"
+    tls: {{ certificates: [ {{ cert: {}, key: {} }} ] }}
+apis:
+  - name: chat
+    type: websocket
+    routes:
+      - route: $default
+        integration: {{ type: mock, body: '{{\"over\":\"tls\"}}' }}
+        route_response: true
+    stages: [ {{ name: prod }} ]
+",
+        cert.display(),
+        key.display()
+    );
+    let gw = Gateway::start(&yaml);
+    let url = format!("wss://127.0.0.1:{}/prod", gw.addr.port());
+    let out = chat_env(&url, &["a", "b"], &[], &[("WS_CA", ca.to_str().unwrap())]);
+    for o in &out {
+        assert_eq!(o["got"], r#"{"over":"tls"}"#, "{o}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

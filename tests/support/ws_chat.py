@@ -4,9 +4,12 @@ sends its message and waits for one answer; prints one JSON line per client
 ({"sent", "got"} or {"refused": status}), then both close normally (1000).
 
 usage: ws_chat.py URL MESSAGE_1 MESSAGE_2 [--header NAME:VALUE]...
+A wss:// URL is verified against the CA in WS_CA.
 """
 import asyncio
 import json
+import os
+import ssl
 import sys
 
 import websockets
@@ -14,7 +17,8 @@ import websockets
 
 async def client(url, message, headers):
     try:
-        async with websockets.connect(url, additional_headers=headers, open_timeout=5) as ws:
+        tls = ssl.create_default_context(cafile=os.environ["WS_CA"]) if url.startswith("wss://") else None
+        async with websockets.connect(url, additional_headers=headers, open_timeout=5, ssl=tls) as ws:
             await ws.send(message)
             got = await asyncio.wait_for(ws.recv(), 5)
             return {"sent": message, "got": got}
