@@ -694,3 +694,75 @@ apis:
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn access_log_lines_per_event_and_throttled_messages() {
+    let be = Upstream::start(|_| Reply::ok(""));
+    let log = std::env::temp_dir().join(format!("shardgate-wsapi-log-{}.json", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let gw = Gateway::start(&chat_api(
+        &be.url(),
+        "",
+        &format!(
+            "        access_log: {{ path: {}, format: json }}\n        throttle: {{ rate: 1, burst: 2 }}\n",
+            log.display()
+        ),
+    ));
+    let (mut s, status) = handshake(gw.addr, "/prod");
+    assert_eq!(status, 101);
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        s.write_all(&frame(true, 1, br#"{"action":"nope"}"#, false))
+            .unwrap();
+        answers.push(read_frame(&mut s).unwrap().1);
+    }
+    // The first within the burst (its tokens are leased per worker), then AWS's
+    // throttled answer within the second.
+    assert_eq!(answers[0], br#"{"error":"unknown action"}"#);
+    let throttled: Vec<Value> = answers
+        .iter()
+        .filter_map(|a| serde_json::from_slice::<Value>(a).ok())
+        .filter(|v| v["message"] == "Too Many Requests")
+        .collect();
+    assert!(!throttled.is_empty(), "{answers:?}");
+    assert!(throttled[0]["connectionId"].is_string());
+    s.write_all(&frame(true, 8, &1000u16.to_be_bytes(), false))
+        .unwrap();
+    assert_eq!(close_code(&mut s), 1000);
+    let lines = || -> Vec<Value> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    assert!(wait_until(Duration::from_secs(5), || lines()
+        .iter()
+        .any(|l| l["eventType"] == "DISCONNECT")));
+    let l = lines();
+    let kinds: Vec<&str> = l.iter().filter_map(|v| v["eventType"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "CONNECT",
+            "MESSAGE",
+            "MESSAGE",
+            "MESSAGE",
+            "MESSAGE",
+            "DISCONNECT"
+        ],
+        "{l:?}"
+    );
+    let id = &l[0]["connectionId"];
+    assert!(l.iter().all(|v| &v["connectionId"] == id), "{l:?}");
+    assert_eq!(l[1]["routeKey"], "$default");
+    let statuses: Vec<u64> = l.iter().filter_map(|v| v["status"].as_u64()).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        throttled.len(),
+        "{statuses:?}"
+    );
+    assert!(l[1]["messageId"].is_string());
+    assert_eq!(l[5]["routeKey"], "$disconnect");
+    let _ = std::fs::remove_file(&log);
+}

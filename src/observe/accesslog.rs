@@ -56,6 +56,11 @@ pub enum Var {
     Claim(Box<str>),
     /// `$context.authorizer.NAME` (a request authorizer's context).
     Authorizer(Box<str>),
+    /// WebSocket APIs: the connection, the event (CONNECT, MESSAGE,
+    /// DISCONNECT), the message.
+    ConnectionId,
+    EventType,
+    MessageId,
 }
 
 impl Var {
@@ -83,6 +88,9 @@ impl Var {
             "error.message" | "error.messageString" => Self::ErrorMessage,
             "identity.apiKeyId" | "identity.apiKey" => Self::ApiKeyId,
             "traceId" | "xrayTraceId" => Self::TraceId,
+            "connectionId" => Self::ConnectionId,
+            "eventType" => Self::EventType,
+            "messageId" => Self::MessageId,
             other => {
                 if let Some(c) = other.strip_prefix("authorizer.claims.") {
                     Self::Claim(c.into())
@@ -114,7 +122,7 @@ const CLF: &str = "$context.identity.sourceIp - - [$context.requestTime] \"$cont
 const CSV: &str = "$context.identity.sourceIp,$context.requestTime,$context.httpMethod,$context.routeKey,$context.protocol,$context.status,$context.responseLength,$context.requestId";
 
 /// The fields of the `json` format, in order.
-const JSON_FIELDS: [(&str, Var); 15] = [
+const JSON_FIELDS: [(&str, Var); 18] = [
     ("requestId", Var::RequestId),
     ("ip", Var::SourceIp),
     ("requestTime", Var::RequestTime),
@@ -130,6 +138,9 @@ const JSON_FIELDS: [(&str, Var); 15] = [
     ("traceId", Var::TraceId),
     ("errorMessage", Var::ErrorMessage),
     ("integrationRetries", Var::IntegrationRetries),
+    ("connectionId", Var::ConnectionId),
+    ("eventType", Var::EventType),
+    ("messageId", Var::MessageId),
 ];
 
 impl Format {
@@ -201,8 +212,16 @@ pub enum Target {
     File(PathBuf),
 }
 
+/// What a WebSocket API's line adds.
+#[derive(Debug, Clone)]
+pub struct WsFacts {
+    pub connection_id: Box<str>,
+    pub event_type: &'static str,
+    pub message_id: Option<Box<str>>,
+}
+
 /// What a request's line needs besides what the plan knows.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Facts {
     pub request_id: crate::ids::RequestId,
     pub stage: usize,
@@ -222,6 +241,8 @@ pub struct Facts {
     pub api_key_id: Option<Arc<str>>,
     pub claims: Option<Rc<crate::policy::jwt::Verified>>,
     pub context: Option<Rc<crate::policy::request::Decision>>,
+    /// WebSocket APIs' events.
+    pub ws: Option<Box<WsFacts>>,
 }
 
 /// What the response was.
@@ -300,6 +321,18 @@ fn value(out: &mut Vec<u8>, var: &Var, f: &Facts, r: &Response<'_>) -> bool {
     let mut num = itoa::Buffer::new();
     match var {
         Var::RequestId | Var::ExtendedRequestId => out.extend_from_slice(&f.request_id),
+        Var::ConnectionId | Var::EventType | Var::MessageId => {
+            let Some(w) = &f.ws else { return false };
+            let v = match var {
+                Var::ConnectionId => &*w.connection_id,
+                Var::EventType => w.event_type,
+                _ => match &w.message_id {
+                    Some(m) => m,
+                    None => return false,
+                },
+            };
+            escaped(out, v.as_bytes());
+        }
         Var::SourceIp => crate::encode::write_ip(out, f.source_ip),
         Var::UserAgent => escaped(out, f.user_agent.as_bytes()),
         Var::RequestTime => out.extend_from_slice(&f.time_text),

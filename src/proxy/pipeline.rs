@@ -825,6 +825,7 @@ pub fn log_facts(
         api_key_id: None,
         claims: None,
         context: None,
+        ws: None,
     })
 }
 

@@ -250,8 +250,9 @@ pub async fn open(
         context,
         connect_event,
     } = *o;
-    match call(plan, shard, stage, route, connect_event, request_id).await {
-        Ok((status, _)) if (200..300).contains(&status) => {}
+    let started = Instant::now();
+    let connect_status = match call(plan, shard, stage, route, connect_event, request_id).await {
+        Ok((status, _)) if (200..300).contains(&status) => status,
         Ok((status, _)) => {
             let reason = String::from_utf8_lossy(crate::http::respond::reason(status)).into_owned();
             let err = GatewayError::detailed(status, "message", &reason, None);
@@ -263,7 +264,7 @@ pub async fn open(
             refuse(c, shard, err, tag, Persist::Close, false).await;
             return false;
         }
-    }
+    };
     c.out.clear();
     c.out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: ");
     c.out.extend_from_slice(accept.as_bytes());
@@ -314,7 +315,28 @@ pub async fn open(
     if let Some(m) = cells {
         m.ws_api_opened.add(1);
     }
-    let (code, reason) = session(c, plan, shard, stage, ws, &context, &entry).await;
+    // The stage's access log gets a line per event (this one now, not when the
+    // connection ends).
+    let base = c.outcome.log.take();
+    let conn_facts = |event_type| crate::observe::accesslog::WsFacts {
+        connection_id: entry_id(&context).into(),
+        event_type,
+        message_id: None,
+    };
+    log_event(
+        plan,
+        shard,
+        stage,
+        base.as_deref(),
+        conn_facts("CONNECT"),
+        tag.id,
+        "$connect",
+        connect_status,
+        0,
+        started,
+    );
+    let (code, reason) =
+        session(c, plan, shard, stage, ws, &context, &entry, base.as_deref()).await;
     if let Some(m) = cells {
         m.ws_api_closed.add(1);
     }
@@ -322,25 +344,35 @@ pub async fn open(
     shard.mailboxes.close(local);
     if let Some(d) = ws.disconnect {
         let now = crate::clock::unix_ms();
-        let id = String::from_utf8_lossy(&shard.next_request_id()).into_owned();
+        let rid = shard.next_request_id();
+        let id = String::from_utf8_lossy(&rid).into_owned();
         let mut e = event(&context, "$disconnect", "DISCONNECT", &id, now);
         if let Some(Value::Object(rc)) = e.get_mut("requestContext") {
             rc.insert("disconnectStatusCode".into(), code.into());
             rc.insert("disconnectReason".into(), reason.into());
         }
         // Best effort, as AWS's.
-        if let Err(err) = call(
+        let started = Instant::now();
+        let event = Value::Object(e).to_string().into_bytes();
+        let status = match call(plan, shard, stage, d, event, id).await {
+            Ok((s, _)) => s,
+            Err(err) => {
+                tracing::debug!(%err, "$disconnect failed");
+                err.refusal().status
+            }
+        };
+        log_event(
             plan,
             shard,
             stage,
-            d,
-            Value::Object(e).to_string().into_bytes(),
-            id,
-        )
-        .await
-        {
-            tracing::debug!(%err, "$disconnect failed");
-        }
+            base.as_deref(),
+            conn_facts("DISCONNECT"),
+            rid,
+            "$disconnect",
+            status,
+            0,
+            started,
+        );
     }
     false
 }
@@ -457,6 +489,13 @@ fn iso8601(ms: u64) -> String {
     )
 }
 
+fn entry_id(context: &Map<String, Value>) -> &str {
+    context
+        .get("connectionId")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
 /// What a message's route selection expression reads: the message.
 struct Message<'a>(&'a [u8]);
 
@@ -503,6 +542,7 @@ async fn close(c: &mut Client, code: u16, reason: &str) {
 }
 
 /// Serves messages until the connection ends: the close code and reason.
+#[allow(clippy::too_many_arguments)]
 async fn session(
     c: &mut Client,
     plan: &Plan,
@@ -511,6 +551,7 @@ async fn session(
     w: &WsStage,
     context: &Map<String, Value>,
     entry: &Entry,
+    base: Option<&crate::observe::accesslog::Facts>,
 ) -> (u16, String) {
     let limits = ws::Limits {
         max_frame: w.limits.max_frame,
@@ -539,7 +580,7 @@ async fn session(
                         m.ws_messages_in.add(1);
                         m.ws_bytes_in.add(text.len() as u64);
                     }
-                    if !message(c, plan, shard, stage, w, context, text).await {
+                    if !message(c, plan, shard, stage, w, context, base, text).await {
                         return (1006, String::new());
                     }
                 }
@@ -641,8 +682,50 @@ async fn session(
     }
 }
 
-/// Routes one message, calls its integration, sends the route response;
-/// `false` when the client is gone.
+/// Writes an access log line for an event of the connection, where the stage
+/// logs (`base`: the handshake's facts).
+#[allow(clippy::too_many_arguments)]
+fn log_event(
+    plan: &Plan,
+    shard: &Shard,
+    stage: StageId,
+    base: Option<&crate::observe::accesslog::Facts>,
+    ws: crate::observe::accesslog::WsFacts,
+    request_id: crate::ids::RequestId,
+    route_key: &str,
+    status: u16,
+    bytes: u64,
+    started: Instant,
+) {
+    let (Some(base), Some(spec)) = (base, &plan.stages[stage].access_log) else {
+        return;
+    };
+    let st = &plan.stages[stage];
+    let now = crate::clock::unix_ms();
+    let mut f = base.clone();
+    f.request_id = request_id;
+    f.time_ms = now;
+    f.time_text = shard.log_time.borrow_mut().text(now / 1000);
+    f.ws = Some(Box::new(ws));
+    let response = crate::observe::accesslog::Response {
+        route_key,
+        api: &st.api,
+        stage: &st.stage,
+        status,
+        bytes,
+        integration_us: None,
+        latency_us: started.elapsed().as_micros() as u64,
+        error: None,
+        retries: 0,
+    };
+    shard.log_line(&plan.logs, spec.sink, |out| {
+        crate::observe::accesslog::format_line(out, &spec.format, &f, &response)
+    });
+}
+
+/// Routes one message (within the stage's and the route's throttles), calls
+/// its integration, sends the route response; `false` when the client is gone.
+#[allow(clippy::too_many_arguments)]
 async fn message(
     c: &mut Client,
     plan: &Plan,
@@ -650,8 +733,10 @@ async fn message(
     stage: StageId,
     w: &WsStage,
     context: &Map<String, Value>,
+    base: Option<&crate::observe::accesslog::Facts>,
     text: String,
 ) -> bool {
+    let started = Instant::now();
     let key = w
         .selection
         .as_ref()
@@ -661,20 +746,40 @@ async fn message(
         Some(&r) => (Some(r), key.as_str()),
         None => (w.default, "$default"),
     };
-    let id = String::from_utf8_lossy(&shard.next_request_id()).into_owned();
+    let rid = shard.next_request_id();
+    let id = String::from_utf8_lossy(&rid).into_owned();
     let connection = context
         .get("connectionId")
         .and_then(Value::as_str)
         .unwrap_or("");
+    let message_id = connection_id();
+    let facts = crate::observe::accesslog::WsFacts {
+        connection_id: connection.into(),
+        event_type: "MESSAGE",
+        message_id: Some(message_id.as_str().into()),
+    };
+    let bytes = text.len() as u64;
     let Some(route) = route else {
         // AWS's answer when no route matches and there is no $default.
+        log_event(
+            plan, shard, stage, base, facts, rid, route_key, 403, bytes, started,
+        );
         let m = json!({"message": "Forbidden", "connectionId": connection, "requestId": id});
         return send(c, shard, Opcode::Text, m.to_string().as_bytes()).await;
     };
+    let st = &plan.stages[stage];
+    if !crate::proxy::pipeline::admit(plan, shard, None, stage, route, &st.routes[route], st) {
+        log_event(
+            plan, shard, stage, base, facts, rid, route_key, 429, bytes, started,
+        );
+        let m =
+            json!({"message": "Too Many Requests", "connectionId": connection, "requestId": id});
+        return send(c, shard, Opcode::Text, m.to_string().as_bytes()).await;
+    }
     let now = crate::clock::unix_ms();
     let mut e = event(context, route_key, "MESSAGE", &id, now);
     if let Some(Value::Object(rc)) = e.get_mut("requestContext") {
-        rc.insert("messageId".into(), connection_id().into());
+        rc.insert("messageId".into(), message_id.as_str().into());
     }
     e.insert("body".into(), Value::String(text));
     let answered = call(
@@ -686,6 +791,13 @@ async fn message(
         id.clone(),
     )
     .await;
+    let status = match &answered {
+        Ok((s, _)) => *s,
+        Err(e) => e.refusal().status,
+    };
+    log_event(
+        plan, shard, stage, base, facts, rid, route_key, status, bytes, started,
+    );
     match answered {
         Ok((_, body)) if w.route_response.get(route).copied().unwrap_or(false) => {
             body.is_empty() || send(c, shard, Opcode::Text, &body).await
