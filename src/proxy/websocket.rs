@@ -379,12 +379,8 @@ pub async fn open(
 
 /// What ended a wait for the client.
 enum Woke {
-    /// io_uring: the socket is readable (read next).
+    /// The socket is readable (read next).
     Readable,
-    /// epoll: bytes were read.
-    Read,
-    /// The client closed or the read failed.
-    Gone,
     Command(Command),
     Idle,
 }
@@ -610,13 +606,19 @@ async fn session(
         let wait = w.limits.idle.min(left);
         // Readable, a command from `@connections`, or the idle limit: waiting for
         // readiness (not a read) can be given up safely on both drivers.
-        // Data, a command from `@connections`, or the idle limit. With io_uring a
-        // pending read cannot be dropped safely: wait for readiness (exact there)
-        // and read after. With epoll a read can be dropped, but readiness may be
-        // stale: race the read itself, into a buffer of its own.
-        let woke = if shard.uring {
+        // Idle, the connection holds no buffer (the shard keeps them), as a
+        // parked HTTP connection.
+        if c.buf.is_empty() {
+            shard.give_buf(std::mem::take(&mut c.buf));
+            shard.give_buf(std::mem::take(&mut c.out));
+            shard.give_buf(std::mem::take(&mut c.up_head));
+        }
+        // Data, a command from `@connections`, or the idle limit. Readiness is
+        // waited for (checked, not cached: `readable(false)`), not a read, so
+        // the wait can be given up on both drivers without losing bytes.
+        let woke = {
             let buffered = c.stream.has_buffered();
-            let mut readable = std::pin::pin!(c.stream.tcp().readable(true));
+            let mut readable = std::pin::pin!(c.stream.tcp().readable(false));
             let mut sleep = std::pin::pin!(monoio::time::sleep(wait));
             std::future::poll_fn(|cx| {
                 if let Some(cmd) = shard.mailboxes.take(entry.local, cx.waker()) {
@@ -631,39 +633,14 @@ async fn session(
                 Poll::Pending
             })
             .await
-        } else {
-            let mut scratch = Vec::new();
-            let woke = {
-                let mut read =
-                    std::pin::pin!(body::read_more(&mut c.stream, &mut scratch, 16 * 1024));
-                let mut sleep = std::pin::pin!(monoio::time::sleep(wait));
-                std::future::poll_fn(|cx| {
-                    if let Some(cmd) = shard.mailboxes.take(entry.local, cx.waker()) {
-                        return Poll::Ready(Woke::Command(cmd));
-                    }
-                    if let Poll::Ready(r) = read.as_mut().poll(cx) {
-                        return Poll::Ready(match r {
-                            Ok(n) if n > 0 => Woke::Read,
-                            _ => Woke::Gone,
-                        });
-                    }
-                    if sleep.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Woke::Idle);
-                    }
-                    Poll::Pending
-                })
-                .await
-            };
-            c.buf.extend_from_slice(&scratch);
-            woke
         };
+        c.buf = shard.take_buf(std::mem::take(&mut c.buf));
+        c.out = shard.take_buf(std::mem::take(&mut c.out));
         match woke {
             Woke::Readable => match body::read_more(&mut c.stream, &mut c.buf, 16 * 1024).await {
                 Ok(n) if n > 0 => {}
                 _ => return (1006, String::new()),
             },
-            Woke::Read => {}
-            Woke::Gone => return (1006, String::new()),
             Woke::Command(Command::Send(data)) => {
                 entry.touch();
                 if !send(c, shard, Opcode::Text, &data).await {
