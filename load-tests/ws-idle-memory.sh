@@ -19,6 +19,11 @@ ports_free '1813[0-9]'
 REV="$(git rev-parse --short HEAD)$(git diff --quiet -- . ':!load-tests/results' || echo +changes)"
 cargo build --release --quiet
 ulimit -n $((CONNS * 2 + 1000)) 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+# The client and the server each hold CONNS descriptors: stay under the limit.
+if [ "$CONNS" -gt $(( $(ulimit -n) - 500 )) ]; then
+  CONNS=$(( $(ulimit -n) - 500 ))
+  echo "open files are limited to $(ulimit -n) here: $CONNS connections"
+fi
 run_dir
 cat >"$RUN/sg.yaml" <<YAML
 workers: 1
