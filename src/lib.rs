@@ -122,6 +122,7 @@
 //!   - `proxy::conn`: the connection loop: read a head, run the pipeline, answer;
 //!     between requests a connection parks, holding no buffers.
 //!   - `proxy::verdict`: what a stage decides (`Action`, `Verdict`).
+//!   - `proxy::admit`: the throttles a request or a WebSocket message passes.
 //!   - `proxy::authorize`: the authorizer stage (JWT, request, SigV4).
 //!   - `proxy::pipeline`: the request's stages from dispatch to cache, each settling
 //!     the request or letting it go on.

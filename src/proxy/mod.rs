@@ -1,6 +1,7 @@
 //! The hot path: worker threads, each shard's state, the connection loop and the
 //! request pipeline, and the integrations (`http_proxy`, `lambda`, `aws`).
 
+pub mod admit;
 pub mod authorize;
 pub mod client;
 pub mod conn;

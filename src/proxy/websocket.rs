@@ -745,7 +745,7 @@ async fn message(
         return send(c, shard, Opcode::Text, m.to_string().as_bytes()).await;
     };
     let st = &plan.stages[stage];
-    if !crate::proxy::pipeline::admit(plan, shard, None, stage, route, &st.routes[route], st) {
+    if !crate::proxy::admit::admit(plan, shard, None, stage, route, &st.routes[route], st) {
         log_event(
             plan, shard, stage, base, facts, rid, route_key, 429, bytes, started,
         );
