@@ -511,18 +511,12 @@ fn moto() -> (Proc, String) {
 }
 
 fn aws_cli(endpoint: &str, args: &[&str]) -> Value {
-    let out = Command::new("python3")
-        .arg(format!("{SUPPORT}/aws_setup.py"))
-        .arg(endpoint)
-        .args(args)
-        .output()
-        .expect("python3 aws_setup.py");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    common::json_output(
+        Command::new("python3")
+            .arg(format!("{SUPPORT}/aws_setup.py"))
+            .arg(endpoint)
+            .args(args),
+    )
 }
 
 #[test]

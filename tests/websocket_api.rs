@@ -402,25 +402,19 @@ const CONNECTIONS: &str = concat!(
 
 /// One `apigatewaymanagementapi` call by botocore.
 fn manage(endpoint: &str, secret: &str, args: &[&str]) -> Value {
-    let out = Command::new("timeout")
-        .args([
-            "20",
-            "python3",
-            CONNECTIONS,
-            endpoint,
-            "AKIDCONNECTIONS12345",
-            secret,
-            "us-east-1",
-        ])
-        .args(args)
-        .output()
-        .expect("python3 with botocore");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    common::json_output(
+        Command::new("timeout")
+            .args([
+                "20",
+                "python3",
+                CONNECTIONS,
+                endpoint,
+                "AKIDCONNECTIONS12345",
+                secret,
+                "us-east-1",
+            ])
+            .args(args),
+    )
 }
 
 #[test]

@@ -158,22 +158,7 @@ pub fn compile_stage(
     for (ri, route) in src.routes.iter().enumerate() {
         let Some(route) = route else {
             // Keeps route ids aligned with the router; never matched.
-            routes.push(RoutePlan {
-                key: String::new(),
-                integration: Integration::Mock(MockResponse {
-                    status: 500,
-                    header_lines: Box::default(),
-                    body: Box::default(),
-                }),
-                throttle: None,
-                api_key_required: false,
-                cache: None,
-                auth: None,
-                validate: None,
-                mapping: None,
-                metric_slot: usize::MAX,
-                sig: 0,
-            });
+            routes.push(gateway_route(String::new(), 500, None));
             continue;
         };
         let rpath = format!("{path}.routes[{ri}].integration");
@@ -242,43 +227,13 @@ pub fn compile_stage(
     }
     // A WebSocket API without `$connect`: the handshake is accepted.
     if ws.as_ref().is_some_and(|w| w.connect.is_none()) {
-        routes.push(RoutePlan {
-            key: "$connect".into(),
-            integration: Integration::Mock(MockResponse {
-                status: 200,
-                header_lines: Box::default(),
-                body: Box::default(),
-            }),
-            throttle: None,
-            api_key_required: false,
-            cache: None,
-            auth: None,
-            validate: None,
-            mapping: None,
-            metric_slot: usize::MAX,
-            sig: 0,
-        });
+        routes.push(gateway_route("$connect".into(), 200, None));
     }
     // The `@connections` API's routes (answered by the gateway).
     if ws.as_ref().is_some_and(|w| w.connections.is_some()) {
         for key in crate::compile::websocket::CONNECTIONS_KEYS {
-            let ri = routes.len();
-            routes.push(RoutePlan {
-                key: key.into(),
-                integration: Integration::Mock(MockResponse {
-                    status: 200,
-                    header_lines: Box::default(),
-                    body: Box::default(),
-                }),
-                throttle: None,
-                api_key_required: false,
-                cache: None,
-                auth: route_auth.get(ri).cloned().flatten(),
-                validate: None,
-                mapping: None,
-                metric_slot: usize::MAX,
-                sig: 0,
-            });
+            let auth = route_auth.get(routes.len()).cloned().flatten();
+            routes.push(gateway_route(key.into(), 200, auth));
         }
     }
     let policy = match &stage.resource_policy {
@@ -303,5 +258,30 @@ pub fn compile_stage(
         throttle: stage_throttle,
         cache_bytes,
         ws,
+    }
+}
+
+/// A route the gateway answers itself (a mock integration placeholder): a file
+/// route that did not load, a WebSocket API's added `$connect`, `@connections`.
+fn gateway_route(
+    key: String,
+    status: u16,
+    auth: Option<crate::policy::access::RouteAuth>,
+) -> RoutePlan {
+    RoutePlan {
+        key,
+        integration: Integration::Mock(MockResponse {
+            status,
+            header_lines: Box::default(),
+            body: Box::default(),
+        }),
+        throttle: None,
+        api_key_required: false,
+        cache: None,
+        auth,
+        validate: None,
+        mapping: None,
+        metric_slot: usize::MAX,
+        sig: 0,
     }
 }

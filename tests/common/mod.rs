@@ -653,3 +653,15 @@ pub fn test_ca(
     std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
     (ca_path, cert, key)
 }
+
+/// Runs a helper script and reads the one JSON document it prints (its stderr
+/// shown when it fails).
+pub fn json_output(cmd: &mut Command) -> serde_json::Value {
+    let out = cmd.output().expect("run the helper");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
