@@ -229,7 +229,10 @@ async fn runtime(shard: Rc<Shard>, f: Arc<Function>, tcp: TcpStream, peer: Socke
         let rest = path.strip_prefix(PREFIX).unwrap_or("");
         match (req.method.as_str(), rest) {
             ("GET", "invocation/next") => {
-                let Some(job) = acquire(&shard, &f).await else {
+                f.polling(peer, true);
+                let job = acquire(&shard, &f).await;
+                f.polling(peer, false);
+                let Some(job) = job else {
                     return;
                 };
                 let deadline = Instant::now() + f.spec.timeout;

@@ -264,6 +264,9 @@ struct Shared {
     /// Invocations a runtime took, by request id: its answer may come on any
     /// of its connections, on any worker.
     pending: dashmap::DashMap<String, Pending>,
+    /// The runtime ends of connections waiting in `next` for a job: their
+    /// processes are idle (a timed-out invocation is another's).
+    waiting: dashmap::DashSet<SocketAddr>,
     stop: AtomicBool,
     stats: Arc<FunctionStats>,
     /// Peers whose runtime must be restarted (a timeout), for the supervisor.
@@ -286,6 +289,7 @@ impl Function {
             shared: Arc::new(Shared {
                 spec: spec.clone(),
                 pending: dashmap::DashMap::new(),
+                waiting: dashmap::DashSet::new(),
                 stop: AtomicBool::new(false),
                 stats: Arc::new(FunctionStats::default()),
                 kill: Mutex::new(Vec::new()),
@@ -387,6 +391,15 @@ impl Function {
                 peer,
             },
         );
+    }
+
+    /// A runtime's connection `peer` starts (`true`) or stops waiting in `next`.
+    pub fn polling(&self, peer: SocketAddr, waiting: bool) {
+        if waiting {
+            self.shared.waiting.insert(peer);
+        } else {
+            self.shared.waiting.remove(&peer);
+        }
     }
 
     /// The reply of invocation `id`, if it is still awaited.
@@ -537,15 +550,27 @@ fn supervise(s: &Shared) {
         }
         let kill: Vec<SocketAddr> = std::mem::take(&mut *crate::lock(&s.kill));
         for peer in kill {
-            let holder = slots
+            let children: Vec<&Child> = slots
                 .iter()
                 .filter_map(|slot| slot.child.as_ref())
-                .find(|c| owns_socket(c.id(), peer));
+                .collect();
+            // The process holding the connection the invocation went out on; a
+            // runtime client that closed that connection (curl may) is found as
+            // the one process not waiting in `next`.
+            let holder = children.iter().find(|c| owns_socket(c.id(), peer)).copied();
+            let holder = holder.or_else(|| {
+                let busy: Vec<&Child> = children
+                    .iter()
+                    .filter(|c| !s.waiting.iter().any(|w| owns_socket(c.id(), *w)))
+                    .copied()
+                    .collect();
+                (busy.len() == 1).then(|| busy[0])
+            });
             match holder {
                 Some(c) => kill_group(c),
-                None if !slots.is_empty() => tracing::warn!(
+                None if !children.is_empty() => tracing::warn!(
                     function = %s.spec.name, %peer,
-                    "no runtime process holds the timed-out invocation's connection; none restarted"
+                    "cannot tell which runtime process holds the timed-out invocation; none restarted"
                 ),
                 None => {}
             }
