@@ -427,13 +427,7 @@ impl Lookup for Answered<'_> {
         matches!(name, "requestId" | "extendedRequestId").then(|| self.request_id.to_owned())
     }
     fn response_header(&self, name: &str) -> Option<String> {
-        let vals: Vec<&str> = self
-            .headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect();
-        (!vals.is_empty()).then(|| vals.join(","))
+        crate::upstream::mapping::joined_header(self.headers, name)
     }
     fn response_body(&self) -> Option<&[u8]> {
         self.body

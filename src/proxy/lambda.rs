@@ -45,13 +45,7 @@ pub struct Request<'a> {
 
 impl Request<'_> {
     fn header_joined(&self, name: &str) -> Option<String> {
-        let vals: Vec<&str> = self
-            .headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect();
-        (!vals.is_empty()).then(|| vals.join(","))
+        crate::upstream::mapping::joined_header(&self.headers, name)
     }
 
     fn query_pairs(&self) -> Vec<(String, String)> {

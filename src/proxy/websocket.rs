@@ -62,7 +62,6 @@ pub fn opening(s: &Seen<'_, '_>) -> Result<Opening, GatewayError> {
             None,
         ));
     };
-    let req = crate::proxy::invoke::request_of(s, s.head.query);
     let now = crate::clock::unix_ms();
     let mut ctx = Map::new();
     ctx.insert("messageDirection".into(), "IN".into());
@@ -71,7 +70,12 @@ pub fn opening(s: &Seen<'_, '_>) -> Result<Opening, GatewayError> {
     ctx.insert("stage".into(), s.stage.stage.as_str().into());
     ctx.insert(
         "domainName".into(),
-        req.context("domainName").unwrap_or_default().into(),
+        header("host")
+            .unwrap_or_default()
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .into(),
     );
     ctx.insert("apiId".into(), s.stage.api.as_str().into());
     ctx.insert(

@@ -57,6 +57,17 @@ pub trait Lookup {
     }
 }
 
+/// The values of header `name` in `(name, value)` pairs, comma-joined (what
+/// `$request.header.x` and `$response.header.x` read).
+pub fn joined_header(headers: &[(String, String)], name: &str) -> Option<String> {
+    let vals: Vec<&str> = headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    (!vals.is_empty()).then(|| vals.join(","))
+}
+
 /// The 100 KB of a body that JSON paths read (AWS truncates there).
 const BODY_LIMIT: usize = 100 * 1024;
 
