@@ -151,6 +151,8 @@
 //!     - `control::registry::shared`: adopting the definitions Redis holds.
 //!   - `control::cluster`: cluster mode's sync thread (changes from other nodes,
 //!     heartbeats, `GET /cluster`).
+//!   - `control::relay`: cluster mode's `@connections` relay: calls for another
+//!     node's WebSocket connections, and their answers, through Redis.
 //!   - `control::deploy`: deployments and the stages pointed at them.
 //!   - `control::reload`: hot reload: compile again, carry state over, hand workers
 //!     the new plan.

@@ -353,6 +353,7 @@ fn run(
             cluster_from,
         );
         shardgate::control::cluster::start_tokens(Arc::clone(s), Arc::clone(&control));
+        shardgate::control::relay::start(Arc::clone(s));
     }
     shardgate::control::reload::watch(Arc::clone(&control));
     // Config loaded, listeners bound, workers running: `/readyz` says so.

@@ -1045,3 +1045,111 @@ fn admitted_for(addrs: &[SocketAddr], path: &str, key: Option<&str>, secs: f64) 
         started.elapsed().as_secs_f64(),
     )
 }
+
+#[test]
+fn connections_calls_on_any_node_reach_the_node_holding_the_connection() {
+    use common::ws::{close_code, handshake_with, manage, read_frame};
+    let redis = Redis::start();
+    let be = common::Upstream::start(|_| common::Reply::ok(""));
+    let yaml = format!(
+        "workers: 2
+listeners: [ {{ name: public, bind: \"127.0.0.1:0\" }} ]
+store:
+  redis: {{ url: \"redis://127.0.0.1:{}/0\", key_prefix: \"sgws:\" }}
+apis:
+  - name: chat
+    type: websocket
+    connections_authorizer: machines
+    authorizers:
+      - name: machines
+        type: sigv4
+        region: us-east-1
+        access_keys:
+          - {{ id: AKIDCONNECTIONS12345, secret: conn-secret-0123456789, allow: [\"chat/prod/*/@connections/*\"] }}
+    routes:
+      - route: $connect
+        integration: {{ type: http_proxy, uri: \"{be}/connect\" }}
+      - route: $disconnect
+        integration: {{ type: http_proxy, uri: \"{be}/disconnect\" }}
+    stages: [ {{ name: prod }} ]
+",
+        redis.port,
+        be = be.url()
+    );
+    let a = Gateway::start(&yaml);
+    let b = Gateway::start(&yaml);
+    let (mut client, status) = handshake_with(a.addr, "/prod", "");
+    assert_eq!(status, 101);
+    let connected = || -> Vec<String> {
+        be.seen()
+            .iter()
+            .filter(|r| r.target == "/connect")
+            .filter_map(|r| {
+                serde_json::from_slice::<serde_json::Value>(&r.body).ok()?["requestContext"]
+                    ["connectionId"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .collect()
+    };
+    let id = connected().pop().expect("the $connect event");
+    let secret = "conn-secret-0123456789";
+    let on_b = format!("http://{}/prod", b.addr);
+    let on_a = format!("http://{}/prod", a.addr);
+    // Posts through B reach the client on A, in order.
+    for i in 0..5 {
+        let r = manage(&on_b, secret, &["post", &id, &format!("via b {i}")]);
+        assert_eq!(r["status"], 200, "{r}\nlog of b:\n{}", b.log());
+        assert_eq!(
+            read_frame(&mut client),
+            Some((1, format!("via b {i}").into_bytes()))
+        );
+    }
+    let r = manage(&on_b, secret, &["get", &id]);
+    assert_eq!(r["status"], 200, "{r}");
+    assert_eq!(r["body"]["identity"]["SourceIp"], "127.0.0.1");
+    // An id of no node is gone at once; so is one of this stage's ids on another stage.
+    let r = manage(&on_b, secret, &["post", "AAAAAAAAAAAAAAAAAAAAAAAAAAA", "x"]);
+    assert_eq!(
+        (r["status"].as_u64(), r["error"].as_str()),
+        (Some(410), Some("GoneException"))
+    );
+    // DELETE through B closes it on A; then it is gone on both nodes.
+    let r = manage(&on_b, secret, &["delete", &id]);
+    assert_eq!(r["status"], 204, "{r}");
+    assert_eq!(close_code(&mut client), 1000);
+    for endpoint in [&on_b, &on_a] {
+        assert!(
+            wait_until(Duration::from_secs(3), || manage(
+                endpoint,
+                secret,
+                &["post", &id, "x"]
+            )["status"]
+                == 410),
+            "{endpoint}"
+        );
+    }
+    // The relay survives Redis going away and coming back.
+    let mut redis = redis;
+    redis.restart();
+    let (mut again, status) = handshake_with(a.addr, "/prod", "x-again: 1\r\n");
+    assert_eq!(status, 101);
+    let id2 = connected()
+        .into_iter()
+        .find(|i| *i != id)
+        .expect("a second $connect event");
+    assert!(
+        wait_until(Duration::from_secs(10), || manage(
+            &on_b,
+            secret,
+            &["post", &id2, "after the restart"]
+        )["status"]
+            == 200),
+        "log of b:\n{}",
+        b.log()
+    );
+    assert_eq!(
+        read_frame(&mut again),
+        Some((1, b"after the restart".to_vec()))
+    );
+}

@@ -8,5 +8,6 @@ pub mod cluster;
 pub mod deploy;
 pub mod redis;
 pub mod registry;
+pub mod relay;
 pub mod reload;
 pub mod store;

@@ -253,6 +253,22 @@ impl Shared {
         Ok(c)
     }
 
+    /// A connection of its own for a thread that publishes a lot (the
+    /// `@connections` relay): standalone, on the server subscribers use, so a
+    /// PUBLISH's count is every node's subscribers even on a Redis Cluster.
+    pub fn publisher(&self) -> anyhow::Result<redis::Connection> {
+        let c = self.subscriber.get_connection_with_timeout(TIMEOUT)?;
+        c.set_read_timeout(Some(TIMEOUT))?;
+        c.set_write_timeout(Some(TIMEOUT))?;
+        Ok(c)
+    }
+
+    /// Where the `@connections` relay of the node tagged `tag` takes calls
+    /// (`calls`) or answers (`answers`).
+    pub fn relay_channel(&self, tag: &str, answers: bool) -> String {
+        self.key(&format!("{}:{tag}", if answers { "wsr" } else { "ws" }))
+    }
+
     pub fn changes_channel(&self) -> String {
         self.key("changes")
     }

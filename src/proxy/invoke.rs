@@ -367,6 +367,9 @@ pub async fn local(
             tracing::warn!(function = %f.spec.name, reason = why, "invocation lost");
             Err(GatewayError::FunctionFailed(why))
         }
+        Some(Outcome::Answer(..)) => {
+            Err(GatewayError::FunctionFailed("not an invocation's outcome"))
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 
@@ -20,7 +20,8 @@ use crate::plan::{Integration, LambdaTarget, Plan, WsStage};
 use crate::proxy::client::{refuse, Client};
 use crate::proxy::invoke::Seen;
 use crate::proxy::shard::Shard;
-use crate::upstream::connections::{Command, Entry, Registered, CONNECTIONS};
+use crate::upstream::connections::{self, Command, Entry, Registered, CONNECTIONS};
+use crate::upstream::inbox::Outcome;
 use crate::upstream::mapping::Lookup;
 
 /// The most an HTTP integration of a WebSocket route may answer.
@@ -65,7 +66,7 @@ pub fn opening(s: &Seen<'_, '_>) -> Result<Opening, GatewayError> {
     let now = crate::clock::unix_ms();
     let mut ctx = Map::new();
     ctx.insert("messageDirection".into(), "IN".into());
-    ctx.insert("connectionId".into(), connection_id().into());
+    ctx.insert("connectionId".into(), connections::new_id().into());
     ctx.insert("connectedAt".into(), now.into());
     ctx.insert("stage".into(), s.stage.stage.as_str().into());
     ctx.insert(
@@ -129,17 +130,6 @@ pub fn opening(s: &Seen<'_, '_>) -> Result<Opening, GatewayError> {
         context: ctx,
         connect_event: Value::Object(e).to_string().into_bytes(),
     })
-}
-
-/// An unguessable connection id, unique across workers and nodes (96 random
-/// bits, URL-safe base64: it goes into `@connections` paths).
-fn connection_id() -> String {
-    use base64::Engine;
-    let mut b = [0u8; 12];
-    if getrandom::fill(&mut b).is_err() {
-        b[..8].copy_from_slice(&crate::clock::unix_ns().to_le_bytes());
-    }
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
 }
 
 /// An event of the connection: its `requestContext` with this event's fields.
@@ -401,14 +391,19 @@ pub struct ConnectionsCall {
 /// AWS's `PostToConnection` limit.
 const MAX_POST: usize = 128 * 1024;
 
+/// How long an `@connections` call for another node's connection waits for
+/// that node's answer.
+const REMOTE_WAIT: Duration = Duration::from_secs(3);
+
 /// Answers an `@connections` call: sends to, describes or closes a connection
-/// of this stage held by any worker; 410 `GoneException` when there is none.
-pub fn manage(
+/// of this stage held by any worker, or by another node in cluster mode; 410
+/// `GoneException` when there is none.
+pub async fn manage(
     shard: &Shard,
     stage: &crate::plan::StagePlan,
     call: &ConnectionsCall,
 ) -> Result<crate::proxy::lambda::Answer, GatewayError> {
-    let r = connections_call(shard, stage, call);
+    let r = connections_call(shard, stage, call).await;
     if let Some(m) = shard.metrics.worker.get(shard.id) {
         match &r {
             Ok(_) => m.connections_ok.add(1),
@@ -419,74 +414,86 @@ pub fn manage(
     r
 }
 
-fn connections_call(
+async fn connections_call(
     shard: &Shard,
     stage: &crate::plan::StagePlan,
     call: &ConnectionsCall,
 ) -> Result<crate::proxy::lambda::Answer, GatewayError> {
     let gone = || GatewayError::detailed(410, "message", "", Some("GoneException"));
-    let entry = CONNECTIONS
-        .get(&call.id)
-        .map(|e| Arc::clone(&e))
-        .filter(|e| e.api == stage.api && e.stage == stage.stage)
-        .ok_or_else(gone)?;
-    let deliver = |cmd: Command| {
-        let local = shard
-            .calls
-            .as_ref()
-            .is_some_and(|c| Arc::ptr_eq(&c.inbox, &entry.inbox));
-        if local {
-            shard.mailboxes.post(entry.local, cmd);
-        } else {
-            entry.inbox.command(entry.local, cmd);
+    let op = match call.kind {
+        0 if call.data.len() > MAX_POST => {
+            return Err(GatewayError::detailed(
+                413,
+                "message",
+                "Message too long",
+                Some("PayloadTooLargeException"),
+            ))
         }
+        0 => connections::Op::Post(call.data.clone()),
+        1 => connections::Op::Get,
+        _ => connections::Op::Delete,
     };
-    let answer = |status, body: Vec<u8>| crate::proxy::lambda::Answer {
+    let (status, body) = match connections::tag_of(&call.id) {
+        Some(tag) if tag != *connections::NODE_TAG => {
+            remote(shard, stage, call, tag, op).await.ok_or_else(gone)?
+        }
+        _ => connections::carry_out(&stage.api, &stage.stage, &call.id, op, |entry, cmd| {
+            let local = shard
+                .calls
+                .as_ref()
+                .is_some_and(|c| Arc::ptr_eq(&c.inbox, &entry.inbox));
+            if local {
+                shard.mailboxes.post(entry.local, cmd);
+            } else {
+                entry.inbox.command(entry.local, cmd);
+            }
+        })
+        .ok_or_else(gone)?,
+    };
+    if status == 410 {
+        return Err(gone());
+    }
+    Ok(crate::proxy::lambda::Answer {
         status,
         headers: vec![("content-type".into(), "application/json".into())],
         body,
-    };
-    match call.kind {
-        0 if call.data.len() > MAX_POST => Err(GatewayError::detailed(
-            413,
-            "message",
-            "Message too long",
-            Some("PayloadTooLargeException"),
-        )),
-        0 => {
-            deliver(Command::Send(call.data.clone()));
-            Ok(answer(200, Vec::new()))
-        }
-        1 => {
-            let last = entry
-                .last_active_ms
-                .load(std::sync::atomic::Ordering::Relaxed);
-            let body = json!({
-                "connectedAt": iso8601(entry.connected_at_ms),
-                "identity": { "sourceIp": entry.source_ip, "userAgent": entry.user_agent },
-                "lastActiveAt": iso8601(last),
-            });
-            Ok(answer(200, body.to_string().into_bytes()))
-        }
-        _ => {
-            deliver(Command::Close);
-            Ok(answer(204, Vec::new()))
-        }
-    }
+    })
 }
 
-/// `2024-01-20T11:54:57.419Z`.
-fn iso8601(ms: u64) -> String {
-    let s = ms / 1000;
-    let (y, mo, d) = crate::clock::civil_from_days((s / 86_400) as i64);
-    let t = s % 86_400;
-    format!(
-        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        t / 3600,
-        t / 60 % 60,
-        t % 60,
-        ms % 1000
-    )
+/// A call for a connection of the node tagged `tag`, through the cluster relay
+/// (`None`: no relay, or no node answered in time: the connection is gone).
+async fn remote(
+    shard: &Shard,
+    stage: &crate::plan::StagePlan,
+    call: &ConnectionsCall,
+    tag: [u8; 3],
+    op: connections::Op,
+) -> Option<(u16, Vec<u8>)> {
+    let relay = connections::RELAY.get()?;
+    let calls = shard.calls.as_ref()?;
+    let (reply, token) = calls.reply();
+    let sent = relay.try_send(connections::Remote {
+        tag,
+        api: stage.api.clone(),
+        stage: stage.stage.clone(),
+        id: call.id.clone(),
+        op,
+        reply,
+    });
+    if let Err(e) = sent {
+        // The relay is behind or gone: the reply, dropped with the call, is
+        // not waited for.
+        drop(e);
+        calls.cancel(token);
+        tracing::warn!(
+            "@connections relay unavailable; a call for another node's connection failed"
+        );
+        return None;
+    }
+    match calls.wait(token, REMOTE_WAIT).await {
+        Some(Outcome::Answer(status, body)) => Some((status, body)),
+        _ => None,
+    }
 }
 
 fn entry_id(context: &Map<String, Value>) -> &str {
@@ -733,7 +740,7 @@ async fn message(
         .get("connectionId")
         .and_then(Value::as_str)
         .unwrap_or("");
-    let message_id = connection_id();
+    let message_id = connections::new_id();
     let facts = crate::observe::accesslog::WsFacts {
         connection_id: connection.into(),
         event_type: "MESSAGE",

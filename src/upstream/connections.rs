@@ -4,15 +4,132 @@
 //! the connections it holds. A call landing on any worker reaches the holder
 //! through the holder's inbox (no lock on the request path: a `DashMap` lookup
 //! and a channel send).
+//!
+//! Across nodes (cluster mode): a connection id starts with its node's tag
+//! (`NODE_TAG`, random per process); a call for another node's connection goes
+//! to the cluster relay (`RELAY`, a control-plane thread that carries it through
+//! Redis to the node subscribed under that tag) and its answer comes back to the
+//! calling worker's inbox.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::task::Waker;
 
+use base64::Engine;
+
+use crate::upstream::function::Reply;
 pub use crate::upstream::inbox::Command;
 use crate::upstream::inbox::Inbox;
+
+/// This process's tag, the first three bytes of each of its connection ids.
+pub static NODE_TAG: LazyLock<[u8; 3]> = LazyLock::new(|| {
+    let mut t = [0u8; 3];
+    if getrandom::fill(&mut t).is_err() {
+        t.copy_from_slice(&crate::clock::unix_ns().to_le_bytes()[..3]);
+    }
+    t
+});
+
+/// An unguessable connection id, unique across workers and nodes: this node's
+/// tag and 96 random bits, URL-safe base64 (it goes into `@connections` paths).
+pub fn new_id() -> String {
+    let mut b = [0u8; 15];
+    b[..3].copy_from_slice(&*NODE_TAG);
+    if getrandom::fill(&mut b[3..]).is_err() {
+        b[3..11].copy_from_slice(&crate::clock::unix_ns().to_le_bytes());
+    }
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+/// The node tag a connection id names (`None`: not an id of ours).
+pub fn tag_of(id: &str) -> Option<[u8; 3]> {
+    let head = id.get(..4)?;
+    let b = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(head)
+        .ok()?;
+    b.try_into().ok()
+}
+
+/// A tag as the relay's channel names it.
+pub fn tag_hex(t: &[u8; 3]) -> String {
+    t.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What `@connections` asks of a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// `PostToConnection`: send this message.
+    Post(Vec<u8>),
+    /// `GetConnection`.
+    Get,
+    /// `DeleteConnection`.
+    Delete,
+}
+
+/// A call for a connection another node holds, for the cluster relay.
+pub struct Remote {
+    pub tag: [u8; 3],
+    pub api: String,
+    pub stage: String,
+    pub id: String,
+    pub op: Op,
+    /// Where the answer goes (`Outcome::Answer`).
+    pub reply: Reply,
+}
+
+/// The cluster relay's queue (set once, in cluster mode).
+pub static RELAY: OnceLock<crossbeam_channel::Sender<Remote>> = OnceLock::new();
+
+/// Carries out a call for a connection of this process: its status and JSON
+/// body, `None` when the stage has no such connection (`GoneException`).
+/// `deliver` hands a command to the holding worker.
+pub fn carry_out(
+    api: &str,
+    stage: &str,
+    id: &str,
+    op: Op,
+    deliver: impl FnOnce(&Entry, Command),
+) -> Option<(u16, Vec<u8>)> {
+    let entry = CONNECTIONS
+        .get(id)
+        .map(|e| Arc::clone(&e))
+        .filter(|e| e.api == api && e.stage == stage)?;
+    Some(match op {
+        Op::Post(data) => {
+            deliver(&entry, Command::Send(data));
+            (200, Vec::new())
+        }
+        Op::Get => {
+            let last = entry.last_active_ms.load(Ordering::Relaxed);
+            let body = serde_json::json!({
+                "connectedAt": iso8601(entry.connected_at_ms),
+                "identity": { "sourceIp": entry.source_ip, "userAgent": entry.user_agent },
+                "lastActiveAt": iso8601(last),
+            });
+            (200, body.to_string().into_bytes())
+        }
+        Op::Delete => {
+            deliver(&entry, Command::Close);
+            (204, Vec::new())
+        }
+    })
+}
+
+/// `2024-01-20T11:54:57.419Z`.
+fn iso8601(ms: u64) -> String {
+    let s = ms / 1000;
+    let (y, mo, d) = crate::clock::civil_from_days((s / 86_400) as i64);
+    let t = s % 86_400;
+    format!(
+        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t / 3600,
+        t / 60 % 60,
+        t % 60,
+        ms % 1000
+    )
+}
 
 /// One open connection.
 pub struct Entry {

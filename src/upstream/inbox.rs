@@ -20,6 +20,8 @@ pub enum Outcome {
     /// The invocation could not be run (the function stopped; its runtime died
     /// with it in hand).
     Lost(&'static str),
+    /// Another node's answer to an `@connections` call: status and JSON body.
+    Answer(u16, Vec<u8>),
 }
 
 /// What `@connections` may ask of a WebSocket connection.

@@ -6,6 +6,8 @@
 #![allow(clippy::disallowed_types)]
 #![allow(dead_code)]
 
+pub mod ws;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
