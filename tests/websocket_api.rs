@@ -10,7 +10,9 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::ws::{close_code, frame, handshake, handshake_with, manage, read_frame};
+use common::ws::{
+    close_code, frame, handshake, handshake_head, handshake_with, manage, read_frame,
+};
 use common::{config, wait_until, Gateway, Reply, Upstream};
 use serde_json::Value;
 
@@ -144,6 +146,15 @@ fn connect_refusals_and_no_default_route() {
         if s.target == "/connect" && s.body.windows(6).any(|w| w == b"banned") {
             r.status = 403;
         }
+        // A subprotocol chosen by $connect's integration (AWS's way).
+        if s.body.windows(7).any(|w| w == b"chat.v1") {
+            r.headers
+                .push(("Sec-WebSocket-Protocol".into(), "chat.v1".into()));
+        }
+        if s.body.windows(7).any(|w| w == b"want-v9") {
+            r.headers
+                .push(("Sec-WebSocket-Protocol".into(), "chat.v9".into()));
+        }
         r
     });
     let yaml = config(&format!(
@@ -162,6 +173,21 @@ fn connect_refusals_and_no_default_route() {
     ));
     let gw = Gateway::start(&yaml);
     let url = format!("ws://{}/prod", gw.addr);
+    // The subprotocol $connect's integration picks from the client's offer is
+    // named in the 101; one the client did not offer is not.
+    let (_, status, head) = handshake_head(
+        gw.addr,
+        "/prod",
+        "sec-websocket-protocol: chat.v2, chat.v1\r\n",
+    );
+    assert_eq!(status, 101);
+    assert!(
+        head.contains("\r\nsec-websocket-protocol: chat.v1\r\n"),
+        "{head}"
+    );
+    let (_, status, head) = handshake_head(gw.addr, "/prod", "x-client: want-v9\r\n");
+    assert_eq!(status, 101);
+    assert!(!head.contains("sec-websocket-protocol"), "{head}");
     // $connect's integration refuses: the handshake gets its status.
     let out = chat(&url, &["x", "y"], &["x-user:banned"]);
     assert_eq!(out[0]["refused"], 403);

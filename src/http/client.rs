@@ -281,8 +281,17 @@ pub fn body_of(raw: &[u8], max: usize) -> Result<Vec<u8>, String> {
 
 /// The status and body of a complete response read to its close.
 pub fn response_of(raw: &[u8], max: usize) -> Result<(u16, Vec<u8>), String> {
+    let (status, _, body) = response_with_headers(raw, max)?;
+    Ok((status, body))
+}
+
+/// `response_of` with the response's header fields (names lowercased).
+pub fn response_with_headers(raw: &[u8], max: usize) -> Result<Answered, String> {
     message(raw, true, max)?.ok_or_else(|| "incomplete response".into())
 }
+
+/// A whole response: status, header fields (names lowercased), body.
+pub type Answered = (u16, Vec<(String, String)>, Vec<u8>);
 
 /// Whether `buf` holds a whole response (head and body as framed), so the reader
 /// can stop without waiting for the close.
@@ -294,13 +303,25 @@ pub fn complete(buf: &[u8]) -> bool {
 /// the same framing rules as upstream responses): `(status, body)`, or `None`
 /// while more is to come. `closed`: the peer has closed, so a body delimited by
 /// the close ends here and anything short is an error.
-fn message(raw: &[u8], closed: bool, max: usize) -> Result<Option<(u16, Vec<u8>)>, String> {
+fn message(raw: &[u8], closed: bool, max: usize) -> Result<Option<Answered>, String> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let head = match parse_response(raw, &mut headers, false).map_err(|e| e.to_string())? {
-        Some((head, _)) => head,
-        None if closed => return Err("incomplete response head".into()),
-        None => return Ok(None),
-    };
+    let (head, fields) =
+        match parse_response(raw, &mut headers, false).map_err(|e| e.to_string())? {
+            Some((head, fields)) => (
+                head,
+                fields
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.name.to_ascii_lowercase(),
+                            String::from_utf8_lossy(h.value).into_owned(),
+                        )
+                    })
+                    .collect(),
+            ),
+            None if closed => return Err("incomplete response head".into()),
+            None => return Ok(None),
+        };
     let rest = &raw[head.head_len..];
     let body = match head.framing {
         Framing::None => Vec::new(),
@@ -320,7 +341,7 @@ fn message(raw: &[u8], closed: bool, max: usize) -> Result<Option<(u16, Vec<u8>)
     if body.len() > max {
         return Err(format!("body larger than {max} bytes"));
     }
-    Ok(Some((head.status, body)))
+    Ok(Some((head.status, fields, body)))
 }
 
 /// Decodes a whole chunked body; `None` while it is cut short.

@@ -303,7 +303,7 @@ impl RequestAuthorizer {
     }
 
     async fn exchange(&self, dial: &Dial<'_>, payload: &[u8]) -> Result<Decision, &'static str> {
-        let (status, body) = crate::upstream::connect::post(
+        let (status, _, body) = crate::upstream::connect::post(
             dial,
             &self.endpoint,
             &self.request_target,

@@ -31,6 +31,8 @@ const MAX_ANSWER: usize = 1 << 20;
 #[derive(Debug)]
 pub struct Opening {
     accept: String,
+    /// The subprotocols the client offered (`Sec-WebSocket-Protocol`).
+    offered: Vec<String>,
     /// Fields every event of the connection carries (`requestContext`'s).
     context: Map<String, Value>,
     /// The `$connect` event.
@@ -125,8 +127,17 @@ pub fn opening(s: &Seen<'_, '_>) -> Result<Opening, GatewayError> {
         e.insert("queryStringParameters".into(), Value::Object(q));
         e.insert("multiValueQueryStringParameters".into(), Value::Object(qm));
     }
+    let offered = s
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-protocol"))
+        .flat_map(|h| crate::http::parse::tokens(h.value))
+        .filter(|p| !p.is_empty())
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .collect();
     Ok(Opening {
         accept: ws::accept_key(key.trim().as_bytes()),
+        offered,
         context: ctx,
         connect_event: Value::Object(e).to_string().into_bytes(),
     })
@@ -166,9 +177,18 @@ async fn call(
     route: RouteId,
     event: Vec<u8>,
     request_id: String,
-) -> Result<(u16, Vec<u8>), GatewayError> {
+) -> Result<crate::http::client::Answered, GatewayError> {
     match &plan.stages[stage].routes[route].integration {
-        Integration::Mock(m) => Ok((m.status, m.body.to_vec())),
+        Integration::Mock(m) => {
+            let headers = String::from_utf8_lossy(&m.header_lines)
+                .lines()
+                .filter_map(|l| {
+                    let (n, v) = l.split_once(':')?;
+                    Some((n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+                })
+                .collect();
+            Ok((m.status, headers, m.body.to_vec()))
+        }
         Integration::HttpProxy(t) => {
             let Some(ep) = t.fixed() else {
                 return Err(GatewayError::UpstreamFailed("no fixed endpoint"));
@@ -214,7 +234,7 @@ async fn call(
                     .get(*fi)
                     .ok_or(GatewayError::FunctionFailed("no such function"))?;
                 let a = crate::proxy::invoke::local(shard, f, l, event, request_id).await?;
-                Ok((a.status, a.body))
+                Ok((a.status, a.headers, a.body))
             }
             LambdaTarget::Remote { .. } => Err(GatewayError::FunctionFailed(
                 "functions in AWS are not WebSocket integrations yet",
@@ -223,6 +243,24 @@ async fn call(
         Integration::Aws(_) => Err(GatewayError::UpstreamFailed(
             "AWS service integrations are not WebSocket integrations",
         )),
+    }
+}
+
+/// The subprotocol `$connect`'s integration chose (its `Sec-WebSocket-Protocol`
+/// answer header), when the client offered it: AWS's way to accept one.
+fn chosen_protocol(offered: &[String], headers: &[(String, String)]) -> Option<String> {
+    let (_, chosen) = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("sec-websocket-protocol"))?;
+    let chosen = chosen.trim();
+    if offered.iter().any(|p| p == chosen) {
+        Some(chosen.to_owned())
+    } else {
+        tracing::warn!(
+            protocol = chosen,
+            "$connect chose a subprotocol the client did not offer; none is named"
+        );
+        None
     }
 }
 
@@ -241,27 +279,36 @@ pub async fn open(
     let request_id = String::from_utf8_lossy(&tag.id).into_owned();
     let Opening {
         accept,
+        offered,
         context,
         connect_event,
     } = *o;
     let started = Instant::now();
-    let connect_status = match call(plan, shard, stage, route, connect_event, request_id).await {
-        Ok((status, _)) if (200..300).contains(&status) => status,
-        Ok((status, _)) => {
-            let reason = String::from_utf8_lossy(crate::http::respond::reason(status)).into_owned();
-            let err = GatewayError::detailed(status, "message", &reason, None);
-            refuse(c, shard, err, tag, Persist::Close, false).await;
-            return false;
-        }
-        Err(err) => {
-            tracing::warn!(%err, "$connect failed");
-            refuse(c, shard, err, tag, Persist::Close, false).await;
-            return false;
-        }
-    };
+    let (connect_status, protocol) =
+        match call(plan, shard, stage, route, connect_event, request_id).await {
+            Ok((status, headers, _)) if (200..300).contains(&status) => {
+                (status, chosen_protocol(&offered, &headers))
+            }
+            Ok((status, _, _)) => {
+                let reason =
+                    String::from_utf8_lossy(crate::http::respond::reason(status)).into_owned();
+                let err = GatewayError::detailed(status, "message", &reason, None);
+                refuse(c, shard, err, tag, Persist::Close, false).await;
+                return false;
+            }
+            Err(err) => {
+                tracing::warn!(%err, "$connect failed");
+                refuse(c, shard, err, tag, Persist::Close, false).await;
+                return false;
+            }
+        };
     c.out.clear();
     c.out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: ");
     c.out.extend_from_slice(accept.as_bytes());
+    if let Some(p) = &protocol {
+        c.out.extend_from_slice(b"\r\nsec-websocket-protocol: ");
+        c.out.extend_from_slice(p.as_bytes());
+    }
     c.out.extend_from_slice(b"\r\napigw-requestid: ");
     c.out.extend_from_slice(&tag.id);
     c.out.extend_from_slice(b"\r\n\r\n");
@@ -349,7 +396,7 @@ pub async fn open(
         let started = Instant::now();
         let event = Value::Object(e).to_string().into_bytes();
         let status = match call(plan, shard, stage, d, event, id).await {
-            Ok((s, _)) => s,
+            Ok((s, _, _)) => s,
             Err(err) => {
                 tracing::debug!(%err, "$disconnect failed");
                 err.refusal().status
@@ -780,14 +827,14 @@ async fn message(
     )
     .await;
     let status = match &answered {
-        Ok((s, _)) => *s,
+        Ok((s, _, _)) => *s,
         Err(e) => e.refusal().status,
     };
     log_event(
         plan, shard, stage, base, facts, rid, route_key, status, bytes, started,
     );
     match answered {
-        Ok((_, body)) if w.route_response.get(route).copied().unwrap_or(false) => {
+        Ok((_, _, body)) if w.route_response.get(route).copied().unwrap_or(false) => {
             body.is_empty() || send(c, shard, Opcode::Text, &body).await
         }
         Ok(_) => true,

@@ -64,7 +64,8 @@ pub async fn connect(dial: &Dial<'_>, target: &Endpoint) -> Result<UpConn, Gatew
 }
 
 /// One `POST` of `body` to `target` on a new connection (`connection: close`):
-/// the answer's status and body (at most `max` bytes), or why there is none.
+/// the answer's status, header fields and body (at most `max` bytes), or why
+/// there is none.
 pub async fn post(
     dial: &Dial<'_>,
     to: &Endpoint,
@@ -72,7 +73,7 @@ pub async fn post(
     content_type: &str,
     body: &[u8],
     max: usize,
-) -> Result<(u16, Vec<u8>), &'static str> {
+) -> Result<crate::http::client::Answered, &'static str> {
     let mut up = connect(dial, to).await.map_err(|_| "cannot connect")?;
     let mut out = Vec::with_capacity(256 + body.len());
     crate::http::client::request_head(
@@ -101,7 +102,7 @@ pub async fn post(
             Err(_) => return Err("closed without answering"),
         }
     }
-    crate::http::client::response_of(&buf, max).map_err(|e| {
+    crate::http::client::response_with_headers(&buf, max).map_err(|e| {
         tracing::warn!(upstream = %to.addr, error = %e, "bad answer");
         "bad answer"
     })

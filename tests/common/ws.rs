@@ -15,6 +15,12 @@ pub fn handshake(addr: SocketAddr, path: &str) -> (TcpStream, u16) {
 
 /// A handshake with more header lines (each ending in CRLF).
 pub fn handshake_with(addr: SocketAddr, path: &str, extra: &str) -> (TcpStream, u16) {
+    let (s, status, _) = handshake_head(addr, path, extra);
+    (s, status)
+}
+
+/// `handshake_with`, and the response head as text.
+pub fn handshake_head(addr: SocketAddr, path: &str, extra: &str) -> (TcpStream, u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     write!(
@@ -42,7 +48,7 @@ pub fn handshake_with(addr: SocketAddr, path: &str, extra: &str) -> (TcpStream, 
             "{text}"
         );
     }
-    (s, status)
+    (s, status, text)
 }
 
 /// A client frame (masked unless `unmasked`).
