@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -483,6 +483,48 @@ fn the_invoke_api_is_signed_for_botocore() {
     assert!(wait_until(Duration::from_secs(2), || gw
         .log()
         .contains("the Lambda Invoke API refused")));
+}
+
+#[test]
+fn a_websocket_route_invokes_a_function_in_aws() {
+    use common::ws::{frame, handshake, read_frame};
+    let mut srv = Command::new("python3")
+        .arg(format!("{SUPPORT}/lambda_invoke_server.py"))
+        .args(["AKIDTEST", "secret/key+1", "eu-west-1"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 with botocore");
+    let mut line = String::new();
+    BufReader::new(srv.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _srv = Proc(srv);
+    let port: u16 = line.trim().parse().expect("the server's port");
+    let arn = "arn:aws:lambda:eu-west-1:123456789012:function:live";
+    let yaml = config(&format!(
+        "apis:
+  - name: live
+    type: websocket
+    routes:
+      - route: $connect
+        integration: {{ type: lambda, function_arn: \"{arn}\", endpoint: \"http://127.0.0.1:{port}\", credentials: {{ access_key_id: AKIDTEST, secret_access_key: secret/key+1 }} }}
+      - route: $default
+        route_response: true
+        integration: {{ type: lambda, function_arn: \"{arn}\", endpoint: \"http://127.0.0.1:{port}\", credentials: {{ access_key_id: AKIDTEST, secret_access_key: secret/key+1 }} }}
+    stages: [ {{ name: prod }} ]
+"
+    ));
+    let gw = Gateway::start(&yaml);
+    let (mut s, status) = handshake(gw.addr, "/prod");
+    assert_eq!(status, 101, "{}", gw.log());
+    s.write_all(&frame(true, 1, b"hello aws", false)).unwrap();
+    let (op, answer) = read_frame(&mut s).expect("the route response");
+    assert_eq!(op, 1);
+    let v: Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"eventType": "MESSAGE", "routeKey": "$default", "body": "hello aws", "signed": true})
+    );
 }
 
 /// moto's server on a free port, killed on drop.

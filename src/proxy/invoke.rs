@@ -186,39 +186,7 @@ pub async fn invoke(
                 None => Err(GatewayError::FunctionFailed("no such function")),
             },
             LambdaTarget::Remote { endpoint, path } => {
-                let headers = [
-                    ("content-type".to_owned(), "application/json".to_owned()),
-                    (
-                        "x-amz-invocation-type".to_owned(),
-                        "RequestResponse".to_owned(),
-                    ),
-                ];
-                match crate::upstream::aws::call(
-                    &shard.dial(),
-                    endpoint,
-                    path,
-                    &headers,
-                    &inv.payload,
-                    l.timeout,
-                )
-                .await
-                {
-                    Ok(ans) if ans.header("x-amz-function-error").is_some() => {
-                        tracing::warn!(path = %path, error = %String::from_utf8_lossy(&ans.body), "function error (Lambda Invoke API)");
-                        Err(GatewayError::FunctionFailed("function error"))
-                    }
-                    Ok(ans) if ans.status != 200 => {
-                        tracing::warn!(path = %path, status = ans.status, answer = %String::from_utf8_lossy(&ans.body), "the Lambda Invoke API refused");
-                        Err(GatewayError::detailed(
-                            500,
-                            "message",
-                            "Internal Server Error",
-                            None,
-                        ))
-                    }
-                    Ok(ans) => malformed(answer(&ans.body, l.v2)),
-                    Err(e) => Err(e),
-                }
+                remote(shard, l, endpoint, path, &inv.payload).await
             }
         },
         Integration::Aws(act) => {
@@ -272,6 +240,50 @@ pub async fn invoke(
             tracing::debug!(peer = %c.peer, %err, "integration refused");
             refuse(c, shard, err, a.tag, a.persist, a.is_head).await
         }
+    }
+}
+
+/// A function in AWS (or an emulator of the Lambda Invoke API): the event
+/// POSTed to `path` SigV4-signed, the proxy response read.
+pub async fn remote(
+    shard: &Shard,
+    l: &LambdaPlan,
+    endpoint: &crate::upstream::aws::AwsEndpoint,
+    path: &str,
+    payload: &[u8],
+) -> Result<Answer, GatewayError> {
+    let headers = [
+        ("content-type".to_owned(), "application/json".to_owned()),
+        (
+            "x-amz-invocation-type".to_owned(),
+            "RequestResponse".to_owned(),
+        ),
+    ];
+    match crate::upstream::aws::call(
+        &shard.dial(),
+        endpoint,
+        path,
+        &headers,
+        payload,
+        l.timeout,
+    )
+    .await
+    {
+        Ok(ans) if ans.header("x-amz-function-error").is_some() => {
+            tracing::warn!(path = %path, error = %String::from_utf8_lossy(&ans.body), "function error (Lambda Invoke API)");
+            Err(GatewayError::FunctionFailed("function error"))
+        }
+        Ok(ans) if ans.status != 200 => {
+            tracing::warn!(path = %path, status = ans.status, answer = %String::from_utf8_lossy(&ans.body), "the Lambda Invoke API refused");
+            Err(GatewayError::detailed(
+                500,
+                "message",
+                "Internal Server Error",
+                None,
+            ))
+        }
+        Ok(ans) => malformed(answer(&ans.body, l.v2)),
+        Err(e) => Err(e),
     }
 }
 

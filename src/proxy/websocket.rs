@@ -236,9 +236,10 @@ async fn call(
                 let a = crate::proxy::invoke::local(shard, f, l, event, request_id).await?;
                 Ok((a.status, a.headers, a.body))
             }
-            LambdaTarget::Remote { .. } => Err(GatewayError::FunctionFailed(
-                "functions in AWS are not WebSocket integrations yet",
-            )),
+            LambdaTarget::Remote { endpoint, path } => {
+                let a = crate::proxy::invoke::remote(shard, l, endpoint, path, &event).await?;
+                Ok((a.status, a.headers, a.body))
+            }
         },
         Integration::Aws(_) => Err(GatewayError::UpstreamFailed(
             "AWS service integrations are not WebSocket integrations",

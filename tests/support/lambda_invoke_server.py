@@ -7,7 +7,8 @@ verify gets Lambda's 403. Prints its port, then serves until killed.
 usage: lambda_invoke_server.py KEY_ID SECRET REGION
 The function's answer depends on the event's rawPath: .../error → a function
 error (X-Amz-Function-Error: Unhandled); anything else → a 2.0 response whose
-body is the event as received.
+body is the event as received. A WebSocket API's event is answered with its
+eventType, routeKey and body.
 """
 import http.server
 import json
@@ -69,6 +70,12 @@ class H(http.server.BaseHTTPRequestHandler):
         if not verified(self, body):
             return self.reply(403, {"message": "The request signature we calculated does not match the signature you provided."})
         event = json.loads(body)
+        ctx = event.get("requestContext", {})
+        if "eventType" in ctx:
+            # A WebSocket API's event: the route response names what came.
+            return self.reply(200, {"statusCode": 200, "body": json.dumps({
+                "eventType": ctx["eventType"], "routeKey": ctx["routeKey"],
+                "body": event.get("body"), "signed": True})})
         if event.get("rawPath", "").endswith("/error"):
             return self.reply(200, {"errorMessage": "bad", "errorType": "Exception"},
                               [("X-Amz-Function-Error", "Unhandled")])
