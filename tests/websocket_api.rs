@@ -667,3 +667,54 @@ fn access_log_lines_per_event_and_throttled_messages() {
     assert_eq!(l[5]["routeKey"], "$disconnect");
     let _ = std::fs::remove_file(&log);
 }
+
+#[test]
+fn api_keys_and_usage_plans_meter_messages() {
+    let yaml = config(
+        "apis:
+  - name: chat
+    type: websocket
+    routes:
+      - { route: $connect, integration: { type: mock, status: 200 } }
+      - { route: free, route_response: true, integration: { type: mock, body: free-ok } }
+      - { route: paid, route_response: true, api_key_required: true, integration: { type: mock, body: paid-ok } }
+    stages: [ { name: prod } ]
+usage_plans:
+  - { name: metered, stages: [chat/prod], quota: { limit: 3, period: day } }
+api_keys:
+  - { name: alice, value: alicekey0123456789abcdef, plans: [metered] }
+",
+    );
+    let gw = Gateway::start(&yaml);
+    let say = |s: &mut TcpStream, action: &str| -> String {
+        let m = format!(r#"{{"action":"{action}"}}"#);
+        s.write_all(&frame(true, 1, m.as_bytes(), false)).unwrap();
+        let (op, p) = read_frame(s).expect("an answer");
+        assert_eq!(op, 1);
+        String::from_utf8(p).unwrap()
+    };
+    // Without a key: the free route answers, the paid one refuses (AWS's message).
+    let (mut anon, status) = handshake(gw.addr, "/prod");
+    assert_eq!(status, 101);
+    assert_eq!(say(&mut anon, "free"), "free-ok");
+    let refused: Value = serde_json::from_str(&say(&mut anon, "paid")).unwrap();
+    assert_eq!(refused["message"], "Forbidden");
+    // With a key: the paid route counts against the plan's quota (3 a day);
+    // the free route does not.
+    let (mut alice, status) =
+        handshake_with(gw.addr, "/prod", "x-api-key: alicekey0123456789abcdef\r\n");
+    assert_eq!(status, 101);
+    for _ in 0..3 {
+        assert_eq!(say(&mut alice, "paid"), "paid-ok");
+        assert_eq!(say(&mut alice, "free"), "free-ok");
+    }
+    let over: Value = serde_json::from_str(&say(&mut alice, "paid")).unwrap();
+    assert_eq!(over["message"], "Limit Exceeded", "{over}");
+    assert!(over["connectionId"].is_string() && over["requestId"].is_string());
+    assert_eq!(say(&mut alice, "free"), "free-ok");
+    // A wrong key opens the connection ($connect takes none) but pays for nothing.
+    let (mut mallory, status) = handshake_with(gw.addr, "/prod", "x-api-key: not-a-key\r\n");
+    assert_eq!(status, 101);
+    let refused: Value = serde_json::from_str(&say(&mut mallory, "paid")).unwrap();
+    assert_eq!(refused["message"], "Forbidden");
+}

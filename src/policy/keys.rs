@@ -113,11 +113,16 @@ impl Keyring {
             .map(|h| h.value)
             .filter(|v| !v.is_empty())
             .ok_or(KeyRefusal::Missing)?;
-        let h = hash(value);
+        self.by_hash(&hash(value), stage)
+    }
+
+    /// The binding for `stage` of the key whose value hashes to `h` (a
+    /// WebSocket connection's key, checked again for each message).
+    pub fn by_hash(&self, h: &KeyHash, stage: StageId) -> Result<&Binding, KeyRefusal> {
         let view = self
             .by_hash
-            .get(&h)
-            .filter(|v| ct_eq(&v.hash, &h))
+            .get(h)
+            .filter(|v| ct_eq(&v.hash, h))
             .ok_or(KeyRefusal::Unknown)?;
         if !view.enabled {
             return Err(KeyRefusal::Disabled);

@@ -259,15 +259,8 @@ pub async fn remote(
             "RequestResponse".to_owned(),
         ),
     ];
-    match crate::upstream::aws::call(
-        &shard.dial(),
-        endpoint,
-        path,
-        &headers,
-        payload,
-        l.timeout,
-    )
-    .await
+    match crate::upstream::aws::call(&shard.dial(), endpoint, path, &headers, payload, l.timeout)
+        .await
     {
         Ok(ans) if ans.header("x-amz-function-error").is_some() => {
             tracing::warn!(path = %path, error = %String::from_utf8_lossy(&ans.body), "function error (Lambda Invoke API)");

@@ -350,17 +350,8 @@ fn stages(
     // The key's usage plan for this stage, where the route takes a key. The keyring
     // is this shard's snapshot, swapped by the worker's tick between requests; a
     // request that began before a reload reads the keyring of its own plan.
-    let current = f.shard.keyring.borrow();
-    let previous = f.shard.previous_keyring.borrow();
-    let ring: &crate::policy::keys::Keyring = match &*previous {
-        Some(r)
-            if current.1.generation != f.plan.generation && r.generation == f.plan.generation =>
-        {
-            r
-        }
-        _ => &current.1,
-    };
-    let binding = api_key(f, ring, stage_id, route, &mut p.log)?;
+    let ring = f.shard.keyring_for(f.plan.generation);
+    let binding = api_key(f, &ring, stage_id, route, &mut p.log)?;
     if f.plan.live.closed()
         && (route.api_key_required
             || route.throttle.is_some()
@@ -385,8 +376,7 @@ fn stages(
             .is_some_and(|c| c.require_authorization)
             && crate::policy::cache::wants_refresh(f.headers)
             && ring.check(f.headers, stage_id).is_ok());
-    drop(current);
-    drop(previous);
+    drop(ring);
     cache(f, p, stage_id, route, &m, path, authorized)?;
     if let Some(w) = &stage.ws {
         if let Some(base) = w.connections.filter(|b| (*b..*b + 6).contains(&m.route)) {

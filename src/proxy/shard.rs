@@ -108,6 +108,22 @@ pub struct Parts {
 }
 
 impl Shard {
+    /// The keyring whose stage and route ids are those of the plan of
+    /// `generation`: the current one, or the one before the last reload for a
+    /// request (or a WebSocket connection) that began before it.
+    pub fn keyring_for(&self, generation: u64) -> std::cell::Ref<'_, Keyring> {
+        let current = self.keyring.borrow();
+        if current.1.generation != generation {
+            let previous = std::cell::Ref::filter_map(self.previous_keyring.borrow(), |p| {
+                p.as_deref().filter(|r| r.generation == generation)
+            });
+            if let Ok(r) = previous {
+                return r;
+            }
+        }
+        std::cell::Ref::map(current, |c| &*c.1)
+    }
+
     pub fn new(
         id: usize,
         uring: bool,

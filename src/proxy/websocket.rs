@@ -33,6 +33,8 @@ pub struct Opening {
     accept: String,
     /// The subprotocols the client offered (`Sec-WebSocket-Protocol`).
     offered: Vec<String>,
+    /// The API key the handshake presented.
+    key: Option<Keyed>,
     /// Fields every event of the connection carries (`requestContext`'s).
     context: Map<String, Value>,
     /// The `$connect` event.
@@ -135,9 +137,16 @@ pub fn opening(s: &Seen<'_, '_>) -> Result<Opening, GatewayError> {
         .filter(|p| !p.is_empty())
         .map(|p| String::from_utf8_lossy(p).into_owned())
         .collect();
+    let api_key = crate::http::parse::header(s.headers, "x-api-key")
+        .filter(|v| !v.is_empty())
+        .map(|v| Keyed {
+            hash: crate::policy::keys::hash(v),
+            all: s.route.api_key_required,
+        });
     Ok(Opening {
         accept: ws::accept_key(key.trim().as_bytes()),
         offered,
+        key: api_key,
         context: ctx,
         connect_event: Value::Object(e).to_string().into_bytes(),
     })
@@ -281,6 +290,7 @@ pub async fn open(
     let Opening {
         accept,
         offered,
+        key,
         context,
         connect_event,
     } = *o;
@@ -377,8 +387,18 @@ pub async fn open(
         0,
         started,
     );
-    let (code, reason) =
-        session(c, plan, shard, stage, ws, &context, &entry, base.as_deref()).await;
+    let (code, reason) = session(
+        c,
+        plan,
+        shard,
+        stage,
+        ws,
+        &context,
+        &entry,
+        base.as_deref(),
+        key.as_ref(),
+    )
+    .await;
     if let Some(m) = cells {
         m.ws_api_closed.add(1);
     }
@@ -607,6 +627,7 @@ async fn session(
     context: &Map<String, Value>,
     entry: &Entry,
     base: Option<&crate::observe::accesslog::Facts>,
+    key: Option<&Keyed>,
 ) -> (u16, String) {
     let limits = ws::Limits {
         max_frame: w.limits.max_frame,
@@ -635,7 +656,7 @@ async fn session(
                         m.ws_messages_in.add(1);
                         m.ws_bytes_in.add(text.len() as u64);
                     }
-                    if !message(c, plan, shard, stage, w, context, base, text).await {
+                    if !message(c, plan, shard, stage, w, context, base, key, text).await {
                         return (1006, String::new());
                     }
                 }
@@ -759,6 +780,64 @@ fn log_event(
     });
 }
 
+/// The API key a connection was opened with: its hash, and whether every
+/// message counts against its usage plan (`$connect` required it) or only
+/// those of routes that require a key.
+#[derive(Debug)]
+pub struct Keyed {
+    hash: crate::policy::keys::KeyHash,
+    all: bool,
+}
+
+/// A message's throttles and usage plan, as a request's: the key the
+/// connection was opened with (checked again: a key disabled since is refused),
+/// its plan's throttles and quota, the stage's and route's throttles. `Err`:
+/// the status and AWS's message for the sender.
+fn meter(
+    plan: &Plan,
+    shard: &Shard,
+    stage: StageId,
+    route: RouteId,
+    key: Option<&Keyed>,
+) -> Result<(), (u16, &'static str)> {
+    let st = &plan.stages[stage];
+    let rp = &st.routes[route];
+    let ring = shard.keyring_for(plan.generation);
+    let binding = match key {
+        Some(k) if k.all || rp.api_key_required => ring.by_hash(&k.hash, stage).ok(),
+        _ => None,
+    };
+    if binding.is_none() && (rp.api_key_required || key.is_some_and(|k| k.all)) {
+        return Err((403, "Forbidden"));
+    }
+    if !crate::proxy::admit::admit(plan, shard, binding, stage, route, rp, st) {
+        return Err((429, "Too Many Requests"));
+    }
+    let Some((slot, q)) = binding.and_then(|b| b.quota.as_ref()) else {
+        return Ok(());
+    };
+    let admitted = shard
+        .leases
+        .borrow_mut()
+        .admit(*slot, q, crate::clock::unix_s());
+    match admitted {
+        Ok(a) => {
+            if a.leased {
+                plan.live.lease_taken();
+            }
+            Ok(())
+        }
+        Err(_) => {
+            // Cluster mode: Redis may grant more; this message is refused.
+            if let Some(g) = &q.grant {
+                g.wanted.store(true, std::sync::atomic::Ordering::Release);
+                plan.live.lease_taken();
+            }
+            Err((429, "Limit Exceeded"))
+        }
+    }
+}
+
 /// Routes one message (within the stage's and the route's throttles), calls
 /// its integration, sends the route response; `false` when the client is gone.
 #[allow(clippy::too_many_arguments)]
@@ -770,6 +849,7 @@ async fn message(
     w: &WsStage,
     context: &Map<String, Value>,
     base: Option<&crate::observe::accesslog::Facts>,
+    api_key: Option<&Keyed>,
     text: String,
 ) -> bool {
     let started = Instant::now();
@@ -803,13 +883,11 @@ async fn message(
         let m = json!({"message": "Forbidden", "connectionId": connection, "requestId": id});
         return send(c, shard, Opcode::Text, m.to_string().as_bytes()).await;
     };
-    let st = &plan.stages[stage];
-    if !crate::proxy::admit::admit(plan, shard, None, stage, route, &st.routes[route], st) {
+    if let Err((status, message)) = meter(plan, shard, stage, route, api_key) {
         log_event(
-            plan, shard, stage, base, facts, rid, route_key, 429, bytes, started,
+            plan, shard, stage, base, facts, rid, route_key, status, bytes, started,
         );
-        let m =
-            json!({"message": "Too Many Requests", "connectionId": connection, "requestId": id});
+        let m = json!({"message": message, "connectionId": connection, "requestId": id});
         return send(c, shard, Opcode::Text, m.to_string().as_bytes()).await;
     }
     let now = crate::clock::unix_ms();
