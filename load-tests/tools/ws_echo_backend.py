@@ -2,7 +2,8 @@
 """An HTTP integration for a WebSocket API's `$default` route that echoes: it
 answers each MESSAGE event with the event's `body`, so with `route_response:
 true` the gateway sends the client its own message back (the Autobahn run's
-echo). Prints its port, then serves until killed."""
+echo); the message `whoami` is answered with the connection's id (the fan-out
+benchmark's clients learn theirs). Prints its port, then serves until killed."""
 import http.server
 import json
 
@@ -16,6 +17,8 @@ class H(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
         event = json.loads(self.rfile.read(int(self.headers.get("content-length", "0"))))
         body = (event.get("body") or "").encode()
+        if body == b"whoami":
+            body = event["requestContext"]["connectionId"].encode()
         self.send_response(200)
         self.send_header("content-type", "text/plain; charset=utf-8")
         self.send_header("content-length", str(len(body)))
