@@ -24,7 +24,7 @@ cd "$(dirname "$0")/.."
 CONNS=${CONNS:-1000}
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-3}
-RTT_N=${RTT_N:-2000}
+RTT_N=${RTT_N:-10000}
 . load-tests/lib.sh
 need_apt nginx:nginx wrk:wrk curl:curl
 ports_free '1816[0-9]'

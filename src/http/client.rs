@@ -168,6 +168,7 @@ fn send_at(
         authority,
         headers,
         body.map(|(t, b)| (t, b.len())),
+        true,
     );
     if let Some((_, b)) = body {
         request.extend_from_slice(b);
@@ -196,9 +197,9 @@ fn send_at(
     Ok(raw)
 }
 
-/// Writes the head of an outbound request on a connection it closes after the
-/// answer (`connection: close`): the request line, `host`, the given headers, and
-/// the body's type and length when there is one.
+/// Writes the head of an outbound request: the request line, `host`,
+/// `connection: close` when the connection closes after the answer (`close`),
+/// the given headers, and the body's type and length when there is one.
 pub fn request_head(
     out: &mut Vec<u8>,
     method: &str,
@@ -206,16 +207,13 @@ pub fn request_head(
     host: &str,
     headers: &[(&str, &str)],
     body: Option<(&str, usize)>,
+    close: bool,
 ) {
-    for part in [
-        method,
-        " ",
-        target,
-        " HTTP/1.1\r\nhost: ",
-        host,
-        "\r\nconnection: close\r\n",
-    ] {
+    for part in [method, " ", target, " HTTP/1.1\r\nhost: ", host, "\r\n"] {
         out.extend_from_slice(part.as_bytes());
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
     }
     for (n, v) in headers {
         for part in [n, ": ", v, "\r\n"] {

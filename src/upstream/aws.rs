@@ -94,88 +94,21 @@ async fn exchange(
     out.extend_from_slice(body.len().to_string().as_bytes());
     out.extend_from_slice(b"\r\n\r\n");
     out.extend_from_slice(body);
-    // A pooled connection of this worker first; one that turns out closed (no
-    // byte of an answer) is replaced by a new one, once.
-    let key = ep.endpoint.pool_key;
-    let mut buf = Vec::with_capacity(4096);
-    let mut up = None;
-    for _ in 0..2 {
-        let pooled = dial.pool.borrow_mut().take(key, std::time::Instant::now());
-        let reused = pooled.is_some();
-        let mut conn = match pooled {
-            Some(c) => c,
-            None => crate::upstream::connect::connect(dial, &ep.endpoint).await?,
-        };
-        let mut sending = out.clone();
-        if crate::http::body::write_all(&mut conn.stream, &mut sending, Duration::from_secs(30))
+    let (status, headers, body) =
+        crate::upstream::connect::exchange(dial, &ep.endpoint, &out, MAX_ANSWER)
             .await
-            .is_err()
-        {
-            if reused {
-                continue;
-            }
-            return Err(GatewayError::UpstreamFailed("cannot send to AWS"));
-        }
-        buf.clear();
-        let mut failed = false;
-        loop {
-            match crate::http::body::read_more(&mut conn.stream, &mut buf, 64 * 1024).await {
-                Ok(0) => break,
-                Ok(_) if buf.len() > MAX_ANSWER => {
-                    return Err(GatewayError::UpstreamFailed("AWS's answer is too large"))
+            .map_err(|f| match f {
+                crate::upstream::connect::Failed::Connect(e) => e,
+                crate::upstream::connect::Failed::Other(why) => {
+                    tracing::warn!(service = ep.service, reason = why, "AWS call failed");
+                    GatewayError::UpstreamFailed(match why {
+                        "cannot send" => "cannot send to AWS",
+                        "the answer is too large" => "AWS's answer is too large",
+                        "bad answer" => "bad answer from AWS",
+                        _ => "AWS closed without answering",
+                    })
                 }
-                Ok(_) => {
-                    if crate::http::client::complete(&buf) {
-                        break;
-                    }
-                }
-                Err(_) => {
-                    failed = true;
-                    break;
-                }
-            }
-        }
-        if buf.is_empty() && reused {
-            continue;
-        }
-        if buf.is_empty() && failed {
-            return Err(GatewayError::UpstreamFailed("AWS closed without answering"));
-        }
-        up = Some(conn);
-        break;
-    }
-    let Some(conn) = up else {
-        return Err(GatewayError::UpstreamFailed("AWS closed without answering"));
-    };
-    let (status, body) = crate::http::client::response_of(&buf, MAX_ANSWER).map_err(|e| {
-        tracing::warn!(service = ep.service, error = %e, "bad answer from AWS");
-        GatewayError::UpstreamFailed("bad answer from AWS")
-    })?;
-    // The connection goes back to this worker's pool when the answer was framed
-    // and AWS keeps it open.
-    let mut heads = [httparse::EMPTY_HEADER; crate::http::parse::MAX_HEADERS];
-    if let Ok(Some((head, _))) = crate::http::parse::parse_response(&buf, &mut heads, false) {
-        let framed = !matches!(head.framing, crate::http::parse::Framing::UntilClose);
-        if framed && !head.close && crate::http::client::complete(&buf) {
-            dial.pool
-                .borrow_mut()
-                .put(key, conn, std::time::Instant::now());
-        }
-    }
-    let mut hs = [httparse::EMPTY_HEADER; 64];
-    let mut resp = httparse::Response::new(&mut hs);
-    let _ = resp.parse(&buf);
-    let headers = resp
-        .headers
-        .iter()
-        .filter(|h| !h.name.is_empty())
-        .map(|h| {
-            (
-                h.name.to_ascii_lowercase(),
-                String::from_utf8_lossy(h.value).into_owned(),
-            )
-        })
-        .collect();
+            })?;
     Ok(AwsAnswer {
         status,
         headers,

@@ -1,8 +1,10 @@
 //! Opening a connection to an upstream, for integrations and request authorizers
-//! alike: TCP without Nagle, then TLS where the target says so.
+//! alike: TCP without Nagle, then TLS where the target says so; and one
+//! request's exchange over a pooled connection.
 
 use std::cell::RefCell;
 use std::sync::Arc;
+use std::time::Duration;
 
 use monoio::net::TcpStream;
 
@@ -63,9 +65,9 @@ pub async fn connect(dial: &Dial<'_>, target: &Endpoint) -> Result<UpConn, Gatew
     }
 }
 
-/// One `POST` of `body` to `target` on a new connection (`connection: close`):
-/// the answer's status, header fields and body (at most `max` bytes), or why
-/// there is none.
+/// One `POST` of `body` to `target` over a pooled connection of this worker
+/// (`exchange`): the answer's status, header fields and body (at most `max`
+/// bytes), or why there is none.
 pub async fn post(
     dial: &Dial<'_>,
     to: &Endpoint,
@@ -74,7 +76,6 @@ pub async fn post(
     body: &[u8],
     max: usize,
 ) -> Result<crate::http::client::Answered, &'static str> {
-    let mut up = connect(dial, to).await.map_err(|_| "cannot connect")?;
     let mut out = Vec::with_capacity(256 + body.len());
     crate::http::client::request_head(
         &mut out,
@@ -83,27 +84,93 @@ pub async fn post(
         &to.host_header,
         &[],
         Some((content_type, body.len())),
+        false,
     );
     out.extend_from_slice(body);
-    crate::http::body::write_all(&mut up.stream, &mut out, std::time::Duration::from_secs(30))
-        .await
-        .map_err(|_| "cannot send")?;
+    exchange(dial, to, &out, max).await.map_err(|f| match f {
+        Failed::Connect(_) => "cannot connect",
+        Failed::Other(why) => why,
+    })
+}
+
+/// Why an `exchange` has no answer.
+#[derive(Debug)]
+pub enum Failed {
+    /// No connection could be made (the answer the client gets).
+    Connect(GatewayError),
+    /// Sending or reading failed: why.
+    Other(&'static str),
+}
+
+/// Sends a whole request (`request`: head and body) and reads the whole
+/// answer: over a pooled connection of this worker first, and one that turns
+/// out closed (no byte of an answer) is replaced by a new one, once. The
+/// connection goes back to the pool when the answer was framed and the peer
+/// keeps it open.
+pub async fn exchange(
+    dial: &Dial<'_>,
+    to: &Endpoint,
+    request: &[u8],
+    max: usize,
+) -> Result<crate::http::client::Answered, Failed> {
+    let key = to.pool_key;
     let mut buf = Vec::with_capacity(4096);
-    loop {
-        match crate::http::body::read_more(&mut up.stream, &mut buf, 4096).await {
-            Ok(0) => break,
-            Ok(_) if buf.len() > max => return Err("the answer is too large"),
-            Ok(_) => {
-                if crate::http::client::complete(&buf) {
+    for _ in 0..2 {
+        let pooled = dial.pool.borrow_mut().take(key, std::time::Instant::now());
+        let reused = pooled.is_some();
+        let mut conn = match pooled {
+            Some(c) => c,
+            None => connect(dial, to).await.map_err(Failed::Connect)?,
+        };
+        let mut sending = request.to_vec();
+        if crate::http::body::write_all(&mut conn.stream, &mut sending, Duration::from_secs(30))
+            .await
+            .is_err()
+        {
+            if reused {
+                continue;
+            }
+            return Err(Failed::Other("cannot send"));
+        }
+        buf.clear();
+        let mut failed = false;
+        loop {
+            match crate::http::body::read_more(&mut conn.stream, &mut buf, 64 * 1024).await {
+                Ok(0) => break,
+                Ok(_) if buf.len() > max + 64 * 1024 => {
+                    return Err(Failed::Other("the answer is too large"))
+                }
+                Ok(_) => {
+                    if crate::http::client::complete(&buf) {
+                        break;
+                    }
+                }
+                Err(_) => {
+                    failed = true;
                     break;
                 }
             }
-            Err(_) if !buf.is_empty() => break,
-            Err(_) => return Err("closed without answering"),
         }
+        if buf.is_empty() && reused {
+            continue;
+        }
+        if buf.is_empty() && failed {
+            return Err(Failed::Other("closed without answering"));
+        }
+        let answered = crate::http::client::response_with_headers(&buf, max).map_err(|e| {
+            tracing::warn!(upstream = %to.addr, error = %e, "bad answer");
+            Failed::Other("bad answer")
+        })?;
+        let mut heads = [httparse::EMPTY_HEADER; crate::http::parse::MAX_HEADERS];
+        if let Ok(Some((head, _))) = crate::http::parse::parse_response(&buf, &mut heads, false) {
+            let framed = !matches!(head.framing, crate::http::parse::Framing::UntilClose);
+            if framed && !head.close && crate::http::client::complete(&buf) {
+                dial.pool
+                    .borrow_mut()
+                    .put(key, conn, std::time::Instant::now());
+            }
+        }
+        return Ok(answered);
     }
-    crate::http::client::response_with_headers(&buf, max).map_err(|e| {
-        tracing::warn!(upstream = %to.addr, error = %e, "bad answer");
-        "bad answer"
-    })
+    Err(Failed::Other("closed without answering"))
 }
