@@ -16,7 +16,8 @@
 #    route answers with a route response (a mock; and an HTTP integration to
 #    nginx), against a direct WebSocket echo server (the `websockets` package's,
 #    the same library the client uses) in the same run: p50/p99 and, for the
-#    gateway, CPU microseconds per message.
+#    gateway, CPU microseconds per message. One gateway worker and the direct
+#    server on CPU 0, the client and nginx on CPU 1.
 #
 # Writes load-tests/results/ws-bench-$(nproc)core-<cpu>.txt.
 set -euo pipefail
@@ -70,7 +71,7 @@ YAML
 target/release/shardgate run --config "$RUN/sg.yaml" 2>"$RUN/sg.log" &
 GW=$!
 for _ in $(seq 100); do grep -q "addr=" "$RUN/sg.log" 2>/dev/null && break; sleep 0.1; done
-python3 tests/support/ws_echo.py serve >"$RUN/direct.port" &
+taskset -c 0 python3 tests/support/ws_echo.py serve >"$RUN/direct.port" &
 for _ in $(seq 50); do [ -s "$RUN/direct.port" ] && break; sleep 0.1; done
 DIRECT=$(cat "$RUN/direct.port")
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
@@ -106,10 +107,18 @@ delivered=$(tail -1 "$RUN/listen.out")
 echo "  delivered $delivered of $posts posts"
 
 echo "== echo round trips"
+# One worker on CPU 0 (the direct server there too); the client and nginx on
+# CPU 1, so no process waits for a core.
+kill "$GW"; wait "$GW" 2>/dev/null || true
+sed -i 's/^workers: 2/workers: 1/' "$RUN/sg.yaml"
+taskset -c 0 target/release/shardgate run --config "$RUN/sg.yaml" 2>"$RUN/sg1.log" &
+GW=$!
+for _ in $(seq 100); do grep -q "addr=" "$RUN/sg1.log" 2>/dev/null && break; sleep 0.1; done
+taskset -pc 1 "$(cat "$RUN/nginx.pid")" >/dev/null
 rtt() {
   local name=$1 url=$2 msg=$3 t0 t1 out
   t0=$(cpu_ticks "$GW")
-  out=$(python3 load-tests/tools/ws_rtt.py "$url" 16 $((RTT_N / 16)) "$msg")
+  out=$(taskset -c 1 python3 load-tests/tools/ws_rtt.py "$url" 16 $((RTT_N / 16)) "$msg")
   t1=$(cpu_ticks "$GW")
   V[${name}_p50]+="$(echo "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["p50"])') "
   V[${name}_p99]+="$(echo "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["p99"])') "
@@ -126,13 +135,14 @@ dest="load-tests/results/ws-bench-$(nproc)core-${tag:-unknown}.txt"
 {
   echo "# load-tests/ws-bench.sh, $(date -u +%Y-%m-%dT%H:%MZ)"
   echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(python3 --version); websockets $(python3 -m pip show websockets 2>/dev/null | awk '/^Version/ {print $2}')"
-  echo "shardgate $REV, 2 workers, epoll/io_uring as detected; everything shares the machine's cores (no pinning)"
+  echo "shardgate $REV, runtime as detected (io_uring, else epoll)"
   echo
-  echo "@connections fan-out to $CONNS connections (wrk -t1 -c16, pre-signed POSTs; $ROUNDS rounds of ${DURATION}s, medians)"
+  echo "@connections fan-out to $CONNS connections (2 gateway workers; wrk -t1 -c16, pre-signed POSTs; $ROUNDS rounds of ${DURATION}s, medians; no pinning)"
   echo "  posts/s: $(echo "${V[fan_rps]}" | median)   messages delivered: $delivered of $posts posts answered 200 (warm-up included)"
   echo "  gateway cpu us per delivered message: $(echo "${V[fan_cpu]}" | median)   POST p99 ms: $(echo "${V[fan_p99]}" | median)"
   echo
   echo "echo round trips, 16 connections, one message in flight each, $RTT_N messages per round, $ROUNDS rounds, medians"
+  echo "(one gateway worker and the direct server on CPU 0; the client and nginx on CPU 1)"
   printf "  %-44s %8s %8s %18s\n" target "p50 ms" "p99 ms" "gateway cpu us/msg"
   printf "  %-44s %8s %8s %18s\n" "direct (websockets echo server)" "$(echo "${V[direct_p50]}" | median)" "$(echo "${V[direct_p99]}" | median)" "-"
   printf "  %-44s %8s %8s %18s\n" "gateway, route response from a mock" "$(echo "${V[mock_p50]}" | median)" "$(echo "${V[mock_p99]}" | median)" "$(echo "${V[mock_cpu]}" | median)"
