@@ -20,7 +20,7 @@ use shardgate::control::registry::Registry;
 use shardgate::control::store::Store;
 use shardgate::proxy::worker;
 
-#[global_allocator]
+#[cfg_attr(not(feature = "sysalloc"), global_allocator)]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]

@@ -183,6 +183,9 @@ pub struct WsStage {
     /// with `%40`), when the API has a `connections_authorizer`.
     pub connections: Option<crate::ids::RouteId>,
     pub limits: WsLimits,
+    /// The API's and the stage's names, as each connection's `Entry` holds them
+    /// (`upstream::connections::scope`).
+    pub scope: std::sync::Arc<str>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -189,6 +189,7 @@ pub fn ws_stage(
     let idle = check(l.idle_timeout_s, "idle_timeout_s", 86_400, 600);
     let max_duration = check(l.max_duration_s, "max_duration_s", 7 * 86_400, 7200);
     WsStage {
+        scope: crate::upstream::connections::scope(&api.name, &stage.name).into(),
         selection,
         routes,
         connect,

@@ -94,16 +94,29 @@ async fn serve_client(
         let lp = &plan.listeners[listener];
         let next = Box::pin(active(&mut c, &plan, lp, &shard, woken, last)).await;
         let idle = lp.limits.idle_timeout;
-        if !matches!(next, Next::Switch(_)) {
+        if matches!(next, Next::Close | Next::Park) {
             // Parked (or closing): buffers go back to the shard, as nginx frees its
             // buffers on an idle keep-alive connection. (A switching connection
-            // keeps them: its next request may be in them already.)
+            // keeps them: its next request may be in them already; so does a
+            // WebSocket handshake: its first frames may be.)
             shard.give_buf(std::mem::take(&mut c.buf));
             shard.give_buf(std::mem::take(&mut c.out));
             shard.give_buf(std::mem::take(&mut c.up_head));
         }
         match next {
             Next::Close => return,
+            Next::WebSocket(u) => {
+                let _in_flight = InFlight::enter(&shard);
+                let started = u.started;
+                // `$connect` and the handshake, then the session, each its own
+                // future: the open connection keeps only the session's.
+                let live = Box::pin(crate::proxy::websocket::open(&mut c, &plan, &shard, u)).await;
+                if let Some(live) = live {
+                    Box::pin(crate::proxy::websocket::serve(&mut c, &plan, &shard, live)).await;
+                }
+                record(&mut c, &plan, &shard, started, &Flags::default());
+                return;
+            }
             Next::Park => {
                 if !park(&mut c.stream, &shard, idle).await {
                     return;
@@ -134,6 +147,11 @@ enum Next {
     Park,
     /// The worker runs a new plan: go on with it (`woken` as it was).
     Switch(bool),
+    /// A WebSocket API handshake passed the pipeline: `$connect`, then the
+    /// session, run by `serve_client` after this request's state (the large
+    /// future of `active`) is gone, so an open connection holds only the
+    /// session's.
+    WebSocket(Box<crate::proxy::websocket::Upgrade>),
 }
 
 /// The TLS handshake of a connection on an HTTPS listener, within `wait`; a
@@ -176,22 +194,13 @@ async fn park(stream: &mut Stream, shard: &Shard, idle: Duration) -> bool {
     }
     stream.release();
     let stream = stream.tcp();
-    struct Slot<'a>(&'a Shard, usize);
-    impl Drop for Slot<'_> {
-        fn drop(&mut self) {
-            self.0.parked.borrow_mut().remove(self.1);
-        }
-    }
-    let slot = Slot(
-        shard,
-        shard.parked.borrow_mut().insert(Instant::now() + idle),
-    );
+    let slot = crate::proxy::shard::Parking::new(shard, Instant::now() + idle);
     let mut readable = std::pin::pin!(stream.readable(true));
     std::future::poll_fn(|cx| {
         if let Poll::Ready(r) = readable.as_mut().poll(cx) {
             return Poll::Ready(r.is_ok());
         }
-        if shard.parked.borrow_mut().expired(slot.1, cx.waker()) {
+        if slot.expired(cx.waker()) {
             return Poll::Ready(false);
         }
         Poll::Pending
@@ -284,6 +293,22 @@ async fn active(
                 _ => None,
             },
         };
+        if let Action::WsConnect(..) = prepared.action {
+            // The WebSocket session runs outside this future (see `Next::WebSocket`).
+            let Action::WsConnect(stage, route, opening) =
+                std::mem::replace(&mut prepared.action, Action::Preflight)
+            else {
+                return Next::Close;
+            };
+            c.pos = prepared.head_len;
+            return Next::WebSocket(Box::new(crate::proxy::websocket::Upgrade {
+                tag: prepared.tag,
+                stage,
+                route,
+                opening,
+                started,
+            }));
+        }
         let keep = handle(c, plan, lp, shard, prepared).await;
         record(c, plan, shard, started, &flags);
         if !keep || shard.draining.get() {
@@ -621,9 +646,8 @@ async fn handle(
                 Err(err) => refuse(c, shard, err, &p.tag, p.persist, p.is_head).await,
             }
         }
-        Action::WsConnect(stage, route, o) => {
-            crate::proxy::websocket::open(c, plan, shard, &p.tag, stage, route, o).await
-        }
+        // Taken by `active` before it gets here.
+        Action::WsConnect(..) => false,
         Action::Invoke(stage, route, inv) => {
             let asked = crate::proxy::invoke::Asked {
                 tag: &p.tag,

@@ -450,6 +450,26 @@ impl Parked {
     }
 }
 
+/// A connection's slot in `Shard::parked` while it waits, freed on drop.
+pub struct Parking<'a>(&'a Shard, usize);
+
+impl<'a> Parking<'a> {
+    pub fn new(shard: &'a Shard, deadline: Instant) -> Self {
+        Self(shard, shard.parked.borrow_mut().insert(deadline))
+    }
+
+    /// `true` once the deadline has passed; else `waker` is woken when it does.
+    pub fn expired(&self, waker: &Waker) -> bool {
+        self.0.parked.borrow_mut().expired(self.1, waker)
+    }
+}
+
+impl Drop for Parking<'_> {
+    fn drop(&mut self) {
+        self.0.parked.borrow_mut().remove(self.1);
+    }
+}
+
 /// Counts a request as in flight until dropped, so a drain waits for it.
 pub struct InFlight<'a>(&'a Shard);
 

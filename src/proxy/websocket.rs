@@ -36,7 +36,10 @@ pub struct Opening {
     /// The API key the handshake presented.
     key: Option<Keyed>,
     /// Fields every event of the connection carries (`requestContext`'s).
-    context: Map<String, Value>,
+    context: Context,
+    /// The client's address and `User-Agent` (`GetConnection`'s identity).
+    source_ip: String,
+    user_agent: String,
     /// The `$connect` event.
     connect_event: Vec<u8>,
 }
@@ -122,13 +125,16 @@ pub fn opening(s: &Seen<'_, '_>) -> Result<Opening, GatewayError> {
         }
     }
     let request_id = String::from_utf8_lossy(&s.tag.id).into_owned();
-    let mut e = event(&ctx, "$connect", "CONNECT", &request_id, now);
-    e.insert("headers".into(), Value::Object(headers));
-    e.insert("multiValueHeaders".into(), Value::Object(multi));
+    let context = Context::of(&ctx);
+    let mut top = vec![
+        ("headers", Value::Object(headers)),
+        ("multiValueHeaders", Value::Object(multi)),
+    ];
     if !q.is_empty() {
-        e.insert("queryStringParameters".into(), Value::Object(q));
-        e.insert("multiValueQueryStringParameters".into(), Value::Object(qm));
+        top.push(("queryStringParameters", Value::Object(q)));
+        top.push(("multiValueQueryStringParameters", Value::Object(qm)));
     }
+    let connect_event = context.event("$connect", "CONNECT", &request_id, now, &[], top);
     let offered = s
         .headers
         .iter()
@@ -147,35 +153,101 @@ pub fn opening(s: &Seen<'_, '_>) -> Result<Opening, GatewayError> {
         accept: ws::accept_key(key.trim().as_bytes()),
         offered,
         key: api_key,
-        context: ctx,
-        connect_event: Value::Object(e).to_string().into_bytes(),
+        context,
+        source_ip: s.source_ip.to_string(),
+        user_agent: header("user-agent").unwrap_or_default(),
+        connect_event,
     })
 }
 
-/// An event of the connection: its `requestContext` with this event's fields.
-fn event(
-    ctx: &Map<String, Value>,
-    route_key: &str,
-    event_type: &str,
-    request_id: &str,
-    now_ms: u64,
-) -> Map<String, Value> {
-    let mut c = ctx.clone();
-    c.insert("routeKey".into(), route_key.into());
-    c.insert("eventType".into(), event_type.into());
-    c.insert("requestId".into(), request_id.into());
-    c.insert("extendedRequestId".into(), request_id.into());
-    let mut t = Vec::new();
-    crate::observe::accesslog::clf_time(&mut t, now_ms / 1000);
-    c.insert(
-        "requestTime".into(),
-        String::from_utf8_lossy(&t).into_owned().into(),
-    );
-    c.insert("requestTimeEpoch".into(), now_ms.into());
-    let mut e = Map::new();
-    e.insert("requestContext".into(), Value::Object(c));
-    e.insert("isBase64Encoded".into(), false.into());
-    e
+/// A WebSocket API handshake that passed the pipeline, for `open`.
+pub struct Upgrade {
+    pub tag: Tag,
+    pub stage: StageId,
+    pub route: RouteId,
+    pub opening: Box<Opening>,
+    pub started: Instant,
+}
+
+/// A boxed value, out of its box: the box is freed now, not when its
+/// binding goes out of scope (an async fn's locals live as long as it runs).
+#[allow(clippy::boxed_local)] // The point: it takes the box.
+pub(crate) fn unbox<T>(b: Box<T>) -> T {
+    *b
+}
+
+/// The `requestContext` fields every event of a connection carries, as JSON
+/// text: an idle connection holds one string, not a map of values.
+#[derive(Debug)]
+pub struct Context {
+    /// `"name":value` pairs, comma-separated, without the braces.
+    fields: Box<str>,
+    id: Arc<str>,
+}
+
+impl Context {
+    fn of(map: &Map<String, Value>) -> Self {
+        let text = serde_json::to_string(map).unwrap_or_else(|_| "{}".into());
+        Self {
+            fields: text[1..text.len() - 1].into(),
+            id: map
+                .get("connectionId")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .into(),
+        }
+    }
+
+    /// The connection's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// An event of the connection, as JSON: its `requestContext` with this
+    /// event's fields and `rc`, and the event's own top-level fields `top`.
+    fn event(
+        &self,
+        route_key: &str,
+        event_type: &str,
+        request_id: &str,
+        now_ms: u64,
+        rc: &[(&str, Value)],
+        top: Vec<(&str, Value)>,
+    ) -> Vec<u8> {
+        let mut t = Vec::new();
+        crate::observe::accesslog::clf_time(&mut t, now_ms / 1000);
+        let mut own = Map::new();
+        own.insert("routeKey".into(), route_key.into());
+        own.insert("eventType".into(), event_type.into());
+        own.insert("requestId".into(), request_id.into());
+        own.insert("extendedRequestId".into(), request_id.into());
+        own.insert(
+            "requestTime".into(),
+            String::from_utf8_lossy(&t).into_owned().into(),
+        );
+        own.insert("requestTimeEpoch".into(), now_ms.into());
+        for (k, v) in rc {
+            own.insert((*k).into(), v.clone());
+        }
+        let own = Value::Object(own).to_string();
+        let mut out = Vec::with_capacity(self.fields.len() + own.len() + 64);
+        out.extend_from_slice(b"{\"requestContext\":{");
+        out.extend_from_slice(self.fields.as_bytes());
+        if !self.fields.is_empty() {
+            out.push(b',');
+        }
+        // `own` without its `{`: its `}` closes `requestContext`.
+        out.extend_from_slice(&own.as_bytes()[1..]);
+        out.extend_from_slice(b",\"isBase64Encoded\":false");
+        for (k, v) in top {
+            out.push(b',');
+            let _ = serde_json::to_writer(&mut out, k);
+            out.push(b':');
+            let _ = serde_json::to_writer(&mut out, &v);
+        }
+        out.push(b'}');
+        out
+    }
 }
 
 /// Calls a route's integration with an event: its status and body.
@@ -277,26 +349,33 @@ fn chosen_protocol(offered: &[String], headers: &[(String, String)]) -> Option<S
 /// Runs `$connect`, answers the handshake, then serves the connection until it
 /// ends. The connection is done afterwards (`false`).
 #[allow(clippy::too_many_arguments)]
-pub async fn open(
+pub async fn open<'p>(
     c: &mut Client,
-    plan: &Plan,
+    plan: &'p Plan,
     shard: &Shard,
-    tag: &Tag,
-    stage: StageId,
-    route: RouteId,
-    o: Box<Opening>,
-) -> bool {
+    u: Box<Upgrade>,
+) -> Option<Box<Live<'p>>> {
+    let Upgrade {
+        tag: owned_tag,
+        stage,
+        route,
+        opening: o,
+        started: _,
+    } = unbox(u);
+    let tag = &owned_tag;
     let request_id = String::from_utf8_lossy(&tag.id).into_owned();
     let Opening {
         accept,
         offered,
         key,
         context,
+        source_ip,
+        user_agent,
         connect_event,
-    } = *o;
+    } = unbox(o);
     let started = Instant::now();
     let (connect_status, protocol) =
-        match call(plan, shard, stage, route, connect_event, request_id).await {
+        match Box::pin(call(plan, shard, stage, route, connect_event, request_id)).await {
             Ok((status, headers, _)) if (200..300).contains(&status) => {
                 (status, chosen_protocol(&offered, &headers))
             }
@@ -304,13 +383,13 @@ pub async fn open(
                 let reason =
                     String::from_utf8_lossy(crate::http::respond::reason(status)).into_owned();
                 let err = GatewayError::detailed(status, "message", &reason, None);
-                refuse(c, shard, err, tag, Persist::Close, false).await;
-                return false;
+                Box::pin(refuse(c, shard, err, tag, Persist::Close, false)).await;
+                return None;
             }
             Err(err) => {
                 tracing::warn!(%err, "$connect failed");
-                refuse(c, shard, err, tag, Persist::Close, false).await;
-                return false;
+                Box::pin(refuse(c, shard, err, tag, Persist::Close, false)).await;
+                return None;
             }
         };
     c.out.clear();
@@ -324,44 +403,32 @@ pub async fn open(
     c.out.extend_from_slice(&tag.id);
     c.out.extend_from_slice(b"\r\n\r\n");
     c.outcome.status = 101;
-    if body::write_all(&mut c.stream, &mut c.out, c.send_timeout)
+    // Not kept for the connection's life.
+    let tag_id = tag.id;
+    drop((accept, offered, protocol, owned_tag));
+    // Boxed, as every wait here but the session's: an async fn's state is as
+    // large as its largest wait, and an open connection keeps it.
+    if Box::pin(body::write_all(&mut c.stream, &mut c.out, c.send_timeout))
         .await
         .is_err()
     {
-        return false;
+        return None;
     }
-    let Some(ws) = plan.stages[stage].ws.as_deref() else {
-        return false;
-    };
-    let Some(calls) = &shard.calls else {
-        return false;
-    };
-    let id = context
-        .get("connectionId")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_owned();
-    let identity = context.get("identity");
-    let text = |k: &str| {
-        identity
-            .and_then(|i| i.get(k))
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned()
-    };
+    let ws = plan.stages[stage].ws.as_deref()?;
+    let calls = shard.calls.as_ref()?;
+    let id = Arc::clone(&context.id);
     let local = shard.mailboxes.open();
     let now = crate::clock::unix_ms();
     let entry = Arc::new(Entry {
-        api: plan.stages[stage].api.clone(),
-        stage: plan.stages[stage].stage.clone(),
+        scope: Arc::clone(&ws.scope),
         inbox: Arc::clone(&calls.inbox),
         local,
         connected_at_ms: now,
         last_active_ms: AtomicU64::new(now),
-        source_ip: text("sourceIp"),
-        user_agent: text("userAgent"),
+        source_ip,
+        user_agent,
     });
-    CONNECTIONS.insert(id.clone(), Arc::clone(&entry));
+    CONNECTIONS.insert(Arc::clone(&id), Arc::clone(&entry));
     let registered = Registered(id);
     let cells = shard.metrics.worker.get(shard.id);
     if let Some(m) = cells {
@@ -370,53 +437,91 @@ pub async fn open(
     // The stage's access log gets a line per event (this one now, not when the
     // connection ends).
     let base = c.outcome.log.take();
-    let conn_facts = |event_type| crate::observe::accesslog::WsFacts {
-        connection_id: entry_id(&context).into(),
-        event_type,
-        message_id: None,
-    };
     log_event(
         plan,
         shard,
         stage,
         base.as_deref(),
-        conn_facts("CONNECT"),
-        tag.id,
+        conn_facts(&context, "CONNECT"),
+        tag_id,
         "$connect",
         connect_status,
         0,
         started,
     );
+    Some(Box::new(Live {
+        stage,
+        ws,
+        context,
+        entry,
+        registered,
+        base,
+        key,
+    }))
+}
+
+/// An open connection, between `open` and `serve`.
+pub struct Live<'p> {
+    stage: StageId,
+    ws: &'p WsStage,
+    context: Context,
+    entry: Arc<Entry>,
+    registered: Registered,
+    base: Option<Box<crate::observe::accesslog::Facts>>,
+    key: Option<Keyed>,
+}
+
+fn conn_facts(context: &Context, event_type: &'static str) -> crate::observe::accesslog::WsFacts {
+    crate::observe::accesslog::WsFacts {
+        connection_id: context.id().into(),
+        event_type,
+        message_id: None,
+    }
+}
+
+/// Serves an open connection until it ends, then calls `$disconnect`. Its
+/// own future, apart from `open`'s: an idle connection keeps only this one.
+pub async fn serve(c: &mut Client, plan: &Plan, shard: &Shard, live: Box<Live<'_>>) {
+    // Read through the box, not moved out of it: an async fn keeps its
+    // arguments and its locals apart.
+    let (stage, ws) = (live.stage, live.ws);
+    let local = live.entry.local;
+    let cells = shard.metrics.worker.get(shard.id);
     let (code, reason) = session(
         c,
         plan,
         shard,
         stage,
         ws,
-        &context,
-        &entry,
-        base.as_deref(),
-        key.as_ref(),
+        &live.context,
+        &live.entry,
+        live.base.as_deref(),
+        live.key.as_ref(),
     )
     .await;
     if let Some(m) = cells {
         m.ws_api_closed.add(1);
     }
-    drop(registered);
+    drop(live.registered);
     shard.mailboxes.close(local);
     if let Some(d) = ws.disconnect {
         let now = crate::clock::unix_ms();
         let rid = shard.next_request_id();
         let id = String::from_utf8_lossy(&rid).into_owned();
-        let mut e = event(&context, "$disconnect", "DISCONNECT", &id, now);
-        if let Some(Value::Object(rc)) = e.get_mut("requestContext") {
-            rc.insert("disconnectStatusCode".into(), code.into());
-            rc.insert("disconnectReason".into(), reason.into());
-        }
+        let event = live.context.event(
+            "$disconnect",
+            "DISCONNECT",
+            &id,
+            now,
+            &[
+                ("disconnectStatusCode", code.into()),
+                ("disconnectReason", reason.as_str().into()),
+            ],
+            Vec::new(),
+        );
         // Best effort, as AWS's.
         let started = Instant::now();
-        let event = Value::Object(e).to_string().into_bytes();
-        let status = match call(plan, shard, stage, d, event, id).await {
+        let status = match Box::pin(call(plan, shard, stage, d, event, id)).await {
             Ok((s, _, _)) => s,
             Err(err) => {
                 tracing::debug!(%err, "$disconnect failed");
@@ -427,8 +532,8 @@ pub async fn open(
             plan,
             shard,
             stage,
-            base.as_deref(),
-            conn_facts("DISCONNECT"),
+            live.base.as_deref(),
+            conn_facts(&live.context, "DISCONNECT"),
             rid,
             "$disconnect",
             status,
@@ -436,7 +541,6 @@ pub async fn open(
             started,
         );
     }
-    false
 }
 
 /// What ended a wait for the client.
@@ -564,13 +668,6 @@ async fn remote(
     }
 }
 
-fn entry_id(context: &Map<String, Value>) -> &str {
-    context
-        .get("connectionId")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-}
-
 /// What a message's route selection expression reads: the message.
 struct Message<'a>(&'a [u8]);
 
@@ -624,7 +721,7 @@ async fn session(
     shard: &Shard,
     stage: StageId,
     w: &WsStage,
-    context: &Map<String, Value>,
+    context: &Context,
     entry: &Entry,
     base: Option<&crate::observe::accesslog::Facts>,
     key: Option<&Keyed>,
@@ -643,7 +740,7 @@ async fn session(
                 Ok(Some(f)) => f,
                 Ok(None) => break,
                 Err(v) => {
-                    close(c, v.code, v.why).await;
+                    Box::pin(close(c, v.code, v.why)).await;
                     return (v.code, v.why.into());
                 }
             };
@@ -656,22 +753,23 @@ async fn session(
                         m.ws_messages_in.add(1);
                         m.ws_bytes_in.add(text.len() as u64);
                     }
-                    if !message(c, plan, shard, stage, w, context, base, key, text).await {
+                    if !Box::pin(message(c, plan, shard, stage, w, context, base, key, text)).await
+                    {
                         return (1006, String::new());
                     }
                 }
                 Ok(Event::Ping(p)) => {
-                    if !send(c, shard, Opcode::Pong, &p).await {
+                    if !Box::pin(send(c, shard, Opcode::Pong, &p)).await {
                         return (1006, String::new());
                     }
                 }
                 Ok(Event::Pong | Event::Partial) => {}
                 Ok(Event::Close(code, reason)) => {
-                    close(c, if code == 1005 { code::NORMAL } else { code }, "").await;
+                    Box::pin(close(c, if code == 1005 { code::NORMAL } else { code }, "")).await;
                     return (code, reason);
                 }
                 Err(v) => {
-                    close(c, v.code, v.why).await;
+                    Box::pin(close(c, v.code, v.why)).await;
                     return (v.code, v.why.into());
                 }
             }
@@ -680,7 +778,7 @@ async fn session(
         c.pos = 0;
         let left = until.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            close(c, code::GOING_AWAY, "Going away").await;
+            Box::pin(close(c, code::GOING_AWAY, "Going away")).await;
             return (code::GOING_AWAY, "the connection's duration limit".into());
         }
         let wait = w.limits.idle.min(left);
@@ -696,10 +794,12 @@ async fn session(
         // Data, a command from `@connections`, or the idle limit. Readiness is
         // waited for (checked, not cached: `readable(false)`), not a read, so
         // the wait can be given up on both drivers without losing bytes.
+        // The idle limit is a slot of the shard's parked deadlines (swept by
+        // the worker), not a timer of its own: monoio's is 640 bytes.
         let woke = {
             let buffered = c.stream.has_buffered();
             let mut readable = std::pin::pin!(c.stream.tcp().readable(false));
-            let mut sleep = std::pin::pin!(monoio::time::sleep(wait));
+            let slot = crate::proxy::shard::Parking::new(shard, Instant::now() + wait);
             std::future::poll_fn(|cx| {
                 if let Some(cmd) = shard.mailboxes.take(entry.local, cx.waker()) {
                     return Poll::Ready(Woke::Command(cmd));
@@ -707,7 +807,7 @@ async fn session(
                 if buffered || readable.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Woke::Readable);
                 }
-                if sleep.as_mut().poll(cx).is_ready() {
+                if slot.expired(cx.waker()) {
                     return Poll::Ready(Woke::Idle);
                 }
                 Poll::Pending
@@ -717,22 +817,24 @@ async fn session(
         c.buf = shard.take_buf(std::mem::take(&mut c.buf));
         c.out = shard.take_buf(std::mem::take(&mut c.out));
         match woke {
-            Woke::Readable => match body::read_more(&mut c.stream, &mut c.buf, 16 * 1024).await {
-                Ok(n) if n > 0 => {}
-                _ => return (1006, String::new()),
-            },
+            Woke::Readable => {
+                match Box::pin(body::read_more(&mut c.stream, &mut c.buf, 16 * 1024)).await {
+                    Ok(n) if n > 0 => {}
+                    _ => return (1006, String::new()),
+                }
+            }
             Woke::Command(Command::Send(data)) => {
                 entry.touch();
-                if !send(c, shard, Opcode::Text, &data).await {
+                if !Box::pin(send(c, shard, Opcode::Text, &data)).await {
                     return (1006, String::new());
                 }
             }
             Woke::Command(Command::Close) => {
-                close(c, code::NORMAL, "").await;
+                Box::pin(close(c, code::NORMAL, "")).await;
                 return (code::NORMAL, "deleted through @connections".into());
             }
             Woke::Idle => {
-                close(c, code::GOING_AWAY, "Going away").await;
+                Box::pin(close(c, code::GOING_AWAY, "Going away")).await;
                 return (code::GOING_AWAY, "idle".into());
             }
         }
@@ -847,7 +949,7 @@ async fn message(
     shard: &Shard,
     stage: StageId,
     w: &WsStage,
-    context: &Map<String, Value>,
+    context: &Context,
     base: Option<&crate::observe::accesslog::Facts>,
     api_key: Option<&Keyed>,
     text: String,
@@ -864,10 +966,7 @@ async fn message(
     };
     let rid = shard.next_request_id();
     let id = String::from_utf8_lossy(&rid).into_owned();
-    let connection = context
-        .get("connectionId")
-        .and_then(Value::as_str)
-        .unwrap_or("");
+    let connection = context.id();
     let message_id = connections::new_id();
     let facts = crate::observe::accesslog::WsFacts {
         connection_id: connection.into(),
@@ -891,20 +990,15 @@ async fn message(
         return send(c, shard, Opcode::Text, m.to_string().as_bytes()).await;
     }
     let now = crate::clock::unix_ms();
-    let mut e = event(context, route_key, "MESSAGE", &id, now);
-    if let Some(Value::Object(rc)) = e.get_mut("requestContext") {
-        rc.insert("messageId".into(), message_id.as_str().into());
-    }
-    e.insert("body".into(), Value::String(text));
-    let answered = call(
-        plan,
-        shard,
-        stage,
-        route,
-        Value::Object(e).to_string().into_bytes(),
-        id.clone(),
-    )
-    .await;
+    let event = context.event(
+        route_key,
+        "MESSAGE",
+        &id,
+        now,
+        &[("messageId", message_id.as_str().into())],
+        vec![("body", Value::String(text))],
+    );
+    let answered = call(plan, shard, stage, route, event, id.clone()).await;
     let status = match &answered {
         Ok((s, _, _)) => *s,
         Err(e) => e.refusal().status,

@@ -95,7 +95,7 @@ pub fn carry_out(
     let entry = CONNECTIONS
         .get(id)
         .map(|e| Arc::clone(&e))
-        .filter(|e| e.api == api && e.stage == stage)?;
+        .filter(|e| e.scope.split_once('\n') == Some((api, stage)))?;
     Some(match op {
         Op::Post(data) => {
             deliver(&entry, Command::Send(data));
@@ -131,10 +131,16 @@ fn iso8601(ms: u64) -> String {
     )
 }
 
+/// An API's and a stage's names as one string (shared by the stage's
+/// connections).
+pub fn scope(api: &str, stage: &str) -> String {
+    format!("{api}\n{stage}")
+}
+
 /// One open connection.
 pub struct Entry {
-    pub api: String,
-    pub stage: String,
+    /// Its API and stage (`scope`).
+    pub scope: Arc<str>,
     /// The holding worker's inbox, and the connection's number there.
     pub inbox: Arc<Inbox>,
     pub local: u64,
@@ -152,15 +158,15 @@ impl Entry {
 }
 
 /// The process's open connections, by id.
-pub static CONNECTIONS: LazyLock<dashmap::DashMap<String, Arc<Entry>>> =
+pub static CONNECTIONS: LazyLock<dashmap::DashMap<Arc<str>, Arc<Entry>>> =
     LazyLock::new(dashmap::DashMap::new);
 
 /// Removes a connection from `CONNECTIONS` when it ends.
-pub struct Registered(pub String);
+pub struct Registered(pub Arc<str>);
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        CONNECTIONS.remove(&self.0);
+        CONNECTIONS.remove(&*self.0);
     }
 }
 
