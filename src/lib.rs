@@ -136,6 +136,9 @@
 //!     the runtimes connected to it.
 //!   - `proxy::remap`: parameter mapping of `http_proxy` request and response heads.
 //!   - `proxy::send`: a group's pick for a request, retries and outlier feedback.
+//!   - `proxy::manage`: the `@connections` API of WebSocket APIs (this
+//!     node's connections through their workers' inboxes, other nodes' through
+//!     the cluster relay).
 //!   - `proxy::websocket`: WebSocket APIs: `$connect`, messages routed to
 //!     integrations, route responses, `$disconnect`.
 //!   - `proxy::tunnel`: WebSocket pass-through after a 101.

@@ -629,7 +629,7 @@ async fn handle(
             if !crate::proxy::invoke::skip_body(c, lp, shard, &asked).await {
                 return false;
             }
-            match crate::proxy::websocket::manage(shard, &plan.stages[stage], &call).await {
+            match crate::proxy::manage::manage(shard, &plan.stages[stage], &call).await {
                 Ok(ans) => {
                     let persist = shard.persist(p.persist);
                     c.out.clear();

@@ -8,6 +8,7 @@ pub mod conn;
 pub mod forward;
 pub mod invoke;
 pub mod lambda;
+pub mod manage;
 pub mod pipeline;
 pub mod remap;
 pub mod runtime_api;

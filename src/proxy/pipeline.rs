@@ -385,7 +385,7 @@ fn stages(
                 .into_owned();
             return Ok(Action::Connections(
                 stage_id,
-                Box::new(crate::proxy::websocket::ConnectionsCall {
+                Box::new(crate::proxy::manage::ConnectionsCall {
                     kind: (m.route - base) % 3,
                     id,
                     data: f.body.map(<[u8]>::to_vec).unwrap_or_default(),

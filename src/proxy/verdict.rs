@@ -19,7 +19,7 @@ pub enum Action {
     /// A WebSocket API's handshake (`$connect`), worked out.
     WsConnect(StageId, RouteId, Box<crate::proxy::websocket::Opening>),
     /// An `@connections` call of a WebSocket API.
-    Connections(StageId, Box<crate::proxy::websocket::ConnectionsCall>),
+    Connections(StageId, Box<crate::proxy::manage::ConnectionsCall>),
     /// A `lambda` or `aws` integration's invocation, built.
     Invoke(StageId, RouteId, Box<crate::proxy::invoke::Invocation>),
 }
