@@ -106,15 +106,9 @@ async fn serve_client(
         match next {
             Next::Close => return,
             Next::WebSocket(u) => {
-                let _in_flight = InFlight::enter(&shard);
-                let started = u.started;
-                // `$connect` and the handshake, then the session, each its own
-                // future: the open connection keeps only the session's.
-                let live = Box::pin(crate::proxy::websocket::open(&mut c, &plan, &shard, u)).await;
-                if let Some(live) = live {
-                    Box::pin(crate::proxy::websocket::serve(&mut c, &plan, &shard, live)).await;
-                }
-                record(&mut c, &plan, &shard, started, &Flags::default());
+                // The session gets a task of its own, sized for it; this one,
+                // sized for the request path's waits, ends here.
+                monoio::spawn(websocket(c, plan, shard, u));
                 return;
             }
             Next::Park => {
@@ -140,6 +134,24 @@ async fn serve_client(
     }
 }
 
+/// A WebSocket API connection after its handshake passed the pipeline:
+/// `$connect` and the 101 (a boxed future, gone once answered), then the
+/// session, in a task whose future is the session's and a few pointers.
+async fn websocket(
+    mut c: Box<Client>,
+    plan: Arc<Plan>,
+    shard: Rc<Shard>,
+    u: Box<crate::proxy::websocket::Upgrade>,
+) {
+    let _in_flight = InFlight::enter(&shard);
+    let started = u.started;
+    let live = Box::pin(crate::proxy::websocket::open(&mut c, &plan, &shard, u)).await;
+    if let Some(live) = live {
+        crate::proxy::websocket::serve(&mut c, &plan, &shard, live).await;
+    }
+    record(&mut c, &plan, &shard, started, &Flags::default());
+}
+
 /// What a connection does after `active`.
 enum Next {
     Close,
@@ -148,9 +160,9 @@ enum Next {
     /// The worker runs a new plan: go on with it (`woken` as it was).
     Switch(bool),
     /// A WebSocket API handshake passed the pipeline: `$connect`, then the
-    /// session, run by `serve_client` after this request's state (the large
-    /// future of `active`) is gone, so an open connection holds only the
-    /// session's.
+    /// session, run by a task of their own (`websocket`) after this request's
+    /// state (the large future of `active`) and the connection's task are
+    /// gone, so an open connection holds only the session's.
     WebSocket(Box<crate::proxy::websocket::Upgrade>),
 }
 

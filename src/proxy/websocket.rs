@@ -36,9 +36,6 @@ pub struct Opening {
     key: Option<Keyed>,
     /// Fields every event of the connection carries (`requestContext`'s).
     context: Context,
-    /// The client's address and `User-Agent` (`GetConnection`'s identity).
-    source_ip: String,
-    user_agent: String,
     /// The `$connect` event.
     connect_event: Vec<u8>,
 }
@@ -153,8 +150,6 @@ pub fn opening(s: &Seen<'_, '_>) -> Result<Opening, GatewayError> {
         offered,
         key: api_key,
         context,
-        source_ip: s.source_ip.to_string(),
-        user_agent: header("user-agent").unwrap_or_default(),
         connect_event,
     })
 }
@@ -179,8 +174,9 @@ pub(crate) fn unbox<T>(b: Box<T>) -> T {
 /// text: an idle connection holds one string, not a map of values.
 #[derive(Debug)]
 pub struct Context {
-    /// `"name":value` pairs, comma-separated, without the braces.
-    fields: Box<str>,
+    /// `"name":value` pairs, comma-separated, without the braces (shared
+    /// with the connection's `Entry`).
+    fields: Arc<str>,
     id: Arc<str>,
 }
 
@@ -368,8 +364,6 @@ pub async fn open<'p>(
         offered,
         key,
         context,
-        source_ip,
-        user_agent,
         connect_event,
     } = unbox(o);
     let started = Instant::now();
@@ -424,8 +418,7 @@ pub async fn open<'p>(
         local,
         connected_at_ms: now,
         last_active_ms: AtomicU64::new(now),
-        source_ip,
-        user_agent,
+        context: Arc::clone(&context.fields),
     });
     CONNECTIONS.insert(Arc::clone(&id), Arc::clone(&entry));
     let registered = Registered(id);

@@ -103,9 +103,12 @@ pub fn carry_out(
         }
         Op::Get => {
             let last = entry.last_active_ms.load(Ordering::Relaxed);
+            let context: serde_json::Value =
+                serde_json::from_str(&format!("{{{}}}", entry.context)).unwrap_or_default();
+            let identity = |k: &str| context["identity"][k].as_str().unwrap_or("").to_owned();
             let body = serde_json::json!({
                 "connectedAt": iso8601(entry.connected_at_ms),
-                "identity": { "sourceIp": entry.source_ip, "userAgent": entry.user_agent },
+                "identity": { "sourceIp": identity("sourceIp"), "userAgent": identity("userAgent") },
                 "lastActiveAt": iso8601(last),
             });
             (200, body.to_string().into_bytes())
@@ -146,8 +149,9 @@ pub struct Entry {
     pub local: u64,
     pub connected_at_ms: u64,
     pub last_active_ms: AtomicU64,
-    pub source_ip: String,
-    pub user_agent: String,
+    /// The connection's `requestContext` fields as JSON, without the braces
+    /// (shared with its events): `GetConnection`'s identity is read from it.
+    pub context: Arc<str>,
 }
 
 impl Entry {
