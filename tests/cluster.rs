@@ -1057,24 +1057,9 @@ listeners: [ {{ name: public, bind: \"127.0.0.1:0\" }} ]
 store:
   redis: {{ url: \"redis://127.0.0.1:{}/0\", key_prefix: \"sgws:\" }}
 apis:
-  - name: chat
-    type: websocket
-    connections_authorizer: machines
-    authorizers:
-      - name: machines
-        type: sigv4
-        region: us-east-1
-        access_keys:
-          - {{ id: AKIDCONNECTIONS12345, secret: conn-secret-0123456789, allow: [\"chat/prod/*/@connections/*\"] }}
-    routes:
-      - route: $connect
-        integration: {{ type: http_proxy, uri: \"{be}/connect\" }}
-      - route: $disconnect
-        integration: {{ type: http_proxy, uri: \"{be}/disconnect\" }}
-    stages: [ {{ name: prod }} ]
-",
+{}",
         redis.port,
-        be = be.url()
+        common::ws::connections_api(&be.url())
     );
     let a = Gateway::start(&yaml);
     let b = Gateway::start(&yaml);

@@ -408,8 +408,9 @@ apis:
     assert_eq!(v["requestId"], r.header("apigw-requestid").unwrap());
 }
 
-#[test]
-fn the_invoke_api_is_signed_for_botocore() {
+/// The botocore-verified Lambda Invoke API (key AKIDTEST, secret
+/// `secret/key+1`, eu-west-1) on a free port: the process and its port.
+fn invoke_server() -> (Proc, u16) {
     let mut srv = Command::new("python3")
         .arg(format!("{SUPPORT}/lambda_invoke_server.py"))
         .args(["AKIDTEST", "secret/key+1", "eu-west-1"])
@@ -420,8 +421,13 @@ fn the_invoke_api_is_signed_for_botocore() {
     BufReader::new(srv.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let _srv = Proc(srv);
-    let port: u16 = line.trim().parse().expect("the server's port");
+    let srv = Proc(srv);
+    (srv, line.trim().parse().expect("the server's port"))
+}
+
+#[test]
+fn the_invoke_api_is_signed_for_botocore() {
+    let (_srv, port) = invoke_server();
     let arn = "arn:aws:lambda:eu-west-1:123456789012:function:orders";
     let yaml = config(&format!(
         "apis:
@@ -488,18 +494,7 @@ fn the_invoke_api_is_signed_for_botocore() {
 #[test]
 fn a_websocket_route_invokes_a_function_in_aws() {
     use common::ws::{frame, handshake, read_frame};
-    let mut srv = Command::new("python3")
-        .arg(format!("{SUPPORT}/lambda_invoke_server.py"))
-        .args(["AKIDTEST", "secret/key+1", "eu-west-1"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 with botocore");
-    let mut line = String::new();
-    BufReader::new(srv.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let _srv = Proc(srv);
-    let port: u16 = line.trim().parse().expect("the server's port");
+    let (_srv, port) = invoke_server();
     let arn = "arn:aws:lambda:eu-west-1:123456789012:function:live";
     let yaml = config(&format!(
         "apis:

@@ -330,23 +330,8 @@ fn connections_api_with_botocore_across_workers() {
     let yaml = config(&format!(
         "admin: {{ bind: \"127.0.0.1:0\", token: an-admin-token-for-tests }}
 apis:
-  - name: chat
-    type: websocket
-    connections_authorizer: machines
-    authorizers:
-      - name: machines
-        type: sigv4
-        region: us-east-1
-        access_keys:
-          - {{ id: AKIDCONNECTIONS12345, secret: conn-secret-0123456789, allow: [\"chat/prod/*/@connections/*\"] }}
-    routes:
-      - route: $connect
-        integration: {{ type: http_proxy, uri: \"{be}/connect\" }}
-      - route: $disconnect
-        integration: {{ type: http_proxy, uri: \"{be}/disconnect\" }}
-    stages: [ {{ name: prod }} ]
-",
-        be = be.url()
+{}",
+        common::ws::connections_api(&be.url())
     ));
     let gw = Gateway::start(&yaml);
     let (mut a, status) = handshake_with(gw.addr, "/prod", "x-client: a\r\n");

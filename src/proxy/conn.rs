@@ -567,6 +567,16 @@ async fn handle(
     let has_body = p.framing != Framing::None;
     // An unread body is still on the wire: close rather than read it.
     let unread = p.persist_unread();
+    // What the integration paths that read the body whole need of the request
+    // (captures the fields it names, so `p.action` can still be matched).
+    let asked = || crate::proxy::invoke::Asked {
+        tag: &p.tag,
+        persist: p.persist,
+        is_head: p.is_head,
+        framing: p.framing,
+        expect_continue: p.expect_continue,
+        deadline: p.deadline,
+    };
     match p.action {
         Action::Work(_) => false,
         Action::Preflight => {
@@ -630,14 +640,7 @@ async fn handle(
                 && !persist.closes()
         }
         Action::Connections(stage, call) => {
-            let asked = crate::proxy::invoke::Asked {
-                tag: &p.tag,
-                persist: p.persist,
-                is_head: p.is_head,
-                framing: p.framing,
-                expect_continue: p.expect_continue,
-                deadline: p.deadline,
-            };
+            let asked = asked();
             if !crate::proxy::invoke::skip_body(c, lp, shard, &asked).await {
                 return false;
             }
@@ -661,14 +664,7 @@ async fn handle(
         // Taken by `active` before it gets here.
         Action::WsConnect(..) => false,
         Action::Invoke(stage, route, inv) => {
-            let asked = crate::proxy::invoke::Asked {
-                tag: &p.tag,
-                persist: p.persist,
-                is_head: p.is_head,
-                framing: p.framing,
-                expect_continue: p.expect_continue,
-                deadline: p.deadline,
-            };
+            let asked = asked();
             crate::proxy::invoke::invoke(c, plan, lp, shard, asked, stage, route, inv).await
         }
         Action::CacheHit(entry) => {

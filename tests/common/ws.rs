@@ -133,3 +133,28 @@ pub fn manage(endpoint: &str, secret: &str, args: &[&str]) -> Value {
             .args(args),
     )
 }
+
+/// A WebSocket API `chat` (stage `prod`) whose `$connect` and `$disconnect`
+/// go to `be` (`/connect`, `/disconnect`) and whose `@connections` calls are
+/// signed with `AKIDCONNECTIONS12345` / `conn-secret-0123456789`: an entry
+/// of a config's `apis`.
+pub fn connections_api(be: &str) -> String {
+    format!(
+        "  - name: chat
+    type: websocket
+    connections_authorizer: machines
+    authorizers:
+      - name: machines
+        type: sigv4
+        region: us-east-1
+        access_keys:
+          - {{ id: AKIDCONNECTIONS12345, secret: conn-secret-0123456789, allow: [\"chat/prod/*/@connections/*\"] }}
+    routes:
+      - route: $connect
+        integration: {{ type: http_proxy, uri: \"{be}/connect\" }}
+      - route: $disconnect
+        integration: {{ type: http_proxy, uri: \"{be}/disconnect\" }}
+    stages: [ {{ name: prod }} ]
+"
+    )
+}
