@@ -40,7 +40,6 @@ cp load-tests/peers/shardgate-keyed.yaml "$RUN/embedded.yaml"
   echo 'store: { redis: { url: "redis://127.0.0.1:18100/0", key_prefix: "bench:" } }'
   echo 'admin: { bind: "127.0.0.1:18109" }'; } >"$RUN/cluster.yaml"
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 CLK=$(getconf CLK_TCK)
 # Round trips the node made to Redis (its /metrics; a script or pipeline is one).
 redis_calls() { curl -s http://127.0.0.1:18109/metrics 2>/dev/null | awk '/^shardgate_redis_round_trips_total/ {print $2}' | grep . || echo 0; }
@@ -71,7 +70,6 @@ for r in $(seq "$ROUNDS"); do
   measure embedded "$RUN/embedded.yaml" 18086
   measure cluster "$RUN/cluster.yaml" 18101
 done
-median() { tr ' ' '\n' | { grep -v '^$' || true; } | sort -g | awk '{a[NR]=$1} END {print (NR ? a[int((NR+1)/2)] : "-")}'; }
 emb=$(echo "${R[embedded]}" | tr ' ' '\n' | cut -d/ -f1 | median)
 clu=$(echo "${R[cluster]}" | tr ' ' '\n' | cut -d/ -f1 | median)
 ops=$(echo "${R[cluster]}" | tr ' ' '\n' | cut -d/ -f2 | median)
@@ -120,7 +118,7 @@ EOF
   for p in "${nodes[@]}"; do wait "$p" 2>/dev/null || true; done
 done
 
-tag=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs | tr 'A-Z' 'a-z' | sed 's/[^a-z0-9]\+/-/g; s/^-//; s/-$//' | cut -c1-40)
+tag=$(machine_tag)
 dest="load-tests/results/cluster-$(nproc)core-${tag:-unknown}.txt"
 {
   echo "# load-tests/cluster.sh, $(date -u +%Y-%m-%dT%H:%MZ)"

@@ -134,7 +134,6 @@ stop_proxy() {
   kill "${MAIN[$1]}" 2>/dev/null || true
   wait "${MAIN[$1]}" 2>/dev/null || true
 }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # CPU 0's busy time (user, nice, system, irq, softirq): the proxy is all that runs
 # there, so it should match the process's figure; where it does not, something else
 # is using the core (or the proxy's port) and the run is suspect.
@@ -261,7 +260,6 @@ for r in $(seq "$ROUNDS"); do
   [ -n "${ONLY:-}" ] || for p in "${MEM_PROXIES[@]}"; do measure_memory "$p"; done
 done
 
-median() { tr ' ' '\n' | { grep -v '^$' || true; } | sort -g | awk '{a[NR]=$1} END {print (NR ? a[int((NR+1)/2)] : "-")}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 > 0 && a != "-") printf "%.2f", a / b; else print "-" }'; }
 
 RESULT=$(mktemp)
@@ -356,7 +354,7 @@ echo
 cat "$RESULT"
 [ -z "${ONLY:-}" ] || exit 0  # a partial run does not replace the results file
 mkdir -p load-tests/results
-tag=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs | tr 'A-Z' 'a-z' | sed 's/[^a-z0-9]\+/-/g; s/^-//; s/-$//' | cut -c1-40)
+tag=$(machine_tag)
 dest="load-tests/results/compare-$(nproc)core-${tag:-unknown}.txt"
 cp "$RESULT" "$dest"
 rm -f "$RESULT"

@@ -51,7 +51,6 @@ taskset -c 0 "$SG" run --config "$RUN/gw.yaml" --runtime epoll 2>"$RUN/gw.log" &
 GW=$!
 serving http://127.0.0.1:18120/lambda "$RUN/gw.log"
 serving http://127.0.0.1:18120/proxy "$RUN/gw.log"
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 CLK=$(getconf CLK_TCK)
 declare -A RPS CPU P99
 measure() {
@@ -71,8 +70,7 @@ for r in $(seq "$ROUNDS"); do
   echo "== round $r"
   for s in lambda proxy mock; do measure "$s"; done
 done
-median() { tr ' ' '\n' | { grep -v '^$' || true; } | sort -g | awk '{a[NR]=$1} END {print (NR ? a[int((NR+1)/2)] : "-")}'; }
-tag=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs | tr 'A-Z' 'a-z' | sed 's/[^a-z0-9]\+/-/g; s/^-//; s/-$//' | cut -c1-40)
+tag=$(machine_tag)
 dest="load-tests/results/functions-$(nproc)core-${tag:-unknown}.txt"
 lc=$(echo "${CPU[lambda]}" | median); pc=$(echo "${CPU[proxy]}" | median); mc=$(echo "${CPU[mock]}" | median)
 {

@@ -38,3 +38,15 @@ serving() {
   cat "$2"
   exit 1
 }
+
+# median: the median of the numbers on stdin (space- or line-separated); "-"
+# when there are none.
+median() { tr ' ' '\n' | { grep -v '^$' || true; } | sort -g | awk '{a[NR]=$1} END {print (NR ? a[int((NR+1)/2)] : "-")}'; }
+
+# cpu_ticks PID: the process's user + system time, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# machine_tag: the CPU model as a file-name part (`intel-r-xeon-r-processor`).
+machine_tag() {
+  grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs | tr 'A-Z' 'a-z' | sed 's/[^a-z0-9]\+/-/g; s/^-//; s/-$//' | cut -c1-40
+}

@@ -74,9 +74,7 @@ for _ in $(seq 100); do grep -q "addr=" "$RUN/sg.log" 2>/dev/null && break; slee
 taskset -c 0 python3 tests/support/ws_echo.py serve >"$RUN/direct.port" &
 for _ in $(seq 50); do [ -s "$RUN/direct.port" ] && break; sleep 0.1; done
 DIRECT=$(cat "$RUN/direct.port")
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 CLK=$(getconf CLK_TCK)
-median() { tr ' ' '\n' | { grep -v '^$' || true; } | sort -g | awk '{a[NR]=$1} END {print (NR ? a[int((NR+1)/2)] : "-")}'; }
 ms() { awk '{v = $1; if (v ~ /us$/) {sub("us", "", v); v /= 1000} else if (v ~ /ms$/) {sub("ms", "", v)} else if (v ~ /s$/) {sub("s", "", v); v *= 1000}; printf "%.2f", v}'; }
 
 echo "== fan-out: $CONNS connections"
@@ -130,7 +128,7 @@ for r in $(seq "$ROUNDS"); do
   rtt mock ws://127.0.0.1:18160/prod '{"action":"echo"}'
   rtt nginx ws://127.0.0.1:18160/prod '{"action":"nginx"}'
 done
-tag=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs | tr 'A-Z' 'a-z' | sed 's/[^a-z0-9]\+/-/g; s/^-//; s/-$//' | cut -c1-40)
+tag=$(machine_tag)
 dest="load-tests/results/ws-bench-$(nproc)core-${tag:-unknown}.txt"
 {
   echo "# load-tests/ws-bench.sh, $(date -u +%Y-%m-%dT%H:%MZ)"

@@ -79,8 +79,7 @@ for r in $(seq "$ROUNDS"); do
   measure nginx-http "$NG" 18131
   kill "$NG"; wait "$NG" 2>/dev/null || true
 done
-median() { tr ' ' '\n' | { grep -v '^$' || true; } | sort -g | awk '{a[NR]=$1} END {print (NR ? a[int((NR+1)/2)] : "-")}'; }
-tag=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs | tr 'A-Z' 'a-z' | sed 's/[^a-z0-9]\+/-/g; s/^-//; s/-$//' | cut -c1-40)
+tag=$(machine_tag)
 dest="load-tests/results/ws-idle-memory-$(nproc)core-${tag:-unknown}.txt"
 ws=$(echo "${R[sg-websocket]}" | median); http=$(echo "${R[sg-http]}" | median); ng=$(echo "${R[nginx-http]}" | median)
 {
