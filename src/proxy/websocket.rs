@@ -472,67 +472,66 @@ fn conn_facts(context: &Context, event_type: &'static str) -> crate::observe::ac
 }
 
 /// Serves an open connection until it ends, then calls `$disconnect`. Its
-/// own future, apart from `open`'s: an idle connection keeps only this one.
+/// own future, apart from `open`'s: an idle connection keeps only this one
+/// (and `session`'s, which holds only its idle wait inline).
 pub async fn serve(c: &mut Client, plan: &Plan, shard: &Shard, live: Box<Live<'_>>) {
-    // Read through the box, not moved out of it: an async fn keeps its
-    // arguments and its locals apart.
+    let (code, reason) = session(c, plan, shard, &live).await;
+    Box::pin(ended(plan, shard, live, code, reason)).await;
+}
+
+/// After the session: the metrics, the registry, and `$disconnect`.
+async fn ended(plan: &Plan, shard: &Shard, live: Box<Live<'_>>, code: u16, reason: String) {
     let (stage, ws) = (live.stage, live.ws);
+    if let Some(m) = shard.metrics.worker.get(shard.id) {
+        m.ws_api_closed.add(1);
+    }
     let local = live.entry.local;
-    let cells = shard.metrics.worker.get(shard.id);
-    let (code, reason) = session(
-        c,
+    let Live {
+        context,
+        registered,
+        base,
+        ..
+    } = unbox(live);
+    drop(registered);
+    shard.mailboxes.close(local);
+    let Some(d) = ws.disconnect else {
+        return;
+    };
+    let now = crate::clock::unix_ms();
+    let rid = shard.next_request_id();
+    let id = String::from_utf8_lossy(&rid).into_owned();
+    let event = context.event(
+        "$disconnect",
+        "DISCONNECT",
+        &id,
+        now,
+        &[
+            ("disconnectStatusCode", code.into()),
+            ("disconnectReason", reason.as_str().into()),
+        ],
+        Vec::new(),
+    );
+    // Best effort, as AWS's.
+    let started = Instant::now();
+    let status = match call(plan, shard, stage, d, event, id).await {
+        Ok((s, _, _)) => s,
+        Err(err) => {
+            tracing::debug!(%err, "$disconnect failed");
+            err.refusal().status
+        }
+    };
+    log_event(
         plan,
         shard,
         stage,
-        ws,
-        &live.context,
-        &live.entry,
-        live.base.as_deref(),
-        live.key.as_ref(),
-    )
-    .await;
-    if let Some(m) = cells {
-        m.ws_api_closed.add(1);
-    }
-    drop(live.registered);
-    shard.mailboxes.close(local);
-    if let Some(d) = ws.disconnect {
-        let now = crate::clock::unix_ms();
-        let rid = shard.next_request_id();
-        let id = String::from_utf8_lossy(&rid).into_owned();
-        let event = live.context.event(
-            "$disconnect",
-            "DISCONNECT",
-            &id,
-            now,
-            &[
-                ("disconnectStatusCode", code.into()),
-                ("disconnectReason", reason.as_str().into()),
-            ],
-            Vec::new(),
-        );
-        // Best effort, as AWS's.
-        let started = Instant::now();
-        let status = match Box::pin(call(plan, shard, stage, d, event, id)).await {
-            Ok((s, _, _)) => s,
-            Err(err) => {
-                tracing::debug!(%err, "$disconnect failed");
-                err.refusal().status
-            }
-        };
-        log_event(
-            plan,
-            shard,
-            stage,
-            live.base.as_deref(),
-            conn_facts(&live.context, "DISCONNECT"),
-            rid,
-            "$disconnect",
-            status,
-            0,
-            started,
-        );
-    }
+        base.as_deref(),
+        conn_facts(&context, "DISCONNECT"),
+        rid,
+        "$disconnect",
+        status,
+        0,
+        started,
+    );
 }
 
 /// What ended a wait for the client.
@@ -588,66 +587,18 @@ async fn close(c: &mut Client, code: u16, reason: &str) {
     let _ = body::write_all(&mut c.stream, &mut c.out, c.send_timeout).await;
 }
 
+/// How a session ends: the close code and reason.
+type End = (u16, String);
+
 /// Serves messages until the connection ends: the close code and reason.
-#[allow(clippy::too_many_arguments)]
-async fn session(
-    c: &mut Client,
-    plan: &Plan,
-    shard: &Shard,
-    stage: StageId,
-    w: &WsStage,
-    context: &Context,
-    entry: &Entry,
-    base: Option<&crate::observe::accesslog::Facts>,
-    key: Option<&Keyed>,
-) -> (u16, String) {
-    let limits = ws::Limits {
-        max_frame: w.limits.max_frame,
-        max_message: w.limits.max_message,
-    };
-    let until = Instant::now() + w.limits.max_duration;
+/// Only the wait for the client is inline (what an idle connection holds);
+/// reading frames and answering them are boxed futures, gone between messages.
+async fn session(c: &mut Client, plan: &Plan, shard: &Shard, live: &Live<'_>) -> End {
+    let until = Instant::now() + live.ws.limits.max_duration;
     let mut messages = Messages::default();
     loop {
-        // Every whole frame already read.
-        loop {
-            let start = c.pos;
-            let frame = match ws::parse_frame(&mut c.buf[start..], &limits) {
-                Ok(Some(f)) => f,
-                Ok(None) => break,
-                Err(v) => {
-                    Box::pin(close(c, v.code, v.why)).await;
-                    return (v.code, v.why.into());
-                }
-            };
-            let payload = c.buf[start + frame.payload.start..start + frame.payload.end].to_vec();
-            c.pos = start + frame.len;
-            match messages.take(&frame, &payload, &limits) {
-                Ok(Event::Text(text)) => {
-                    entry.touch();
-                    if let Some(m) = shard.metrics.worker.get(shard.id) {
-                        m.ws_messages_in.add(1);
-                        m.ws_bytes_in.add(text.len() as u64);
-                    }
-                    if !Box::pin(message(c, plan, shard, stage, w, context, base, key, text)).await
-                    {
-                        return (1006, String::new());
-                    }
-                }
-                Ok(Event::Ping(p)) => {
-                    if !Box::pin(send(c, shard, Opcode::Pong, &p)).await {
-                        return (1006, String::new());
-                    }
-                }
-                Ok(Event::Pong | Event::Partial) => {}
-                Ok(Event::Close(code, reason)) => {
-                    Box::pin(close(c, if code == 1005 { code::NORMAL } else { code }, "")).await;
-                    return (code, reason);
-                }
-                Err(v) => {
-                    Box::pin(close(c, v.code, v.why)).await;
-                    return (v.code, v.why.into());
-                }
-            }
+        if let Some(end) = Box::pin(frames(c, plan, shard, live, &mut messages)).await {
+            return end;
         }
         c.buf.drain(..c.pos);
         c.pos = 0;
@@ -656,9 +607,7 @@ async fn session(
             Box::pin(close(c, code::GOING_AWAY, "Going away")).await;
             return (code::GOING_AWAY, "the connection's duration limit".into());
         }
-        let wait = w.limits.idle.min(left);
-        // Readable, a command from `@connections`, or the idle limit: waiting for
-        // readiness (not a read) can be given up safely on both drivers.
+        let wait = live.ws.limits.idle.min(left);
         // Idle, the connection holds no buffer (the shard keeps them), as a
         // parked HTTP connection.
         if c.buf.is_empty() {
@@ -675,8 +624,9 @@ async fn session(
             let buffered = c.stream.has_buffered();
             let mut readable = std::pin::pin!(c.stream.tcp().readable(false));
             let slot = crate::proxy::shard::Parking::new(shard, Instant::now() + wait);
+            let local = live.entry.local;
             std::future::poll_fn(|cx| {
-                if let Some(cmd) = shard.mailboxes.take(entry.local, cx.waker()) {
+                if let Some(cmd) = shard.mailboxes.take(local, cx.waker()) {
                     return Poll::Ready(Woke::Command(cmd));
                 }
                 if buffered || readable.as_mut().poll(cx).is_ready() {
@@ -691,27 +641,102 @@ async fn session(
         };
         c.buf = shard.take_buf(std::mem::take(&mut c.buf));
         c.out = shard.take_buf(std::mem::take(&mut c.out));
-        match woke {
-            Woke::Readable => {
-                match Box::pin(body::read_more(&mut c.stream, &mut c.buf, 16 * 1024)).await {
-                    Ok(n) if n > 0 => {}
-                    _ => return (1006, String::new()),
+        if let Some(end) = Box::pin(woken(c, shard, &live.entry, woke)).await {
+            return end;
+        }
+    }
+}
+
+/// Serves every whole frame already read; the end, if one of them ends the
+/// connection.
+async fn frames(
+    c: &mut Client,
+    plan: &Plan,
+    shard: &Shard,
+    live: &Live<'_>,
+    messages: &mut Messages,
+) -> Option<End> {
+    let limits = ws::Limits {
+        max_frame: live.ws.limits.max_frame,
+        max_message: live.ws.limits.max_message,
+    };
+    loop {
+        let start = c.pos;
+        let frame = match ws::parse_frame(&mut c.buf[start..], &limits) {
+            Ok(Some(f)) => f,
+            Ok(None) => return None,
+            Err(v) => {
+                close(c, v.code, v.why).await;
+                return Some((v.code, v.why.into()));
+            }
+        };
+        let payload = c.buf[start + frame.payload.start..start + frame.payload.end].to_vec();
+        c.pos = start + frame.len;
+        match messages.take(&frame, &payload, &limits) {
+            Ok(Event::Text(text)) => {
+                live.entry.touch();
+                if let Some(m) = shard.metrics.worker.get(shard.id) {
+                    m.ws_messages_in.add(1);
+                    m.ws_bytes_in.add(text.len() as u64);
+                }
+                let (stage, w, base) = (live.stage, live.ws, live.base.as_deref());
+                let key = live.key.as_ref();
+                if !Box::pin(message(
+                    c,
+                    plan,
+                    shard,
+                    stage,
+                    w,
+                    &live.context,
+                    base,
+                    key,
+                    text,
+                ))
+                .await
+                {
+                    return Some((1006, String::new()));
                 }
             }
-            Woke::Command(Command::Send(data)) => {
-                entry.touch();
-                if !Box::pin(send(c, shard, Opcode::Text, &data)).await {
-                    return (1006, String::new());
+            Ok(Event::Ping(p)) => {
+                if !send(c, shard, Opcode::Pong, &p).await {
+                    return Some((1006, String::new()));
                 }
             }
-            Woke::Command(Command::Close) => {
-                Box::pin(close(c, code::NORMAL, "")).await;
-                return (code::NORMAL, "deleted through @connections".into());
+            Ok(Event::Pong | Event::Partial) => {}
+            Ok(Event::Close(code, reason)) => {
+                close(c, if code == 1005 { code::NORMAL } else { code }, "").await;
+                return Some((code, reason));
             }
-            Woke::Idle => {
-                Box::pin(close(c, code::GOING_AWAY, "Going away")).await;
-                return (code::GOING_AWAY, "idle".into());
+            Err(v) => {
+                close(c, v.code, v.why).await;
+                return Some((v.code, v.why.into()));
             }
+        }
+    }
+}
+
+/// Acts on what ended a wait; the end, if it ends the connection.
+async fn woken(c: &mut Client, shard: &Shard, entry: &Entry, woke: Woke) -> Option<End> {
+    match woke {
+        Woke::Readable => match body::read_more(&mut c.stream, &mut c.buf, 16 * 1024).await {
+            Ok(n) if n > 0 => None,
+            _ => Some((1006, String::new())),
+        },
+        Woke::Command(Command::Send(data)) => {
+            entry.touch();
+            if send(c, shard, Opcode::Text, &data).await {
+                None
+            } else {
+                Some((1006, String::new()))
+            }
+        }
+        Woke::Command(Command::Close) => {
+            close(c, code::NORMAL, "").await;
+            Some((code::NORMAL, "deleted through @connections".into()))
+        }
+        Woke::Idle => {
+            close(c, code::GOING_AWAY, "Going away").await;
+            Some((code::GOING_AWAY, "idle".into()))
         }
     }
 }
