@@ -49,6 +49,8 @@
 //!   - `http::stream`: plain and TLS sockets behind one type.
 //!   - `http::respond`: response heads, the reason-phrase table, mock responses.
 //!   - `http::error`: the one gateway error type and its response.
+//!   - `http::responses`: gateway responses: AWS's response types and a stage's
+//!     overrides of the gateway's own answers (status, headers, body templates).
 //!   - `http::tls`: certificates, client authentication, upstream TLS, reloads.
 //!   - `http::sigv4`: AWS Signature Version 4: the canonical request, signing keys,
 //!     signing the gateway's outbound AWS calls.
@@ -110,6 +112,7 @@
 //!   - `compile::authorizers`: resource policy, CORS, authorizers, validation.
 //!   - `compile::apis`: what an API compiles to once; deployments' snapshots.
 //!   - `compile::stages`: one stage of an API.
+//!   - `compile::responses`: gateway responses, per stage.
 //!   - `compile::listeners`: listeners, limits, TLS, domains.
 //!   - `compile::keys`: the config's usage plans and keys.
 //!   - `compile::telemetry`: OTLP export and trace creation.

@@ -162,6 +162,8 @@ pub struct StagePlan {
     pub access_log: Option<crate::observe::accesslog::LogSpec>,
     /// A WebSocket API's stage: how messages are routed, its limits.
     pub ws: Option<Box<WsStage>>,
+    /// The API's `gateway_responses`, compiled for this stage.
+    pub responses: Option<Arc<crate::http::responses::Responses>>,
 }
 
 /// A stage of a WebSocket API.

@@ -103,7 +103,7 @@ fn later_features_are_refused_not_ignored() {
       - route: POST /orders
         authorizer: users
         integration: { type: mock }
-    gateway_responses: { THROTTLED: { status: 503 } }
+    gateway_responses: { THROTTLE: { status: 503 } }
     stages: [ { name: prod, access_log: { path: stdout } } ]
 ";
     let (code, out) = validate(&config(keyed));
@@ -113,8 +113,9 @@ fn later_features_are_refused_not_ignored() {
         out.contains("apis[0].routes[0].authorizer: no authorizer \"users\""),
         "{out}"
     );
+    // A gateway response type AWS does not have is named with the ones it has.
     assert!(
-        out.contains("not supported yet: apis[0].gateway_responses"),
+        out.contains("apis[0].gateway_responses.THROTTLE: unknown gateway response type"),
         "{out}"
     );
     // `run` refuses the same config and exits 1 without listening.
@@ -128,7 +129,7 @@ fn later_features_are_refused_not_ignored() {
     let _ = std::fs::remove_file(&path);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr)
-        .contains("not supported yet: apis[0].gateway_responses"));
+        .contains("apis[0].gateway_responses.THROTTLE: unknown gateway response type"));
 }
 
 const MOCK_API: &str = "apis:

@@ -394,27 +394,52 @@ apis:
     }
 
     #[test]
-    fn later_features_are_refused_by_name() {
+    fn gateway_responses_are_checked_key_by_key() {
         let text = format!(
             "{BASE}apis:
   - name: p
     routes:
       - route: POST /orders
-        api_key_required: true
         integration: {{ type: mock }}
-    stages: [ {{ name: prod, access_log: {{ path: stdout }} }} ]
+    gateway_responses:
+      THROTTLED: {{ status: 503, headers: {{ retry-after: '1', x-id: $context.requestId }}, body: '{{\"e\":\"$context.error.message\"}}' }}
+      DEFAULT_4XX: {{ body: '$stageVariables.missing' }}
+      NOT_A_TYPE: {{ status: 400 }}
+      QUOTA_EXCEEDED: {{ status: 99, headers: {{ content-length: '3', 'bad name': x }} }}
+      UNAUTHORIZED: {{ body: '$context.secret' }}
+    stages: [ {{ name: prod }}, {{ name: beta, variables: {{ missing: here }} }} ]
 "
         );
-        let with_responses = text.replace(
-            "    stages:",
-            "    gateway_responses: { THROTTLED: { status: 503 } }\n    stages:",
+        let errs = errors_of(&text);
+        let has = |key: &str, words: &str| {
+            assert!(
+                errs.iter().any(|e| e.contains(key) && e.contains(words)),
+                "{key} / {words}: {errs:?}"
+            )
+        };
+        let r = "apis[0].gateway_responses";
+        has(&format!("{r}.NOT_A_TYPE"), "unknown gateway response type");
+        has(&format!("{r}.QUOTA_EXCEEDED.status"), "99");
+        has(
+            &format!("{r}.QUOTA_EXCEEDED.headers.content-length"),
+            "set by the gateway",
         );
-        let key = "apis[0].gateway_responses";
-        let errs = errors_of(&with_responses);
+        has(
+            &format!("{r}.QUOTA_EXCEEDED.headers.bad name"),
+            "not a header name",
+        );
+        has(&format!("{r}.UNAUTHORIZED.body"), "$context.secret");
+        has(&format!("{r}.DEFAULT_4XX.body"), "stage \"prod\"");
+        assert!(!errs.iter().any(|e| e.contains(".THROTTLED")), "{errs:?}");
         assert!(
-            errs.iter()
-                .any(|e| e.contains(&format!("not supported yet: {key}"))),
-            "{key}: {errs:?}"
+            !errs.iter().any(|e| e.contains("stage \"beta\"")),
+            "{errs:?}"
+        );
+        // Each error once, though two stages compile the API.
+        assert_eq!(
+            errs.iter().filter(|e| e.contains("NOT_A_TYPE")).count(),
+            1,
+            "{errs:?}"
         );
     }
 

@@ -15,6 +15,7 @@ pub mod integrations;
 pub mod keys;
 pub mod listeners;
 pub mod load;
+pub mod responses;
 pub mod routes;
 pub mod stages;
 pub mod telemetry;

@@ -246,7 +246,18 @@ pub fn compile_stage(
         cors: api_access.cors.clone(),
         strip: Arc::clone(&api_access.strip),
     };
+    let responses = crate::compile::responses::compile_responses(
+        &src.gateway_responses,
+        &format!("{path}.gateway_responses"),
+        &crate::http::responses::StageValues {
+            stage: &stage.name,
+            api: &api.name,
+            variables: &variables,
+        },
+        &mut b.errs,
+    );
     StagePlan {
+        responses,
         access,
         access_log,
         api: api.name.clone(),

@@ -252,6 +252,21 @@ pub struct ApiFile {
     pub route_selection_expression: Option<String>,
     /// WebSocket APIs: the SigV4 authorizer whose keys sign `@connections` calls.
     pub connections_authorizer: Option<String>,
+    /// `gateway_responses`: by AWS's response type (`THROTTLED`, `DEFAULT_4XX`, ...).
+    pub gateway_responses: BTreeMap<String, GatewayResponseFile>,
+}
+
+/// `apis[].gateway_responses.TYPE`: what replaces the gateway's own answer.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayResponseFile {
+    #[serde(default)]
+    pub status: Option<u16>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// A template: `$context.error.message`, `$context.requestId`, ...
+    #[serde(default)]
+    pub body: Option<String>,
 }
 
 /// `apis[].cors`: AWS HTTP APIs' `corsConfiguration`.
@@ -395,7 +410,7 @@ struct ApiHead {
     #[serde(default)]
     trusted_proxies: Vec<String>,
     #[serde(default)]
-    gateway_responses: Option<Value>,
+    gateway_responses: BTreeMap<String, GatewayResponseFile>,
     #[serde(default)]
     route_selection_expression: Option<String>,
     #[serde(default)]
@@ -850,9 +865,6 @@ pub(crate) fn parse_api(v: Value, path: &str, errs: &mut ConfigErrors) -> Option
         None => Vec::new(),
     };
     let head = head?;
-    if head.gateway_responses.is_some() {
-        errs.not_supported(format!("{path}.gateway_responses"));
-    }
     Some(ApiFile {
         name: head.name,
         kind: head.kind,
@@ -864,6 +876,7 @@ pub(crate) fn parse_api(v: Value, path: &str, errs: &mut ConfigErrors) -> Option
         trusted_proxies: head.trusted_proxies,
         route_selection_expression: head.route_selection_expression,
         connections_authorizer: head.connections_authorizer,
+        gateway_responses: head.gateway_responses,
     })
 }
 

@@ -2,6 +2,7 @@
 //! status, AWS's JSON message, and whether the connection must close.
 
 use crate::http::parse::HeadError;
+use crate::http::responses::ResponseType;
 
 /// Why a token is refused: the `error_description` of the challenge.
 pub const NO_TOKEN: &str = "no token";
@@ -105,6 +106,9 @@ pub struct Detailed {
     pub error_type: Option<&'static str>,
     /// What the log says (no secrets).
     pub log: String,
+    /// Its gateway response type; `None` for answers that are not the
+    /// gateway's own (an integration's refusal, the `@connections` API's).
+    pub kind: Option<ResponseType>,
 }
 
 impl GatewayError {
@@ -121,7 +125,41 @@ impl GatewayError {
             body,
             error_type,
             log: message.to_owned(),
+            kind: Some(ResponseType::default_for(status)),
         }))
+    }
+
+    /// The same refusal as a response of this type (`None`: not customizable).
+    pub fn of_type(mut self, kind: Option<ResponseType>) -> Self {
+        if let Self::Detailed(d) = &mut self {
+            d.kind = kind;
+        }
+        self
+    }
+
+    /// Which gateway response this refusal is (`gateway_responses`), if any.
+    pub fn response_type(&self) -> Option<ResponseType> {
+        use ResponseType as T;
+        Some(match self {
+            Self::Detailed(d) => return d.kind,
+            Self::RouteNotFound => T::ResourceNotFound,
+            Self::BodyTooLarge => T::RequestTooLarge,
+            Self::IntegrationTimeout => T::IntegrationTimeout,
+            Self::UpstreamRefused
+            | Self::Unavailable(_)
+            | Self::UpstreamFailed(_)
+            | Self::FunctionFailed(_) => T::IntegrationFailure,
+            Self::Throttled => T::Throttled,
+            Self::Forbidden(_) => T::InvalidApiKey,
+            Self::QuotaExceeded => T::QuotaExceeded,
+            Self::Unauthorized(Challenge::Scope) | Self::AccessDenied(_) => T::AccessDenied,
+            Self::Unauthorized(_) => T::Unauthorized,
+            Self::AuthorizerFailed(_) => T::AuthorizerFailure,
+            Self::BadHead(_)
+            | Self::BadBody(_)
+            | Self::RequestTimeout
+            | Self::CacheControlForbidden => T::Default4xx,
+        })
     }
 }
 

@@ -8,6 +8,7 @@ pub mod error;
 pub mod parse;
 pub mod path;
 pub mod respond;
+pub mod responses;
 pub mod sigv4;
 pub mod stream;
 pub mod tls;

@@ -46,6 +46,16 @@ pub struct Tag {
     pub cache: Option<CacheStatus>,
     /// An unauthorized `Cache-Control: max-age=0` was ignored (`warning` header).
     pub cache_warning: bool,
+    /// The stage's gateway responses, where its API has `gateway_responses`.
+    pub responses: Option<Box<Answering>>,
+}
+
+/// What a refusal on a stage with gateway responses needs.
+#[derive(Debug, Clone)]
+pub struct Answering {
+    pub set: std::sync::Arc<crate::http::responses::Responses>,
+    /// The request's own values, when a template reads them.
+    pub request: Option<crate::http::responses::RequestValues>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +75,7 @@ impl From<RequestId> for Tag {
             quota: None,
             cache: None,
             cache_warning: false,
+            responses: None,
         }
     }
 }
@@ -126,16 +137,22 @@ pub fn refusal(
     tag: &Tag,
     persist: Persist,
     head_only: bool,
+    custom: Option<&crate::http::responses::Made>,
 ) {
     status_line(out, r.status, reason(r.status));
     common_headers(out, date, tag, persist);
-    out.extend_from_slice(b"content-type: application/json\r\n");
+    if !custom.is_some_and(|m| m.content_type) {
+        out.extend_from_slice(b"content-type: application/json\r\n");
+    }
     if let Some(t) = r.error_type {
         out.extend_from_slice(b"x-amzn-errortype: ");
         out.extend_from_slice(t.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(r.headers.as_bytes());
+    if let Some(m) = custom {
+        out.extend_from_slice(&m.headers);
+    }
     content_length(out, r.body.len() as u64);
     out.extend_from_slice(b"\r\n");
     if !head_only {

@@ -2,6 +2,7 @@
 //! API Gateway's IAM authorization checks it, against access keys the gateway holds
 //! (the config's and the management API's) instead of IAM.
 
+use crate::http::responses::ResponseType;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -129,6 +130,7 @@ pub struct Signed<'a> {
 
 fn forbidden(message: &str) -> GatewayError {
     GatewayError::detailed(403, "message", message, None)
+        .of_type(Some(ResponseType::InvalidSignature))
 }
 
 fn mismatch() -> GatewayError {
@@ -276,7 +278,10 @@ impl Sigv4Authorizer {
                     token: token_q,
                 }
             }
-            None => return Err(forbidden("Missing Authentication Token")),
+            None => {
+                return Err(forbidden("Missing Authentication Token")
+                    .of_type(Some(ResponseType::MissingAuthenticationToken)))
+            }
         };
         let keys = self.keys.snapshot();
         let Some(key) = keys.get(auth.key_id) else {
@@ -305,7 +310,8 @@ impl Sigv4Authorizer {
                         amz_date(now_s),
                         amz_date(now_s),
                         exp
-                    )));
+                    ))
+                    .of_type(Some(ResponseType::ExpiredToken)));
                 }
                 if signed_at > now_s + MAX_SKEW_S {
                     return Err(forbidden("Signature not yet current"));
@@ -317,7 +323,8 @@ impl Sigv4Authorizer {
                     auth.amz_date,
                     amz_date(now_s - MAX_SKEW_S),
                     amz_date(now_s)
-                )));
+                ))
+                .of_type(Some(ResponseType::ExpiredToken)));
             }
             None if signed_at > now_s + MAX_SKEW_S => {
                 return Err(forbidden(&format!(
@@ -414,7 +421,8 @@ impl Sigv4Authorizer {
                     key.id, self.region, r.resource
                 ),
                 Some("AccessDeniedException"),
-            ));
+            )
+            .of_type(Some(ResponseType::AccessDenied)));
         }
         Ok(key.id.clone())
     }

@@ -97,15 +97,20 @@ impl Validator {
         if missing.is_empty() {
             return None;
         }
-        Some(GatewayError::detailed(
-            400,
-            "message",
-            &format!(
-                "Missing required request parameters: [{}]",
-                missing.join(", ")
-            ),
-            Some("BadRequestException"),
-        ))
+        Some(
+            GatewayError::detailed(
+                400,
+                "message",
+                &format!(
+                    "Missing required request parameters: [{}]",
+                    missing.join(", ")
+                ),
+                Some("BadRequestException"),
+            )
+            .of_type(Some(
+                crate::http::responses::ResponseType::BadRequestParameters,
+            )),
+        )
     }
 
     /// Whether this request's body is validated (the route has a schema for its
@@ -132,7 +137,8 @@ impl Validator {
                 "message",
                 "Invalid request body",
                 Some("BadRequestException"),
-            );
+            )
+            .of_type(Some(crate::http::responses::ResponseType::BadRequestBody));
             if let GatewayError::Detailed(d) = &mut e {
                 d.log = format!("Invalid request body: {why}");
             }

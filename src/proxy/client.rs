@@ -143,20 +143,53 @@ pub async fn refuse(
     persist: Persist,
     head_only: bool,
 ) -> bool {
-    let r = err.refusal();
+    let mut r = err.refusal();
     let persist = if r.close { Persist::Close } else { persist };
+    // The stage's gateway response for this refusal, if it has one.
+    let custom = tag.responses.as_deref().and_then(|a| {
+        let kind = err.response_type()?;
+        Some((a, kind, a.set.pick(kind, r.status)?))
+    });
+    // `{"message":"..."}` (or `Message`): the message itself.
+    let message = (c.outcome.log.is_some() || custom.is_some())
+        .then(|| {
+            serde_json::from_str::<serde_json::Value>(r.body)
+                .ok()
+                .and_then(|v| Some(v.as_object()?.values().next()?.as_str()?.to_owned()))
+        })
+        .flatten();
+    let made = custom.map(|(a, kind, chosen)| {
+        let message = message.as_deref().unwrap_or("");
+        // What the log has past the message: the validation failure.
+        let validation = match &err {
+            GatewayError::Detailed(d) => d.log.strip_prefix(message).unwrap_or(""),
+            _ => "",
+        };
+        chosen.make(
+            r.status,
+            &crate::http::responses::Values {
+                request_id: &tag.id,
+                message,
+                kind,
+                validation: validation.trim_start_matches(": "),
+                request: a.request.as_ref(),
+            },
+        )
+    });
+    if let Some(m) = &made {
+        r.status = m.status;
+        if let Some(b) = &m.body {
+            r.body = b;
+        }
+    }
     c.outcome.status = r.status;
     c.outcome.bytes = if head_only { 0 } else { r.body.len() as u64 };
     if c.outcome.log.is_some() {
-        // `{"message":"..."}` (or `Message`): the message itself.
-        let message = serde_json::from_str::<serde_json::Value>(r.body)
-            .ok()
-            .and_then(|v| v.as_object()?.values().next()?.as_str().map(Into::into));
-        c.outcome.error = message;
+        c.outcome.error = message.map(Into::into);
     }
     c.out.clear();
     let date = *shard.date.borrow_mut().now();
-    respond::refusal(&mut c.out, r, &date, tag, persist, head_only);
+    respond::refusal(&mut c.out, r, &date, tag, persist, head_only, made.as_ref());
     let ok = body::write_all(&mut c.stream, &mut c.out, c.send_timeout)
         .await
         .is_ok();

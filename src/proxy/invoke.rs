@@ -133,6 +133,9 @@ pub fn build(s: &Seen<'_, '_>) -> Result<Invocation, GatewayError> {
                     &format!("{}: {why}", act.subtype.name()),
                     Some("BadRequestException"),
                 )
+                .of_type(Some(
+                    crate::http::responses::ResponseType::BadRequestParameters,
+                ))
             })?;
             let (target, ct) = act.subtype.target();
             let mut headers = vec![
@@ -268,12 +271,11 @@ pub async fn remote(
         }
         Ok(ans) if ans.status != 200 => {
             tracing::warn!(path = %path, status = ans.status, answer = %String::from_utf8_lossy(&ans.body), "the Lambda Invoke API refused");
-            Err(GatewayError::detailed(
-                500,
-                "message",
-                "Internal Server Error",
-                None,
-            ))
+            Err(
+                GatewayError::detailed(500, "message", "Internal Server Error", None).of_type(
+                    Some(crate::http::responses::ResponseType::IntegrationFailure),
+                ),
+            )
         }
         Ok(ans) => malformed(answer(&ans.body, l.v2)),
         Err(e) => Err(e),

@@ -295,16 +295,17 @@ fn stages(
     up_head: &mut Vec<u8>,
     pass: &mut Pass,
 ) -> Verdict<Action> {
-    within_body_limit(f)?;
     let not_found = || Action::Refuse(GatewayError::RouteNotFound);
-    let routed = route::resolve(
+    let Some(routed) = route::resolve(
         &f.lp.stages,
         |s| &*f.plan.stages[s].router,
         f.head.host,
         f.head.method,
         &f.head.path,
-    )
-    .ok_or_else(not_found)?;
+    ) else {
+        within_body_limit(f)?;
+        return Err(not_found());
+    };
     let (stage_id, path) = (routed.stage, routed.path);
     let stage = &f.plan.stages[stage_id];
     // The caller's address as the stage trusts X-Forwarded-For: computed once, by
@@ -315,7 +316,21 @@ fn stages(
             crate::policy::resource::client_ip(f.origin.peer.ip(), &stage.access.trusted, f.headers)
         })
     };
+    if let Some(set) = &stage.responses {
+        p.tag.responses = Some(Box::new(crate::http::respond::Answering {
+            set: Arc::clone(set),
+            request: set
+                .needs_request
+                .then(|| crate::http::responses::RequestValues {
+                    method: f.head.method.into(),
+                    path: (*f.head.path).into(),
+                    source_ip: Some(source_ip()),
+                }),
+        }));
+    }
     observe(f, p, stage_id, stage, &source_ip);
+    // After the stage is known, so that its gateway responses answer.
+    within_body_limit(f)?;
     resource_policy(f, stage, &source_ip)?;
     cors(f, stage, &mut p.tag)?;
     // The route was matched with the stage; a stage without it answers 404 only
@@ -383,6 +398,9 @@ fn stages(
             let id = percent_encoding::percent_decode_str(m.param("connectionId").unwrap_or(""))
                 .decode_utf8_lossy()
                 .into_owned();
+            // The `@connections` API answers as AWS's, whatever the API's
+            // gateway responses.
+            p.tag.responses = None;
             return Ok(Action::Connections(
                 stage_id,
                 Box::new(crate::proxy::manage::ConnectionsCall {

@@ -375,7 +375,8 @@ pub async fn open<'p>(
             Ok((status, _, _)) => {
                 let reason =
                     String::from_utf8_lossy(crate::http::respond::reason(status)).into_owned();
-                let err = GatewayError::detailed(status, "message", &reason, None);
+                // The integration's refusal, not the gateway's own answer.
+                let err = GatewayError::detailed(status, "message", &reason, None).of_type(None);
                 Box::pin(refuse(c, shard, err, tag, Persist::Close, false)).await;
                 return None;
             }
