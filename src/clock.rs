@@ -93,27 +93,57 @@ impl DateCache {
     }
 }
 
+/// English month abbreviations, January first (HTTP dates, logs, certificates).
+pub const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
+
+/// A UTC calendar date and time of day, to the second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Civil {
+    pub year: i64,
+    /// 1-12.
+    pub month: u32,
+    pub day: u32,
+    pub hour: u32,
+    pub minute: u32,
+    pub second: u32,
+}
+
+impl Civil {
+    /// Unix seconds (before 1970 too) → the UTC date and time.
+    pub fn of(unix_s: i64) -> Self {
+        let (year, month, day) = civil_from_days(unix_s.div_euclid(86_400));
+        let t = unix_s.rem_euclid(86_400) as u32;
+        Self {
+            year,
+            month,
+            day,
+            hour: t / 3600,
+            minute: t / 60 % 60,
+            second: t % 60,
+        }
+    }
+
+    pub fn month_name(&self) -> &'static str {
+        MONTHS[(self.month as usize).saturating_sub(1) % 12]
+    }
+}
+
 /// Formats Unix seconds as an IMF-fixdate (RFC 9110 §5.6.7).
 pub fn http_date(secs: u64) -> [u8; HTTP_DATE_LEN] {
     const DAYS: [&[u8; 3]; 7] = [b"Thu", b"Fri", b"Sat", b"Sun", b"Mon", b"Tue", b"Wed"];
-    const MONTHS: [&[u8; 3]; 12] = [
-        b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
-        b"Dec",
-    ];
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
-    let (year, month, day) = civil_from_days(days as i64);
+    let c = Civil::of(secs as i64);
     let mut out = *b"Thu, 01 Jan 1970 00:00:00 GMT";
-    out[..3].copy_from_slice(DAYS[(days % 7) as usize]);
-    two(&mut out[5..7], day as u64);
-    out[8..11].copy_from_slice(MONTHS[(month - 1) as usize]);
-    let y = year as u64;
+    out[..3].copy_from_slice(DAYS[(secs / 86_400 % 7) as usize]);
+    two(&mut out[5..7], c.day.into());
+    out[8..11].copy_from_slice(c.month_name().as_bytes());
+    let y = c.year as u64;
     two(&mut out[12..14], y / 100);
     two(&mut out[14..16], y % 100);
-    two(&mut out[17..19], h);
-    two(&mut out[20..22], m);
-    two(&mut out[23..25], s);
+    two(&mut out[17..19], c.hour.into());
+    two(&mut out[20..22], c.minute.into());
+    two(&mut out[23..25], c.second.into());
     out
 }
 
@@ -173,6 +203,21 @@ pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn civil_time_before_and_after_the_epoch() {
+        let c = Civil::of(784_111_777);
+        assert_eq!(
+            (c.year, c.month, c.day, c.hour, c.minute, c.second),
+            (1994, 11, 6, 8, 49, 37)
+        );
+        assert_eq!(c.month_name(), "Nov");
+        let c = Civil::of(-1);
+        assert_eq!(
+            (c.year, c.month, c.day, c.hour, c.minute, c.second),
+            (1969, 12, 31, 23, 59, 59)
+        );
+    }
 
     #[test]
     fn formats_known_dates() {

@@ -106,13 +106,10 @@ pub fn sha256_hex(data: &[u8]) -> String {
 }
 
 pub fn amz_date(unix: u64) -> String {
-    let (y, m, d) = crate::clock::civil_from_days((unix / 86_400) as i64);
-    let s = unix % 86_400;
+    let c = crate::clock::Civil::of(unix as i64);
     format!(
-        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
-        s / 3600,
-        s / 60 % 60,
-        s % 60
+        "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
+        c.year, c.month, c.day, c.hour, c.minute, c.second
     )
 }
 

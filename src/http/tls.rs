@@ -425,20 +425,15 @@ fn client_cert_headers(leaf: &CertificateDer<'_>) -> Option<Box<[u8]>> {
 
 /// `May 28 12:30:02 2019 GMT`: how AWS (and OpenSSL) write certificate validity.
 fn openssl_time(unix: i64) -> String {
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let days = unix.div_euclid(86_400);
-    let secs = unix.rem_euclid(86_400);
-    let (y, m, d) = crate::clock::civil_from_days(days);
+    let c = crate::clock::Civil::of(unix);
     format!(
         "{} {:2} {:02}:{:02}:{:02} {} GMT",
-        MONTHS[(m - 1) as usize],
-        d,
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60,
-        y
+        c.month_name(),
+        c.day,
+        c.hour,
+        c.minute,
+        c.second,
+        c.year
     )
 }
 

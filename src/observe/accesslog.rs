@@ -284,18 +284,16 @@ impl TimeCache {
 
 /// AWS's `requestTime`: `24/Nov/2026:09:22:00 +0000`.
 pub fn clf_time(out: &mut Vec<u8>, unix_s: u64) {
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let (y, m, d) = crate::clock::civil_from_days((unix_s / 86_400) as i64);
-    let s = unix_s % 86_400;
+    let c = crate::clock::Civil::of(unix_s as i64);
     let _ = write!(
         out,
-        "{d:02}/{}/{y}:{:02}:{:02}:{:02} +0000",
-        MONTHS[(m as usize).saturating_sub(1) % 12],
-        s / 3600,
-        s / 60 % 60,
-        s % 60
+        "{:02}/{}/{}:{:02}:{:02}:{:02} +0000",
+        c.day,
+        c.month_name(),
+        c.year,
+        c.hour,
+        c.minute,
+        c.second
     );
 }
 

@@ -122,14 +122,15 @@ pub fn carry_out(
 
 /// `2024-01-20T11:54:57.419Z`.
 fn iso8601(ms: u64) -> String {
-    let s = ms / 1000;
-    let (y, mo, d) = crate::clock::civil_from_days((s / 86_400) as i64);
-    let t = s % 86_400;
+    let c = crate::clock::Civil::of((ms / 1000) as i64);
     format!(
-        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        t / 3600,
-        t / 60 % 60,
-        t % 60,
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        c.year,
+        c.month,
+        c.day,
+        c.hour,
+        c.minute,
+        c.second,
         ms % 1000
     )
 }
