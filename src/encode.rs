@@ -5,6 +5,17 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The `$context.x`-style variable name at the start of `s` (after the `$` and
+/// any prefix): letters, digits, `.`, `_` and `-`; a trailing dot ends a
+/// sentence, not the name. Access log formats and gateway responses read
+/// their templates' names the same way.
+pub fn var_name(s: &str) -> &str {
+    let end = s
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-'))
+        .unwrap_or(s.len());
+    s[..end].trim_end_matches('.')
+}
+
 /// Equality that takes the same time wherever the inputs differ.
 pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0

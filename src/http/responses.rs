@@ -144,13 +144,7 @@ impl Template {
                     None => return Err(format!("unclosed `${{` in {text:?}")),
                 }
             } else {
-                let end = after
-                    .find(|c: char| {
-                        !(c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-')
-                    })
-                    .unwrap_or(after.len());
-                // A trailing dot ends a sentence, not a name.
-                let name = after[..end].trim_end_matches('.');
+                let name = crate::encode::var_name(after);
                 (name, name.len())
             };
             if !(name.starts_with("context.") || name.starts_with("stageVariables.")) {

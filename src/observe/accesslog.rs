@@ -159,11 +159,7 @@ impl Format {
                 parts.push(Part::Lit(rest[..at].into()));
             }
             let after = &rest[at + "$context.".len()..];
-            let end = after
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-'))
-                .unwrap_or(after.len());
-            // A trailing dot is punctuation, not part of the name.
-            let name = after[..end].trim_end_matches('.');
+            let name = crate::encode::var_name(after);
             let var =
                 Var::parse(name).ok_or_else(|| format!("unknown variable $context.{name}"))?;
             parts.push(Part::Var(var));
