@@ -47,15 +47,9 @@ pub struct Tag {
     /// An unauthorized `Cache-Control: max-age=0` was ignored (`warning` header).
     pub cache_warning: bool,
     /// The stage's gateway responses, where its API has `gateway_responses`.
-    pub responses: Option<Box<Answering>>,
-}
-
-/// What a refusal on a stage with gateway responses needs.
-#[derive(Debug, Clone)]
-pub struct Answering {
-    pub set: std::sync::Arc<crate::http::responses::Responses>,
-    /// The request's own values, when a template reads them.
-    pub request: Option<crate::http::responses::RequestValues>,
+    pub responses: Option<std::sync::Arc<crate::http::responses::Responses>>,
+    /// The request's own values, where a template of those responses reads them.
+    pub request_values: Option<Box<crate::http::responses::RequestValues>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +70,7 @@ impl From<RequestId> for Tag {
             cache: None,
             cache_warning: false,
             responses: None,
+            request_values: None,
         }
     }
 }

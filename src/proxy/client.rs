@@ -146,9 +146,9 @@ pub async fn refuse(
     let mut r = err.refusal();
     let persist = if r.close { Persist::Close } else { persist };
     // The stage's gateway response for this refusal, if it has one.
-    let custom = tag.responses.as_deref().and_then(|a| {
+    let custom = tag.responses.as_deref().and_then(|set| {
         let kind = err.response_type()?;
-        Some((a, kind, a.set.pick(kind, r.status)?))
+        Some((kind, set.pick(kind, r.status)?))
     });
     // `{"message":"..."}` (or `Message`): the message itself.
     let message = (c.outcome.log.is_some() || custom.is_some())
@@ -158,7 +158,7 @@ pub async fn refuse(
                 .and_then(|v| Some(v.as_object()?.values().next()?.as_str()?.to_owned()))
         })
         .flatten();
-    let made = custom.map(|(a, kind, chosen)| {
+    let made = custom.map(|(kind, chosen)| {
         let message = message.as_deref().unwrap_or("");
         // What the log has past the message: the validation failure.
         let validation = match &err {
@@ -172,7 +172,7 @@ pub async fn refuse(
                 message,
                 kind,
                 validation: validation.trim_start_matches(": "),
-                request: a.request.as_ref(),
+                request: tag.request_values.as_deref(),
             },
         )
     });

@@ -317,16 +317,14 @@ fn stages(
         })
     };
     if let Some(set) = &stage.responses {
-        p.tag.responses = Some(Box::new(crate::http::respond::Answering {
-            set: Arc::clone(set),
-            request: set
-                .needs_request
-                .then(|| crate::http::responses::RequestValues {
-                    method: f.head.method.into(),
-                    path: (*f.head.path).into(),
-                    source_ip: Some(source_ip()),
-                }),
-        }));
+        if set.needs_request {
+            p.tag.request_values = Some(Box::new(crate::http::responses::RequestValues {
+                method: f.head.method.into(),
+                path: (*f.head.path).into(),
+                source_ip: Some(source_ip()),
+            }));
+        }
+        p.tag.responses = Some(Arc::clone(set));
     }
     observe(f, p, stage_id, stage, &source_ip);
     // After the stage is known, so that its gateway responses answer.
