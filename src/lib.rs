@@ -112,6 +112,7 @@
 //!   - `compile::authorizers`: resource policy, CORS, authorizers, validation.
 //!   - `compile::apis`: what an API compiles to once; deployments' snapshots.
 //!   - `compile::stages`: one stage of an API.
+//!   - `compile::canary`: a stage's canary release, a second compiled stage.
 //!   - `compile::responses`: gateway responses, per stage.
 //!   - `compile::listeners`: listeners, limits, TLS, domains.
 //!   - `compile::keys`: the config's usage plans and keys.

@@ -232,15 +232,19 @@ fn run(
             tracing::warn!(error = %format!("{e:#}"), "redis unreachable at start: stages follow the config");
         }
     }
-    // Stages the management API pointed at deployments serve those.
+    // Stages the management API pointed at deployments serve those, and
+    // canaries name deployments of the store.
+    let store = Arc::new(store);
     let deployed = shardgate::control::deploy::deployed(&store)?;
-    if !deployed.is_empty() {
+    let canaries = plan.stages.iter().any(|s| s.canary.is_some());
+    if !deployed.is_empty() || canaries {
         let runtime = plan.runtime;
         plan = compile::load_plan_with(
             path,
             &shardgate::compile::Options {
                 workers,
                 deployed,
+                snapshots: Some(shardgate::control::deploy::snapshots(Arc::clone(&store))),
                 ..Default::default()
             },
         )

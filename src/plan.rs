@@ -84,6 +84,16 @@ pub struct Plan {
     pub telemetry: Option<Arc<crate::observe::telemetry::Exporter>>,
 }
 
+impl Plan {
+    /// A stage and its canary's compiled stage (the caches a stage flush empties).
+    pub fn with_canary(
+        &self,
+        stage: crate::ids::StageId,
+    ) -> impl Iterator<Item = crate::ids::StageId> {
+        std::iter::once(stage).chain(self.stages[stage].canary.as_ref().map(|c| c.stage))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct AdminPlan {
     pub bind: SocketAddr,
@@ -164,6 +174,80 @@ pub struct StagePlan {
     pub ws: Option<Box<WsStage>>,
     /// The API's `gateway_responses`, compiled for this stage.
     pub responses: Option<Arc<crate::http::responses::Responses>>,
+    /// The stage's canary release, when it has one.
+    pub canary: Option<Box<Canary>>,
+    /// A canary's own compiled stage (never dispatched to: its stage draws it).
+    pub canary_of: Option<Box<CanaryOf>>,
+}
+
+/// A stage's canary release.
+#[derive(Debug)]
+pub struct Canary {
+    /// The compiled stage serving the canary's share.
+    pub stage: crate::ids::StageId,
+    /// A request is the canary's when a 32-bit draw is below this
+    /// (`percent` of 2^32).
+    pub threshold: u64,
+    /// As in force: the file's, or the management API's.
+    pub setting: crate::config::CanaryFile,
+}
+
+impl Canary {
+    pub fn threshold(percent: f64) -> u64 {
+        ((percent.clamp(0.0, 100.0) / 100.0) * (1u64 << 32) as f64) as u64
+    }
+
+    /// Whether a request with the random `draw` goes to the canary.
+    pub fn takes(&self, draw: u64) -> bool {
+        (draw >> 32) < self.threshold
+    }
+}
+
+/// What a canary's compiled stage owes its stage.
+#[derive(Debug)]
+pub struct CanaryOf {
+    /// The stage whose share this serves: API keys, usage plans and their
+    /// throttles know canary requests by it.
+    pub parent: crate::ids::StageId,
+    /// Each of the canary's routes → the stage's route of the same key.
+    pub routes: Box<[Option<crate::ids::RouteId>]>,
+    /// The stage as metrics label the canary's series (AWS's `prod/Canary`).
+    pub label: String,
+}
+
+impl StagePlan {
+    /// The stage's name as metrics and caches know it: a canary's is AWS's
+    /// `prod/Canary`.
+    pub fn label(&self) -> &str {
+        self.canary_of.as_ref().map_or(&self.stage, |c| &c.label)
+    }
+
+    /// `$context.isCanaryRequest` of a request this stage served: `None` where
+    /// the stage has no canary.
+    pub fn is_canary_request(&self) -> Option<bool> {
+        if self.canary_of.is_some() {
+            Some(true)
+        } else {
+            self.canary.as_ref().map(|_| false)
+        }
+    }
+
+    /// The (stage, route) that API keys, usage plans and their per-route
+    /// throttles know a request by: a canary's route is its stage's route of
+    /// the same key (`RouteId::MAX` where the stage has none).
+    pub fn usage_ids(
+        &self,
+        stage: crate::ids::StageId,
+        route: crate::ids::RouteId,
+    ) -> (crate::ids::StageId, crate::ids::RouteId) {
+        match &self.canary_of {
+            None => (stage, route),
+            Some(c) => (
+                c.parent,
+                c.routes.get(route).copied().flatten().unwrap_or(usize::MAX),
+            ),
+        }
+    }
 }
 
 /// A stage of a WebSocket API.
@@ -265,16 +349,19 @@ pub enum LambdaTarget {
 /// Gives each route of `stages` its series in `metrics` (kept across reloads).
 pub fn assign_metric_slots(metrics: &crate::observe::metrics::Metrics, stages: &mut [StagePlan]) {
     for s in stages {
+        let stage = s.label().to_owned();
         for r in &mut s.routes {
-            r.metric_slot = metrics.slot(&s.api, &s.stage, &r.key);
+            r.metric_slot = metrics.slot(&s.api, &stage, &r.key);
         }
     }
 }
 
 impl StageInfo {
     pub fn of(stages: &[StagePlan]) -> Vec<StageInfo> {
+        // Canaries (after every stage) are known by their stages.
         stages
             .iter()
+            .filter(|s| s.canary_of.is_none())
             .map(|s| StageInfo {
                 api: s.api.clone(),
                 stage: s.stage.clone(),

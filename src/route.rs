@@ -306,20 +306,22 @@ pub struct Routed<'r, 'p> {
 }
 
 /// Dispatch and route match as one step: the stage serving `host` and `path` on a
-/// listener (`None`: no stage does), then the route of that stage's router
-/// (`routers`) for `method`.
+/// listener (`None`: no stage does), then the route for `method` of the router
+/// `serve` gives for that stage, with the stage that serves the request (the
+/// stage's canary, for the canary's share).
 pub fn resolve<'r, 'p>(
     stages: &Stages,
-    routers: impl Fn(StageId) -> &'r Router,
+    serve: impl FnOnce(StageId) -> (StageId, &'r Router),
     host: &[u8],
     method: &str,
     path: &'p str,
 ) -> Option<Routed<'r, 'p>> {
     let (stage, path) = dispatch(stages, host, path)?;
+    let (stage, router) = serve(stage);
     Some(Routed {
         stage,
         path,
-        found: routers(stage).find(method, path),
+        found: router.find(method, path),
     })
 }
 

@@ -137,7 +137,7 @@ apis:
             .unwrap();
         let routed = shardgate::route::resolve(
             &lp.stages,
-            |s| &*plan.stages[s].router,
+            |s| (s, &*plan.stages[s].router),
             head.host,
             head.method,
             &head.path,

@@ -10,6 +10,9 @@ use crate::compile::routes::{empty_router, route_keys};
 use crate::config::{ApiFile, ConfigErrors};
 use crate::route::{RouteKey, Router};
 
+/// An API's deployment's snapshot by (api, deployment id), from the store.
+pub type Snapshots = Arc<dyn Fn(&str, &str) -> Option<serde_json::Value> + Send + Sync>;
+
 /// A stage pointed at a deployment: the deployment's snapshot of the API, and
 /// the stage's variables set through the management API (over the file's).
 #[derive(Debug, Clone)]
@@ -19,6 +22,9 @@ pub struct Deployed {
     /// The API's mapping as deployed (without `stages`), as JSON.
     pub snapshot: Option<serde_json::Value>,
     pub variables: Option<BTreeMap<String, String>>,
+    /// The canary the management API set (`Some(None)`: removed); `None`: the
+    /// file's.
+    pub canary: Option<Option<crate::config::CanaryFile>>,
 }
 
 impl Deployed {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::compile::apis::{api_parts, ApiParts, Deployed};
 use crate::compile::build::{add_throttle, secret, Build, Throttles, UpstreamTls};
+use crate::compile::canary::{compile_canary, CanarySpec};
 use crate::compile::keys::compile_seed;
 use crate::compile::listeners::compile_listener;
 use crate::compile::stages::compile_stage;
@@ -66,6 +67,10 @@ pub struct Options {
     pub access_keys: Option<Arc<crate::policy::sigv4::KeyTable>>,
     /// (api, stage) → the deployment the stage serves (from the store).
     pub deployed: HashMap<(String, String), Deployed>,
+    /// The store's deployments, for canaries that name one; `None` (no store,
+    /// as `shardgate validate`): a canary's deployment is not looked up and the
+    /// canary serves the stage's definition, with a warning.
+    pub snapshots: Option<crate::compile::apis::Snapshots>,
 }
 
 /// Numbers each compiled authorizer for the life of the process: workers remember
@@ -130,6 +135,8 @@ pub fn compile_with(cfg: &ConfigFile, opts: &Options) -> Result<Plan, ConfigErro
     // (api index, stage name) → stage id
     let mut stage_ids: HashMap<(usize, &str), usize> = HashMap::new();
     let mut api_stages: Vec<Vec<usize>> = Vec::new();
+    // (stage, (the canary in force, its compiled stage)), added after them all.
+    let mut canaries: Vec<(usize, (crate::config::CanaryFile, StagePlan))> = Vec::new();
     for (ai, api) in cfg.apis.iter().enumerate() {
         let Some(api) = api else {
             api_stages.push(Vec::new());
@@ -163,7 +170,7 @@ pub fn compile_with(cfg: &ConfigFile, opts: &Options) -> Result<Plan, ConfigErro
         );
         // Stages pointed at a deployment serve its snapshot of the API (routes,
         // integrations, authorizers, CORS, policy) instead of the file's.
-        let mut deployed: HashMap<&str, (ApiFile, ApiParts)> = HashMap::new();
+        let mut deployed: HashMap<String, (ApiFile, ApiParts)> = HashMap::new();
         for stage in api.stages.iter().flatten() {
             let Some(d) = opts.deployed.get(&(api.name.clone(), stage.name.clone())) else {
                 continue;
@@ -187,7 +194,7 @@ pub fn compile_with(cfg: &ConfigFile, opts: &Options) -> Result<Plan, ConfigErro
                 &access_keys,
                 &mut b.errs,
             );
-            deployed.insert(id, (file, parts));
+            deployed.insert(id.to_owned(), (file, parts));
         }
         if api.stages.is_empty() {
             b.errs
@@ -208,7 +215,8 @@ pub fn compile_with(cfg: &ConfigFile, opts: &Options) -> Result<Plan, ConfigErro
                 );
             }
             mine.push(stages.len());
-            stages.push(compile_stage(
+            let before = b.errs.0.len();
+            let compiled = compile_stage(
                 api,
                 &path,
                 stage,
@@ -216,12 +224,63 @@ pub fn compile_with(cfg: &ConfigFile, opts: &Options) -> Result<Plan, ConfigErro
                 pointer,
                 &config_parts,
                 &deployed,
+                None,
                 &mut b,
-            ));
+            );
+            let canary = match pointer.and_then(|d| d.canary.as_ref()) {
+                Some(set) => set.clone(),
+                None => stage.canary.clone(),
+            };
+            let parent = stages.len();
+            stages.push(compiled);
+            // A stage that did not compile has no canary to add errors of its own.
+            if let (Some(setting), true) = (canary, b.errs.0.len() == before) {
+                let spec = CanarySpec {
+                    api,
+                    path: &path,
+                    stage,
+                    spath: &spath,
+                    pointer,
+                    parts: &config_parts,
+                };
+                let canary = compile_canary(
+                    &spec,
+                    setting,
+                    &stages[parent],
+                    &mut deployed,
+                    &mut authorizers,
+                    &mut authorizer_sigs,
+                    &access_keys,
+                    opts.snapshots.as_ref(),
+                    &mut b,
+                );
+                if let Some(c) = canary {
+                    canaries.push((parent, c));
+                }
+            }
         }
         api_stages.push(mine);
     }
 
+    // Canaries after every stage: dispatch never reaches them, and the stages'
+    // ids stay as they are when one comes or goes.
+    for (parent, (setting, mut canary)) in canaries {
+        let id = stages.len();
+        if let Some(of) = &mut canary.canary_of {
+            of.parent = parent;
+            of.routes = canary
+                .routes
+                .iter()
+                .map(|r| stages[parent].routes.iter().position(|p| p.key == r.key))
+                .collect();
+        }
+        stages[parent].canary = Some(Box::new(crate::plan::Canary {
+            stage: id,
+            threshold: crate::plan::Canary::threshold(setting.percent),
+            setting,
+        }));
+        stages.push(canary);
+    }
     let seed = compile_seed(cfg, &stages, &mut b.errs);
     let admin = compile_admin(cfg, &mut b.errs);
     let mut store_path = None;

@@ -3,12 +3,13 @@
 //! could have been checked here. One file per part, each importing only the ones
 //! before it: `build` (shared state and checks) → `upstreams` → `integrations`, `functions`,
 //! `routes` →
-//! `authorizers` → `apis` (APIs and stages) → `listeners`, `keys` → `gateway`
+//! `authorizers` → `apis` (APIs and stages) → `canary` → `listeners`, `keys` → `gateway`
 //! (the whole config) → `load` (from a file).
 
 pub mod apis;
 pub mod authorizers;
 pub mod build;
+pub mod canary;
 pub mod functions;
 pub mod gateway;
 pub mod integrations;
@@ -22,6 +23,6 @@ pub mod telemetry;
 pub mod upstreams;
 pub mod websocket;
 
-pub use apis::Deployed;
+pub use apis::{Deployed, Snapshots};
 pub use gateway::{compile, compile_with, Options};
 pub use load::{load_plan, load_plan_with};

@@ -27,7 +27,8 @@ pub fn compile_stage(
     spath: &str,
     pointer: Option<&Deployed>,
     config_parts: &ApiParts,
-    deployed: &HashMap<&str, (ApiFile, ApiParts)>,
+    deployed: &HashMap<String, (ApiFile, ApiParts)>,
+    canary_of: Option<&StagePlan>,
     b: &mut Build,
 ) -> StagePlan {
     let deployment = pointer.and_then(|d| d.id.as_deref());
@@ -90,20 +91,25 @@ pub fn compile_stage(
         }
         (c.capacity_mb.min(1 << 20) as usize) << 20
     });
-    let stage_throttle = stage.throttle.and_then(|t| {
-        add_throttle(
-            &mut b.throttles,
-            t,
-            format!("{}/{}", api.name, stage.name),
-            &format!("{spath}.throttle"),
-            &mut b.errs,
-        )
-    });
+    // A canary shares its stage's throttles (the stage's rate is for both).
+    let stage_throttle = match canary_of {
+        Some(parent) => parent.throttle,
+        None => stage.throttle.and_then(|t| {
+            add_throttle(
+                &mut b.throttles,
+                t,
+                format!("{}/{}", api.name, stage.name),
+                &format!("{spath}.throttle"),
+                &mut b.errs,
+            )
+        }),
+    };
     // Per-route overrides name routes of this API.
     let mut route_throttles: HashMap<&str, ThrottleId> = HashMap::new();
     for (key, over) in &stage.routes {
         let rpath = format!("{spath}.routes[{key:?}]");
-        if !src.routes.iter().flatten().any(|r| r.route == *key) {
+        // (A canary's deployment may lack a route the stage has.)
+        if canary_of.is_none() && !src.routes.iter().flatten().any(|r| r.route == *key) {
             b.errs.push(
                 rpath.clone(),
                 format!("no route {key:?} in API {:?}", api.name),
@@ -115,7 +121,12 @@ pub fn compile_stage(
                 "a route's cache needs the stage's (stages[].cache)",
             );
         }
-        if let Some(t) = over.throttle {
+        if let Some(parent) = canary_of {
+            let id = parent.routes.iter().find(|r| r.key == *key);
+            if let Some(id) = id.and_then(|r| r.throttle) {
+                route_throttles.insert(key.as_str(), id);
+            }
+        } else if let Some(t) = over.throttle {
             if let Some(id) = add_throttle(
                 &mut b.throttles,
                 t,
@@ -269,6 +280,14 @@ pub fn compile_stage(
         throttle: stage_throttle,
         cache_bytes,
         ws,
+        canary: None,
+        canary_of: canary_of.map(|parent| {
+            Box::new(crate::plan::CanaryOf {
+                parent: usize::MAX,
+                routes: Vec::new().into(),
+                label: format!("{}/Canary", parent.stage),
+            })
+        }),
     }
 }
 

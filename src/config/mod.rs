@@ -499,6 +499,24 @@ pub struct StageFile {
     /// WebSocket APIs: message and frame sizes, idle and duration limits.
     #[serde(default)]
     pub limits: Option<WsLimitsFile>,
+    /// A canary release: a share of the stage's requests served by another
+    /// deployment and/or other stage variables.
+    #[serde(default)]
+    pub canary: Option<CanaryFile>,
+}
+
+/// `stages[].canary`, as AWS's `canarySettings`.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryFile {
+    /// The share of the stage's requests the canary serves, 0.0 to 100.0.
+    pub percent: f64,
+    /// A deployment id (from the management API); absent: the stage's own.
+    #[serde(default)]
+    pub deployment: Option<String>,
+    /// Stage variables over the stage's, for canary requests.
+    #[serde(default)]
+    pub variables: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

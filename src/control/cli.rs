@@ -214,6 +214,35 @@ pub enum Deploy {
         #[arg(long = "var")]
         vars: Vec<String>,
     },
+    /// Gives a stage a canary: `--percent` of its requests go to `--deployment`
+    /// (default: the stage's own) with `--var k=v` over the stage's variables.
+    Canary {
+        api: String,
+        stage: String,
+        #[arg(long)]
+        percent: f64,
+        #[arg(long)]
+        deployment: Option<String>,
+        #[arg(long = "var")]
+        vars: Vec<String>,
+    },
+    /// Promotes a stage's canary: its deployment and variables become the
+    /// stage's, and the canary keeps 0% (as AWS's).
+    Promote { api: String, stage: String },
+    /// Removes a stage's canary.
+    RemoveCanary { api: String, stage: String },
+}
+
+/// `name=value` pairs as a JSON object.
+fn vars_json(vars: &[String]) -> Result<Value, String> {
+    let mut m = serde_json::Map::new();
+    for kv in vars {
+        let (k, x) = kv
+            .split_once('=')
+            .ok_or_else(|| format!("--var {kv:?}: expected name=value"))?;
+        m.insert(k.to_owned(), Value::String(x.to_owned()));
+    }
+    Ok(Value::Object(m))
 }
 
 pub fn deploy(d: &Deploy) -> Result<Call, String> {
@@ -245,14 +274,7 @@ pub fn deploy(d: &Deploy) -> Result<Call, String> {
                 v["deploymentId"] = Value::Null;
             }
             if !vars.is_empty() {
-                let mut m = serde_json::Map::new();
-                for kv in vars {
-                    let (k, x) = kv
-                        .split_once('=')
-                        .ok_or_else(|| format!("--var {kv:?}: expected name=value"))?;
-                    m.insert(k.to_owned(), Value::String(x.to_owned()));
-                }
-                v["variables"] = Value::Object(m);
+                v["variables"] = vars_json(vars)?;
             }
             if v.as_object().is_some_and(serde_json::Map::is_empty) {
                 return Err(
@@ -264,6 +286,28 @@ pub fn deploy(d: &Deploy) -> Result<Call, String> {
                 v,
             )
         }
+        Deploy::Canary {
+            api,
+            stage,
+            percent,
+            deployment,
+            vars,
+        } => with_json(
+            call("PATCH", format!("/apis/{}/stages/{}", seg(api), seg(stage))),
+            json!({ "canarySettings": {
+                "percentTraffic": percent,
+                "deploymentId": deployment,
+                "stageVariableOverrides": vars_json(vars)?,
+            } }),
+        ),
+        Deploy::Promote { api, stage } => call(
+            "POST",
+            format!("/apis/{}/stages/{}/canary/promote", seg(api), seg(stage)),
+        ),
+        Deploy::RemoveCanary { api, stage } => call(
+            "DELETE",
+            format!("/apis/{}/stages/{}/canary", seg(api), seg(stage)),
+        ),
     })
 }
 

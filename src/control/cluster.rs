@@ -293,7 +293,11 @@ fn flush(shared: &Shared, control: &Control, text: &str) {
                 plan.cache.flush_key(sid, key);
             }
         }
-        None => plan.cache.flush_stage(sid),
+        None => {
+            for s in plan.with_canary(sid) {
+                plan.cache.flush_stage(s);
+            }
+        }
     }
     tracing::debug!(api, stage, "cache flush from another node applied");
 }

@@ -17,8 +17,8 @@ pub fn new_id() -> String {
     crate::encode::random_id()
 }
 
-/// What the compiler needs from the store: each pointed stage's snapshot and
-/// variables.
+/// What the compiler needs from the store: each pointed stage's snapshot,
+/// variables and canary.
 pub fn deployed(store: &Store) -> anyhow::Result<HashMap<(String, String), Deployed>> {
     let mut out = HashMap::new();
     for (api, stage, p) in store.stages()? {
@@ -38,8 +38,21 @@ pub fn deployed(store: &Store) -> anyhow::Result<HashMap<(String, String), Deplo
                 id: p.deployment_id.clone().filter(|_| snapshot.is_some()),
                 snapshot,
                 variables: p.variables,
+                canary: p.canary.map(|c| c.setting().cloned()),
             },
         );
     }
     Ok(out)
+}
+
+/// The compiler's view of the store's deployments: an API's deployment's
+/// snapshot by id (a canary names its deployment by id).
+pub fn snapshots(store: std::sync::Arc<Store>) -> crate::compile::Snapshots {
+    std::sync::Arc::new(move |api: &str, id: &str| match store.deployment(api, id) {
+        Ok(d) => d.map(|d| d.snapshot),
+        Err(e) => {
+            tracing::warn!(api, deployment = id, error = %format!("{e:#}"), "cannot read a deployment from the store");
+            None
+        }
+    })
 }

@@ -134,12 +134,17 @@ impl Control {
         };
         let started = Instant::now();
         let prev = self.current.load_full();
+        let (deployed, store) = {
+            let reg = crate::lock(&self.registry);
+            (reg.deployed(), reg.store_handle())
+        };
         let compiled = crate::compile::load_plan_with(
             &self.path,
             &Options {
                 workers: Some(prev.workers),
                 access_keys: Some(Arc::clone(&prev.access_keys)),
-                deployed: crate::lock(&self.registry).deployed(),
+                deployed,
+                snapshots: Some(crate::control::deploy::snapshots(store)),
             },
         );
         let mut next = match compiled {

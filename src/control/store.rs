@@ -572,10 +572,30 @@ pub struct StagePointer {
     pub deployment_id: Option<String>,
     /// Stage variables over the file's.
     pub variables: Option<BTreeMap<String, String>>,
+    /// The stage's canary as the management API set it; `None`: the file's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryPointer>,
+}
+
+/// A canary the management API set, or removed (over the file's).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum CanaryPointer {
+    Removed,
+    Set(crate::config::CanaryFile),
+}
+
+impl CanaryPointer {
+    pub fn setting(&self) -> Option<&crate::config::CanaryFile> {
+        match self {
+            Self::Removed => None,
+            Self::Set(c) => Some(c),
+        }
+    }
 }
 
 impl StagePointer {
     pub fn is_empty(&self) -> bool {
-        self.deployment_id.is_none() && self.variables.is_none()
+        self.deployment_id.is_none() && self.variables.is_none() && self.canary.is_none()
     }
 }

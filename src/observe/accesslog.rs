@@ -61,6 +61,9 @@ pub enum Var {
     ConnectionId,
     EventType,
     MessageId,
+    /// `true` for a request the stage's canary served; `false` for the others
+    /// (absent from `json` lines of stages without a canary).
+    IsCanaryRequest,
 }
 
 impl Var {
@@ -91,6 +94,7 @@ impl Var {
             "connectionId" => Self::ConnectionId,
             "eventType" => Self::EventType,
             "messageId" => Self::MessageId,
+            "isCanaryRequest" => Self::IsCanaryRequest,
             other => {
                 if let Some(c) = other.strip_prefix("authorizer.claims.") {
                     Self::Claim(c.into())
@@ -122,7 +126,7 @@ const CLF: &str = "$context.identity.sourceIp - - [$context.requestTime] \"$cont
 const CSV: &str = "$context.identity.sourceIp,$context.requestTime,$context.httpMethod,$context.routeKey,$context.protocol,$context.status,$context.responseLength,$context.requestId";
 
 /// The fields of the `json` format, in order.
-const JSON_FIELDS: [(&str, Var); 18] = [
+const JSON_FIELDS: [(&str, Var); 19] = [
     ("requestId", Var::RequestId),
     ("ip", Var::SourceIp),
     ("requestTime", Var::RequestTime),
@@ -141,6 +145,7 @@ const JSON_FIELDS: [(&str, Var); 18] = [
     ("connectionId", Var::ConnectionId),
     ("eventType", Var::EventType),
     ("messageId", Var::MessageId),
+    ("isCanaryRequest", Var::IsCanaryRequest),
 ];
 
 impl Format {
@@ -252,6 +257,8 @@ pub struct Response<'a> {
     pub latency_us: u64,
     pub error: Option<&'a str>,
     pub retries: u8,
+    /// The stage has a canary: whether it served this request.
+    pub canary: Option<bool>,
 }
 
 /// `24/Nov/2026:09:22:00 +0000`.
@@ -327,6 +334,10 @@ fn value(out: &mut Vec<u8>, var: &Var, f: &Facts, r: &Response<'_>) -> bool {
             };
             escaped(out, v.as_bytes());
         }
+        Var::IsCanaryRequest => match r.canary {
+            Some(c) => out.extend_from_slice(if c { b"true" } else { b"false" }),
+            None => return false,
+        },
         Var::SourceIp => crate::encode::write_ip(out, f.source_ip),
         Var::UserAgent => escaped(out, f.user_agent.as_bytes()),
         Var::RequestTime => out.extend_from_slice(&f.time_text),
@@ -406,6 +417,7 @@ pub fn format_line(out: &mut Vec<u8>, format: &Format, f: &Facts, r: &Response<'
                         | Var::IntegrationLatency
                         | Var::ResponseLatency
                         | Var::IntegrationRetries
+                        | Var::IsCanaryRequest
                 );
                 if !numeric {
                     out.push(b'"');
@@ -425,6 +437,9 @@ pub fn format_line(out: &mut Vec<u8>, format: &Format, f: &Facts, r: &Response<'
             for p in parts.iter() {
                 match p {
                     Part::Lit(l) => out.extend_from_slice(l.as_bytes()),
+                    Part::Var(Var::IsCanaryRequest) if r.canary.is_none() => {
+                        out.extend_from_slice(b"false");
+                    }
                     Part::Var(v) => {
                         if !value(out, v, f, r) {
                             out.push(b'-');

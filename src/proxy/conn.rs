@@ -409,6 +409,7 @@ fn record(c: &mut Client, plan: &Plan, shard: &Shard, started: Instant, f: &Flag
         latency_us: sample.latency_us,
         error: c.outcome.error.as_deref(),
         retries: c.outcome.retries,
+        canary: stage.is_canary_request(),
     };
     shard.log_line(&plan.logs, spec.sink, |out| {
         crate::observe::accesslog::format_line(out, &spec.format, &facts, &response)

@@ -298,7 +298,14 @@ fn stages(
     let not_found = || Action::Refuse(GatewayError::RouteNotFound);
     let Some(routed) = route::resolve(
         &f.lp.stages,
-        |s| &*f.plan.stages[s].router,
+        |s| {
+            // A stage's canary takes its share, drawn per request.
+            let s = match &f.plan.stages[s].canary {
+                Some(c) if c.takes(f.shard.random()) => c.stage,
+                _ => s,
+            };
+            (s, &*f.plan.stages[s].router)
+        },
         f.head.host,
         f.head.method,
         &f.head.path,
@@ -364,7 +371,9 @@ fn stages(
     // is this shard's snapshot, swapped by the worker's tick between requests; a
     // request that began before a reload reads the keyring of its own plan.
     let ring = f.shard.keyring_for(f.plan.generation);
-    let binding = api_key(f, &ring, stage_id, route, &mut p.log)?;
+    // A canary's requests are its stage's to API keys and usage plans.
+    let (usage_stage, usage_route) = stage.usage_ids(stage_id, m.route);
+    let binding = api_key(f, &ring, usage_stage, route, &mut p.log)?;
     if f.plan.live.closed()
         && (route.api_key_required
             || route.throttle.is_some()
@@ -376,7 +385,15 @@ fn stages(
         )));
     }
     validate(f, route, &m)?;
-    if !admit(f.plan, f.shard, binding, stage_id, m.route, route, stage) {
+    if !admit(
+        f.plan,
+        f.shard,
+        binding,
+        usage_stage,
+        usage_route,
+        route,
+        stage,
+    ) {
         return Err(Action::Refuse(GatewayError::Throttled));
     }
     // Last, so that a request a throttle refused does not count against the quota.
@@ -388,7 +405,7 @@ fn stages(
             .as_ref()
             .is_some_and(|c| c.require_authorization)
             && crate::policy::cache::wants_refresh(f.headers)
-            && ring.check(f.headers, stage_id).is_ok());
+            && ring.check(f.headers, usage_stage).is_ok());
     drop(ring);
     cache(f, p, stage_id, route, &m, path, authorized)?;
     if let Some(w) = &stage.ws {

@@ -777,6 +777,7 @@ fn log_event(
         latency_us: started.elapsed().as_micros() as u64,
         error: None,
         retries: 0,
+        canary: None,
     };
     shard.log_line(&plan.logs, spec.sink, |out| {
         crate::observe::accesslog::format_line(out, &spec.format, &f, &response)

@@ -252,7 +252,7 @@ fn cache_sizes(plan: &Plan) -> Vec<(String, String, usize)> {
         .map(|s| {
             (
                 s.api.clone(),
-                s.stage.clone(),
+                s.label().to_owned(),
                 s.cache_bytes / plan.workers.max(1),
             )
         })
@@ -397,7 +397,7 @@ fn apply(shard: &Rc<Shard>, old: &Plan, swap: Swap, accepting: &mut Vec<Acceptin
     let old_stages: Vec<(String, String)> = old
         .stages
         .iter()
-        .map(|s| (s.api.clone(), s.stage.clone()))
+        .map(|s| (s.api.clone(), s.label().to_owned()))
         .collect();
     {
         let mut caches = shard.caches.borrow_mut();

@@ -38,7 +38,7 @@ pub fn cache_stats(plan: &Plan) -> Value {
                 .collect();
             json!({
                 "api": s.api,
-                "stage": s.stage,
+                "stage": s.label(),
                 "capacity_bytes": s.cache_bytes,
                 "entries": entries,
                 "bytes": bytes,

@@ -49,7 +49,9 @@ pub mod views;
 pub mod wire;
 
 use cache::{cache_stats, cached_stage, flush_entry, https};
-use deployments::{create_deployment, known_stage, list_deployments, update_stage};
+use deployments::{
+    create_deployment, known_stage, list_deployments, promote_canary, remove_canary, update_stage,
+};
 use usage::{import, update_usage, usage};
 use views::{access_key_json, deployment_json, key_json, plan_json, plan_key_json, stage_json};
 use wire::{
@@ -357,8 +359,11 @@ fn route(ctx: &Ctx, req: &Request, m: &str, segs: &[&str]) -> Result<Response, A
         ))),
         ["cache"] if m == "GET" => Ok(Response::ok(cache_stats(&ctx.control.plan()))),
         ["cache", api, stage] if m == "DELETE" => {
-            let sid = cached_stage(&ctx.control.plan(), api, stage)?;
-            ctx.control.plan().cache.flush_stage(sid);
+            let plan = ctx.control.plan();
+            let sid = cached_stage(&plan, api, stage)?;
+            for s in plan.with_canary(sid) {
+                plan.cache.flush_stage(s);
+            }
             cache::announce_flush(ctx, api, stage, None);
             Ok(Response::no_content())
         }
@@ -383,8 +388,8 @@ fn route(ctx: &Ctx, req: &Request, m: &str, segs: &[&str]) -> Result<Response, A
             let items: Vec<Value> = plan
                 .stages
                 .iter()
-                .filter(|s| s.api == *api)
-                .map(|s| stage_json(&s.api, &s.stage, &set))
+                .filter(|s| s.api == *api && s.canary_of.is_none())
+                .map(|s| stage_json(&plan, &s.api, &s.stage, &set))
                 .collect();
             if items.is_empty() {
                 return Err(ApiError::new(404, format!("no API {api:?}")));
@@ -395,11 +400,20 @@ fn route(ctx: &Ctx, req: &Request, m: &str, segs: &[&str]) -> Result<Response, A
             "GET" => {
                 known_stage(ctx, api, stage)?;
                 let set = lock(ctx).store().stages()?;
-                Ok(Response::ok(stage_json(api, stage, &set)))
+                Ok(Response::ok(stage_json(
+                    &ctx.control.plan(),
+                    api,
+                    stage,
+                    &set,
+                )))
             }
             "PUT" | "PATCH" => update_stage(ctx, req, api, stage),
             _ => Err(not_allowed()),
         },
+        ["apis", api, "stages", stage, "canary"] if m == "DELETE" => remove_canary(ctx, api, stage),
+        ["apis", api, "stages", stage, "canary", "promote"] if m == "POST" => {
+            promote_canary(ctx, api, stage)
+        }
         ["reload"] if m == "POST" => match ctx.control.reload("admin API") {
             Ok(done) => Ok(Response::ok(json!(done))),
             Err(errors) => Ok(Response::with(

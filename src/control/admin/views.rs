@@ -50,6 +50,7 @@ pub fn deployment_json(d: &crate::control::store::Deployment) -> Value {
 
 /// A stage as AWS shows it: `deploymentId` null while it follows the config file.
 pub fn stage_json(
+    plan: &crate::plan::Plan,
     api: &str,
     stage: &str,
     set: &[(String, String, crate::control::store::StagePointer)],
@@ -59,11 +60,29 @@ pub fn stage_json(
         .find(|(a, s, _)| a == api && s == stage)
         .map(|x| x.2.clone())
         .unwrap_or_default();
-    json!({
+    let canary = plan
+        .stages
+        .iter()
+        .find(|s| s.api == api && s.stage == stage && s.canary_of.is_none())
+        .and_then(|s| s.canary.as_ref());
+    let mut v = json!({
         "apiId": api,
         "stageName": stage,
         "deploymentId": p.deployment_id,
         "variables": p.variables,
+    });
+    if let Some(c) = canary {
+        v["canarySettings"] = canary_json(&c.setting);
+    }
+    v
+}
+
+/// A canary as AWS's `canarySettings`.
+pub fn canary_json(c: &crate::config::CanaryFile) -> Value {
+    json!({
+        "percentTraffic": c.percent,
+        "deploymentId": c.deployment,
+        "stageVariableOverrides": c.variables,
     })
 }
 

@@ -118,7 +118,7 @@ pub struct Registry {
     stages: Vec<StageInfo>,
     workers: usize,
     live: Arc<Live>,
-    store: Store,
+    store: Arc<Store>,
     plans: BTreeMap<String, (UsagePlanFile, Resolved)>,
     keys: BTreeMap<String, KeyDef>,
     by_hash: HashMap<KeyHash, String>,
@@ -152,7 +152,7 @@ impl Registry {
         stages: &[StagePlan],
         workers: usize,
         live: Arc<Live>,
-        store: Store,
+        store: Arc<Store>,
         seed: &Seed,
     ) -> anyhow::Result<Self> {
         let loaded = store.load()?;
@@ -432,6 +432,11 @@ impl Registry {
     /// The store (deployments and stage settings are read and written through it).
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The store, for the compiler's lookups of deployments.
+    pub fn store_handle(&self) -> Arc<Store> {
+        Arc::clone(&self.store)
     }
 
     /// Each stage the management API pointed at a deployment or gave variables.
