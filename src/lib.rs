@@ -161,6 +161,11 @@
 //!   - `control::relay`: cluster mode's `@connections` relay: calls for another
 //!     node's WebSocket connections, and their answers, through Redis.
 //!   - `control::deploy`: deployments and the stages pointed at them.
+//!   - `control::openapi`: OpenAPI documents with AWS's extensions.
+//!   - `control::openapi::context`: an import's state; AWS's syntax read.
+//!   - `control::openapi::integration`: AWS's integrations as routes' integrations.
+//!   - `control::openapi::import`: an AWS export made a config.
+//!   - `control::openapi::export`: an API of a config as an OpenAPI document.
 //!   - `control::reload`: hot reload: compile again, carry state over, hand workers
 //!     the new plan.
 //!   - `control::admin`: the management API's server and routes:

@@ -76,6 +76,16 @@ enum Command {
         #[command(flatten)]
         target: shardgate::control::cli::Target,
     },
+    /// Makes a config of an OpenAPI document (an AWS export).
+    Import {
+        #[command(subcommand)]
+        what: Import,
+    },
+    /// Writes an API of a config as an OpenAPI document.
+    Export {
+        #[command(subcommand)]
+        what: Export,
+    },
     /// Makes a running gateway compile its config file again.
     Reload {
         #[command(flatten)]
@@ -97,6 +107,31 @@ enum Command {
     },
 }
 
+#[derive(Debug, clap::Subcommand)]
+enum Import {
+    /// OpenAPI 3.0/3.1 or Swagger 2.0, YAML or JSON, with AWS's
+    /// x-amazon-apigateway extensions: the config on stdout (or --out), what
+    /// could not be mapped on stderr.
+    Openapi {
+        file: PathBuf,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Export {
+    /// OpenAPI 3.0 with AWS's x-amazon-apigateway extensions, on stdout.
+    Openapi {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        api: String,
+        #[arg(long, default_value = "yaml")]
+        format: String,
+    },
+}
+
 fn main() -> ExitCode {
     no_transparent_huge_pages();
     tracing_subscriber::fmt()
@@ -110,6 +145,22 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { config } => validate(&config),
+        Command::Import {
+            what: Import::Openapi { file, out },
+        } => done(shardgate::control::openapi::import_file(
+            &file,
+            out.as_deref(),
+        )),
+        Command::Export {
+            what:
+                Export::Openapi {
+                    config,
+                    api,
+                    format,
+                },
+        } => done(shardgate::control::openapi::export_file(
+            &config, &api, &format,
+        )),
         Command::Keys { op, target } => admin(&target, shardgate::control::cli::keys(&op)),
         Command::Plans { op, target } => admin(&target, Ok(shardgate::control::cli::plans(&op))),
         Command::AccessKeys { op, target } => {
@@ -196,6 +247,17 @@ fn validate(path: &std::path::Path) -> ExitCode {
                 println!("{}: {e}", path.display());
             }
             println!("{}: {} error(s)", path.display(), errs.0.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A command's outcome: an error on stderr and exit status 1.
+fn done(r: Result<(), String>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shardgate: {e}");
             ExitCode::FAILURE
         }
     }

@@ -315,8 +315,10 @@ pub fn compile_aws_integration(
     }
 }
 
-/// The endpoint (AWS's for the region, or the override), resolved now, and the
-/// credentials (the integration's, else the standard environment variables).
+/// The endpoint (the override; else `AWS_ENDPOINT_URL_<SERVICE>` or
+/// `AWS_ENDPOINT_URL` as AWS's SDKs read them; else AWS's for the region),
+/// resolved now, and the credentials (the integration's, else the standard
+/// environment variables).
 fn aws_endpoint(
     service: &'static str,
     region: &str,
@@ -366,8 +368,20 @@ fn aws_endpoint(
             }
         },
     };
+    // As AWS's SDKs: the service's endpoint variable, then the general one.
+    let from_env = || {
+        let own = format!(
+            "AWS_ENDPOINT_URL_{}",
+            service.to_ascii_uppercase().replace('-', "_")
+        );
+        std::env::var(own)
+            .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
+            .ok()
+            .filter(|u| !u.is_empty())
+    };
     let url = endpoint
         .map(str::to_owned)
+        .or_else(from_env)
         .unwrap_or_else(|| format!("https://{service}.{region}.amazonaws.com"));
     let epath = format!("{path}.endpoint");
     let (https, host, port, authority, tail) = match split_url(&url) {

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod cli;
 pub mod cluster;
 pub mod deploy;
+pub mod openapi;
 pub mod redis;
 pub mod registry;
 pub mod relay;
