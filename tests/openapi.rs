@@ -200,6 +200,7 @@ fn rest_swagger2_export_with_keys_validators_and_mocks() {
         "unmapped: /paths/~1echo/get/x-amazon-apigateway-integration/responses/default/responseTemplates: VTL template not mapped",
         "unmapped: /paths/~1legacy/get/x-amazon-apigateway-integration: non-proxy HTTP integration",
         "unmapped: stage variable legacy",
+        "note: /securityDefinitions/sigv4: AWS_IAM → sigv4 authorizer \"sigv4\" in eu-west-1",
     ] {
         assert!(notes.contains(want), "{want:?} not in:\n{notes}");
     }
@@ -245,6 +246,10 @@ fn rest_swagger2_export_with_keys_validators_and_mocks() {
     let r = request(&gw, "GET", "/prod/pets/7", &[("x-trace", "t1")], b"");
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.text(), "GET /petstore/pets/7 -");
+
+    // AWS_IAM: an unsigned request is refused.
+    let r = request(&gw, "GET", "/prod/stats", &[], b"");
+    assert_eq!(r.status, 403, "{}", r.text());
 
     // RESOURCE_NOT_FOUND as the export says.
     let r = request(&gw, "GET", "/prod/nope", &[], b"");

@@ -118,10 +118,15 @@ fn api_name(title: &str) -> String {
     }
 }
 
-/// The region of the first ARN in the document.
+/// The region of the first ARN or API endpoint in the document.
 fn find_region(v: &Value) -> Option<String> {
     match v {
         Value::String(s) => {
+            if let Some(at) = s.find(".execute-api.") {
+                // An endpoint's host: ID.execute-api.REGION.amazonaws.com.
+                let region = s[at + ".execute-api.".len()..].split('.').next()?;
+                return (!region.is_empty()).then(|| region.to_owned());
+            }
             let at = s.find("arn:aws:")?;
             let region = s[at..].split(':').nth(3)?;
             (!region.is_empty()).then(|| region.to_owned())
@@ -323,7 +328,7 @@ fn security_schemes(cx: &mut Ctx<'_>) {
                 .push(json!({ "name": name, "type": "sigv4", "region": region }));
             cx.schemes
                 .insert(name.clone(), Scheme::Authorizer(name.clone()));
-            cx.note(
+            cx.hint(
                 &ptr,
                 format!("AWS_IAM → sigv4 authorizer {name:?} in {region}: add access keys (`access_keys:` or the management API); IAM policies are not read"),
             );
