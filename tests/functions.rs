@@ -9,25 +9,16 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
+use std::io::Write;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{config, wait_until, Client, Gateway, Reply, Upstream};
+use common::{config, wait_until, Client, Gateway, Proc, Reply, Upstream};
 use serde_json::Value;
 
 const SUPPORT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support");
 
 /// A child process killed on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A free loopback port (bound, then released for the gateway to take).
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -408,26 +399,9 @@ apis:
     assert_eq!(v["requestId"], r.header("apigw-requestid").unwrap());
 }
 
-/// The botocore-verified Lambda Invoke API (key AKIDTEST, secret
-/// `secret/key+1`, eu-west-1) on a free port: the process and its port.
-fn invoke_server() -> (Proc, u16) {
-    let mut srv = Command::new("python3")
-        .arg(format!("{SUPPORT}/lambda_invoke_server.py"))
-        .args(["AKIDTEST", "secret/key+1", "eu-west-1"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 with botocore");
-    let mut line = String::new();
-    BufReader::new(srv.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let srv = Proc(srv);
-    (srv, line.trim().parse().expect("the server's port"))
-}
-
 #[test]
 fn the_invoke_api_is_signed_for_botocore() {
-    let (_srv, port) = invoke_server();
+    let (_srv, port) = common::lambda_invoke_server();
     let arn = "arn:aws:lambda:eu-west-1:123456789012:function:orders";
     let yaml = config(&format!(
         "apis:
@@ -494,7 +468,7 @@ fn the_invoke_api_is_signed_for_botocore() {
 #[test]
 fn a_websocket_route_invokes_a_function_in_aws() {
     use common::ws::{frame, handshake, read_frame};
-    let (_srv, port) = invoke_server();
+    let (_srv, port) = common::lambda_invoke_server();
     let arn = "arn:aws:lambda:eu-west-1:123456789012:function:live";
     let yaml = config(&format!(
         "apis:

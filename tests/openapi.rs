@@ -9,8 +9,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::{bin, Client, Gateway, Reply, Upstream};
 use jsonwebtoken::jwk::{Jwk, JwkSet};
@@ -18,17 +17,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/openapi");
-const SUPPORT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support");
 const KEY: &str = "openapiTestKey0123456789abc";
-
-struct Proc(std::process::Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// `shardgate import openapi` on `doc` (written with extension `ext`): the
 /// config with its listener on port 0, and stderr.
@@ -125,18 +114,8 @@ fn request(
 fn http_api_with_lambda_and_jwt() {
     let idp = Idp::start();
     let be = backend();
-    let mut srv = Command::new("python3")
-        .arg(format!("{SUPPORT}/lambda_invoke_server.py"))
-        .args(["AKIDTEST", "secret/key+1", "eu-west-1"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 with botocore");
-    let mut line = String::new();
-    BufReader::new(srv.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let _srv = Proc(srv);
-    let lambda = format!("http://127.0.0.1:{}", line.trim());
+    let (_srv, port) = common::lambda_invoke_server();
+    let lambda = format!("http://127.0.0.1:{port}");
 
     let doc = fixture(
         "http-lambda-jwt.yaml",

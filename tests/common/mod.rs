@@ -667,3 +667,34 @@ pub fn json_output(cmd: &mut Command) -> serde_json::Value {
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }
+
+/// A child process killed (and reaped) on drop.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The botocore-verified Lambda Invoke API (tests/support/lambda_invoke_server.py:
+/// key AKIDTEST, secret `secret/key+1`, eu-west-1) on a free port: the process
+/// and its port.
+pub fn lambda_invoke_server() -> (Proc, u16) {
+    let mut srv = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/support/lambda_invoke_server.py"
+        ))
+        .args(["AKIDTEST", "secret/key+1", "eu-west-1"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 with botocore");
+    let mut line = String::new();
+    BufReader::new(srv.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let srv = Proc(srv);
+    (srv, line.trim().parse().expect("the server's port"))
+}
