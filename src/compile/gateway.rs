@@ -69,7 +69,7 @@ pub struct Options {
     pub deployed: HashMap<(String, String), Deployed>,
     /// The store's deployments, for canaries that name one; `None` (no store,
     /// as `shardgate validate`): a canary's deployment is not looked up and the
-    /// canary serves the stage's definition, with a warning.
+    /// canary serves the stage's definition (logged at debug level).
     pub snapshots: Option<crate::compile::apis::Snapshots>,
 }
 
