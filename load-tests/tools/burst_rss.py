@@ -7,19 +7,15 @@ last answer, and the growth per connection at each.
 
     burst_rss.py PID PORT [N=4000]
 """
+import os
 import resource
 import selectors
 import socket
 import sys
 import time
 
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise SystemExit(f"no VmRSS for pid {pid}")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from idle_rss import rss_kib  # noqa: E402
 
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
