@@ -291,13 +291,7 @@ async fn connection(
 ) -> Result<(UpConn, bool), GatewayError> {
     let give_up = Instant::now() + CAP_WAIT;
     loop {
-        let pooled = shard.pool.borrow_mut().take(ep.pool_key, Instant::now());
-        if let Some(mut up) = pooled {
-            // Pooled connections hold no read buffer: one comes while a
-            // response is read.
-            if up.buf.capacity() == 0 {
-                up.buf = shard.take_up_buf();
-            }
+        if let Some(up) = shard.pool.borrow_mut().take(ep.pool_key, Instant::now()) {
             return Ok((up, true));
         }
         let full = ep
@@ -630,12 +624,8 @@ async fn gather(
 }
 
 /// Pools the upstream connection if it can carry another request.
-fn finish(shard: &Shard, ep: &Endpoint, mut up: UpConn, a: &Answered) -> bool {
-    let clean = up.pos == up.buf.len() && !up.stream.has_buffered();
-    if clean && !a.upstream_close && a.framing != Framing::UntilClose {
-        // The read buffer goes back to the shard while the connection idles.
-        shard.give_up_buf(std::mem::take(&mut up.buf));
-        up.pos = 0;
+fn finish(shard: &Shard, ep: &Endpoint, up: UpConn, a: &Answered) -> bool {
+    if !a.upstream_close && a.framing != Framing::UntilClose {
         shard.pool.borrow_mut().put(ep.pool_key, up, Instant::now());
     }
     !a.client_persist.closes()

@@ -88,9 +88,10 @@ pub struct Shard {
     /// The socket the inbox rings: taken by the worker's task that reads it.
     pub bell: RefCell<Option<std::os::unix::net::UnixStream>>,
     /// Connection buffers not in use (parked connections hold none).
-    bufs: FreeBufs,
-    /// Upstream read buffers not in use (pooled upstream connections hold none).
-    up_bufs: FreeBufs,
+    bufs: RefCell<Vec<Vec<u8>>>,
+    /// The fewest free buffers seen since the last `trim_bufs`: that many went
+    /// unused all the while.
+    bufs_low: Cell<usize>,
     next_request: Cell<u64>,
     id_seed: u32,
 }
@@ -182,11 +183,8 @@ impl Shard {
             metrics: metrics
                 .unwrap_or_else(|| Arc::new(crate::observe::metrics::Metrics::new(id + 1))),
             choosers: RefCell::new(rustc_hash::FxHashMap::default()),
-            bufs: FreeBufs::new(SHARD_BUF, MAX_KEPT_BUF),
-            up_bufs: FreeBufs::new(
-                crate::upstream::pool::UPSTREAM_BUF,
-                crate::upstream::pool::UPSTREAM_BUF,
-            ),
+            bufs: RefCell::new(Vec::new()),
+            bufs_low: Cell::new(0),
             next_request: Cell::new(0),
             id_seed,
         }
@@ -228,29 +226,31 @@ impl Shard {
         if buf.capacity() > 0 {
             return buf;
         }
-        self.bufs.take()
+        let mut free = self.bufs.borrow_mut();
+        let buf = free.pop();
+        self.bufs_low.set(self.bufs_low.get().min(free.len()));
+        buf.unwrap_or_else(|| Vec::with_capacity(SHARD_BUF))
     }
 
     /// Frees half of the buffers that stayed unused since the last call (the
-    /// worker's tick, once a second), client and upstream ones.
+    /// worker's tick, once a second): after a burst the free list shrinks back to
+    /// what the traffic draws on within a few seconds, instead of keeping the
+    /// burst's high-water mark (up to `MAX_FREE_BUFS`) for good.
     pub fn trim_bufs(&self) {
-        self.bufs.trim();
-        self.up_bufs.trim();
+        let mut free = self.bufs.borrow_mut();
+        let idle = self.bufs_low.get().min(free.len());
+        let keep = free.len() - idle / 2;
+        free.truncate(keep);
+        self.bufs_low.set(free.len());
     }
 
     /// Keeps `buf` for reuse, unless it grew large or enough are kept.
-    pub fn give_buf(&self, buf: Vec<u8>) {
-        self.bufs.give(buf);
-    }
-
-    /// A read buffer for an upstream connection taken from the pool.
-    pub fn take_up_buf(&self) -> Vec<u8> {
-        self.up_bufs.take()
-    }
-
-    /// The read buffer of an upstream connection going back to the pool idle.
-    pub fn give_up_buf(&self, buf: Vec<u8>) {
-        self.up_bufs.give(buf);
+    pub fn give_buf(&self, mut buf: Vec<u8>) {
+        let mut free = self.bufs.borrow_mut();
+        if (SHARD_BUF..=MAX_KEPT_BUF).contains(&buf.capacity()) && free.len() < MAX_FREE_BUFS {
+            buf.clear();
+            free.push(buf);
+        }
     }
 
     /// A pseudo-random number (xorshift64*): trace and span ids, sampling.
@@ -483,55 +483,6 @@ impl<'a> InFlight<'a> {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.in_flight.set(self.0.in_flight.get() - 1);
-    }
-}
-
-/// Free buffers of one size, kept for reuse and trimmed to what the traffic
-/// draws on: after a burst the list shrinks back within a few seconds instead of
-/// keeping the burst's high-water mark (up to `MAX_FREE_BUFS`) for good.
-struct FreeBufs {
-    free: RefCell<Vec<Vec<u8>>>,
-    /// The fewest free buffers seen since the last `trim`: that many went
-    /// unused all the while.
-    low: Cell<usize>,
-    /// A new buffer's capacity.
-    size: usize,
-    /// A buffer that grew past this is freed, not kept.
-    max_kept: usize,
-}
-
-impl FreeBufs {
-    fn new(size: usize, max_kept: usize) -> Self {
-        Self {
-            free: RefCell::new(Vec::new()),
-            low: Cell::new(0),
-            size,
-            max_kept,
-        }
-    }
-
-    fn take(&self) -> Vec<u8> {
-        let mut free = self.free.borrow_mut();
-        let buf = free.pop();
-        self.low.set(self.low.get().min(free.len()));
-        buf.unwrap_or_else(|| Vec::with_capacity(self.size))
-    }
-
-    fn give(&self, mut buf: Vec<u8>) {
-        let mut free = self.free.borrow_mut();
-        if (self.size..=self.max_kept).contains(&buf.capacity()) && free.len() < MAX_FREE_BUFS {
-            buf.clear();
-            free.push(buf);
-        }
-    }
-
-    /// Frees half of the buffers that stayed unused since the last call.
-    fn trim(&self) {
-        let mut free = self.free.borrow_mut();
-        let idle = self.low.get().min(free.len());
-        let keep = free.len() - idle / 2;
-        free.truncate(keep);
-        self.low.set(free.len());
     }
 }
 
