@@ -174,6 +174,7 @@
 //!     - `control::admin::deployments`: deployments and stage pointers.
 //!     - `control::admin::usage`: CSV import, usage reports, quota changes.
 //!     - `control::admin::cache`: cache counters and flushes; certificates.
+//!     - `control::admin::console`: the web console's files (`/console`), embedded.
 //!   - `control::cli`: the command line's management commands.
 
 pub mod clock;

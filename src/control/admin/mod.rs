@@ -7,6 +7,7 @@
 //!
 //! ```text
 //! GET    /health
+//! GET    /console          (the web console; its files need no token)
 //! GET    /apikeys                             POST /apikeys
 //! POST   /apikeys/import  (text/csv; also POST /apikeys?mode=import)
 //! GET    /apikeys/{id}    PATCH /apikeys/{id}   DELETE /apikeys/{id}
@@ -18,6 +19,7 @@
 //! DELETE /usageplans/{id}/keys/{keyId}
 //! GET    /usageplans/{id}/usage?startDate=&endDate=[&keyId=][&limit=][&position=]
 //! PATCH  /usageplans/{id}/keys/{keyId}/usage
+//! GET    /apis                              (APIs, stages, routes as served)
 //! GET    /cache                              (sizes, hits and misses per route)
 //! DELETE /cache/{api}/{stage}                (flush the stage's cache)
 //! POST   /cache/{api}/{stage}/flush          (flush one entry)
@@ -43,6 +45,7 @@ use crate::http::respond;
 use crate::plan::AdminPlan;
 
 pub mod cache;
+pub mod console;
 pub mod deployments;
 pub mod usage;
 pub mod views;
@@ -142,6 +145,7 @@ fn serve(mut stream: TcpStream, ctx: &Ctx) {
     } else if !body.is_empty() {
         head.extend_from_slice(b"content-type: application/json\r\n");
     }
+    head.extend_from_slice(resp.headers.as_bytes());
     if resp.status == 401 {
         head.extend_from_slice(b"www-authenticate: Bearer realm=\"shardgate\"\r\n");
     }
@@ -194,6 +198,11 @@ fn handle(ctx: &Ctx, req: &Request) -> Response {
                 );
             }
             return Response::text("text/plain; version=0.0.4; charset=utf-8", text);
+        }
+        ("GET", ["console", rest @ ..]) => {
+            if let Some(r) = console::file(rest) {
+                return r;
+            }
         }
         _ => {}
     }
@@ -381,6 +390,24 @@ fn route(ctx: &Ctx, req: &Request, m: &str, segs: &[&str]) -> Result<Response, A
             let mut v = deployment_json(&d);
             v["snapshot"] = d.snapshot;
             Ok(Response::ok(v))
+        }
+        ["apis"] if m == "GET" => {
+            let plan = ctx.control.plan();
+            let reg = lock(ctx);
+            let set = reg.store().stages()?;
+            Ok(Response::ok(views::apis_json(
+                &plan,
+                &set,
+                |api, id| match id {
+                    Some(id) => reg
+                        .store()
+                        .deployment(api, id)
+                        .ok()
+                        .flatten()
+                        .map(|d| d.snapshot),
+                    None => plan.api_sources.get(api).cloned(),
+                },
+            )))
         }
         ["apis", api, "stages"] if m == "GET" => {
             let plan = ctx.control.plan();

@@ -154,3 +154,70 @@ pub fn upstreams_json(
         .collect();
     json!({ "items": items })
 }
+
+/// `GET /apis`: each API, its stages (what each serves: the config or a
+/// deployment, its throttle and cache) and each stage's routes with their
+/// integration, authorizer, throttle and cache, from the running plan.
+///
+/// `source` gives an API's definition as a stage serves it: the deployment's
+/// snapshot when `deploymentId` is set, else the config's.
+pub fn apis_json(
+    plan: &crate::plan::Plan,
+    set: &[(String, String, crate::control::store::StagePointer)],
+    source: impl Fn(&str, Option<&str>) -> Option<Value>,
+) -> Value {
+    let limit = |id: Option<crate::ids::ThrottleId>| {
+        id.and_then(|t| plan.throttles.get(t))
+            .map(|b| json!({ "rate": b.limit.rate, "burst": b.limit.burst }))
+    };
+    let mut names: Vec<&String> = plan.api_sources.keys().collect();
+    names.sort();
+    let items: Vec<Value> = names
+        .into_iter()
+        .map(|api| {
+            let config = &plan.api_sources[api];
+            let stages: Vec<Value> = plan
+                .stages
+                .iter()
+                .filter(|s| s.api == *api && s.canary_of.is_none())
+                .map(|s| {
+                    let mut v = stage_json(plan, &s.api, &s.stage, set);
+                    let deployment = v["deploymentId"].as_str().map(str::to_owned);
+                    let def = source(api, deployment.as_deref());
+                    let defined = def
+                        .as_ref()
+                        .and_then(|d| d["routes"].as_array())
+                        .cloned()
+                        .unwrap_or_default();
+                    let routes: Vec<Value> = s
+                        .routes
+                        .iter()
+                        .map(|r| {
+                            let own = defined.iter().find(|d| d["route"] == r.key.as_str());
+                            json!({
+                                "route": r.key,
+                                "integration": own.map(|d| d["integration"].clone()),
+                                "authorizer": own.and_then(|d| d.get("authorizer").cloned()),
+                                "authorizationScopes": own.and_then(|d| d.get("authorization_scopes").cloned()),
+                                "apiKeyRequired": r.api_key_required,
+                                "throttle": limit(r.throttle),
+                                "cacheTtlSeconds": r.cache.as_ref().map(|c| c.ttl_ms / 1000),
+                                "validated": r.validate.is_some(),
+                            })
+                        })
+                        .collect();
+                    v["throttle"] = limit(s.throttle).unwrap_or(Value::Null);
+                    v["cacheBytes"] = json!(s.cache_bytes);
+                    v["routes"] = Value::Array(routes);
+                    v
+                })
+                .collect();
+            json!({
+                "name": api,
+                "type": config.get("type").cloned().unwrap_or_else(|| json!("http")),
+                "stages": stages,
+            })
+        })
+        .collect();
+    json!({ "items": items })
+}

@@ -44,6 +44,8 @@ pub struct Response {
     pub body: Value,
     /// A body that is not JSON: (content type, text).
     pub text: Option<(&'static str, String)>,
+    /// More header lines, each ending in CRLF.
+    pub headers: &'static str,
 }
 
 impl Response {
@@ -61,6 +63,7 @@ impl Response {
             status,
             body,
             text: None,
+            headers: "",
         }
     }
     pub fn text(content_type: &'static str, text: String) -> Self {
@@ -68,6 +71,7 @@ impl Response {
             status: 200,
             body: Value::Null,
             text: Some((content_type, text)),
+            headers: "",
         }
     }
 }
