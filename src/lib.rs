@@ -177,6 +177,14 @@
 //!     - `control::admin::console`: the web console's files (`/console`), embedded.
 //!   - `control::cli`: the command line's management commands.
 
+/// `shardgate --version`: the package version and the commit it was built from.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("SHARDGATE_COMMIT"),
+    ")"
+);
+
 pub mod clock;
 pub mod compile;
 pub mod config;

@@ -24,7 +24,7 @@ use shardgate::proxy::worker;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "shardgate", version, about = "A thread-per-core API gateway")]
+#[command(name = "shardgate", version = shardgate::VERSION, about = "A thread-per-core API gateway")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -34,7 +34,8 @@ struct Cli {
 enum Command {
     /// Serve the APIs of a config file.
     Run {
-        #[arg(long)]
+        /// The config file (or `SHARDGATE_CONFIG`).
+        #[arg(long, env = "SHARDGATE_CONFIG")]
         config: PathBuf,
         /// Worker threads (overrides `workers:` in the config).
         #[arg(long)]
@@ -45,7 +46,8 @@ enum Command {
     },
     /// Check a config file: print every error, or a one-line summary.
     Validate {
-        #[arg(long)]
+        /// The config file (or `SHARDGATE_CONFIG`).
+        #[arg(long, env = "SHARDGATE_CONFIG")]
         config: PathBuf,
     },
     /// API keys of a running gateway (its admin API).

@@ -85,11 +85,25 @@ impl Gateway {
 
     /// `start_with`, with extra environment variables for the gateway.
     pub fn start_env(yaml: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::spawn(yaml, args, env, true)
+    }
+
+    /// `start_env`, naming the config file in `SHARDGATE_CONFIG` instead of
+    /// `--config`.
+    pub fn start_config_env(yaml: &str) -> Self {
+        Self::spawn(yaml, &[], &[], false)
+    }
+
+    fn spawn(yaml: &str, args: &[&str], env: &[(&str, &str)], flag: bool) -> Self {
         let config_path = write_config(yaml);
-        let mut child = Command::new(bin())
-            .arg("run")
-            .arg("--config")
-            .arg(&config_path)
+        let mut cmd = Command::new(bin());
+        cmd.arg("run");
+        if flag {
+            cmd.arg("--config").arg(&config_path);
+        } else {
+            cmd.env("SHARDGATE_CONFIG", &config_path);
+        }
+        let mut child = cmd
             .args(args)
             .envs(env.iter().copied())
             .env("SHARDGATE_LOG", "info")

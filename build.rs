@@ -1,0 +1,32 @@
+//! Stamps the build with its commit, for `shardgate --version`: the
+//! `SHARDGATE_COMMIT` environment variable when set (builds from a tarball or in
+//! a container without `.git`), else `git rev-parse`, else "unknown".
+
+use std::process::Command;
+
+fn main() {
+    println!("cargo:rerun-if-env-changed=SHARDGATE_COMMIT");
+    let commit = std::env::var("SHARDGATE_COMMIT")
+        .ok()
+        .filter(|c| !c.is_empty())
+        .or_else(git_commit)
+        .unwrap_or_else(|| "unknown".to_owned());
+    println!("cargo:rustc-env=SHARDGATE_COMMIT={commit}");
+}
+
+fn git_commit() -> Option<String> {
+    // Rebuild when HEAD moves: HEAD itself, the branch it names, packed refs.
+    println!("cargo:rerun-if-changed=.git/HEAD");
+    println!("cargo:rerun-if-changed=.git/packed-refs");
+    if let Ok(head) = std::fs::read_to_string(".git/HEAD") {
+        if let Some(branch) = head.trim().strip_prefix("ref: ") {
+            println!("cargo:rerun-if-changed=.git/{branch}");
+        }
+    }
+    let out = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()?;
+    let commit = String::from_utf8(out.stdout).ok()?.trim().to_owned();
+    (out.status.success() && !commit.is_empty()).then_some(commit)
+}
