@@ -280,6 +280,8 @@ pub struct WsLimits {
     pub max_message: usize,
     pub idle: std::time::Duration,
     pub max_duration: std::time::Duration,
+    /// `binary_messages: base64`: binary messages reach the integration.
+    pub binary: bool,
 }
 
 /// How one route's responses are cached.

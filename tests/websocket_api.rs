@@ -293,6 +293,54 @@ fn frames_limits_and_close_codes() {
     }
 }
 
+/// `binary_messages: base64` (not in AWS, whose WebSocket APIs close binary
+/// messages with 1003): a binary message reaches the integration base64-encoded
+/// and its route response goes back as a binary message; an empty route response
+/// is an empty message of the message's kind.
+#[test]
+fn binary_messages_when_the_api_takes_them() {
+    // The event's body, as an echo integration answers.
+    let be = Upstream::start(|s| {
+        let event: Value = serde_json::from_slice(&s.body).unwrap_or(Value::Null);
+        Reply::ok(event["body"].as_str().unwrap_or("").to_owned())
+    });
+    let gw = Gateway::start(&config(&format!(
+        "apis:
+  - name: echo
+    type: websocket
+    binary_messages: base64
+    routes:
+      - route: $default
+        integration: {{ type: http_proxy, uri: \"{be}/echo\" }}
+        route_response: true
+    stages: [ {{ name: prod }} ]
+",
+        be = be.url()
+    )));
+    let (mut s, status) = handshake(gw.addr, "/prod");
+    assert_eq!(status, 101);
+    let blob: Vec<u8> = (0..=255u8).chain([0, 0xff]).collect();
+    s.write_all(&frame(false, 2, &blob[..100], false)).unwrap();
+    s.write_all(&frame(true, 9, b"ping", false)).unwrap();
+    s.write_all(&frame(true, 0, &blob[100..], false)).unwrap();
+    assert_eq!(read_frame(&mut s), Some((10, b"ping".to_vec())));
+    assert_eq!(read_frame(&mut s), Some((2, blob.clone())));
+    let seen = events(&be, "/echo");
+    let last = seen.last().expect("the integration was called");
+    assert_eq!(last["isBase64Encoded"], true, "{last}");
+    assert_eq!(last["requestContext"]["routeKey"], "$default");
+    assert_eq!(
+        last["body"].as_str().map(str::len),
+        Some(blob.len().div_ceil(3) * 4)
+    );
+    // Text stays text; empty messages are echoed as empty messages.
+    for (op, payload) in [(1u8, &b"hello"[..]), (1, b""), (2, b"")] {
+        s.write_all(&frame(true, op, payload, false)).unwrap();
+        assert_eq!(read_frame(&mut s), Some((op, payload.to_vec())), "{op}");
+    }
+    assert_eq!(events(&be, "/echo")[2]["isBase64Encoded"], false);
+}
+
 #[test]
 fn websocket_config_is_checked() {
     let (code, out) = common::validate(&config(

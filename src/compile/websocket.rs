@@ -15,6 +15,7 @@ pub const DEFAULT_LIMITS: WsLimits = WsLimits {
     max_message: 128 * 1024,
     idle: Duration::from_secs(600),
     max_duration: Duration::from_secs(7200),
+    binary: false,
 };
 
 pub fn is_websocket(api: &ApiFile) -> bool {
@@ -202,6 +203,7 @@ pub fn ws_stage(
             max_message: max_message as usize,
             idle: Duration::from_secs(idle),
             max_duration: Duration::from_secs(max_duration),
+            binary: api.binary_messages == crate::config::BinaryMessages::Base64,
         },
     }
 }

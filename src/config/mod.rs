@@ -252,6 +252,8 @@ pub struct ApiFile {
     pub route_selection_expression: Option<String>,
     /// WebSocket APIs: the SigV4 authorizer whose keys sign `@connections` calls.
     pub connections_authorizer: Option<String>,
+    /// WebSocket APIs: what a binary message does (AWS: closes with 1003).
+    pub binary_messages: BinaryMessages,
     /// `gateway_responses`: by AWS's response type (`THROTTLED`, `DEFAULT_4XX`, ...).
     pub gateway_responses: BTreeMap<String, GatewayResponseFile>,
 }
@@ -415,6 +417,20 @@ struct ApiHead {
     route_selection_expression: Option<String>,
     #[serde(default)]
     connections_authorizer: Option<String>,
+    #[serde(default)]
+    binary_messages: BinaryMessages,
+}
+
+/// `apis[].binary_messages` (WebSocket APIs; not in AWS, which has only `close`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BinaryMessages {
+    /// AWS's: a binary message closes the connection with 1003.
+    #[default]
+    Close,
+    /// The integration gets the message base64-encoded (`isBase64Encoded: true`);
+    /// its route response goes back as a binary message, base64-decoded.
+    Base64,
 }
 
 fn default_api_type() -> String {
@@ -894,6 +910,7 @@ pub(crate) fn parse_api(v: Value, path: &str, errs: &mut ConfigErrors) -> Option
         trusted_proxies: head.trusted_proxies,
         route_selection_expression: head.route_selection_expression,
         connections_authorizer: head.connections_authorizer,
+        binary_messages: head.binary_messages,
         gateway_responses: head.gateway_responses,
     })
 }

@@ -88,6 +88,8 @@ fn violation(code: u16, why: &'static str) -> Violation {
 pub struct Limits {
     pub max_frame: usize,
     pub max_message: usize,
+    /// Binary messages are taken (else closed with 1003, as AWS closes them).
+    pub binary: bool,
 }
 
 /// One frame, unmasked in place.
@@ -171,6 +173,8 @@ pub fn parse_frame(buf: &mut [u8], limits: &Limits) -> Result<Option<Frame>, Vio
 pub enum Event {
     /// A whole text message.
     Text(String),
+    /// A whole binary message (only when `Limits::binary`).
+    Binary(Vec<u8>),
     /// Answer with a pong carrying this payload.
     Ping(Vec<u8>),
     Pong,
@@ -189,7 +193,7 @@ pub struct Messages {
 
 impl Messages {
     /// Takes one frame (its payload unmasked); binary messages are refused
-    /// (AWS: 1003).
+    /// (AWS: 1003) unless `limits.binary`.
     pub fn take(
         &mut self,
         frame: &Frame,
@@ -212,7 +216,7 @@ impl Messages {
                     return Err(violation(code::TOO_BIG, "message larger than the limit"));
                 }
                 if frame.fin {
-                    return finish(payload.to_vec(), text);
+                    return finish(payload.to_vec(), text, limits.binary);
                 }
                 self.partial = Some((payload.to_vec(), text));
                 Ok(Event::Partial)
@@ -232,7 +236,7 @@ impl Messages {
                     return Err(violation(code::INVALID_DATA, "text is not UTF-8"));
                 }
                 if frame.fin {
-                    finish(data, text)
+                    finish(data, text, limits.binary)
                 } else {
                     self.partial = Some((data, text));
                     Ok(Event::Partial)
@@ -242,7 +246,10 @@ impl Messages {
     }
 }
 
-fn finish(data: Vec<u8>, text: bool) -> Result<Event, Violation> {
+fn finish(data: Vec<u8>, text: bool, binary: bool) -> Result<Event, Violation> {
+    if !text && binary {
+        return Ok(Event::Binary(data));
+    }
     if !text {
         return Err(violation(
             code::UNSUPPORTED,
@@ -318,6 +325,7 @@ mod tests {
     const LIMITS: Limits = Limits {
         max_frame: 32 * 1024,
         max_message: 128 * 1024,
+        binary: false,
     };
 
     /// A masked client frame.
@@ -341,16 +349,20 @@ mod tests {
     }
 
     fn events(bytes: &[u8]) -> Result<Vec<Event>, Violation> {
+        events_with(bytes, &LIMITS)
+    }
+
+    fn events_with(bytes: &[u8], limits: &Limits) -> Result<Vec<Event>, Violation> {
         let mut buf = bytes.to_vec();
         let mut m = Messages::default();
         let mut out = Vec::new();
         let mut at = 0;
         while at < buf.len() {
-            let Some(f) = parse_frame(&mut buf[at..], &LIMITS)? else {
+            let Some(f) = parse_frame(&mut buf[at..], limits)? else {
                 break;
             };
             let payload = buf[at + f.payload.start..at + f.payload.end].to_vec();
-            out.push(m.take(&f, &payload, &LIMITS)?);
+            out.push(m.take(&f, &payload, limits)?);
             at += f.len;
         }
         Ok(out)
@@ -392,6 +404,7 @@ mod tests {
         let limits = Limits {
             max_frame: 100_000,
             max_message: 100_000,
+            binary: false,
         };
         let mut f = client(true, 1, &big);
         let frame = parse_frame(&mut f, &limits).unwrap().unwrap();
@@ -422,10 +435,22 @@ mod tests {
         frag.extend(client(false, 0, &[0xc0, 0xaf]));
         assert_eq!(code_of(frag), code::INVALID_DATA);
         assert_eq!(code_of(client(true, 2, b"bin")), code::UNSUPPORTED);
+        // Taken when the API takes binary messages, fragments too.
+        let binary = Limits {
+            binary: true,
+            ..LIMITS
+        };
+        let mut parts = client(false, 2, &[0xff, 0]);
+        parts.extend(client(true, 0, &[1]));
+        assert_eq!(
+            events_with(&parts, &binary).unwrap(),
+            [Event::Partial, Event::Binary(vec![0xff, 0, 1])]
+        );
         assert_eq!(code_of(client(true, 1, &vec![b'a'; 40_000])), code::TOO_BIG);
         let small = Limits {
             max_frame: 32 * 1024,
             max_message: 1000,
+            binary: false,
         };
         let mut one = client(true, 1, &[b'a'; 2000]);
         let f = parse_frame(&mut one, &small).unwrap().unwrap();

@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Instant;
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
 use serde_json::{json, Map, Value};
 
 use crate::http::body;
@@ -233,7 +235,9 @@ impl Context {
         }
         // `own` without its `{`: its `}` closes `requestContext`.
         out.extend_from_slice(&own.as_bytes()[1..]);
-        out.extend_from_slice(b",\"isBase64Encoded\":false");
+        if !top.iter().any(|(k, _)| *k == "isBase64Encoded") {
+            out.extend_from_slice(b",\"isBase64Encoded\":false");
+        }
         for (k, v) in top {
             out.push(b',');
             let _ = serde_json::to_writer(&mut out, k);
@@ -660,6 +664,7 @@ async fn frames(
     let limits = ws::Limits {
         max_frame: live.ws.limits.max_frame,
         max_message: live.ws.limits.max_message,
+        binary: live.ws.limits.binary,
     };
     loop {
         let start = c.pos;
@@ -673,37 +678,16 @@ async fn frames(
         };
         let payload = c.buf[start + frame.payload.start..start + frame.payload.end].to_vec();
         c.pos = start + frame.len;
-        match messages.take(&frame, &payload, &limits) {
-            Ok(Event::Text(text)) => {
-                live.entry.touch();
-                if let Some(m) = shard.metrics.worker.get(shard.id) {
-                    m.ws_messages_in.add(1);
-                    m.ws_bytes_in.add(text.len() as u64);
-                }
-                let (stage, w, base) = (live.stage, live.ws, live.base.as_deref());
-                let key = live.key.as_ref();
-                if !Box::pin(message(
-                    c,
-                    plan,
-                    shard,
-                    stage,
-                    w,
-                    &live.context,
-                    base,
-                    key,
-                    text,
-                ))
-                .await
-                {
-                    return Some((1006, String::new()));
-                }
-            }
+        let incoming = match messages.take(&frame, &payload, &limits) {
+            Ok(Event::Text(text)) => Incoming::Text(text),
+            Ok(Event::Binary(data)) => Incoming::Binary(data),
             Ok(Event::Ping(p)) => {
                 if !send(c, shard, Opcode::Pong, &p).await {
                     return Some((1006, String::new()));
                 }
+                continue;
             }
-            Ok(Event::Pong | Event::Partial) => {}
+            Ok(Event::Pong | Event::Partial) => continue,
             Ok(Event::Close(code, reason)) => {
                 close(c, if code == 1005 { code::NORMAL } else { code }, "").await;
                 return Some((code, reason));
@@ -712,6 +696,28 @@ async fn frames(
                 close(c, v.code, v.why).await;
                 return Some((v.code, v.why.into()));
             }
+        };
+        live.entry.touch();
+        if let Some(m) = shard.metrics.worker.get(shard.id) {
+            m.ws_messages_in.add(1);
+            m.ws_bytes_in.add(incoming.len() as u64);
+        }
+        let (stage, w, base) = (live.stage, live.ws, live.base.as_deref());
+        let key = live.key.as_ref();
+        if !Box::pin(message(
+            c,
+            plan,
+            shard,
+            stage,
+            w,
+            &live.context,
+            base,
+            key,
+            incoming,
+        ))
+        .await
+        {
+            return Some((1006, String::new()));
         }
     }
 }
@@ -842,8 +848,25 @@ fn meter(
     }
 }
 
+/// A whole message from the client.
+enum Incoming {
+    Text(String),
+    /// Only on APIs with `binary_messages: base64`.
+    Binary(Vec<u8>),
+}
+
+impl Incoming {
+    fn len(&self) -> usize {
+        match self {
+            Self::Text(t) => t.len(),
+            Self::Binary(b) => b.len(),
+        }
+    }
+}
+
 /// Routes one message (within the stage's and the route's throttles), calls
-/// its integration, sends the route response; `false` when the client is gone.
+/// its integration, sends the route response (an empty one too: an empty
+/// message); `false` when the client is gone.
 #[allow(clippy::too_many_arguments)]
 async fn message(
     c: &mut Client,
@@ -854,14 +877,18 @@ async fn message(
     context: &Context,
     base: Option<&crate::observe::accesslog::Facts>,
     api_key: Option<&Keyed>,
-    text: String,
+    incoming: Incoming,
 ) -> bool {
     let started = Instant::now();
-    let key = w
-        .selection
-        .as_ref()
-        .and_then(|e| e.eval(&Message(text.as_bytes())))
-        .unwrap_or_default();
+    // A binary message is not JSON: `$default` (AWS routes non-JSON so).
+    let key = match &incoming {
+        Incoming::Text(text) => w
+            .selection
+            .as_ref()
+            .and_then(|e| e.eval(&Message(text.as_bytes())))
+            .unwrap_or_default(),
+        Incoming::Binary(_) => String::new(),
+    };
     let (route, route_key) = match w.routes.get(&key) {
         Some(&r) => (Some(r), key.as_str()),
         None => (w.default, "$default"),
@@ -875,7 +902,8 @@ async fn message(
         event_type: "MESSAGE",
         message_id: Some(message_id.as_str().into()),
     };
-    let bytes = text.len() as u64;
+    let bytes = incoming.len() as u64;
+    let binary = matches!(incoming, Incoming::Binary(_));
     let Some(route) = route else {
         // AWS's answer when no route matches and there is no $default.
         log_event(
@@ -898,7 +926,13 @@ async fn message(
         &id,
         now,
         &[("messageId", message_id.as_str().into())],
-        vec![("body", Value::String(text))],
+        match incoming {
+            Incoming::Text(text) => vec![("body", Value::String(text))],
+            Incoming::Binary(data) => vec![
+                ("body", Value::String(BASE64.encode(data))),
+                ("isBase64Encoded", Value::Bool(true)),
+            ],
+        },
     );
     let answered = call(plan, shard, stage, route, event, id.clone()).await;
     let status = match &answered {
@@ -910,7 +944,14 @@ async fn message(
     );
     match answered {
         Ok((_, _, body)) if w.route_response.get(route).copied().unwrap_or(false) => {
-            body.is_empty() || send(c, shard, Opcode::Text, &body).await
+            if binary {
+                // AWS's CONVERT_TO_BINARY: the answer is base64 (an echo of the
+                // event's body); an answer that is not goes as it is.
+                let data = BASE64.decode(&body).unwrap_or(body);
+                send(c, shard, Opcode::Binary, &data).await
+            } else {
+                send(c, shard, Opcode::Text, &body).await
+            }
         }
         Ok(_) => true,
         Err(err) => {
