@@ -1,10 +1,12 @@
 //! The web console in a real browser: Debian's Chromium driven by Selenium
 //! (`tests/support/console_drive.py`) against a gateway with an admin token, an
-//! API with a keyed route, a cached proxied route and a usage plan. The browser
-//! signs in (a wrong token is refused), sees the routes, creates a key whose value
-//! is then used on the data plane, sees the usage chart and live traffic, and
-//! disables the key, which the data plane then refuses. Screenshots of each page
-//! are saved under `docs/console/` (the README shows them).
+//! API with a keyed route, a cached proxied route, an upstream group and a usage
+//! plan. The browser signs in (a wrong token is refused), sees the routes,
+//! creates a key whose value is then used on the data plane, sees the usage
+//! chart and live traffic, disables the key, which the data plane then refuses,
+//! deploys the config to the stage and rolls it back, reloads, and sees the
+//! upstream group's health. Screenshots of the pages are saved under
+//! `docs/console/` (the README shows them).
 
 mod common;
 
@@ -26,6 +28,10 @@ listeners:
     bind: 127.0.0.1:0
 admin: {{ bind: 127.0.0.1:0, token: {{ env: SG_ADMIN }} }}
 store: {{ path: {store} }}
+upstreams:
+  - name: pool
+    targets: [{{ url: \"{be}\" }}]
+    health_check: {{ path: /health, interval_ms: 500 }}
 apis:
   - name: shop
     type: http
@@ -37,6 +43,8 @@ apis:
         integration: {{ type: mock, status: 200, body: '{{\"keyed\":true}}' }}
       - route: GET /pets/{{id}}
         integration: {{ type: http_proxy, uri: \"{be}/pets/{{id}}\" }}
+      - route: GET /pool/{{proxy+}}
+        integration: {{ type: http_proxy, upstream: pool, uri: \"/{{proxy}}\" }}
     stages:
       - name: prod
         throttle: {{ rate: 500, burst: 1000 }}
