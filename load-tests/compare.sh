@@ -349,6 +349,13 @@ set +u  # a partial run (ONLY=...) leaves other scenarios' figures unset: shown 
   echo "Issue 18: small GET through an upstream group of four targets (least request), against the one-target route:"
   echo "  cpu/req <= 1.05x: $(ratio "$gr_cpu" "$g1_cpu")x (${gr_cpu} vs ${g1_cpu} us) -> $(verdict "$(awk -v a="$gr_cpu" -v b="$g1_cpu" 'BEGIN{print (a <= 1.05 * b)}')")"
   echo "  vs nginx upstream (least_conn, keepalive): cpu/req $(ratio "$gr_cpu" "$gn_cpu")x (${gr_cpu} vs ${gn_cpu} us), p99 ${gr_p99} vs ${gn_p99} us"
+  # Issue 23's two other measures have scripts of their own (strace/perf, and
+  # 4,000 connections per shape): their latest results for this machine.
+  for f in idle-memory syscalls; do
+    r="load-tests/results/$f-$(nproc)core-$(machine_tag).txt"
+    echo "Issue 23, load-tests/$f.sh (latest run, $(sed -n '1s/.*, //p' "$r" 2>/dev/null || echo none)):"
+    if [ -f "$r" ]; then grep -E '^  ' "$r" | grep -v 'per round\|last round'; else echo "  not run on this machine"; fi
+  done
 } >"$RESULT"
 echo
 cat "$RESULT"
