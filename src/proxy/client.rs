@@ -42,6 +42,43 @@ pub struct Client {
     pub send_timeout: Duration,
 }
 
+/// What a connection keeps between requests: its socket and who it is.
+pub struct Kept {
+    pub stream: Stream,
+    pub peer: SocketAddr,
+    /// What the TLS handshake established (HTTPS listeners only).
+    pub tls: Option<Box<crate::http::tls::Session>>,
+}
+
+impl Client {
+    /// A connection about to serve requests, with buffers from the shard.
+    pub fn new(kept: Kept, send_timeout: Duration, shard: &Shard) -> Self {
+        Self {
+            stream: kept.stream,
+            peer: kept.peer,
+            tls: kept.tls,
+            buf: shard.take_buf(Vec::new()),
+            pos: 0,
+            out: shard.take_buf(Vec::new()),
+            up_head: shard.take_buf(Vec::new()),
+            outcome: Outcome::at(Instant::now()),
+            send_timeout,
+        }
+    }
+
+    /// Its buffers back to the shard; what it keeps between requests.
+    pub fn release(self, shard: &Shard) -> Kept {
+        shard.give_buf(self.buf);
+        shard.give_buf(self.out);
+        shard.give_buf(self.up_head);
+        Kept {
+            stream: self.stream,
+            peer: self.peer,
+            tls: self.tls,
+        }
+    }
+}
+
 /// What one request did: its route, status, sizes and times.
 #[derive(Debug)]
 pub struct Outcome {

@@ -20,7 +20,7 @@ use crate::plan::{Integration, ListenerPlan, Plan};
 use crate::policy::access::Pass;
 use crate::policy::cache::Lookup;
 use crate::proxy::client::{
-    body_error, read_ready, refuse, send_continue, timed_read, Client, Outcome, CONN_BUF,
+    body_error, read_ready, refuse, send_continue, timed_read, Client, Kept, Outcome, CONN_BUF,
 };
 use crate::proxy::forward;
 use crate::proxy::pipeline::{do_work, look_again, prepare, Coalesce, Facts, Leading, Prepared};
@@ -40,94 +40,140 @@ enum HeadRead {
     Refuse(GatewayError),
 }
 
+/// Serves a connection until it closes. The task's future is this async
+/// block's, sized for what a parked connection holds: its socket, who it is
+/// (`Kept`, captured once: an async body keeps its inputs for its whole life)
+/// and the wait. Each busy spell is one boxed future (`busy`), which owns the
+/// request state (`Client`: buffers, outcome) and is freed when it ends.
 pub fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     plan: Arc<Plan>,
     listener: usize,
     shard: Rc<Shard>,
-) -> impl std::future::Future<Output = ()> {
+) -> impl Future<Output = ()> {
     let _ = stream.set_nodelay(true);
-    serve_client(stream, peer, plan, listener, shard)
-}
-
-async fn serve_client(
-    tcp: TcpStream,
-    peer: SocketAddr,
-    plan: Arc<Plan>,
-    listener: usize,
-    shard: Rc<Shard>,
-) {
-    let lp = &plan.listeners[listener];
-    let (stream, tls) = match &lp.tls {
-        None => (Stream::Plain(tcp), None),
-        // Boxed: the handshake's state is not kept for the connection's life.
-        Some(t) => match Box::pin(accept_tls(tcp, peer, t, &lp.limits, shard.uring)).await {
-            Some((stream, session)) => (stream, Some(session)),
-            None => return,
-        },
-    };
-    // Boxed, so the task's future holds a pointer rather than the connection's
-    // state: an idle connection's footprint is mostly this future.
-    let mut c = Box::new(Client {
-        stream,
+    let mut kept = Kept {
+        stream: Stream::Plain(stream),
         peer,
-        tls,
-        buf: Vec::new(),
-        pos: 0,
-        out: Vec::new(),
-        up_head: Vec::new(),
-        outcome: Outcome::at(Instant::now()),
-        send_timeout: lp.limits.send_timeout,
-    });
+        tls: None,
+    };
     let (mut plan, mut listener) = (plan, listener);
-    let mut woken = false;
-    // The new plan dropped this connection's listener: one more request on the
-    // old plan, answered with `Connection: close`.
-    let mut last = false;
-    loop {
-        c.buf = shard.take_buf(std::mem::take(&mut c.buf));
-        c.out = shard.take_buf(std::mem::take(&mut c.out));
-        c.up_head = shard.take_buf(std::mem::take(&mut c.up_head));
-        // The request path's state is boxed so that a parked connection holds only
-        // `Client` and its park.
-        let lp = &plan.listeners[listener];
-        let next = Box::pin(active(&mut c, &plan, lp, &shard, woken, last)).await;
-        let idle = lp.limits.idle_timeout;
-        if matches!(next, Next::Close | Next::Park) {
-            // Parked (or closing): buffers go back to the shard, as nginx frees its
-            // buffers on an idle keep-alive connection. (A switching connection
-            // keeps them: its next request may be in them already; so does a
-            // WebSocket handshake: its first frames may be.)
-            shard.give_buf(std::mem::take(&mut c.buf));
-            shard.give_buf(std::mem::take(&mut c.out));
-            shard.give_buf(std::mem::take(&mut c.up_head));
-        }
-        match next {
-            Next::Close => return,
-            Next::WebSocket(u) => {
-                // The session gets a task of its own, sized for it; this one,
-                // sized for the request path's waits, ends here.
-                monoio::spawn(websocket(c, plan, shard, u));
+    async move {
+        if let Some(t) = &plan.listeners[listener].tls {
+            let Stream::Plain(tcp) = kept.stream else {
                 return;
+            };
+            let limits = &plan.listeners[listener].limits;
+            // Boxed: the handshake's state is not kept for the connection's life.
+            match Box::pin(accept_tls(tcp, kept.peer, t, limits, shard.uring)).await {
+                Some((stream, session)) => {
+                    kept = Kept {
+                        stream,
+                        peer: kept.peer,
+                        tls: Some(session),
+                    };
+                }
+                None => return,
             }
-            Next::Park => {
-                if !park(&mut c.stream, &shard, idle).await {
+        }
+        let mut woken = false;
+        // The new plan dropped this connection's listener: one more request on
+        // the old plan, answered with `Connection: close`.
+        let mut last = false;
+        loop {
+            let send_timeout = plan.listeners[listener].limits.send_timeout;
+            let c = Client::new(kept, send_timeout, &shard);
+            // Taken apart at once: a `Spell` partly moved out of would keep
+            // its storage (the whole `Client`) in this future across the park.
+            let Spell {
+                next,
+                client: c,
+                plan: p,
+                listener: li,
+                last: l,
+            } = Box::pin(busy(c, plan, listener, &shard, woken, last)).await;
+            (plan, listener, last) = (p, li, l);
+            match next {
+                // (`busy` goes on with a new plan itself.)
+                Next::Close | Next::Switch(_) => {
+                    c.release(&shard);
                     return;
                 }
-                woken = true;
-            }
-            // A reload: the next request uses the new plan; a listener it dropped
-            // closes its connections between requests.
-            Next::Switch(w) => {
-                woken = w;
-                match shard.switch(&plan, listener) {
-                    Some((p, li)) => {
-                        c.send_timeout = p.listeners[li].limits.send_timeout;
-                        (plan, listener) = (p, li);
+                Next::WebSocket(u) => {
+                    // The session gets a task of its own, sized for it; this
+                    // one, sized for the request path's waits, ends here. (The
+                    // buffers go with it: its first frames may be in them.)
+                    monoio::spawn(websocket(Box::new(c), plan, shard, u));
+                    return;
+                }
+                Next::Park => {
+                    // Buffers go back to the shard, as nginx frees its buffers
+                    // on an idle keep-alive connection; the rest of the request
+                    // state went with the busy spell's box.
+                    kept = c.release(&shard);
+                    let idle = plan.listeners[listener].limits.idle_timeout;
+                    if !park(&mut kept.stream, &shard, idle).await {
+                        return;
                     }
-                    None if !last => last = true,
-                    None => return,
+                    woken = true;
+                }
+            }
+        }
+    }
+}
+
+/// What a busy spell ends with: why, the connection, and the plan it ended on.
+struct Spell {
+    next: Next,
+    client: Client,
+    plan: Arc<Plan>,
+    listener: usize,
+    last: bool,
+}
+
+/// Serves requests until the connection closes, parks or upgrades, going on
+/// with a new plan after a reload (a switching connection keeps its buffers:
+/// its next request may be in them already). One boxed future per spell: the
+/// request path's state and the connection's `Client`, in one allocation.
+#[allow(clippy::manual_async_fn)] // An async fn would keep its arguments twice.
+fn busy(
+    mut c: Client,
+    mut plan: Arc<Plan>,
+    mut listener: usize,
+    shard: &Shard,
+    mut woken: bool,
+    mut last: bool,
+) -> impl Future<Output = Spell> + '_ {
+    async move {
+        loop {
+            let next = active(&mut c, &plan, &plan.listeners[listener], shard, woken, last).await;
+            let Next::Switch(w) = next else {
+                return Spell {
+                    next,
+                    client: c,
+                    plan,
+                    listener,
+                    last,
+                };
+            };
+            // A reload: the next request uses the new plan; a listener it
+            // dropped closes its connections between requests.
+            woken = w;
+            match shard.switch(&plan, listener) {
+                Some((p, li)) => {
+                    c.send_timeout = p.listeners[li].limits.send_timeout;
+                    (plan, listener) = (p, li);
+                }
+                None if !last => last = true,
+                None => {
+                    return Spell {
+                        next: Next::Close,
+                        client: c,
+                        plan,
+                        listener,
+                        last,
+                    }
                 }
             }
         }
@@ -137,19 +183,23 @@ async fn serve_client(
 /// A WebSocket API connection after its handshake passed the pipeline:
 /// `$connect` and the 101 (a boxed future, gone once answered), then the
 /// session, in a task whose future is the session's and a few pointers.
-async fn websocket(
+#[allow(clippy::manual_async_fn)] // An async fn would keep its arguments twice.
+fn websocket(
     mut c: Box<Client>,
     plan: Arc<Plan>,
     shard: Rc<Shard>,
     u: Box<crate::proxy::websocket::Upgrade>,
-) {
-    let _in_flight = InFlight::enter(&shard);
-    let started = u.started;
-    let live = Box::pin(crate::proxy::websocket::open(&mut c, &plan, &shard, u)).await;
-    if let Some(live) = live {
-        crate::proxy::websocket::serve(&mut c, &plan, &shard, live).await;
+) -> impl Future<Output = ()> {
+    // An async block: it keeps its inputs once (an async fn keeps them twice).
+    async move {
+        let _in_flight = InFlight::enter(&shard);
+        let started = u.started;
+        let live = Box::pin(crate::proxy::websocket::open(&mut c, &plan, &shard, u)).await;
+        if let Some(live) = live {
+            crate::proxy::websocket::serve(&mut c, &plan, &shard, live).await;
+        }
+        record(&mut c, &plan, &shard, started, &Flags::default());
     }
-    record(&mut c, &plan, &shard, started, &Flags::default());
 }
 
 /// What a connection does after `active`.
@@ -198,26 +248,51 @@ async fn accept_tls(
     Some((Stream::Server(t), session))
 }
 
-/// Waits, holding no buffer and no timer, until the connection is readable (`true`)
-/// or `idle` has passed or it failed (`false`).
-async fn park(stream: &mut Stream, shard: &Shard, idle: Duration) -> bool {
+/// Waits, holding no buffer and no timer, until the connection is readable
+/// (`true`) or `idle` has passed or it failed (`false`).
+fn park<'a>(stream: &mut Stream, shard: &'a Shard, idle: Duration) -> Park<'a> {
     if stream.has_buffered() {
-        return true;
+        return Park::Ready;
     }
     stream.release();
-    let stream = stream.tcp();
-    let slot = crate::proxy::shard::Parking::new(shard, Instant::now() + idle);
-    let mut readable = std::pin::pin!(stream.readable(true));
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(r) = readable.as_mut().poll(cx) {
-            return Poll::Ready(r.is_ok());
+    match stream.tcp().readiness(true) {
+        Ok(readable) => Park::Waiting {
+            readable,
+            slot: crate::proxy::shard::Parking::new(shard, Instant::now() + idle),
+        },
+        Err(_) => Park::Failed,
+    }
+}
+
+/// A parked connection's wait: readiness (the driver's operation itself) and a
+/// slot of the shard's parked deadlines, nothing else.
+enum Park<'a> {
+    Ready,
+    Failed,
+    Waiting {
+        readable: monoio::net::Readiness,
+        slot: crate::proxy::shard::Parking<'a>,
+    },
+}
+
+impl Future for Park<'_> {
+    type Output = bool;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<bool> {
+        match &mut *self {
+            Park::Ready => Poll::Ready(true),
+            Park::Failed => Poll::Ready(false),
+            Park::Waiting { readable, slot } => {
+                if let Poll::Ready(r) = std::pin::Pin::new(readable).poll(cx) {
+                    return Poll::Ready(r.is_ok());
+                }
+                if slot.expired(cx.waker()) {
+                    return Poll::Ready(false);
+                }
+                Poll::Pending
+            }
         }
-        if slot.expired(cx.waker()) {
-            return Poll::Ready(false);
-        }
-        Poll::Pending
-    })
-    .await
+    }
 }
 
 /// Serves requests until the connection closes (`false`) or has no next request

@@ -479,9 +479,18 @@ fn conn_facts(context: &Context, event_type: &'static str) -> crate::observe::ac
 /// Serves an open connection until it ends, then calls `$disconnect`. Its
 /// own future, apart from `open`'s: an idle connection keeps only this one
 /// (and `session`'s, which holds only its idle wait inline).
-pub async fn serve(c: &mut Client, plan: &Plan, shard: &Shard, live: Box<Live<'_>>) {
-    let (code, reason) = session(c, plan, shard, &live).await;
-    Box::pin(ended(plan, shard, live, code, reason)).await;
+/// (An async block, not an async fn: an async fn keeps its arguments twice.)
+#[allow(clippy::manual_async_fn)] // An async fn would keep its arguments twice.
+pub fn serve<'a>(
+    c: &'a mut Client,
+    plan: &'a Plan,
+    shard: &'a Shard,
+    live: Box<Live<'a>>,
+) -> impl std::future::Future<Output = ()> + 'a {
+    async move {
+        let (code, reason) = session(c, plan, shard, &live).await;
+        Box::pin(ended(plan, shard, live, code, reason)).await;
+    }
 }
 
 /// After the session: the metrics, the registry, and `$disconnect`.
@@ -598,56 +607,70 @@ type End = (u16, String);
 /// Serves messages until the connection ends: the close code and reason.
 /// Only the wait for the client is inline (what an idle connection holds);
 /// reading frames and answering them are boxed futures, gone between messages.
-async fn session(c: &mut Client, plan: &Plan, shard: &Shard, live: &Live<'_>) -> End {
-    let until = Instant::now() + live.ws.limits.max_duration;
-    let mut messages = Messages::default();
-    loop {
-        if let Some(end) = Box::pin(frames(c, plan, shard, live, &mut messages)).await {
-            return end;
-        }
-        c.buf.drain(..c.pos);
-        c.pos = 0;
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            Box::pin(close(c, code::GOING_AWAY, "Going away")).await;
-            return (code::GOING_AWAY, "the connection's duration limit".into());
-        }
-        let wait = live.ws.limits.idle.min(left);
-        // Idle, the connection holds no buffer (the shard keeps them), as a
-        // parked HTTP connection.
-        if c.buf.is_empty() {
-            shard.give_buf(std::mem::take(&mut c.buf));
-            shard.give_buf(std::mem::take(&mut c.out));
-            shard.give_buf(std::mem::take(&mut c.up_head));
-        }
-        // Data, a command from `@connections`, or the idle limit. Readiness is
-        // waited for (checked, not cached: `readable(false)`), not a read, so
-        // the wait can be given up on both drivers without losing bytes.
-        // The idle limit is a slot of the shard's parked deadlines (swept by
-        // the worker), not a timer of its own: monoio's is 640 bytes.
-        let woke = {
-            let buffered = c.stream.has_buffered();
-            let mut readable = std::pin::pin!(c.stream.tcp().readable(false));
-            let slot = crate::proxy::shard::Parking::new(shard, Instant::now() + wait);
-            let local = live.entry.local;
-            std::future::poll_fn(|cx| {
-                if let Some(cmd) = shard.mailboxes.take(local, cx.waker()) {
-                    return Poll::Ready(Woke::Command(cmd));
-                }
-                if buffered || readable.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Woke::Readable);
-                }
-                if slot.expired(cx.waker()) {
-                    return Poll::Ready(Woke::Idle);
-                }
-                Poll::Pending
-            })
-            .await
-        };
-        c.buf = shard.take_buf(std::mem::take(&mut c.buf));
-        c.out = shard.take_buf(std::mem::take(&mut c.out));
-        if let Some(end) = Box::pin(woken(c, shard, &live.entry, woke)).await {
-            return end;
+#[allow(clippy::manual_async_fn)] // An async fn would keep its arguments twice.
+fn session<'a>(
+    c: &'a mut Client,
+    plan: &'a Plan,
+    shard: &'a Shard,
+    live: &'a Live<'a>,
+) -> impl std::future::Future<Output = End> + 'a {
+    async move {
+        let until = Instant::now() + live.ws.limits.max_duration;
+        let mut messages = Messages::default();
+        loop {
+            if let Some(end) = Box::pin(frames(c, plan, shard, live, &mut messages)).await {
+                return end;
+            }
+            c.buf.drain(..c.pos);
+            c.pos = 0;
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                Box::pin(close(c, code::GOING_AWAY, "Going away")).await;
+                return (code::GOING_AWAY, "the connection's duration limit".into());
+            }
+            let wait = live.ws.limits.idle.min(left);
+            // Idle, the connection holds no buffer (the shard keeps them), as a
+            // parked HTTP connection.
+            if c.buf.is_empty() {
+                shard.give_buf(std::mem::take(&mut c.buf));
+                shard.give_buf(std::mem::take(&mut c.out));
+                shard.give_buf(std::mem::take(&mut c.up_head));
+            }
+            // Data, a command from `@connections`, or the idle limit. Readiness is
+            // waited for (checked, not cached: `readable(false)`), not a read, so
+            // the wait can be given up on both drivers without losing bytes.
+            // The idle limit is a slot of the shard's parked deadlines (swept by
+            // the worker), not a timer of its own: monoio's is 640 bytes.
+            // The wait holds the driver's operation itself (`readiness`), not an
+            // async body around it.
+            let woke = {
+                let buffered = c.stream.has_buffered();
+                let mut readable = c.stream.tcp().readiness(false).ok();
+                let slot = crate::proxy::shard::Parking::new(shard, Instant::now() + wait);
+                let local = live.entry.local;
+                std::future::poll_fn(move |cx| {
+                    if let Some(cmd) = shard.mailboxes.take(local, cx.waker()) {
+                        return Poll::Ready(Woke::Command(cmd));
+                    }
+                    // No wait (an error registering it): read, and see the error.
+                    let Some(r) = readable.as_mut() else {
+                        return Poll::Ready(Woke::Readable);
+                    };
+                    if buffered || std::pin::Pin::new(r).poll(cx).is_ready() {
+                        return Poll::Ready(Woke::Readable);
+                    }
+                    if slot.expired(cx.waker()) {
+                        return Poll::Ready(Woke::Idle);
+                    }
+                    Poll::Pending
+                })
+                .await
+            };
+            c.buf = shard.take_buf(std::mem::take(&mut c.buf));
+            c.out = shard.take_buf(std::mem::take(&mut c.out));
+            if let Some(end) = Box::pin(woken(c, shard, &live.entry, woke)).await {
+                return end;
+            }
         }
     }
 }

@@ -245,6 +245,13 @@ impl TcpStream {
         op.wait().await
     }
 
+    /// Wait for read readiness, as [`readable`](Self::readable), with the
+    /// operation itself as the future (shardgate's patch: an idle connection
+    /// keeps this, 40 bytes, rather than `readable`'s 104-byte async body).
+    pub fn readiness(&self, relaxed: bool) -> io::Result<Readiness> {
+        Ok(Readiness(Op::poll_read(&self.fd, relaxed)?))
+    }
+
     /// Wait for write readiness.
     /// Note: Do not use it before every io. It is different from other runtimes!
     ///
@@ -258,6 +265,22 @@ impl TcpStream {
     pub async fn writable(&self, relaxed: bool) -> io::Result<()> {
         let op = Op::poll_write(&self.fd, relaxed).unwrap();
         op.wait().await
+    }
+}
+
+/// A wait for a stream's read readiness ([`TcpStream::readiness`]).
+pub struct Readiness(Op<crate::driver::op::poll::PollAdd>);
+
+impl Future for Readiness {
+    type Output = io::Result<()>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|done| done.meta.result.map(|_| ()))
     }
 }
 
