@@ -15,12 +15,14 @@ fn main() {
 }
 
 fn git_commit() -> Option<String> {
-    // Rebuild when HEAD moves: HEAD itself, the branch it names, packed refs.
-    println!("cargo:rerun-if-changed=.git/HEAD");
-    println!("cargo:rerun-if-changed=.git/packed-refs");
-    if let Ok(head) = std::fs::read_to_string(".git/HEAD") {
-        if let Some(branch) = head.trim().strip_prefix("ref: ") {
-            println!("cargo:rerun-if-changed=.git/{branch}");
+    // Rebuild when HEAD moves: HEAD itself, the branches (a directory: cargo
+    // looks at every file under it, new ones too), packed refs. Only paths that
+    // exist: cargo takes a missing one as changed, and would run this script and
+    // rebuild the whole crate on every build (a clone that has never packed its
+    // refs has no `packed-refs`).
+    for path in [".git/HEAD", ".git/refs/heads", ".git/packed-refs"] {
+        if std::path::Path::new(path).exists() {
+            println!("cargo:rerun-if-changed={path}");
         }
     }
     let out = Command::new("git")

@@ -186,7 +186,7 @@ for p in "${PROXIES[@]}"; do
   done
 done
 
-declare -A R_RPS R_P50 R_P99 R_CPU R_CORE R_UP R_ERR
+declare -A R_RPS R_P50 R_P99 R_CPU R_CORE R_UP R_ERR R_SYS
 # measure SCENARIO PROXY LOAD PATH: one run, appended to the R_* lists.
 measure() {
   local s=$1 p=$2 load=$3 path=$4 url out t0 t1 k0 k1 a0 a1 reqs rps p50 p99 errs
@@ -200,10 +200,10 @@ measure() {
   case "$load" in *jwt*) extra=(-H "authorization: Bearer $JWT") ;; esac
   if [[ $load == oha ]]; then
     taskset -c 1 oha -z "${WARMUP}s" -c 50 --no-tui --output-format quiet "$url" >/dev/null 2>&1 || true
-    a0=$(upstream_accepts); t0=$(cpu_ticks "${PID[$p]}"); k0=$(core_ticks)
+    a0=$(upstream_accepts); t0=$(cpu_ticks "${PID[$p]}"); k0=$(core_ticks); s0=$(sys_ticks "${PID[$p]}")
     taskset -c 1 oha -q "$RATE" --latency-correction -z "${DURATION}s" -c 50 --no-tui \
       --output-format json "$url" >"$RUN/oha.json" 2>/dev/null
-    k1=$(core_ticks); t1=$(cpu_ticks "${PID[$p]}"); a1=$(upstream_accepts)
+    k1=$(core_ticks); t1=$(cpu_ticks "${PID[$p]}"); a1=$(upstream_accepts); s1=$(sys_ticks "${PID[$p]}")
     read -r reqs rps p50 p99 errs < <(python3 - "$RUN/oha.json" <<'EOF'
 import json, sys
 d = json.load(open(sys.argv[1]))
@@ -216,24 +216,25 @@ EOF
 )
   else
     taskset -c 1 wrk -t1 -c"$conns" -d"${WARMUP}s" "${extra[@]}" -s "$script" "$url" >/dev/null 2>&1 || true
-    a0=$(upstream_accepts); t0=$(cpu_ticks "${PID[$p]}"); k0=$(core_ticks)
+    a0=$(upstream_accepts); t0=$(cpu_ticks "${PID[$p]}"); k0=$(core_ticks); s0=$(sys_ticks "${PID[$p]}")
     out=$(taskset -c 1 wrk -t1 -c"$conns" -d"${DURATION}s" --timeout 5s "${extra[@]}" -s "$script" "$url" | grep '^REPORT')
-    k1=$(core_ticks); t1=$(cpu_ticks "${PID[$p]}"); a1=$(upstream_accepts)
+    k1=$(core_ticks); t1=$(cpu_ticks "${PID[$p]}"); a1=$(upstream_accepts); s1=$(sys_ticks "${PID[$p]}")
     reqs=$(echo "$out" | sed 's/.*requests=\([0-9]*\).*/\1/')
     rps=$(echo "$out" | sed 's/.*rps=\([0-9.]*\).*/\1/')
     p50=$(echo "$out" | sed 's/.*p50_us=\([0-9]*\).*/\1/')
     p99=$(echo "$out" | sed 's/.*p99_us=\([0-9]*\).*/\1/')
     errs=$(echo "$out" | awk '{split($6, a, "="); split($7, b, "="); print a[2] + b[2]}')
   fi
-  local cpu core up
+  local cpu core up sys
   cpu=$(awk -v d="$((t1 - t0))" -v c="$CLK" -v n="$reqs" 'BEGIN { printf "%.2f", n ? d / c * 1e6 / n : 0 }')
+  sys=$(awk -v d="$((s1 - s0))" -v c="$CLK" -v n="$reqs" 'BEGIN { printf "%.2f", n ? d / c * 1e6 / n : 0 }')
   core=$(awk -v d="$((k1 - k0))" -v c="$CLK" -v n="$reqs" 'BEGIN { printf "%.2f", n ? d / c * 1e6 / n : 0 }')
   # a1 counts the connection that read a0.
   up=$(awk -v a="$((a1 - a0 - 1))" -v n="$reqs" 'BEGIN { printf "%.1f", n ? a * 10000 / n : 0 }')
   local k="$s|$p"
-  R_RPS[$k]+="$rps "; R_P50[$k]+="$p50 "; R_P99[$k]+="$p99 "; R_CPU[$k]+="$cpu "; R_CORE[$k]+="$core "; R_UP[$k]+="$up "; R_ERR[$k]+="$errs "
-  printf '  %-16s %-9s %10s req/s  p50 %6sus  p99 %6sus  cpu %6sus/req  core %6sus/req  upstream-conns/10k %6s  errors %s\n' \
-    "$s" "$p" "$rps" "$p50" "$p99" "$cpu" "$core" "$up" "$errs"
+  R_RPS[$k]+="$rps "; R_P50[$k]+="$p50 "; R_P99[$k]+="$p99 "; R_CPU[$k]+="$cpu "; R_CORE[$k]+="$core "; R_UP[$k]+="$up "; R_ERR[$k]+="$errs "; R_SYS[$k]+="$sys "
+  printf '  %-16s %-9s %10s req/s  p50 %6sus  p99 %6sus  cpu %6sus/req  core %6sus/req  upstream-conns/10k %6s  errors %s  kernel %6sus/req\n' \
+    "$s" "$p" "$rps" "$p50" "$p99" "$cpu" "$core" "$up" "$errs" "$sys"
 }
 
 declare -A M_RSS
@@ -273,16 +274,17 @@ set +u  # a partial run (ONLY=...) leaves other scenarios' figures unset: shown 
   echo "$ROUNDS interleaved rounds, ${DURATION}s runs, medians. wrk -t1 (closed loop); open loop: oha -q $RATE -c 50 --latency-correction"
   echo "cpu = proxy process utime+stime per request; core = CPU 0 busy (user+system+irq+softirq) per request,"
   echo "  a cross-check: it matches cpu unless something else ran on the proxy's core;"
-  echo "  up/10k = new upstream connections per 10,000 requests"
+  echo "  up/10k = new upstream connections per 10,000 requests; sys_us = the kernel's part of cpu (stime)"
   echo
-  printf '%-16s %-9s %11s %8s %8s %8s %8s %7s %6s\n' scenario proxy req/s p50_us p99_us cpu_us core_us up/10k errors
+  printf '%-16s %-9s %11s %8s %8s %8s %8s %7s %6s %8s\n' scenario proxy req/s p50_us p99_us cpu_us core_us up/10k errors sys_us
   for sc in "${SCENARIOS[@]}"; do
     IFS='|' read -r s procs _ _ <<<"$sc"
     for p in $procs; do
       k="$s|$p"
-      printf '%-16s %-9s %11s %8s %8s %8s %8s %7s %6s\n' "$s" "$p" \
+      printf '%-16s %-9s %11s %8s %8s %8s %8s %7s %6s %8s\n' "$s" "$p" \
         "$(echo "${R_RPS[$k]}" | median)" "$(echo "${R_P50[$k]}" | median)" "$(echo "${R_P99[$k]}" | median)" \
-        "$(echo "${R_CPU[$k]}" | median)" "$(echo "${R_CORE[$k]}" | median)" "$(echo "${R_UP[$k]}" | median)" "$(echo "${R_ERR[$k]}" | median)"
+        "$(echo "${R_CPU[$k]}" | median)" "$(echo "${R_CORE[$k]}" | median)" "$(echo "${R_UP[$k]}" | median)" "$(echo "${R_ERR[$k]}" | median)" \
+        "$(echo "${R_SYS[$k]}" | median)"
     done
   done
   echo

@@ -45,6 +45,8 @@ median() { tr ' ' '\n' | { grep -v '^$' || true; } | sort -g | awk '{a[NR]=$1} E
 
 # cpu_ticks PID: the process's user + system time, in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# sys_ticks PID: the kernel's part of it (stime).
+sys_ticks() { awk '{print $15}' "/proc/$1/stat"; }
 
 # machine_tag: the CPU model as a file-name part (`intel-r-xeon-r-processor`).
 machine_tag() {

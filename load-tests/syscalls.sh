@@ -5,6 +5,11 @@
 # keep-alive requests; each count is divided by the requests wrk completed.
 #
 #   load-tests/syscalls.sh            # ROUNDS=3 DURATION=3 CONNS=50
+#   URLPATH=/files/64k load-tests/syscalls.sh   # a 64 KiB response (also 1k, 16k)
+#   CLOSE=1 load-tests/syscalls.sh              # a new connection per request
+#
+# The default (a small GET on kept-alive connections) writes the results file;
+# URLPATH or CLOSE print their figures only.
 #
 # Two counters: `perf stat` on the kernel's syscall tracepoints (all the
 # process's threads, at full speed: the figure that matters, with the receives
@@ -17,6 +22,10 @@ cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-3}
 CONNS=${CONNS:-50}
+URLPATH=${URLPATH:-/}
+CLOSE=${CLOSE:-}
+WRK_EXTRA=()
+[ -z "$CLOSE" ] || WRK_EXTRA=(-H "Connection: close")
 . load-tests/lib.sh
 need_apt nginx:nginx wrk:wrk strace:strace curl:curl perf:linux-perf
 ports_free '1815[5-8]'
@@ -28,8 +37,11 @@ master_process off; worker_processes 1; daemon off;
 error_log $RUN/up-error.log; pid $RUN/up.pid;
 events { worker_connections 4096; }
 http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:18155; location / { return 200 "hello from the upstream\n"; } } }
+  server { listen 127.0.0.1:18155; location / { return 200 "hello from the upstream\n"; }
+    location /files/ { alias $RUN/files/; } } }
 CONF
+mkdir -p "$RUN/files"
+for n in 1 16 64; do head -c $((n * 1024)) /dev/zero | tr '\0' x >"$RUN/files/${n}k"; done
 cat >"$RUN/proxy.conf" <<CONF
 master_process off; worker_processes 1; daemon off;
 error_log $RUN/proxy-error.log; pid $RUN/proxy.pid;
@@ -67,11 +79,11 @@ for r in $(seq "$ROUNDS"); do
   for p in sg-epoll sg-io_uring nginx; do
     start "$p"
     # Warm the upstream pool, then count at full speed with perf.
-    wrk -t1 -c"$CONNS" -d1s "http://127.0.0.1:$PORT/" >/dev/null
+    wrk -t1 -c"$CONNS" -d1s "${WRK_EXTRA[@]}" "http://127.0.0.1:$PORT$URLPATH" >/dev/null
     perf stat -x, "${EVENTS[@]}" -p "$GW" -o "$RUN/perf.txt" &
     PS=$!
     sleep 0.3
-    n=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" "http://127.0.0.1:$PORT/" | awk '/requests in/ {print $1}')
+    n=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" "${WRK_EXTRA[@]}" "http://127.0.0.1:$PORT$URLPATH" | awk '/requests in/ {print $1}')
     kill -INT "$PS"; wait "$PS" 2>/dev/null || true
     pper=$(awk -F, -v n="$n" '$3 == "raw_syscalls:sys_enter" {print $1 / n}' "$RUN/perf.txt")
     ptop=$(awk -F, -v n="$n" '$3 ~ /^syscalls:/ && $1 + 0 > 0.05 * n {
@@ -85,7 +97,7 @@ for r in $(seq "$ROUNDS"); do
     strace -c -f -q -o "$RUN/strace.txt" -p "$GW" &
     ST=$!
     sleep 0.5
-    n=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" "http://127.0.0.1:$PORT/" | awk '/requests in/ {print $1}')
+    n=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" "${WRK_EXTRA[@]}" "http://127.0.0.1:$PORT$URLPATH" | awk '/requests in/ {print $1}')
     kill -INT "$ST"; wait "$ST" 2>/dev/null || true
     kill "$GW"; wait "$GW" 2>/dev/null || true
     # strace -c's table: calls are the 4th column (5th when errors are shown).
@@ -100,11 +112,12 @@ for r in $(seq "$ROUNDS"); do
 done
 tag=$(machine_tag)
 dest="load-tests/results/syscalls-$(nproc)core-${tag:-unknown}.txt"
+[ "$URLPATH" = / ] && [ -z "$CLOSE" ] || dest="$RUN/syscalls.txt"
 m() { echo "${CALLS[$1]}" | median; }
 {
   echo "# load-tests/syscalls.sh, $(date -u +%Y-%m-%dT%H:%MZ)"
   echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); kernel $(uname -r); $(nginx -v 2>&1)"
-  echo "shardgate $REV; one worker each, a \$default proxy route to one nginx upstream (keep-alive pool), wrk -t1 -c$CONNS, ${DURATION}s"
+  echo "shardgate $REV; one worker each, a \$default proxy route to one nginx upstream (keep-alive pool), wrk -t1 -c$CONNS, ${DURATION}s, GET $URLPATH${CLOSE:+, Connection: close}"
   echo "system calls per keep-alive request, median of $ROUNDS rounds (the floor is 4: a receive and a send on each side):"
   pm() { echo "${PERF[$1]}" | median; }
   for p in sg-epoll sg-io_uring nginx; do
@@ -113,4 +126,4 @@ m() { echo "${CALLS[$1]}" | median; }
     echo "      strace, last round, per request: ${TOP[$p]}"
   done
 } >"$dest"
-echo; cat "$dest"; echo "written to $dest"
+echo; cat "$dest"; [ "$dest" = "$RUN/syscalls.txt" ] || echo "written to $dest"

@@ -66,11 +66,16 @@ impl Client {
         }
     }
 
+    /// Its buffers back to the shard (empty ones in their place).
+    pub fn give_bufs(&mut self, shard: &Shard) {
+        shard.give_buf(std::mem::take(&mut self.buf));
+        shard.give_buf(std::mem::take(&mut self.out));
+        shard.give_buf(std::mem::take(&mut self.up_head));
+    }
+
     /// Its buffers back to the shard; what it keeps between requests.
-    pub fn release(self, shard: &Shard) -> Kept {
-        shard.give_buf(self.buf);
-        shard.give_buf(self.out);
-        shard.give_buf(self.up_head);
+    pub fn release(mut self, shard: &Shard) -> Kept {
+        self.give_bufs(shard);
         Kept {
             stream: self.stream,
             peer: self.peer,

@@ -479,7 +479,6 @@ fn conn_facts(context: &Context, event_type: &'static str) -> crate::observe::ac
 /// Serves an open connection until it ends, then calls `$disconnect`. Its
 /// own future, apart from `open`'s: an idle connection keeps only this one
 /// (and `session`'s, which holds only its idle wait inline).
-/// (An async block, not an async fn: an async fn keeps its arguments twice.)
 #[allow(clippy::manual_async_fn)] // An async fn would keep its arguments twice.
 pub fn serve<'a>(
     c: &'a mut Client,
@@ -632,9 +631,7 @@ fn session<'a>(
             // Idle, the connection holds no buffer (the shard keeps them), as a
             // parked HTTP connection.
             if c.buf.is_empty() {
-                shard.give_buf(std::mem::take(&mut c.buf));
-                shard.give_buf(std::mem::take(&mut c.out));
-                shard.give_buf(std::mem::take(&mut c.up_head));
+                c.give_bufs(shard);
             }
             // Data, a command from `@connections`, or the idle limit. Readiness is
             // waited for (checked, not cached: `readable(false)`), not a read, so
