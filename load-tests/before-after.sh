@@ -33,6 +33,12 @@ PAIRS=(
   "small-get-jwt|sg-jwt|small-get|nginx"
   "cache-hit|sg-cache|cache-hit|nginx-cache"
   "https-get|sg-tls|https-get|nginx-tls"
+  "1k|sg-epoll|1k|nginx"
+  "16k|sg-epoll|16k|nginx"
+  "64k|sg-epoll|64k|nginx"
+  "post-4k|sg-epoll|post-4k|nginx"
+  "new-conn|sg-epoll|new-conn|nginx"
+  "c1000|sg-epoll|c1000|nginx"
 )
 SCENARIOS=${SCENARIOS:-small-get small-get-keyed small-get-jwt cache-hit https-get}
 kept=()

@@ -123,6 +123,87 @@ pub async fn write_all(
     write_range(stream, buf, 0, end, stalled).await
 }
 
+/// Writes `head`, then `body[from..to]`, gathered: one `writev` while the socket
+/// takes both (a response's head and a body read apart from it go as one send),
+/// what is left as `write_range` writes it; each write within `stalled`. On a
+/// time-out the buffers may be gone, as `write_range`'s.
+pub async fn write_two(
+    stream: &mut Stream,
+    head: &mut Vec<u8>,
+    body: &mut Vec<u8>,
+    from: usize,
+    to: usize,
+    stalled: Duration,
+) -> io::Result<()> {
+    let both = Gather::new(std::mem::take(head), std::mem::take(body), from, to);
+    let done = {
+        let mut write = std::pin::pin!(stream.writev(both));
+        match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+            Poll::Ready(done) => Ok(done),
+            Poll::Pending => monoio::time::timeout(stalled, write).await,
+        }
+    };
+    let Ok((res, both)) = done else {
+        stream.reset_on_close();
+        return Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the peer read nothing within the send timeout",
+        ));
+    };
+    (*head, *body) = (both.head, both.body);
+    let n = match res {
+        Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+        Ok(n) => n,
+        Err(e) => return Err(e),
+    };
+    // A short write: the head's rest, then the body's.
+    let h = head.len();
+    if n < h {
+        write_range(stream, head, n, h, stalled).await?;
+        return write_range(stream, body, from, to, stalled).await;
+    }
+    write_range(stream, body, from + (n - h), to, stalled).await
+}
+
+/// Two buffers for one `writev`: a whole head and a range of a body. The
+/// iovecs are boxed: the kernel reads them from where the operation was made
+/// (io_uring reads them at submission, after the operation has moved).
+struct Gather {
+    head: Vec<u8>,
+    body: Vec<u8>,
+    iov: Box<[libc::iovec; 2]>,
+}
+
+impl Gather {
+    fn new(head: Vec<u8>, body: Vec<u8>, from: usize, to: usize) -> Self {
+        let rest = &body[from..to];
+        let iov = Box::new([
+            libc::iovec {
+                iov_base: head.as_ptr() as *mut libc::c_void,
+                iov_len: head.len(),
+            },
+            libc::iovec {
+                iov_base: rest.as_ptr() as *mut libc::c_void,
+                iov_len: rest.len(),
+            },
+        ]);
+        Self { head, body, iov }
+    }
+}
+
+// SAFETY: the iovecs point into `head` and `body`, which this value owns and
+// never changes while it lives; the iovec array is boxed, so its address stays
+// put when the value moves.
+unsafe impl monoio::buf::IoVecBuf for Gather {
+    fn read_iovec_ptr(&self) -> *const libc::iovec {
+        self.iov.as_ptr()
+    }
+
+    fn read_iovec_len(&self) -> usize {
+        self.iov.len()
+    }
+}
+
 /// The writing side of a copy: a socket and how long a write may stall.
 pub struct Sink<'a> {
     pub stream: &'a mut Stream,
