@@ -126,7 +126,8 @@
 //!   - `proxy::conn`: the connection loop: read a head, run the pipeline, answer;
 //!     between requests a connection parks, holding no buffers.
 //!   - `proxy::verdict`: what a stage decides (`Action`, `Verdict`).
-//!   - `proxy::admit`: the throttles a request or a WebSocket message passes.
+//!   - `proxy::admit`: the throttles a request or a WebSocket message passes, and a
+//!     message's API key and usage plan.
 //!   - `proxy::authorize`: the authorizer stage (JWT, request, SigV4).
 //!   - `proxy::pipeline`: the request's stages from dispatch to cache, each settling
 //!     the request or letting it go on.

@@ -1,5 +1,6 @@
 //! The throttles a request (or a WebSocket message) must pass: the key's plan
-//! for its route and the key's plan, the stage's route, the stage, the gateway.
+//! for its route and the key's plan, the stage's route, the stage, the gateway;
+//! and for a WebSocket message, its connection's API key and usage plan (`meter`).
 
 use crate::ids::{RouteId, StageId};
 use crate::plan::{Plan, RoutePlan, StagePlan};
@@ -37,4 +38,62 @@ pub fn admit(
         .into_iter()
         .flatten()
         .all(|id| tokens.admit(&plan.throttles[id], now))
+}
+
+/// The API key a connection was opened with: its hash, and whether every
+/// message counts against its usage plan (`$connect` required it) or only
+/// those of routes that require a key.
+#[derive(Debug)]
+pub struct Keyed {
+    pub hash: crate::policy::keys::KeyHash,
+    pub all: bool,
+}
+
+/// A message's throttles and usage plan, as a request's: the key the
+/// connection was opened with (checked again: a key disabled since is refused),
+/// its plan's throttles and quota, the stage's and route's throttles. `Err`:
+/// the status and AWS's message for the sender.
+pub fn meter(
+    plan: &Plan,
+    shard: &Shard,
+    stage: StageId,
+    route: RouteId,
+    key: Option<&Keyed>,
+) -> Result<(), (u16, &'static str)> {
+    let st = &plan.stages[stage];
+    let rp = &st.routes[route];
+    let ring = shard.keyring_for(plan.generation);
+    let binding = match key {
+        Some(k) if k.all || rp.api_key_required => ring.by_hash(&k.hash, stage).ok(),
+        _ => None,
+    };
+    if binding.is_none() && (rp.api_key_required || key.is_some_and(|k| k.all)) {
+        return Err((403, "Forbidden"));
+    }
+    if !admit(plan, shard, binding, stage, route, rp, st) {
+        return Err((429, "Too Many Requests"));
+    }
+    let Some((slot, q)) = binding.and_then(|b| b.quota.as_ref()) else {
+        return Ok(());
+    };
+    let admitted = shard
+        .leases
+        .borrow_mut()
+        .admit(*slot, q, crate::clock::unix_s());
+    match admitted {
+        Ok(a) => {
+            if a.leased {
+                plan.live.lease_taken();
+            }
+            Ok(())
+        }
+        Err(_) => {
+            // Cluster mode: Redis may grant more; this message is refused.
+            if let Some(g) = &q.grant {
+                g.wanted.store(true, std::sync::atomic::Ordering::Release);
+                plan.live.lease_taken();
+            }
+            Err((429, "Limit Exceeded"))
+        }
+    }
 }

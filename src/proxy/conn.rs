@@ -195,10 +195,12 @@ fn websocket(
         let _in_flight = InFlight::enter(&shard);
         let started = u.started;
         let live = Box::pin(crate::proxy::websocket::open(&mut c, &plan, &shard, u)).await;
+        // The handshake's request is recorded once answered (its latency is the
+        // handshake's, not the connection's life), and its outcome not kept.
+        record(&mut c.outcome, &plan, &shard, started, &Flags::default());
         if let Some(live) = live {
-            crate::proxy::websocket::serve(&mut c, &plan, &shard, live).await;
+            crate::proxy::websocket::serve(c, &plan, &shard, live).await;
         }
-        record(&mut c, &plan, &shard, started, &Flags::default());
     }
 }
 
@@ -329,7 +331,7 @@ async fn active(
                 tracing::debug!(peer = %c.peer, %err, "request refused");
                 let tag = Tag::from(shard.next_request_id());
                 let _ = refuse(c, shard, err, &tag, Persist::Close, false).await;
-                record(c, plan, shard, started, &Flags::default());
+                record(&mut c.outcome, plan, shard, started, &Flags::default());
                 return Next::Close;
             }
         };
@@ -362,7 +364,7 @@ async fn active(
                     c.pos = prepared.head_len;
                     let keep =
                         refuse(c, shard, err, &prepared.tag, persist, prepared.is_head).await;
-                    record(c, plan, shard, started, &Flags::default());
+                    record(&mut c.outcome, plan, shard, started, &Flags::default());
                     if !keep || shard.draining.get() {
                         return Next::Close;
                     }
@@ -397,7 +399,7 @@ async fn active(
             }));
         }
         let keep = handle(c, plan, lp, shard, prepared).await;
-        record(c, plan, shard, started, &flags);
+        record(&mut c.outcome, plan, shard, started, &flags);
         if !keep || shard.draining.get() {
             return Next::Close;
         }
@@ -413,27 +415,22 @@ struct Flags {
 }
 
 /// Counts a finished request in this worker's metrics.
-fn record(c: &mut Client, plan: &Plan, shard: &Shard, started: Instant, f: &Flags) {
+fn record(o: &mut Outcome, plan: &Plan, shard: &Shard, started: Instant, f: &Flags) {
     let sample = crate::observe::metrics::Sample {
-        status: c.outcome.status,
+        status: o.status,
         latency_us: started.elapsed().as_micros() as u64,
-        integration_us: c.outcome.integration_us,
+        integration_us: o.integration_us,
         throttled: f.throttled,
         quota: f.quota,
         cache: f.cache,
     };
     if plan.metrics_on {
-        let slot = c
-            .outcome
-            .route
-            .map(|(s, r)| plan.stages[s].routes[r].metric_slot);
+        let slot = o.route.map(|(s, r)| plan.stages[s].routes[r].metric_slot);
         plan.metrics.record(shard.id, slot, &sample);
     }
-    if let (Some(exporter), Some(facts), Some(trace)) =
-        (&plan.telemetry, c.outcome.span.take(), c.outcome.trace)
-    {
+    if let (Some(exporter), Some(facts), Some(trace)) = (&plan.telemetry, o.span.take(), o.trace) {
         let end_ns = crate::clock::unix_ns();
-        let (name, api, stage) = match c.outcome.route {
+        let (name, api, stage) = match o.route {
             Some((s, r)) => {
                 let st = &plan.stages[s];
                 (
@@ -451,11 +448,11 @@ fn record(c: &mut Client, plan: &Plan, shard: &Shard, started: Instant, f: &Flag
             name: name.into(),
             start_ns: end_ns.saturating_sub(sample.latency_us * 1000),
             end_ns,
-            status: c.outcome.status,
+            status: o.status,
             facts,
             api: api.into(),
             stage: stage.into(),
-            request_id: c.outcome.request_id,
+            request_id: o.request_id,
         };
         let mut spans = shard.spans.borrow_mut();
         spans.push(span);
@@ -463,27 +460,26 @@ fn record(c: &mut Client, plan: &Plan, shard: &Shard, started: Instant, f: &Flag
             exporter.send(std::mem::take(&mut *spans));
         }
     }
-    let Some(facts) = c.outcome.log.take() else {
+    let Some(facts) = o.log.take() else {
         return;
     };
     let stage = &plan.stages[facts.stage];
     let Some(spec) = &stage.access_log else {
         return;
     };
-    let route_key = c
-        .outcome
+    let route_key = o
         .route
         .map_or("-", |(s, r)| plan.stages[s].routes[r].key.as_str());
     let response = crate::observe::accesslog::Response {
         route_key,
         api: &stage.api,
         stage: &stage.stage,
-        status: c.outcome.status,
-        bytes: c.outcome.bytes,
-        integration_us: c.outcome.integration_us,
+        status: o.status,
+        bytes: o.bytes,
+        integration_us: o.integration_us,
         latency_us: sample.latency_us,
-        error: c.outcome.error.as_deref(),
-        retries: c.outcome.retries,
+        error: o.error.as_deref(),
+        retries: o.retries,
         canary: stage.is_canary_request(),
     };
     shard.log_line(&plan.logs, spec.sink, |out| {

@@ -19,7 +19,8 @@ use crate::http::respond::{Persist, Tag};
 use crate::http::ws::{self, code, Event, Messages, Opcode};
 use crate::ids::{RouteId, StageId};
 use crate::plan::{Integration, LambdaTarget, Plan, WsStage};
-use crate::proxy::client::{refuse, Client};
+use crate::proxy::admit::{meter, Keyed};
+use crate::proxy::client::{refuse, Client, Kept};
 use crate::proxy::invoke::Seen;
 use crate::proxy::shard::Shard;
 use crate::upstream::connections::{self, Command, Entry, Registered, CONNECTIONS};
@@ -69,11 +70,9 @@ pub fn opening(s: &Seen<'_, '_>) -> Result<Opening, GatewayError> {
         ));
     };
     let now = crate::clock::unix_ms();
+    // What differs between connections; the stage's names, the id and the
+    // connection's time are added as each event is made.
     let mut ctx = Map::new();
-    ctx.insert("messageDirection".into(), "IN".into());
-    ctx.insert("connectionId".into(), connections::new_id().into());
-    ctx.insert("connectedAt".into(), now.into());
-    ctx.insert("stage".into(), s.stage.stage.as_str().into());
     ctx.insert(
         "domainName".into(),
         header("host")
@@ -83,7 +82,6 @@ pub fn opening(s: &Seen<'_, '_>) -> Result<Opening, GatewayError> {
             .unwrap_or("")
             .into(),
     );
-    ctx.insert("apiId".into(), s.stage.api.as_str().into());
     ctx.insert(
         "identity".into(),
         json!({
@@ -123,7 +121,7 @@ pub fn opening(s: &Seen<'_, '_>) -> Result<Opening, GatewayError> {
         }
     }
     let request_id = String::from_utf8_lossy(&s.tag.id).into_owned();
-    let context = Context::of(&ctx);
+    let context = Context::of(&ctx, connections::Id::new(), now);
     let mut top = vec![
         ("headers", Value::Object(headers)),
         ("multiValueHeaders", Value::Object(multi)),
@@ -132,7 +130,8 @@ pub fn opening(s: &Seen<'_, '_>) -> Result<Opening, GatewayError> {
         top.push(("queryStringParameters", Value::Object(q)));
         top.push(("multiValueQueryStringParameters", Value::Object(qm)));
     }
-    let connect_event = context.event("$connect", "CONNECT", &request_id, now, &[], top);
+    let names = (s.stage.api.as_str(), s.stage.stage.as_str());
+    let connect_event = context.event(names, "$connect", "CONNECT", &request_id, now, &[], top);
     let offered = s
         .headers
         .iter()
@@ -172,38 +171,41 @@ pub(crate) fn unbox<T>(b: Box<T>) -> T {
     *b
 }
 
-/// The `requestContext` fields every event of a connection carries, as JSON
-/// text: an idle connection holds one string, not a map of values.
+/// The `requestContext` fields of a connection's events: those that differ
+/// between connections (domain name, identity, authorizer) as JSON text, so an
+/// idle connection holds one short string, not a map of values; the id and
+/// the time it connected. The stage's names are the events' maker's.
 #[derive(Debug)]
 pub struct Context {
     /// `"name":value` pairs, comma-separated, without the braces (shared
     /// with the connection's `Entry`).
     fields: Arc<str>,
-    id: Arc<str>,
+    id: connections::Id,
+    connected_at: u64,
 }
 
 impl Context {
-    fn of(map: &Map<String, Value>) -> Self {
+    fn of(map: &Map<String, Value>, id: connections::Id, connected_at: u64) -> Self {
         let text = serde_json::to_string(map).unwrap_or_else(|_| "{}".into());
         Self {
             fields: text[1..text.len() - 1].into(),
-            id: map
-                .get("connectionId")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .into(),
+            id,
+            connected_at,
         }
     }
 
     /// The connection's id.
     pub fn id(&self) -> &str {
-        &self.id
+        self.id.as_str()
     }
 
     /// An event of the connection, as JSON: its `requestContext` with this
-    /// event's fields and `rc`, and the event's own top-level fields `top`.
+    /// event's fields and `rc`, and the event's own top-level fields `top`;
+    /// `names`: the API's and the stage's.
+    #[allow(clippy::too_many_arguments)]
     fn event(
         &self,
+        names: (&str, &str),
         route_key: &str,
         event_type: &str,
         request_id: &str,
@@ -214,6 +216,11 @@ impl Context {
         let mut t = Vec::new();
         crate::observe::accesslog::clf_time(&mut t, now_ms / 1000);
         let mut own = Map::new();
+        own.insert("messageDirection".into(), "IN".into());
+        own.insert("connectionId".into(), self.id().into());
+        own.insert("connectedAt".into(), self.connected_at.into());
+        own.insert("stage".into(), names.1.into());
+        own.insert("apiId".into(), names.0.into());
         own.insert("routeKey".into(), route_key.into());
         own.insert("eventType".into(), event_type.into());
         own.insert("requestId".into(), request_id.into());
@@ -414,7 +421,7 @@ pub async fn open<'p>(
     }
     let ws = plan.stages[stage].ws.as_deref()?;
     let calls = shard.calls.as_ref()?;
-    let id = Arc::clone(&context.id);
+    let id = context.id;
     let local = shard.mailboxes.open();
     let now = crate::clock::unix_ms();
     let entry = Arc::new(Entry {
@@ -425,7 +432,7 @@ pub async fn open<'p>(
         last_active_ms: AtomicU64::new(now),
         context: Arc::clone(&context.fields),
     });
-    CONNECTIONS.insert(Arc::clone(&id), Arc::clone(&entry));
+    CONNECTIONS.insert(id, Arc::clone(&entry));
     let registered = Registered(id);
     let cells = shard.metrics.worker.get(shard.id);
     if let Some(m) = cells {
@@ -478,10 +485,10 @@ fn conn_facts(context: &Context, event_type: &'static str) -> crate::observe::ac
 
 /// Serves an open connection until it ends, then calls `$disconnect`. Its
 /// own future, apart from `open`'s: an idle connection keeps only this one
-/// (and `session`'s, which holds only its idle wait inline).
+/// (and `session`'s, which holds only its socket and its idle wait inline).
 #[allow(clippy::manual_async_fn)] // An async fn would keep its arguments twice.
 pub fn serve<'a>(
-    c: &'a mut Client,
+    c: Box<Client>,
     plan: &'a Plan,
     shard: &'a Shard,
     live: Box<Live<'a>>,
@@ -513,7 +520,9 @@ async fn ended(plan: &Plan, shard: &Shard, live: Box<Live<'_>>, code: u16, reaso
     let now = crate::clock::unix_ms();
     let rid = shard.next_request_id();
     let id = String::from_utf8_lossy(&rid).into_owned();
+    let st = &plan.stages[stage];
     let event = context.event(
+        (st.api.as_str(), st.stage.as_str()),
         "$disconnect",
         "DISCONNECT",
         &id,
@@ -603,46 +612,59 @@ async fn close(c: &mut Client, code: u16, reason: &str) {
 /// How a session ends: the close code and reason.
 type End = (u16, String);
 
+/// What a waiting connection holds: its socket alone when nothing of a
+/// message is read (the `Client` and its buffers went back, as a parked HTTP
+/// connection's), or the `Client` with the start of a frame in its buffer.
+enum Held {
+    Idle(Kept),
+    Busy(Box<Client>),
+}
+
 /// Serves messages until the connection ends: the close code and reason.
 /// Only the wait for the client is inline (what an idle connection holds);
 /// reading frames and answering them are boxed futures, gone between messages.
 #[allow(clippy::manual_async_fn)] // An async fn would keep its arguments twice.
 fn session<'a>(
-    c: &'a mut Client,
+    mut c: Box<Client>,
     plan: &'a Plan,
     shard: &'a Shard,
     live: &'a Live<'a>,
 ) -> impl std::future::Future<Output = End> + 'a {
     async move {
         let until = Instant::now() + live.ws.limits.max_duration;
+        let send_timeout = c.send_timeout;
         let mut messages = Messages::default();
-        loop {
-            if let Some(end) = Box::pin(frames(c, plan, shard, live, &mut messages)).await {
-                return end;
+        let end = loop {
+            if let Some(end) = Box::pin(frames(&mut c, plan, shard, live, &mut messages)).await {
+                break end;
             }
             c.buf.drain(..c.pos);
             c.pos = 0;
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                Box::pin(close(c, code::GOING_AWAY, "Going away")).await;
-                return (code::GOING_AWAY, "the connection's duration limit".into());
+                Box::pin(close(&mut c, code::GOING_AWAY, "Going away")).await;
+                break (code::GOING_AWAY, "the connection's duration limit".into());
             }
             let wait = live.ws.limits.idle.min(left);
-            // Idle, the connection holds no buffer (the shard keeps them), as a
-            // parked HTTP connection.
-            if c.buf.is_empty() {
-                c.give_bufs(shard);
-            }
+            let mut held = if c.buf.is_empty() {
+                Held::Idle(unbox(c).release(shard))
+            } else {
+                Held::Busy(c)
+            };
             // Data, a command from `@connections`, or the idle limit. Readiness is
-            // waited for (checked, not cached: `readable(false)`), not a read, so
+            // waited for (checked, not cached: `readiness(false)`), not a read, so
             // the wait can be given up on both drivers without losing bytes.
             // The idle limit is a slot of the shard's parked deadlines (swept by
             // the worker), not a timer of its own: monoio's is 640 bytes.
             // The wait holds the driver's operation itself (`readiness`), not an
             // async body around it.
             let woke = {
-                let buffered = c.stream.has_buffered();
-                let mut readable = c.stream.tcp().readiness(false).ok();
+                let stream = match &mut held {
+                    Held::Idle(k) => &mut k.stream,
+                    Held::Busy(c) => &mut c.stream,
+                };
+                let buffered = stream.has_buffered();
+                let mut readable = stream.tcp().readiness(false).ok();
                 let slot = crate::proxy::shard::Parking::new(shard, Instant::now() + wait);
                 let local = live.entry.local;
                 std::future::poll_fn(move |cx| {
@@ -663,12 +685,16 @@ fn session<'a>(
                 })
                 .await
             };
-            c.buf = shard.take_buf(std::mem::take(&mut c.buf));
-            c.out = shard.take_buf(std::mem::take(&mut c.out));
-            if let Some(end) = Box::pin(woken(c, shard, &live.entry, woke)).await {
-                return end;
+            c = match held {
+                Held::Idle(kept) => Box::new(Client::new(kept, send_timeout, shard)),
+                Held::Busy(c) => c,
+            };
+            if let Some(end) = Box::pin(woken(&mut c, shard, &live.entry, woke)).await {
+                break end;
             }
-        }
+        };
+        c.give_bufs(shard);
+        end
     }
 }
 
@@ -810,64 +836,6 @@ fn log_event(
     });
 }
 
-/// The API key a connection was opened with: its hash, and whether every
-/// message counts against its usage plan (`$connect` required it) or only
-/// those of routes that require a key.
-#[derive(Debug)]
-pub struct Keyed {
-    hash: crate::policy::keys::KeyHash,
-    all: bool,
-}
-
-/// A message's throttles and usage plan, as a request's: the key the
-/// connection was opened with (checked again: a key disabled since is refused),
-/// its plan's throttles and quota, the stage's and route's throttles. `Err`:
-/// the status and AWS's message for the sender.
-fn meter(
-    plan: &Plan,
-    shard: &Shard,
-    stage: StageId,
-    route: RouteId,
-    key: Option<&Keyed>,
-) -> Result<(), (u16, &'static str)> {
-    let st = &plan.stages[stage];
-    let rp = &st.routes[route];
-    let ring = shard.keyring_for(plan.generation);
-    let binding = match key {
-        Some(k) if k.all || rp.api_key_required => ring.by_hash(&k.hash, stage).ok(),
-        _ => None,
-    };
-    if binding.is_none() && (rp.api_key_required || key.is_some_and(|k| k.all)) {
-        return Err((403, "Forbidden"));
-    }
-    if !crate::proxy::admit::admit(plan, shard, binding, stage, route, rp, st) {
-        return Err((429, "Too Many Requests"));
-    }
-    let Some((slot, q)) = binding.and_then(|b| b.quota.as_ref()) else {
-        return Ok(());
-    };
-    let admitted = shard
-        .leases
-        .borrow_mut()
-        .admit(*slot, q, crate::clock::unix_s());
-    match admitted {
-        Ok(a) => {
-            if a.leased {
-                plan.live.lease_taken();
-            }
-            Ok(())
-        }
-        Err(_) => {
-            // Cluster mode: Redis may grant more; this message is refused.
-            if let Some(g) = &q.grant {
-                g.wanted.store(true, std::sync::atomic::Ordering::Release);
-                plan.live.lease_taken();
-            }
-            Err((429, "Limit Exceeded"))
-        }
-    }
-}
-
 /// A whole message from the client.
 enum Incoming {
     Text(String),
@@ -940,7 +908,9 @@ async fn message(
         return send(c, shard, Opcode::Text, m.to_string().as_bytes()).await;
     }
     let now = crate::clock::unix_ms();
+    let st = &plan.stages[stage];
     let event = context.event(
+        (st.api.as_str(), st.stage.as_str()),
         route_key,
         "MESSAGE",
         &id,

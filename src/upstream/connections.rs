@@ -12,7 +12,7 @@
 //! calling worker's inbox.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, OnceLock};
 use std::task::Waker;
@@ -35,12 +35,37 @@ pub static NODE_TAG: LazyLock<[u8; 3]> = LazyLock::new(|| {
 /// An unguessable connection id, unique across workers and nodes: this node's
 /// tag and 96 random bits, URL-safe base64 (it goes into `@connections` paths).
 pub fn new_id() -> String {
-    let mut b = [0u8; 15];
-    b[..3].copy_from_slice(&*NODE_TAG);
-    if getrandom::fill(&mut b[3..]).is_err() {
-        b[3..11].copy_from_slice(&crate::clock::unix_ns().to_le_bytes());
+    Id::new().as_str().to_owned()
+}
+
+/// A connection id as the registry keys it: its 20 characters, inline.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct Id([u8; 20]);
+
+impl Id {
+    /// A new id (`new_id`).
+    #[allow(clippy::new_without_default)] // Each is different: not a default.
+    pub fn new() -> Self {
+        let mut b = [0u8; 15];
+        b[..3].copy_from_slice(&*NODE_TAG);
+        if getrandom::fill(&mut b[3..]).is_err() {
+            b[3..11].copy_from_slice(&crate::clock::unix_ns().to_le_bytes());
+        }
+        let mut id = [b'A'; 20];
+        // 15 bytes are 20 characters of unpadded base64, always.
+        let _ = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode_slice(b, &mut id);
+        Self(id)
     }
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+
+    /// The id a caller named, if it can be one of ours (20 characters).
+    pub fn parse(s: &str) -> Option<Self> {
+        s.as_bytes().try_into().ok().map(Self)
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Base64 from `new` or a `&str`'s bytes from `parse`: UTF-8 either way.
+        std::str::from_utf8(&self.0).unwrap_or("")
+    }
 }
 
 /// The node tag a connection id names (`None`: not an id of ours).
@@ -93,7 +118,7 @@ pub fn carry_out(
     deliver: impl FnOnce(&Entry, Command),
 ) -> Option<(u16, Vec<u8>)> {
     let entry = CONNECTIONS
-        .get(id)
+        .get(&Id::parse(id)?)
         .map(|e| Arc::clone(&e))
         .filter(|e| e.scope.split_once('\n') == Some((api, stage)))?;
     Some(match op {
@@ -163,46 +188,75 @@ impl Entry {
 }
 
 /// The process's open connections, by id.
-pub static CONNECTIONS: LazyLock<dashmap::DashMap<Arc<str>, Arc<Entry>>> =
+pub static CONNECTIONS: LazyLock<dashmap::DashMap<Id, Arc<Entry>>> =
     LazyLock::new(dashmap::DashMap::new);
 
 /// Removes a connection from `CONNECTIONS` when it ends.
-pub struct Registered(pub Arc<str>);
+pub struct Registered(pub Id);
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        CONNECTIONS.remove(&*self.0);
+        CONNECTIONS.remove(&self.0);
     }
 }
 
-/// A connection's commands not yet carried out, and its task's waker.
-type Mailbox = (VecDeque<Command>, Option<Waker>);
+/// A connection's mailbox: its task's waker, and the commands not yet carried
+/// out (boxed: most connections have none most of the time). `generation`
+/// tells this connection's commands from those of the slot's earlier holders.
+#[derive(Default)]
+struct Mailbox {
+    generation: u32,
+    waker: Option<Waker>,
+    #[allow(clippy::box_collection)] // 8 bytes in every slot, not 32.
+    queue: Option<Box<VecDeque<Command>>>,
+}
 
-/// A worker's connections' mailboxes (single-threaded: the worker's).
+/// A worker's connections' mailboxes (single-threaded: the worker's), in slots
+/// reused as connections come and go: a connection's number is its slot and the
+/// slot's generation, so a command for a connection gone since finds no one.
 #[derive(Default)]
 pub struct Mailboxes {
-    boxes: RefCell<HashMap<u64, Mailbox>>,
-    next: std::cell::Cell<u64>,
+    slots: RefCell<Vec<Mailbox>>,
+    free: RefCell<Vec<u32>>,
 }
 
 impl Mailboxes {
     /// A mailbox for a new connection: its number.
     pub fn open(&self) -> u64 {
-        let n = self.next.get() + 1;
-        self.next.set(n);
-        self.boxes.borrow_mut().insert(n, (VecDeque::new(), None));
-        n
+        let mut slots = self.slots.borrow_mut();
+        let i = match self.free.borrow_mut().pop() {
+            Some(i) => i,
+            None => {
+                slots.push(Mailbox::default());
+                (slots.len() - 1) as u32
+            }
+        };
+        let m = &mut slots[i as usize];
+        m.generation = m.generation.wrapping_add(1);
+        u64::from(m.generation) << 32 | u64::from(i)
     }
 
     pub fn close(&self, n: u64) {
-        self.boxes.borrow_mut().remove(&n);
+        let mut slots = self.slots.borrow_mut();
+        if let Some(m) = Self::slot(&mut slots, n) {
+            m.waker = None;
+            m.queue = None;
+            m.generation = m.generation.wrapping_add(1);
+            self.free.borrow_mut().push(n as u32);
+        }
+    }
+
+    fn slot(slots: &mut [Mailbox], n: u64) -> Option<&mut Mailbox> {
+        slots
+            .get_mut(n as u32 as usize)
+            .filter(|m| m.generation == (n >> 32) as u32)
     }
 
     /// Files a command for connection `n` and wakes it.
     pub fn post(&self, n: u64, c: Command) {
-        if let Some((q, w)) = self.boxes.borrow_mut().get_mut(&n) {
-            q.push_back(c);
-            if let Some(w) = w.take() {
+        if let Some(m) = Self::slot(&mut self.slots.borrow_mut(), n) {
+            m.queue.get_or_insert_with(Default::default).push_back(c);
+            if let Some(w) = m.waker.take() {
                 w.wake();
             }
         }
@@ -210,11 +264,20 @@ impl Mailboxes {
 
     /// The next command for `n`, or `None` (and `waker` is woken on the next).
     pub fn take(&self, n: u64, waker: &Waker) -> Option<Command> {
-        let mut boxes = self.boxes.borrow_mut();
-        let (q, w) = boxes.get_mut(&n)?;
-        let c = q.pop_front();
-        if c.is_none() {
-            *w = Some(waker.clone());
+        let mut slots = self.slots.borrow_mut();
+        let m = Self::slot(&mut slots, n)?;
+        let c = m.queue.as_mut().and_then(|q| q.pop_front());
+        match &c {
+            Some(_) => {
+                if m.queue.as_ref().is_some_and(|q| q.is_empty()) {
+                    m.queue = None;
+                }
+            }
+            None => {
+                if !m.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
+                    m.waker = Some(waker.clone());
+                }
+            }
         }
         c
     }
