@@ -87,21 +87,9 @@ pub async fn send<T: IoBuf>(
 ) -> (io::Result<()>, Option<T>) {
     let mut at = start;
     while at < end {
-        let done = {
-            let mut write = std::pin::pin!(stream.write(buf.slice(at..end)));
-            // A write the socket takes at once (the common case on epoll) arms no timer.
-            match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
-                Poll::Ready(done) => Ok(done),
-                Poll::Pending => monoio::time::timeout(stalled, write).await,
-            }
-        };
-        let Ok((res, slice)) = done else {
-            stream.reset_on_close();
-            let e = io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the peer read nothing within the send timeout",
-            );
-            return (Err(e), None);
+        let Some((res, slice)) = unless_stalled(stream.write(buf.slice(at..end)), stalled).await
+        else {
+            return (Err(stalled_out(stream)), None);
         };
         buf = slice.into_inner();
         match res {
@@ -111,6 +99,26 @@ pub async fn send<T: IoBuf>(
         }
     }
     (Ok(()), Some(buf))
+}
+
+/// A write, given up after `stalled` (`None`). One the socket takes at once
+/// (the common case on epoll) arms no timer.
+async fn unless_stalled<F: Future>(write: F, stalled: Duration) -> Option<F::Output> {
+    let mut write = std::pin::pin!(write);
+    match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+        Poll::Ready(done) => Some(done),
+        Poll::Pending => monoio::time::timeout(stalled, write).await.ok(),
+    }
+}
+
+/// The error of a write given up (`unless_stalled`); the stream's close becomes a
+/// reset (`Stream::reset_on_close`: nothing queued for a peer that stopped reading).
+fn stalled_out(stream: &mut Stream) -> io::Error {
+    stream.reset_on_close();
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        "the peer read nothing within the send timeout",
+    )
 }
 
 /// Writes all of `buf`, each write within `stalled` (see `write_range`).
@@ -136,19 +144,8 @@ pub async fn write_two(
     stalled: Duration,
 ) -> io::Result<()> {
     let both = Gather::new(std::mem::take(head), std::mem::take(body), from, to);
-    let done = {
-        let mut write = std::pin::pin!(stream.writev(both));
-        match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
-            Poll::Ready(done) => Ok(done),
-            Poll::Pending => monoio::time::timeout(stalled, write).await,
-        }
-    };
-    let Ok((res, both)) = done else {
-        stream.reset_on_close();
-        return Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            "the peer read nothing within the send timeout",
-        ));
+    let Some((res, both)) = unless_stalled(stream.writev(both), stalled).await else {
+        return Err(stalled_out(stream));
     };
     (*head, *body) = (both.head, both.body);
     let n = match res {
