@@ -56,7 +56,10 @@ CONF
 declare -A R
 measure() {
   local name=$1 pid=$2 port=$3 path=${4:-} out
-  out=$(python3 load-tests/tools/idle_rss.py "$pid" "$port" "$CONNS" 2 $path)
+  # 5 s idle before RSS is read: a WebSocket connection sleeps with no task
+  # after 1 s idle (proxy::dormant), and what its task held goes back to the
+  # system at the worker's next once-a-second collect.
+  out=$(python3 load-tests/tools/idle_rss.py "$pid" "$port" "$CONNS" 5 $path)
   echo "  $name: $out"
   R[$name]+="${out##*per_conn_kib=} "
 }
@@ -86,7 +89,7 @@ ws=$(echo "${R[sg-websocket]}" | median); http=$(echo "${R[sg-http]}" | median);
   echo "# load-tests/ws-idle-memory.sh, $(date -u +%Y-%m-%dT%H:%MZ)"
   echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(nginx -v 2>&1)"
   echo "shardgate $REV"
-  echo "$CONNS connections opened one by one, then idle; RSS growth per connection (KiB), medians of $ROUNDS rounds:"
+  echo "$CONNS connections opened one by one, then idle 5 s; RSS growth per connection (KiB), medians of $ROUNDS rounds:"
   echo "  shardgate, WebSocket API connection: $ws"
   echo "  shardgate, HTTP keep-alive (mock):   $http"
   echo "  nginx, HTTP keep-alive (return 200): $ng"

@@ -125,6 +125,8 @@
 //!     buckets, request ids).
 //!   - `proxy::conn`: the connection loop: read a head, run the pipeline, answer;
 //!     between requests a connection parks, holding no buffers.
+//!   - `proxy::dormant`: idle connections kept with no task: a worker's epoll set
+//!     of their sockets, woken by data, a command or a deadline.
 //!   - `proxy::verdict`: what a stage decides (`Action`, `Verdict`).
 //!   - `proxy::admit`: the throttles a request or a WebSocket message passes, and a
 //!     message's API key and usage plan.
@@ -146,6 +148,8 @@
 //!     the cluster relay).
 //!   - `proxy::websocket`: WebSocket APIs: `$connect`, messages routed to
 //!     integrations, route responses, `$disconnect`.
+//!   - `proxy::ws_context`: a WebSocket API connection's `requestContext`, the
+//!     events made of it, its messages and its access log lines.
 //!   - `proxy::tunnel`: WebSocket pass-through after a 101.
 //! - `control`: the control plane:
 //!   - `control::redis`: cluster mode's connection to Redis (`store.redis`): the

@@ -170,8 +170,9 @@ pub struct StagePlan {
     pub cache_bytes: usize,
     pub access: crate::policy::access::StageAccess,
     pub access_log: Option<crate::observe::accesslog::LogSpec>,
-    /// A WebSocket API's stage: how messages are routed, its limits.
-    pub ws: Option<Box<WsStage>>,
+    /// A WebSocket API's stage: how messages are routed, its limits (shared
+    /// with its open connections, which outlive a request).
+    pub ws: Option<Arc<WsStage>>,
     /// The API's `gateway_responses`, compiled for this stage.
     pub responses: Option<Arc<crate::http::responses::Responses>>,
     /// The stage's canary release, when it has one.

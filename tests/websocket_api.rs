@@ -751,3 +751,82 @@ api_keys:
     let refused: Value = serde_json::from_str(&say(&mut mallory, "paid")).unwrap();
     assert_eq!(refused["message"], "Forbidden");
 }
+
+/// An idle connection sleeps with no task after a second (`proxy::dormant`):
+/// everything that may reach it then wakes it: a message, `@connections` POST,
+/// GET and DELETE, the client's close frame, and the idle limit.
+#[test]
+fn idle_connections_sleep_and_wake_for_all_that_reaches_them() {
+    for runtime in ["epoll", "io_uring"] {
+        sleep_and_wake(runtime);
+    }
+}
+
+fn sleep_and_wake(runtime: &str) {
+    let be = Upstream::start(|_| Reply::ok(""));
+    let api = common::ws::connections_api(&be.url())
+        .replace(
+            "    routes:\n",
+            "    route_selection_expression: \"$request.body.action\"
+    routes:
+      - route: ping
+        integration: { type: mock, body: '{\"pong\":true}' }
+        route_response: true
+",
+        )
+        .replace(
+            "    stages: [ { name: prod } ]",
+            "    stages: [ { name: prod, limits: { idle_timeout_s: 4 } } ]",
+        );
+    let gw = Gateway::start_with(&config(&format!("apis:\n{api}")), &["--runtime", runtime]);
+    let open = |who: &str| {
+        let (s, status) = handshake_with(gw.addr, "/prod", &format!("x-client: {who}\r\n"));
+        assert_eq!(status, 101);
+        s
+    };
+    let (mut a, mut b, mut c, mut d) = (open("a"), open("b"), open("c"), open("d"));
+    let id_of = |who: &str| -> String {
+        events(&be, "/connect")
+            .into_iter()
+            .find(|e| e["headers"]["x-client"] == who)
+            .and_then(|e| {
+                e["requestContext"]["connectionId"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .unwrap()
+    };
+    let (idb, idc) = (id_of("b"), id_of("c"));
+    let endpoint = format!("http://{}/prod", gw.addr);
+    let secret = "conn-secret-0123456789";
+    let disconnects = || events(&be, "/disconnect").len();
+    // Asleep now (a second idle, and the deadline sweep's tenth of one).
+    std::thread::sleep(Duration::from_millis(1600));
+    a.write_all(&frame(true, 1, br#"{"action":"ping"}"#, false))
+        .unwrap();
+    assert_eq!(read_frame(&mut a), Some((1, br#"{"pong":true}"#.to_vec())));
+    let r = manage(&endpoint, secret, &["post", &idb, "hello"]);
+    assert_eq!(r["status"], 200, "{r}");
+    assert_eq!(read_frame(&mut b), Some((1, b"hello".to_vec())));
+    let r = manage(&endpoint, secret, &["get", &idc]);
+    assert_eq!(r["status"], 200, "{r}");
+    assert!(r["body"]["connectedAt"].is_string(), "{r}");
+    let r = manage(&endpoint, secret, &["delete", &idc]);
+    assert_eq!(r["status"], 204, "{r}");
+    assert_eq!(close_code(&mut c), 1000);
+    d.write_all(&frame(true, 8, &1000u16.to_be_bytes(), false))
+        .unwrap();
+    assert_eq!(close_code(&mut d), 1000);
+    assert!(wait_until(Duration::from_secs(5), || disconnects() == 2));
+    // The idle limit (4 s since their last message) ends a and b asleep again.
+    assert_eq!(close_code(&mut a), 1001);
+    assert_eq!(close_code(&mut b), 1001);
+    assert!(wait_until(Duration::from_secs(5), || disconnects() == 4));
+    let codes: Vec<u64> = events(&be, "/disconnect")
+        .iter()
+        .filter_map(|e| e["requestContext"]["disconnectStatusCode"].as_u64())
+        .collect();
+    assert_eq!(codes.iter().filter(|&&c| c == 1001).count(), 2, "{codes:?}");
+    let r = manage(&endpoint, secret, &["post", &idb, "x"]);
+    assert_eq!(r["status"], 410, "{r}");
+}

@@ -140,7 +140,7 @@ pub fn compile_stage(
     }
     let websocket = crate::compile::websocket::is_websocket(src);
     let ws = websocket.then(|| {
-        Box::new(crate::compile::websocket::ws_stage(
+        Arc::new(crate::compile::websocket::ws_stage(
             src,
             stage,
             &variables,

@@ -192,6 +192,11 @@ pub struct Messages {
 }
 
 impl Messages {
+    /// No message is partly assembled.
+    pub fn is_empty(&self) -> bool {
+        self.partial.is_none()
+    }
+
     /// Takes one frame (its payload unmasked); binary messages are refused
     /// (AWS: 1003) unless `limits.binary`.
     pub fn take(

@@ -192,14 +192,17 @@ fn websocket(
 ) -> impl Future<Output = ()> {
     // An async block: it keeps its inputs once (an async fn keeps them twice).
     async move {
-        let _in_flight = InFlight::enter(&shard);
-        let started = u.started;
-        let live = Box::pin(crate::proxy::websocket::open(&mut c, &plan, &shard, u)).await;
-        // The handshake's request is recorded once answered (its latency is the
-        // handshake's, not the connection's life), and its outcome not kept.
-        record(&mut c.outcome, &plan, &shard, started, &Flags::default());
+        let live = {
+            let _in_flight = InFlight::enter(&shard);
+            let started = u.started;
+            let live = Box::pin(crate::proxy::websocket::open(&mut c, &plan, &shard, u)).await;
+            // The handshake's request is recorded once answered (its latency is
+            // the handshake's, not the connection's life), and its outcome not kept.
+            record(&mut c.outcome, &plan, &shard, started, &Flags::default());
+            live
+        };
         if let Some(live) = live {
-            crate::proxy::websocket::serve(c, &plan, &shard, live).await;
+            crate::proxy::websocket::serve(c, plan, shard, live, None).await;
         }
     }
 }

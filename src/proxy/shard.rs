@@ -39,6 +39,9 @@ pub struct Shard {
     /// Idle deadlines of parked connections, swept by the worker's control loop (a
     /// timer per parked connection would cost monoio's 384-byte timer entry each).
     pub parked: RefCell<Parked>,
+    /// Idle WebSocket API connections held with no task (`None`: no epoll set
+    /// could be made; they wait in their tasks).
+    pub dormant: Option<crate::proxy::dormant::Dormant>,
     /// This worker's unspent throttle tokens (`throttle`).
     pub tokens: RefCell<LocalTokens>,
     /// This worker's unspent quota leases (`quota`).
@@ -162,6 +165,11 @@ impl Shard {
             draining: Cell::new(false),
             date: RefCell::new(DateCache::default()),
             parked: RefCell::new(Parked::default()),
+            dormant: crate::proxy::dormant::Dormant::new()
+                .map_err(
+                    |err| tracing::warn!(worker = id, %err, "idle connections keep their tasks"),
+                )
+                .ok(),
             tokens: RefCell::new(tokens),
             leases: RefCell::new(leases),
             keyring: RefCell::new(keyring),

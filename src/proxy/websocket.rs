@@ -4,10 +4,12 @@
 //! the route asks for a route response; `$disconnect` when the connection ends.
 
 use std::future::Future;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
@@ -16,15 +18,19 @@ use serde_json::{json, Map, Value};
 use crate::http::body;
 use crate::http::error::GatewayError;
 use crate::http::respond::{Persist, Tag};
+use crate::http::stream::Stream;
 use crate::http::ws::{self, code, Event, Messages, Opcode};
 use crate::ids::{RouteId, StageId};
 use crate::plan::{Integration, LambdaTarget, Plan, WsStage};
 use crate::proxy::admit::{meter, Keyed};
 use crate::proxy::client::{refuse, Client, Kept};
+use crate::proxy::dormant;
 use crate::proxy::invoke::Seen;
-use crate::proxy::shard::Shard;
+use crate::proxy::shard::{InFlight, Shard};
+use crate::proxy::ws_context::{
+    chosen_protocol, conn_facts, log_event, Context, Incoming, Message,
+};
 use crate::upstream::connections::{self, Command, Entry, Registered, CONNECTIONS};
-use crate::upstream::mapping::Lookup;
 
 /// The most an HTTP integration of a WebSocket route may answer.
 const MAX_ANSWER: usize = 1 << 20;
@@ -171,91 +177,6 @@ pub(crate) fn unbox<T>(b: Box<T>) -> T {
     *b
 }
 
-/// The `requestContext` fields of a connection's events: those that differ
-/// between connections (domain name, identity, authorizer) as JSON text, so an
-/// idle connection holds one short string, not a map of values; the id and
-/// the time it connected. The stage's names are the events' maker's.
-#[derive(Debug)]
-pub struct Context {
-    /// `"name":value` pairs, comma-separated, without the braces (shared
-    /// with the connection's `Entry`).
-    fields: Arc<str>,
-    id: connections::Id,
-    connected_at: u64,
-}
-
-impl Context {
-    fn of(map: &Map<String, Value>, id: connections::Id, connected_at: u64) -> Self {
-        let text = serde_json::to_string(map).unwrap_or_else(|_| "{}".into());
-        Self {
-            fields: text[1..text.len() - 1].into(),
-            id,
-            connected_at,
-        }
-    }
-
-    /// The connection's id.
-    pub fn id(&self) -> &str {
-        self.id.as_str()
-    }
-
-    /// An event of the connection, as JSON: its `requestContext` with this
-    /// event's fields and `rc`, and the event's own top-level fields `top`;
-    /// `names`: the API's and the stage's.
-    #[allow(clippy::too_many_arguments)]
-    fn event(
-        &self,
-        names: (&str, &str),
-        route_key: &str,
-        event_type: &str,
-        request_id: &str,
-        now_ms: u64,
-        rc: &[(&str, Value)],
-        top: Vec<(&str, Value)>,
-    ) -> Vec<u8> {
-        let mut t = Vec::new();
-        crate::observe::accesslog::clf_time(&mut t, now_ms / 1000);
-        let mut own = Map::new();
-        own.insert("messageDirection".into(), "IN".into());
-        own.insert("connectionId".into(), self.id().into());
-        own.insert("connectedAt".into(), self.connected_at.into());
-        own.insert("stage".into(), names.1.into());
-        own.insert("apiId".into(), names.0.into());
-        own.insert("routeKey".into(), route_key.into());
-        own.insert("eventType".into(), event_type.into());
-        own.insert("requestId".into(), request_id.into());
-        own.insert("extendedRequestId".into(), request_id.into());
-        own.insert(
-            "requestTime".into(),
-            String::from_utf8_lossy(&t).into_owned().into(),
-        );
-        own.insert("requestTimeEpoch".into(), now_ms.into());
-        for (k, v) in rc {
-            own.insert((*k).into(), v.clone());
-        }
-        let own = Value::Object(own).to_string();
-        let mut out = Vec::with_capacity(self.fields.len() + own.len() + 64);
-        out.extend_from_slice(b"{\"requestContext\":{");
-        out.extend_from_slice(self.fields.as_bytes());
-        if !self.fields.is_empty() {
-            out.push(b',');
-        }
-        // `own` without its `{`: its `}` closes `requestContext`.
-        out.extend_from_slice(&own.as_bytes()[1..]);
-        if !top.iter().any(|(k, _)| *k == "isBase64Encoded") {
-            out.extend_from_slice(b",\"isBase64Encoded\":false");
-        }
-        for (k, v) in top {
-            out.push(b',');
-            let _ = serde_json::to_writer(&mut out, k);
-            out.push(b':');
-            let _ = serde_json::to_writer(&mut out, &v);
-        }
-        out.push(b'}');
-        out
-    }
-}
-
 /// Calls a route's integration with an event: its status and body.
 async fn call(
     plan: &Plan,
@@ -334,33 +255,15 @@ async fn call(
     }
 }
 
-/// The subprotocol `$connect`'s integration chose (its `Sec-WebSocket-Protocol`
-/// answer header), when the client offered it: AWS's way to accept one.
-fn chosen_protocol(offered: &[String], headers: &[(String, String)]) -> Option<String> {
-    let (_, chosen) = headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case("sec-websocket-protocol"))?;
-    let chosen = chosen.trim();
-    if offered.iter().any(|p| p == chosen) {
-        Some(chosen.to_owned())
-    } else {
-        tracing::warn!(
-            protocol = chosen,
-            "$connect chose a subprotocol the client did not offer; none is named"
-        );
-        None
-    }
-}
-
 /// Runs `$connect`, answers the handshake, then serves the connection until it
 /// ends. The connection is done afterwards (`false`).
 #[allow(clippy::too_many_arguments)]
-pub async fn open<'p>(
+pub async fn open(
     c: &mut Client,
-    plan: &'p Plan,
+    plan: &Plan,
     shard: &Shard,
     u: Box<Upgrade>,
-) -> Option<Box<Live<'p>>> {
+) -> Option<Box<Live>> {
     let Upgrade {
         tag: owned_tag,
         stage,
@@ -419,7 +322,7 @@ pub async fn open<'p>(
     {
         return None;
     }
-    let ws = plan.stages[stage].ws.as_deref()?;
+    let ws = Arc::clone(plan.stages[stage].ws.as_ref()?);
     let calls = shard.calls.as_ref()?;
     let id = context.id;
     let local = shard.mailboxes.open();
@@ -455,6 +358,9 @@ pub async fn open<'p>(
     );
     Some(Box::new(Live {
         stage,
+        until: Instant::now() + ws.limits.max_duration,
+        send_timeout_ms: c.send_timeout.as_millis().min(u32::MAX.into()) as u32,
+        asleep: None,
         ws,
         context,
         entry,
@@ -465,9 +371,15 @@ pub async fn open<'p>(
 }
 
 /// An open connection, between `open` and `serve`.
-pub struct Live<'p> {
+pub struct Live {
     stage: StageId,
-    ws: &'p WsStage,
+    ws: Arc<WsStage>,
+    /// When the duration limit ends the connection.
+    until: Instant,
+    /// The listener's send timeout, in milliseconds.
+    send_timeout_ms: u32,
+    /// While it sleeps with no task: its plan, and when the idle limit ends it.
+    asleep: Option<(Arc<Plan>, Instant)>,
     context: Context,
     entry: Arc<Entry>,
     registered: Registered,
@@ -475,33 +387,144 @@ pub struct Live<'p> {
     key: Option<Keyed>,
 }
 
-fn conn_facts(context: &Context, event_type: &'static str) -> crate::observe::accesslog::WsFacts {
-    crate::observe::accesslog::WsFacts {
-        connection_id: context.id().into(),
-        event_type,
-        message_id: None,
+impl Live {
+    fn send_timeout(&self) -> Duration {
+        Duration::from_millis(self.send_timeout_ms.into())
     }
 }
 
-/// Serves an open connection until it ends, then calls `$disconnect`. Its
-/// own future, apart from `open`'s: an idle connection keeps only this one
-/// (and `session`'s, which holds only its socket and its idle wait inline).
+/// Serves an open connection until it ends, then calls `$disconnect`; or
+/// until it has been idle a while (`DOZE_AFTER`), then puts it to sleep in the
+/// worker's dormant set with no task (`proxy::dormant`), from which `watch`
+/// wakes it into a new one. `idle_at`: when the idle limit ends it (`None`:
+/// the limit from now).
 #[allow(clippy::manual_async_fn)] // An async fn would keep its arguments twice.
-pub fn serve<'a>(
+pub fn serve(
     c: Box<Client>,
-    plan: &'a Plan,
-    shard: &'a Shard,
-    live: Box<Live<'a>>,
-) -> impl std::future::Future<Output = ()> + 'a {
+    plan: Arc<Plan>,
+    shard: Rc<Shard>,
+    live: Box<Live>,
+    idle_at: Option<Instant>,
+) -> impl Future<Output = ()> {
     async move {
-        let (code, reason) = session(c, plan, shard, &live).await;
-        Box::pin(ended(plan, shard, live, code, reason)).await;
+        let in_flight = InFlight::enter(&shard);
+        let idle_at = idle_at.unwrap_or_else(|| Instant::now() + live.ws.limits.idle);
+        let (code, reason) = match session(c, &plan, &shard, &live, idle_at).await {
+            Ended::Closed(code, reason) => (code, reason),
+            Ended::Dozing(kept, bed, idle_at) => {
+                drop(in_flight);
+                lay(&shard, bed, plan, live, idle_at);
+                // This copy of the socket closes; the dormant set's stays.
+                drop(kept);
+                return;
+            }
+        };
+        Box::pin(ended(&plan, &shard, live, code, reason)).await;
+    }
+}
+
+/// How long a connection waits in its task before it sleeps with none: a
+/// chatty connection keeps its task (moving a socket between the runtime and
+/// the dormant set costs a few system calls); one that went quiet keeps no task.
+const DOZE_AFTER: Duration = Duration::from_secs(1);
+
+/// Puts a connection to sleep in the slot `bed` took: woken by its socket, a
+/// command for it, or its deadline. It counts as in flight (a drain waits for
+/// it), as its task did. `live` keeps what its task held (`asleep`).
+fn lay(shard: &Shard, bed: dormant::Bed, plan: Arc<Plan>, mut live: Box<Live>, idle_at: Instant) {
+    // (`bed` came from the dormant set: there is one.)
+    let Some(d) = &shard.dormant else {
+        return;
+    };
+    let waker = dormant::waker(bed.key());
+    let queued = !shard.mailboxes.watch(live.entry.local, waker.clone());
+    shard.in_flight.set(shard.in_flight.get() + 1);
+    let deadline = idle_at.min(live.until);
+    live.asleep = Some((plan, idle_at));
+    d.lay(bed, deadline, live);
+    if queued {
+        waker.wake();
+    }
+}
+
+/// Wakes the worker's sleeping connections, each into a task of its own, as
+/// their sockets, commands and deadlines call.
+pub async fn watch(shard: Rc<Shard>) {
+    let Some(d) = &shard.dormant else {
+        return;
+    };
+    let poller = d
+        .poller()
+        .and_then(|fd| monoio::net::UnixStream::from_std(std::os::unix::net::UnixStream::from(fd)));
+    let poller = match poller {
+        Ok(p) => p,
+        Err(err) => {
+            tracing::warn!(worker = shard.id, %err, "idle connections keep their tasks");
+            return;
+        }
+    };
+    d.watched();
+    let mut keys = Vec::new();
+    loop {
+        d.woken(&mut keys);
+        for key in keys.drain(..) {
+            rouse(&shard, d, key);
+        }
+        let mut readable = std::pin::pin!(poller.readable(false));
+        let r = std::future::poll_fn(|cx| {
+            if !dormant::quiet(cx.waker()) {
+                return Poll::Ready(Ok(()));
+            }
+            readable.as_mut().poll(cx)
+        })
+        .await;
+        if let Err(err) = r {
+            tracing::debug!(worker = shard.id, %err, "waiting on the dormant set");
+            monoio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Gives sleeper `key`, if it still sleeps, a task again.
+fn rouse(shard: &Rc<Shard>, d: &dormant::Dormant, key: u64) {
+    let Some((fd, what)) = d.wake(key) else {
+        return;
+    };
+    let Ok(mut live) = what.downcast::<Live>() else {
+        return;
+    };
+    let Some((plan, idle_at)) = live.asleep.take() else {
+        return;
+    };
+    shard.in_flight.set(shard.in_flight.get().saturating_sub(1));
+    let shard = Rc::clone(shard);
+    match monoio::net::TcpStream::from_std(std::net::TcpStream::from(fd)) {
+        Ok(tcp) => {
+            // (Not kept asleep: a WebSocket session does not read it.)
+            let peer = tcp
+                .peer_addr()
+                .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+            let kept = Kept {
+                stream: Stream::Plain(tcp),
+                peer,
+                tls: None,
+            };
+            let c = Box::new(Client::new(kept, live.send_timeout(), &shard));
+            monoio::spawn(serve(c, plan, shard, live, Some(idle_at)));
+        }
+        Err(err) => {
+            tracing::warn!(%err, "an idle WebSocket connection could not be woken");
+            monoio::spawn(async move {
+                let _in_flight = InFlight::enter(&shard);
+                ended(&plan, &shard, live, 1006, String::new()).await;
+            });
+        }
     }
 }
 
 /// After the session: the metrics, the registry, and `$disconnect`.
-async fn ended(plan: &Plan, shard: &Shard, live: Box<Live<'_>>, code: u16, reason: String) {
-    let (stage, ws) = (live.stage, live.ws);
+async fn ended(plan: &Plan, shard: &Shard, live: Box<Live>, code: u16, reason: String) {
+    let (stage, ws) = (live.stage, Arc::clone(&live.ws));
     if let Some(m) = shard.metrics.worker.get(shard.id) {
         m.ws_api_closed.add(1);
     }
@@ -562,30 +585,8 @@ enum Woke {
     Readable,
     Command(Command),
     Idle,
-}
-
-/// What a message's route selection expression reads: the message.
-struct Message<'a>(&'a [u8]);
-
-impl Lookup for Message<'_> {
-    fn header(&self, _: &str) -> Option<String> {
-        None
-    }
-    fn query(&self, _: &str) -> Option<String> {
-        None
-    }
-    fn body(&self) -> Option<&[u8]> {
-        Some(self.0)
-    }
-    fn path(&self) -> Option<String> {
-        None
-    }
-    fn path_param(&self, _: &str) -> Option<String> {
-        None
-    }
-    fn context(&self, _: &str) -> Option<String> {
-        None
-    }
+    /// Idle a while: sleep with no task.
+    Doze,
 }
 
 /// Sends one frame; `false` when the client is gone.
@@ -612,6 +613,13 @@ async fn close(c: &mut Client, code: u16, reason: &str) {
 /// How a session ends: the close code and reason.
 type End = (u16, String);
 
+/// What a session ends with: the connection closed, or it sleeps (its
+/// socket, the slot taken for it, its idle deadline).
+enum Ended {
+    Closed(u16, String),
+    Dozing(Kept, dormant::Bed, Instant),
+}
+
 /// What a waiting connection holds: its socket alone when nothing of a
 /// message is read (the `Client` and its buffers went back, as a parked HTTP
 /// connection's), or the `Client` with the start of a frame in its buffer.
@@ -620,7 +628,7 @@ enum Held {
     Busy(Box<Client>),
 }
 
-/// Serves messages until the connection ends: the close code and reason.
+/// Serves messages until the connection ends or dozes off.
 /// Only the wait for the client is inline (what an idle connection holds);
 /// reading frames and answering them are boxed futures, gone between messages.
 #[allow(clippy::manual_async_fn)] // An async fn would keep its arguments twice.
@@ -628,63 +636,64 @@ fn session<'a>(
     mut c: Box<Client>,
     plan: &'a Plan,
     shard: &'a Shard,
-    live: &'a Live<'a>,
-) -> impl std::future::Future<Output = End> + 'a {
+    live: &'a Live,
+    mut idle_at: Instant,
+) -> impl std::future::Future<Output = Ended> + 'a {
     async move {
-        let until = Instant::now() + live.ws.limits.max_duration;
+        let until = live.until;
         let send_timeout = c.send_timeout;
         let mut messages = Messages::default();
+        let mut may_doze = shard.dormant.is_some();
         let end = loop {
             if let Some(end) = Box::pin(frames(&mut c, plan, shard, live, &mut messages)).await {
                 break end;
             }
             c.buf.drain(..c.pos);
             c.pos = 0;
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            let now = Instant::now();
+            if now >= until {
                 Box::pin(close(&mut c, code::GOING_AWAY, "Going away")).await;
                 break (code::GOING_AWAY, "the connection's duration limit".into());
             }
-            let wait = live.ws.limits.idle.min(left);
-            let mut held = if c.buf.is_empty() {
+            let due = idle_at.min(until);
+            let doze = may_doze
+                && c.buf.is_empty()
+                && c.tls.is_none()
+                && matches!(c.stream, Stream::Plain(_))
+                && messages.is_empty();
+            let wake_at = if doze { due.min(now + DOZE_AFTER) } else { due };
+            let held = if c.buf.is_empty() {
                 Held::Idle(unbox(c).release(shard))
             } else {
                 Held::Busy(c)
             };
-            // Data, a command from `@connections`, or the idle limit. Readiness is
-            // waited for (checked, not cached: `readiness(false)`), not a read, so
-            // the wait can be given up on both drivers without losing bytes.
-            // The idle limit is a slot of the shard's parked deadlines (swept by
-            // the worker), not a timer of its own: monoio's is 640 bytes.
-            // The wait holds the driver's operation itself (`readiness`), not an
-            // async body around it.
-            let woke = {
-                let stream = match &mut held {
-                    Held::Idle(k) => &mut k.stream,
-                    Held::Busy(c) => &mut c.stream,
-                };
-                let buffered = stream.has_buffered();
-                let mut readable = stream.tcp().readiness(false).ok();
-                let slot = crate::proxy::shard::Parking::new(shard, Instant::now() + wait);
-                let local = live.entry.local;
-                std::future::poll_fn(move |cx| {
-                    if let Some(cmd) = shard.mailboxes.take(local, cx.waker()) {
-                        return Poll::Ready(Woke::Command(cmd));
+            // Data, a command from `@connections`, the idle limit, or time to
+            // doze. Readiness is waited for (checked, not cached:
+            // `readiness(false)`), not a read, so the wait can be given up on
+            // both drivers without losing bytes. The deadline is a slot of the
+            // shard's parked deadlines (swept by the worker), not a timer of its
+            // own: monoio's is 640 bytes. The wait holds the driver's operation
+            // itself (`readiness`), not an async body around it.
+            let (woke, held) = wait(held, shard, live, wake_at, due).await;
+            let next = match (woke, held) {
+                (Woke::Doze, Held::Idle(kept)) => {
+                    let fd = kept.stream.tcp().as_raw_fd();
+                    // SAFETY: `kept` owns the descriptor for the call.
+                    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+                    match shard.dormant.as_ref().map(|d| d.prepare(fd)) {
+                        Some(Ok(bed)) => return Ended::Dozing(kept, bed, idle_at),
+                        Some(Err(err)) => {
+                            tracing::debug!(%err, "an idle WebSocket connection keeps its task");
+                        }
+                        None => {}
                     }
-                    // No wait (an error registering it): read, and see the error.
-                    let Some(r) = readable.as_mut() else {
-                        return Poll::Ready(Woke::Readable);
-                    };
-                    if buffered || std::pin::Pin::new(r).poll(cx).is_ready() {
-                        return Poll::Ready(Woke::Readable);
-                    }
-                    if slot.expired(cx.waker()) {
-                        return Poll::Ready(Woke::Idle);
-                    }
-                    Poll::Pending
-                })
-                .await
+                    may_doze = false;
+                    (Woke::Doze, Held::Idle(kept))
+                }
+                other => other,
             };
+            let (woke, held) = next;
+            let active = matches!(woke, Woke::Readable | Woke::Command(_));
             c = match held {
                 Held::Idle(kept) => Box::new(Client::new(kept, send_timeout, shard)),
                 Held::Busy(c) => c,
@@ -692,10 +701,56 @@ fn session<'a>(
             if let Some(end) = Box::pin(woken(&mut c, shard, &live.entry, woke)).await {
                 break end;
             }
+            if active {
+                idle_at = Instant::now() + live.ws.limits.idle;
+            }
         };
         c.give_bufs(shard);
-        end
+        Ended::Closed(end.0, end.1)
     }
+}
+
+/// Waits for what ends a wait (see `session`); `wake_at`: its deadline, `due`:
+/// the idle limit's (earlier: time to doze).
+async fn wait(
+    mut held: Held,
+    shard: &Shard,
+    live: &Live,
+    wake_at: Instant,
+    due: Instant,
+) -> (Woke, Held) {
+    let woke = {
+        let stream = match &mut held {
+            Held::Idle(k) => &mut k.stream,
+            Held::Busy(c) => &mut c.stream,
+        };
+        let buffered = stream.has_buffered();
+        let mut readable = stream.tcp().readiness(false).ok();
+        let slot = crate::proxy::shard::Parking::new(shard, wake_at);
+        let local = live.entry.local;
+        std::future::poll_fn(move |cx| {
+            if let Some(cmd) = shard.mailboxes.take(local, cx.waker()) {
+                return Poll::Ready(Woke::Command(cmd));
+            }
+            // No wait (an error registering it): read, and see the error.
+            let Some(r) = readable.as_mut() else {
+                return Poll::Ready(Woke::Readable);
+            };
+            if buffered || std::pin::Pin::new(r).poll(cx).is_ready() {
+                return Poll::Ready(Woke::Readable);
+            }
+            if Instant::now() >= due || slot.expired(cx.waker()) {
+                return Poll::Ready(if Instant::now() >= due {
+                    Woke::Idle
+                } else {
+                    Woke::Doze
+                });
+            }
+            Poll::Pending
+        })
+        .await
+    };
+    (woke, held)
 }
 
 /// Serves every whole frame already read; the end, if one of them ends the
@@ -704,7 +759,7 @@ async fn frames(
     c: &mut Client,
     plan: &Plan,
     shard: &Shard,
-    live: &Live<'_>,
+    live: &Live,
     messages: &mut Messages,
 ) -> Option<End> {
     let limits = ws::Limits {
@@ -746,9 +801,9 @@ async fn frames(
         live.entry.touch();
         if let Some(m) = shard.metrics.worker.get(shard.id) {
             m.ws_messages_in.add(1);
-            m.ws_bytes_in.add(incoming.len() as u64);
+            m.ws_bytes_in.add(incoming.bytes() as u64);
         }
-        let (stage, w, base) = (live.stage, live.ws, live.base.as_deref());
+        let (stage, w, base) = (live.stage, &*live.ws, live.base.as_deref());
         let key = live.key.as_ref();
         if !Box::pin(message(
             c,
@@ -791,64 +846,7 @@ async fn woken(c: &mut Client, shard: &Shard, entry: &Entry, woke: Woke) -> Opti
             close(c, code::GOING_AWAY, "Going away").await;
             Some((code::GOING_AWAY, "idle".into()))
         }
-    }
-}
-
-/// Writes an access log line for an event of the connection, where the stage
-/// logs (`base`: the handshake's facts).
-#[allow(clippy::too_many_arguments)]
-fn log_event(
-    plan: &Plan,
-    shard: &Shard,
-    stage: StageId,
-    base: Option<&crate::observe::accesslog::Facts>,
-    ws: crate::observe::accesslog::WsFacts,
-    request_id: crate::ids::RequestId,
-    route_key: &str,
-    status: u16,
-    bytes: u64,
-    started: Instant,
-) {
-    let (Some(base), Some(spec)) = (base, &plan.stages[stage].access_log) else {
-        return;
-    };
-    let st = &plan.stages[stage];
-    let now = crate::clock::unix_ms();
-    let mut f = base.clone();
-    f.request_id = request_id;
-    f.time_ms = now;
-    f.time_text = shard.log_time.borrow_mut().text(now / 1000);
-    f.ws = Some(Box::new(ws));
-    let response = crate::observe::accesslog::Response {
-        route_key,
-        api: &st.api,
-        stage: &st.stage,
-        status,
-        bytes,
-        integration_us: None,
-        latency_us: started.elapsed().as_micros() as u64,
-        error: None,
-        retries: 0,
-        canary: None,
-    };
-    shard.log_line(&plan.logs, spec.sink, |out| {
-        crate::observe::accesslog::format_line(out, &spec.format, &f, &response)
-    });
-}
-
-/// A whole message from the client.
-enum Incoming {
-    Text(String),
-    /// Only on APIs with `binary_messages: base64`.
-    Binary(Vec<u8>),
-}
-
-impl Incoming {
-    fn len(&self) -> usize {
-        match self {
-            Self::Text(t) => t.len(),
-            Self::Binary(b) => b.len(),
-        }
+        Woke::Doze => None,
     }
 }
 
@@ -890,7 +888,7 @@ async fn message(
         event_type: "MESSAGE",
         message_id: Some(message_id.as_str().into()),
     };
-    let bytes = incoming.len() as u64;
+    let bytes = incoming.bytes() as u64;
     let binary = matches!(incoming, Incoming::Binary(_));
     let Some(route) = route else {
         // AWS's answer when no route matches and there is no $default.

@@ -317,6 +317,9 @@ async fn worker_main(
     if let Some(bell) = shard.bell.borrow_mut().take() {
         monoio::spawn(ring(Rc::clone(&shard), bell));
     }
+    if shard.dormant.is_some() {
+        monoio::spawn(crate::proxy::websocket::watch(Rc::clone(&shard)));
+    }
     crate::proxy::runtime_api::serve(&shard, &plan);
     plan.live.saw(id, shard.keyring.borrow().0);
     let mut accepting: Vec<Accepting> = listeners
@@ -336,6 +339,9 @@ async fn worker_main(
         }
         let now = Instant::now();
         shard.parked.borrow_mut().sweep(now);
+        if let Some(d) = &shard.dormant {
+            d.sweep(now);
+        }
         if tick.is_multiple_of(10) {
             // Once a second: a pool holds at most a few thousand entries.
             shard.pool.borrow_mut().sweep(now);

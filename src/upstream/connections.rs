@@ -281,4 +281,16 @@ impl Mailboxes {
         }
         c
     }
+    /// `waker` is woken on the next command for `n`: `false` if one waits already.
+    pub fn watch(&self, n: u64, waker: Waker) -> bool {
+        let mut slots = self.slots.borrow_mut();
+        let Some(m) = Self::slot(&mut slots, n) else {
+            return true;
+        };
+        if m.queue.is_some() {
+            return false;
+        }
+        m.waker = Some(waker);
+        true
+    }
 }
