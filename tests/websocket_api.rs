@@ -66,6 +66,19 @@ fn chat_api(be: &str, extra_routes: &str, stage_extra: &str) -> String {
     ))
 }
 
+/// The id `$connect` saw for the client that sent `x-client: who`.
+fn connection_id(be: &Upstream, who: &str) -> String {
+    events(be, "/connect")
+        .into_iter()
+        .find(|e| e["headers"]["x-client"] == who)
+        .and_then(|e| {
+            e["requestContext"]["connectionId"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .unwrap()
+}
+
 fn events(be: &Upstream, path: &str) -> Vec<Value> {
     be.seen()
         .into_iter()
@@ -386,17 +399,7 @@ apis:
     assert_eq!(status, 101);
     let (mut b, status) = handshake_with(gw.addr, "/prod", "x-client: b\r\n");
     assert_eq!(status, 101);
-    let id_of = |who: &str| -> String {
-        events(&be, "/connect")
-            .into_iter()
-            .find(|e| e["headers"]["x-client"] == who)
-            .and_then(|e| {
-                e["requestContext"]["connectionId"]
-                    .as_str()
-                    .map(str::to_owned)
-            })
-            .unwrap()
-    };
+    let id_of = |who: &str| connection_id(&be, who);
     let (ida, idb) = (id_of("a"), id_of("b"));
     let endpoint = format!("http://{}/prod", gw.addr);
     let secret = "conn-secret-0123456789";
@@ -785,17 +788,7 @@ fn sleep_and_wake(runtime: &str) {
         s
     };
     let (mut a, mut b, mut c, mut d) = (open("a"), open("b"), open("c"), open("d"));
-    let id_of = |who: &str| -> String {
-        events(&be, "/connect")
-            .into_iter()
-            .find(|e| e["headers"]["x-client"] == who)
-            .and_then(|e| {
-                e["requestContext"]["connectionId"]
-                    .as_str()
-                    .map(str::to_owned)
-            })
-            .unwrap()
-    };
+    let id_of = |who: &str| connection_id(&be, who);
     let (idb, idc) = (id_of("b"), id_of("c"));
     let endpoint = format!("http://{}/prod", gw.addr);
     let secret = "conn-secret-0123456789";
