@@ -14,6 +14,8 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::task::{RawWaker, RawWakerVTable, Waker};
 use std::time::Instant;
 
+use crate::upstream::connections::Slots;
+
 // A sleeper's key is its slot and the slot's generation, in a waker's data word.
 const _: () = assert!(usize::BITS == 64);
 
@@ -22,12 +24,11 @@ pub struct Dormant {
     epoll: OwnedFd,
     /// The worker's watch waits on it: sleepers can be woken.
     watched: Cell<bool>,
-    slots: RefCell<Vec<Slot>>,
-    free: RefCell<Vec<u32>>,
+    slots: RefCell<Slots<Slot>>,
 }
 
+#[derive(Default)]
 struct Slot {
-    generation: u32,
     /// When it wakes if nothing else woke it (taken when it fires).
     deadline: Option<Instant>,
     sleeper: Option<(OwnedFd, Box<dyn Any>)>,
@@ -58,7 +59,6 @@ impl Dormant {
             epoll: unsafe { OwnedFd::from_raw_fd(fd) },
             watched: Cell::new(false),
             slots: RefCell::default(),
-            free: RefCell::default(),
         })
     }
 
@@ -69,23 +69,7 @@ impl Dormant {
             return Err(io::Error::other("the dormant set is not watched"));
         }
         let fd = socket.try_clone_to_owned()?;
-        let key = {
-            let mut slots = self.slots.borrow_mut();
-            let i = match self.free.borrow_mut().pop() {
-                Some(i) => i,
-                None => {
-                    slots.push(Slot {
-                        generation: 0,
-                        deadline: None,
-                        sleeper: None,
-                    });
-                    (slots.len() - 1) as u32
-                }
-            };
-            let s = &mut slots[i as usize];
-            s.generation = s.generation.wrapping_add(1);
-            u64::from(s.generation) << 32 | u64::from(i)
-        };
+        let key = self.slots.borrow_mut().insert(Slot::default());
         // Level-triggered: bytes that came before this call wake it at once.
         let mut ev = libc::epoll_event {
             events: (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
@@ -102,7 +86,7 @@ impl Dormant {
         };
         if r < 0 {
             let err = io::Error::last_os_error();
-            self.free.borrow_mut().push(key as u32);
+            self.slots.borrow_mut().remove(key);
             return Err(err);
         }
         Ok(Bed { key, fd })
@@ -111,19 +95,19 @@ impl Dormant {
     /// Puts `what` to sleep in the slot `bed` took, until `deadline` at the
     /// latest (`sweep`).
     pub fn lay(&self, bed: Bed, deadline: Instant, what: Box<dyn Any>) {
-        let mut slots = self.slots.borrow_mut();
-        let s = &mut slots[bed.key as u32 as usize];
-        s.deadline = Some(deadline);
-        s.sleeper = Some((bed.fd, what));
+        if let Some(s) = self.slots.borrow_mut().get_mut(bed.key) {
+            s.deadline = Some(deadline);
+            s.sleeper = Some((bed.fd, what));
+        }
     }
 
     /// Wakes the sleepers whose deadline is past (the worker's tick calls it).
     pub fn sweep(&self, now: Instant) {
         let mut due = Vec::new();
-        for (i, s) in self.slots.borrow_mut().iter_mut().enumerate() {
+        for (key, s) in self.slots.borrow_mut().iter_mut() {
             if s.sleeper.is_some() && s.deadline.is_some_and(|d| d <= now) {
                 s.deadline = None;
-                due.push(u64::from(s.generation) << 32 | i as u64);
+                due.push(key);
             }
         }
         for key in due {
@@ -136,12 +120,10 @@ impl Dormant {
     pub fn wake(&self, key: u64) -> Option<(OwnedFd, Box<dyn Any>)> {
         let (fd, what) = {
             let mut slots = self.slots.borrow_mut();
-            let s = slots
-                .get_mut(key as u32 as usize)
-                .filter(|s| s.generation == (key >> 32) as u32)?;
-            s.sleeper.take()?
+            let sleeper = slots.get_mut(key)?.sleeper.take()?;
+            slots.remove(key);
+            sleeper
         };
-        self.free.borrow_mut().push(key as u32);
         // SAFETY: both descriptors are open. (A failure leaves a registration
         // that closing `fd` ends.)
         unsafe {
@@ -163,9 +145,9 @@ impl Dormant {
     /// Sleepers now.
     pub fn len(&self) -> usize {
         self.slots
-            .borrow()
-            .iter()
-            .filter(|s| s.sleeper.is_some())
+            .borrow_mut()
+            .iter_mut()
+            .filter(|(_, s)| s.sleeper.is_some())
             .count()
     }
 

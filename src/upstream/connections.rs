@@ -200,61 +200,97 @@ impl Drop for Registered {
     }
 }
 
+/// Values in reused slots, each known by a key: its slot and the slot's
+/// generation (bumped when a value comes and when it goes), so a key kept after
+/// its value was removed finds nothing, not the slot's next holder. A vacant
+/// slot holds `T::default()`.
+pub struct Slots<T> {
+    slots: Vec<(u32, T)>,
+    free: Vec<u32>,
+}
+
+impl<T> Default for Slots<T> {
+    fn default() -> Self {
+        Self {
+            slots: Vec::new(),
+            free: Vec::new(),
+        }
+    }
+}
+
+impl<T: Default> Slots<T> {
+    /// Keeps `v`: its key.
+    pub fn insert(&mut self, v: T) -> u64 {
+        let i = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push((0, T::default()));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let s = &mut self.slots[i as usize];
+        s.0 = s.0.wrapping_add(1);
+        s.1 = v;
+        u64::from(s.0) << 32 | u64::from(i)
+    }
+
+    pub fn get_mut(&mut self, key: u64) -> Option<&mut T> {
+        self.slots
+            .get_mut(key as u32 as usize)
+            .filter(|s| s.0 == (key >> 32) as u32)
+            .map(|s| &mut s.1)
+    }
+
+    /// Takes the value out; its slot is free for the next `insert`.
+    pub fn remove(&mut self, key: u64) -> Option<T> {
+        let s = self
+            .slots
+            .get_mut(key as u32 as usize)
+            .filter(|s| s.0 == (key >> 32) as u32)?;
+        s.0 = s.0.wrapping_add(1);
+        self.free.push(key as u32);
+        Some(std::mem::take(&mut s.1))
+    }
+
+    /// Every slot (vacant ones hold the default) with its key.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (u64, &mut T)> {
+        self.slots
+            .iter_mut()
+            .enumerate()
+            .map(|(i, s)| (u64::from(s.0) << 32 | i as u64, &mut s.1))
+    }
+}
+
 /// A connection's mailbox: its task's waker, and the commands not yet carried
-/// out (boxed: most connections have none most of the time). `generation`
-/// tells this connection's commands from those of the slot's earlier holders.
+/// out (boxed: most connections have none most of the time).
 #[derive(Default)]
 struct Mailbox {
-    generation: u32,
     waker: Option<Waker>,
     #[allow(clippy::box_collection)] // 8 bytes in every slot, not 32.
     queue: Option<Box<VecDeque<Command>>>,
 }
 
 /// A worker's connections' mailboxes (single-threaded: the worker's), in slots
-/// reused as connections come and go: a connection's number is its slot and the
-/// slot's generation, so a command for a connection gone since finds no one.
+/// reused as connections come and go: a connection's number is its slot's key,
+/// so a command for a connection gone since finds no one.
 #[derive(Default)]
 pub struct Mailboxes {
-    slots: RefCell<Vec<Mailbox>>,
-    free: RefCell<Vec<u32>>,
+    slots: RefCell<Slots<Mailbox>>,
 }
 
 impl Mailboxes {
     /// A mailbox for a new connection: its number.
     pub fn open(&self) -> u64 {
-        let mut slots = self.slots.borrow_mut();
-        let i = match self.free.borrow_mut().pop() {
-            Some(i) => i,
-            None => {
-                slots.push(Mailbox::default());
-                (slots.len() - 1) as u32
-            }
-        };
-        let m = &mut slots[i as usize];
-        m.generation = m.generation.wrapping_add(1);
-        u64::from(m.generation) << 32 | u64::from(i)
+        self.slots.borrow_mut().insert(Mailbox::default())
     }
 
     pub fn close(&self, n: u64) {
-        let mut slots = self.slots.borrow_mut();
-        if let Some(m) = Self::slot(&mut slots, n) {
-            m.waker = None;
-            m.queue = None;
-            m.generation = m.generation.wrapping_add(1);
-            self.free.borrow_mut().push(n as u32);
-        }
-    }
-
-    fn slot(slots: &mut [Mailbox], n: u64) -> Option<&mut Mailbox> {
-        slots
-            .get_mut(n as u32 as usize)
-            .filter(|m| m.generation == (n >> 32) as u32)
+        self.slots.borrow_mut().remove(n);
     }
 
     /// Files a command for connection `n` and wakes it.
     pub fn post(&self, n: u64, c: Command) {
-        if let Some(m) = Self::slot(&mut self.slots.borrow_mut(), n) {
+        if let Some(m) = self.slots.borrow_mut().get_mut(n) {
             m.queue.get_or_insert_with(Default::default).push_back(c);
             if let Some(w) = m.waker.take() {
                 w.wake();
@@ -265,7 +301,7 @@ impl Mailboxes {
     /// The next command for `n`, or `None` (and `waker` is woken on the next).
     pub fn take(&self, n: u64, waker: &Waker) -> Option<Command> {
         let mut slots = self.slots.borrow_mut();
-        let m = Self::slot(&mut slots, n)?;
+        let m = slots.get_mut(n)?;
         let c = m.queue.as_mut().and_then(|q| q.pop_front());
         match &c {
             Some(_) => {
@@ -281,10 +317,11 @@ impl Mailboxes {
         }
         c
     }
+
     /// `waker` is woken on the next command for `n`: `false` if one waits already.
     pub fn watch(&self, n: u64, waker: Waker) -> bool {
         let mut slots = self.slots.borrow_mut();
-        let Some(m) = Self::slot(&mut slots, n) else {
+        let Some(m) = slots.get_mut(n) else {
             return true;
         };
         if m.queue.is_some() {
