@@ -142,13 +142,14 @@ impl Dormant {
         self.watched.set(true);
     }
 
-    /// Sleepers now.
+    /// Sleepers now (and beds prepared for them).
     pub fn len(&self) -> usize {
-        self.slots
-            .borrow_mut()
-            .iter_mut()
-            .filter(|(_, s)| s.sleeper.is_some())
-            .count()
+        self.slots.borrow().len()
+    }
+
+    /// Gives back the room a burst of sleepers left (`Slots::trim`).
+    pub fn trim(&self) -> bool {
+        self.slots.borrow_mut().trim()
     }
 
     pub fn is_empty(&self) -> bool {

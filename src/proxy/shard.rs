@@ -12,6 +12,7 @@ use crate::ids::RequestId;
 use crate::policy::keys::Keyring;
 use crate::policy::quota::Leases;
 use crate::policy::throttle::LocalTokens;
+use crate::upstream::connections::Slots;
 use crate::upstream::pool::Pool;
 use crate::upstream::pool::PoolLimits;
 
@@ -386,49 +387,38 @@ fn base64url_12(raw: &[u8; 12]) -> [u8; 16] {
     out
 }
 
-/// The idle deadlines of parked connections: a slab of slots, each with the waker
-/// to call when its deadline passes.
+/// The idle deadlines of parked connections, each with the waker to call when
+/// it passes: reused slots (`Slots`), trimmed after a burst.
 #[derive(Default)]
 pub struct Parked {
-    slots: Vec<ParkSlot>,
-    free: Vec<usize>,
+    slots: Slots<ParkSlot>,
 }
 
+#[derive(Default)]
 struct ParkSlot {
-    deadline: Instant,
+    /// `None` once it has passed (or the slot is vacant).
+    deadline: Option<Instant>,
     waker: Option<Waker>,
-    expired: bool,
 }
 
 impl Parked {
-    pub fn insert(&mut self, deadline: Instant) -> usize {
-        let slot = ParkSlot {
-            deadline,
+    pub fn insert(&mut self, deadline: Instant) -> u64 {
+        self.slots.insert(ParkSlot {
+            deadline: Some(deadline),
             waker: None,
-            expired: false,
-        };
-        match self.free.pop() {
-            Some(i) => {
-                self.slots[i] = slot;
-                i
-            }
-            None => {
-                self.slots.push(slot);
-                self.slots.len() - 1
-            }
-        }
+        })
     }
 
-    pub fn remove(&mut self, i: usize) {
-        self.slots[i].waker = None;
-        self.slots[i].expired = true;
-        self.free.push(i);
+    pub fn remove(&mut self, key: u64) {
+        self.slots.remove(key);
     }
 
     /// `true` once the slot's deadline has passed; else keeps `waker` for the sweep.
-    pub fn expired(&mut self, i: usize, waker: &Waker) -> bool {
-        let slot = &mut self.slots[i];
-        if slot.expired {
+    pub fn expired(&mut self, key: u64, waker: &Waker) -> bool {
+        let Some(slot) = self.slots.get_mut(key) else {
+            return true;
+        };
+        if slot.deadline.is_none() {
             return true;
         }
         if !slot.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
@@ -439,9 +429,9 @@ impl Parked {
 
     /// Wakes the connections whose deadline is past.
     pub fn sweep(&mut self, now: Instant) {
-        for slot in &mut self.slots {
-            if !slot.expired && slot.deadline <= now {
-                slot.expired = true;
+        for (_, slot) in self.slots.iter_mut() {
+            if slot.deadline.is_some_and(|d| d <= now) {
+                slot.deadline = None;
                 if let Some(w) = slot.waker.take() {
                     w.wake();
                 }
@@ -449,17 +439,22 @@ impl Parked {
         }
     }
 
+    /// Gives back the room a burst of connections left (`Slots::trim`).
+    pub fn trim(&mut self) -> bool {
+        self.slots.trim()
+    }
+
     pub fn len(&self) -> usize {
-        self.slots.len() - self.free.len()
+        self.slots.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.slots.is_empty()
     }
 }
 
 /// A connection's slot in `Shard::parked` while it waits, freed on drop.
-pub struct Parking<'a>(&'a Shard, usize);
+pub struct Parking<'a>(&'a Shard, u64);
 
 impl<'a> Parking<'a> {
     pub fn new(shard: &'a Shard, deadline: Instant) -> Self {

@@ -30,7 +30,7 @@ use crate::proxy::shard::{InFlight, Shard};
 use crate::proxy::ws_context::{
     chosen_protocol, conn_facts, log_event, Context, Incoming, Message,
 };
-use crate::upstream::connections::{self, Command, Entry, Registered, CONNECTIONS};
+use crate::upstream::connections::{self, Command, Entry, CONNECTIONS};
 
 /// The most an HTTP integration of a WebSocket route may answer.
 const MAX_ANSWER: usize = 1 << 20;
@@ -336,7 +336,6 @@ pub async fn open(
         context: Arc::clone(&context.fields),
     });
     CONNECTIONS.insert(id, Arc::clone(&entry));
-    let registered = Registered(id);
     let cells = shard.metrics.worker.get(shard.id);
     if let Some(m) = cells {
         m.ws_api_opened.add(1);
@@ -357,22 +356,22 @@ pub async fn open(
         started,
     );
     Some(Box::new(Live {
-        stage,
+        stage: stage as u32,
         until: Instant::now() + ws.limits.max_duration,
         send_timeout_ms: c.send_timeout.as_millis().min(u32::MAX.into()) as u32,
         asleep: None,
         ws,
         context,
         entry,
-        registered,
         base,
-        key,
+        key: key.map(Box::new),
     }))
 }
 
 /// An open connection, between `open` and `serve`.
 pub struct Live {
-    stage: StageId,
+    /// Its `StageId` (`stage()`).
+    stage: u32,
     ws: Arc<WsStage>,
     /// When the duration limit ends the connection.
     until: Instant,
@@ -382,12 +381,18 @@ pub struct Live {
     asleep: Option<(Arc<Plan>, Instant)>,
     context: Context,
     entry: Arc<Entry>,
-    registered: Registered,
     base: Option<Box<crate::observe::accesslog::Facts>>,
-    key: Option<Keyed>,
+    key: Option<Box<Keyed>>,
 }
 
+// A sleeping connection keeps it: in mimalloc's 128-byte class.
+const _: () = assert!(std::mem::size_of::<Live>() <= 128);
+
 impl Live {
+    fn stage(&self) -> StageId {
+        self.stage as StageId
+    }
+
     fn send_timeout(&self) -> Duration {
         Duration::from_millis(self.send_timeout_ms.into())
     }
@@ -524,18 +529,14 @@ fn rouse(shard: &Rc<Shard>, d: &dormant::Dormant, key: u64) {
 
 /// After the session: the metrics, the registry, and `$disconnect`.
 async fn ended(plan: &Plan, shard: &Shard, live: Box<Live>, code: u16, reason: String) {
-    let (stage, ws) = (live.stage, Arc::clone(&live.ws));
+    let (stage, ws) = (live.stage(), Arc::clone(&live.ws));
     if let Some(m) = shard.metrics.worker.get(shard.id) {
         m.ws_api_closed.add(1);
     }
     let local = live.entry.local;
-    let Live {
-        context,
-        registered,
-        base,
-        ..
-    } = unbox(live);
-    drop(registered);
+    let Live { context, base, .. } = unbox(live);
+    // Gone for `@connections` before `$disconnect` runs, as on AWS.
+    connections::unregister(&context.id);
     shard.mailboxes.close(local);
     let Some(d) = ws.disconnect else {
         return;
@@ -803,8 +804,8 @@ async fn frames(
             m.ws_messages_in.add(1);
             m.ws_bytes_in.add(incoming.bytes() as u64);
         }
-        let (stage, w, base) = (live.stage, &*live.ws, live.base.as_deref());
-        let key = live.key.as_ref();
+        let (stage, w, base) = (live.stage(), &*live.ws, live.base.as_deref());
+        let key = live.key.as_deref();
         if !Box::pin(message(
             c,
             plan,

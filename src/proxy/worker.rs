@@ -329,6 +329,8 @@ async fn worker_main(
     let mut plan = plan;
     // The control plane's flag is read a few times a second, off the request path.
     let mut tick = 0u32;
+    // A burst's room was given back since the last collect: force that one.
+    let mut trimmed = false;
     while !ctl.shutdown.load(Ordering::Relaxed) {
         monoio::time::sleep(Duration::from_millis(100)).await;
         // A new plan: between requests (this task runs only when no request is
@@ -376,11 +378,18 @@ async fn worker_main(
             }
         }
         tick = tick.wrapping_add(1);
+        // What a burst of connections grew, once mostly vacant (a check when not).
+        trimmed |= shard.parked.borrow_mut().trim();
+        trimmed |= shard.mailboxes.trim();
+        trimmed |= shard.dormant.as_ref().is_some_and(|d| d.trim());
         if tick.is_multiple_of(10) {
+            trimmed |= monoio::utils::trim_io();
             // Return freed buffers' pages (parked connections) to the system once a
             // second: mimalloc otherwise purges only when this thread next allocates.
-            // SAFETY: mi_collect(false) works on the calling thread's heap only.
-            unsafe { libmimalloc_sys::mi_collect(false) };
+            // Forced after a trim: unforced, the pages a burst emptied wait for
+            // mimalloc's retire and purge delays (seconds, at 8,000 connections).
+            // SAFETY: mi_collect works on the calling thread's heap only.
+            unsafe { libmimalloc_sys::mi_collect(std::mem::take(&mut trimmed)) };
         }
     }
     for a in &accepting {

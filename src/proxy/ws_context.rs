@@ -26,6 +26,14 @@ pub struct Context {
     connected_at: u64,
 }
 
+/// A connection's registration ends with its context: wherever a connection
+/// ends, nothing finds it in `CONNECTIONS` after.
+impl Drop for Context {
+    fn drop(&mut self) {
+        connections::unregister(&self.id);
+    }
+}
+
 impl Context {
     pub fn of(map: &Map<String, Value>, id: connections::Id, connected_at: u64) -> Self {
         let text = serde_json::to_string(map).unwrap_or_else(|_| "{}".into());

@@ -191,22 +191,24 @@ impl Entry {
 pub static CONNECTIONS: LazyLock<dashmap::DashMap<Id, Arc<Entry>>> =
     LazyLock::new(dashmap::DashMap::new);
 
-/// Removes a connection from `CONNECTIONS` when it ends.
-pub struct Registered(pub Id);
-
-impl Drop for Registered {
-    fn drop(&mut self) {
-        CONNECTIONS.remove(&self.0);
-    }
+/// Takes a connection out of `CONNECTIONS` (when it ends).
+pub fn unregister(id: &Id) {
+    CONNECTIONS.remove(id);
 }
 
 /// Values in reused slots, each known by a key: its slot and the slot's
 /// generation (bumped when a value comes and when it goes), so a key kept after
 /// its value was removed finds nothing, not the slot's next holder. A vacant
-/// slot holds `T::default()`.
+/// slot holds `T::default()`. After a burst, `trim` gives back the room it left.
 pub struct Slots<T> {
     slots: Vec<(u32, T)>,
     free: Vec<u32>,
+    /// At least every generation a trimmed slot had (even, as a vacant slot's
+    /// is): a slot made again starts there, so a key kept from before the trim
+    /// cannot match its new holder.
+    floor: u32,
+    /// The most values kept at once since the last `trim` call.
+    peak: usize,
 }
 
 impl<T> Default for Slots<T> {
@@ -214,6 +216,8 @@ impl<T> Default for Slots<T> {
         Self {
             slots: Vec::new(),
             free: Vec::new(),
+            floor: 0,
+            peak: 0,
         }
     }
 }
@@ -224,14 +228,16 @@ impl<T: Default> Slots<T> {
         let i = match self.free.pop() {
             Some(i) => i,
             None => {
-                self.slots.push((0, T::default()));
+                self.slots.push((self.floor, T::default()));
                 (self.slots.len() - 1) as u32
             }
         };
         let s = &mut self.slots[i as usize];
         s.0 = s.0.wrapping_add(1);
         s.1 = v;
-        u64::from(s.0) << 32 | u64::from(i)
+        let key = u64::from(s.0) << 32 | u64::from(i);
+        self.peak = self.peak.max(self.len());
+        key
     }
 
     pub fn get_mut(&mut self, key: u64) -> Option<&mut T> {
@@ -250,6 +256,45 @@ impl<T: Default> Slots<T> {
         s.0 = s.0.wrapping_add(1);
         self.free.push(key as u32);
         Some(std::mem::take(&mut s.1))
+    }
+
+    /// How many values it keeps.
+    pub fn len(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// When most slots have stayed vacant since the last call (a burst has
+    /// passed; a steady load, whose connections come and go, keeps its room):
+    /// drops the vacant ones at the end and gives the spare room back to the
+    /// allocator. Whether it did.
+    pub fn trim(&mut self) -> bool {
+        let len = self.len();
+        let peak = std::mem::replace(&mut self.peak, len);
+        if peak * 2 >= self.slots.len() {
+            return false;
+        }
+        // A vacant slot's generation is even (bumped once as a value comes,
+        // once as it goes; `floor` is even).
+        let keep = self
+            .slots
+            .iter()
+            .rposition(|s| s.0 % 2 == 1)
+            .map_or(0, |i| i + 1);
+        if keep == self.slots.len() && self.slots.capacity() == keep {
+            return false;
+        }
+        for s in &self.slots[keep..] {
+            self.floor = self.floor.max(s.0);
+        }
+        self.slots.truncate(keep);
+        self.free.retain(|&i| (i as usize) < keep);
+        self.slots.shrink_to_fit();
+        self.free.shrink_to_fit();
+        true
     }
 
     /// Every slot (vacant ones hold the default) with its key.
@@ -286,6 +331,11 @@ impl Mailboxes {
 
     pub fn close(&self, n: u64) {
         self.slots.borrow_mut().remove(n);
+    }
+
+    /// Gives back the room a burst of connections left (`Slots::trim`).
+    pub fn trim(&self) -> bool {
+        self.slots.borrow_mut().trim()
     }
 
     /// Files a command for connection `n` and wakes it.
@@ -329,5 +379,50 @@ impl Mailboxes {
         }
         m.waker = Some(waker);
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Slots;
+
+    #[test]
+    fn a_burst_is_trimmed_and_its_keys_never_match_again() {
+        let mut s = Slots::<u32>::default();
+        let keys: Vec<u64> = (0..1000).map(|v| s.insert(v)).collect();
+        assert!(!s.trim(), "nothing vacant: nothing to trim");
+        // The burst ends: all but the first two and one in the middle go.
+        for (i, &k) in keys.iter().enumerate() {
+            if i >= 2 && i != 500 {
+                assert_eq!(s.remove(k), Some(i as u32));
+            }
+        }
+        assert_eq!(s.len(), 3);
+        assert!(!s.trim(), "the burst's peak came since the last call");
+        assert!(s.trim());
+        assert!(s.slots.len() == 501 && s.slots.capacity() == 501);
+        assert!(s.free.iter().all(|&i| i < 501) && s.free.len() == 498);
+        assert!(!s.trim(), "once is enough");
+        for &k in &keys[..2] {
+            assert!(s.get_mut(k).is_some(), "a kept value keeps its key");
+        }
+        assert_eq!(s.get_mut(keys[500]).copied(), Some(500));
+        // Slots made again where trimmed ones were: old keys find nothing.
+        let again: Vec<u64> = (0..1000).map(|v| s.insert(v + 5000)).collect();
+        for &k in &keys[501..] {
+            assert!(s.get_mut(k).is_none(), "a stale key matched a new holder");
+        }
+        assert_eq!(s.len(), 1003);
+        for (v, k) in again.into_iter().enumerate() {
+            assert_eq!(s.remove(k), Some(v as u32 + 5000));
+        }
+        // Everything vacant: everything goes.
+        for &k in &keys[..2] {
+            s.remove(k);
+        }
+        s.remove(keys[500]);
+        assert!(!s.trim());
+        assert!(s.trim());
+        assert!(s.is_empty() && s.slots.capacity() == 0 && s.free.capacity() == 0);
     }
 }

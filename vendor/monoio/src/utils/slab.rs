@@ -102,6 +102,24 @@ impl<T> Slab<T> {
         val
     }
 
+    /// When most slots are vacant (a burst has passed), frees every empty page
+    /// but the first (shardgate: `crate::utils::trim_io`): whether there was one.
+    pub(crate) fn trim(&mut self) -> bool {
+        let room: usize = self.pages.iter().flatten().map(|p| p.slots.len()).sum();
+        if self.len() * 2 >= room {
+            return false;
+        }
+        let mut freed = false;
+        for page in self.pages.iter_mut().skip(1) {
+            if page.as_ref().is_some_and(|p| p.is_empty()) {
+                *page = None;
+                freed = true;
+            }
+        }
+        self.w_page_id = 0;
+        freed
+    }
+
     pub(crate) fn mark_remove(&mut self) {
         // compact
         self.generation = self.generation.wrapping_add(1);

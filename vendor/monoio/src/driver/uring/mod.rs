@@ -377,6 +377,11 @@ impl Driver for IoUringDriver {
 }
 
 impl UringInner {
+    /// Frees the operation slab's empty pages (shardgate: `driver::trim_io`).
+    pub(crate) fn trim(&mut self) -> bool {
+        self.ops.slab.trim()
+    }
+
     fn tick(&mut self) -> io::Result<()> {
         let cq = self.uring.completion();
 
