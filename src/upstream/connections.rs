@@ -209,6 +209,8 @@ pub struct Slots<T> {
     floor: u32,
     /// The most values kept at once since the last `trim` call.
     peak: usize,
+    /// `trim` calls in a row that found at most half the slots used.
+    quiet: u32,
 }
 
 impl<T> Default for Slots<T> {
@@ -218,6 +220,7 @@ impl<T> Default for Slots<T> {
             free: Vec::new(),
             floor: 0,
             peak: 0,
+            quiet: 0,
         }
     }
 }
@@ -267,14 +270,25 @@ impl<T: Default> Slots<T> {
         self.len() == 0
     }
 
-    /// When most slots have stayed vacant since the last call (a burst has
-    /// passed; a steady load, whose connections come and go, keeps its room):
-    /// drops the vacant ones at the end and gives the spare room back to the
+    /// Called at a steady pace (the worker's tick): when at most half the
+    /// slots were used at once over the last `QUIET` calls (a burst has passed;
+    /// a steady load, or a lull within a burst, keeps its room), drops the
+    /// vacant slots at the end and gives the spare room back to the
     /// allocator. Whether it did.
     pub fn trim(&mut self) -> bool {
+        /// A second of the worker's 100 ms ticks. Shorter, a lull in a burst
+        /// (requests waiting on their upstream) trims what the burst's end
+        /// grows again at once: with mimalloc, that new block can land in a
+        /// large page among the burst's freed blocks and hold all of it.
+        const QUIET: u32 = 10;
         let len = self.len();
         let peak = std::mem::replace(&mut self.peak, len);
         if peak * 2 >= self.slots.len() {
+            self.quiet = 0;
+            return false;
+        }
+        self.quiet += 1;
+        if self.quiet < QUIET {
             return false;
         }
         // A vacant slot's generation is even (bumped once as a value comes,
@@ -386,11 +400,31 @@ impl Mailboxes {
 mod tests {
     use super::Slots;
 
+    /// Calls `trim` (at most 30 times) until it trims: how many calls it took.
+    fn calls_to_trim(s: &mut Slots<u32>) -> Option<usize> {
+        (1..=30).find(|_| s.trim())
+    }
+
     #[test]
     fn a_burst_is_trimmed_and_its_keys_never_match_again() {
         let mut s = Slots::<u32>::default();
         let keys: Vec<u64> = (0..1000).map(|v| s.insert(v)).collect();
-        assert!(!s.trim(), "nothing vacant: nothing to trim");
+        assert_eq!(
+            calls_to_trim(&mut s),
+            None,
+            "nothing vacant: nothing to trim"
+        );
+        // A lull: most go, and come back before a second of calls.
+        let mut t = Slots::<u32>::default();
+        let lull: Vec<u64> = (0..1000).map(|v| t.insert(v)).collect();
+        for &k in &lull[2..] {
+            t.remove(k);
+        }
+        assert!((0..9).all(|_| !t.trim()), "trimmed in a lull");
+        for v in 2..1000 {
+            t.insert(v);
+        }
+        assert!((0..30).all(|_| !t.trim()) && t.slots.len() == 1000);
         // The burst ends: all but the first two and one in the middle go.
         for (i, &k) in keys.iter().enumerate() {
             if i >= 2 && i != 500 {
@@ -398,8 +432,8 @@ mod tests {
             }
         }
         assert_eq!(s.len(), 3);
-        assert!(!s.trim(), "the burst's peak came since the last call");
-        assert!(s.trim());
+        // One call sees the burst's peak, then ten quiet ones.
+        assert_eq!(calls_to_trim(&mut s), Some(11));
         assert!(s.slots.len() == 501 && s.slots.capacity() == 501);
         assert!(s.free.iter().all(|&i| i < 501) && s.free.len() == 498);
         assert!(!s.trim(), "once is enough");
@@ -421,8 +455,7 @@ mod tests {
             s.remove(k);
         }
         s.remove(keys[500]);
-        assert!(!s.trim());
-        assert!(s.trim());
+        assert_eq!(calls_to_trim(&mut s), Some(11));
         assert!(s.is_empty() && s.slots.capacity() == 0 && s.free.capacity() == 0);
     }
 }
