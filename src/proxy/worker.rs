@@ -378,7 +378,8 @@ async fn worker_main(
             }
         }
         tick = tick.wrapping_add(1);
-        // What a burst of connections grew, once mostly vacant (a check when not).
+        // What a burst of connections grew, once a second has passed with at most
+        // half of it used (`Slots::trim`; a few comparisons when not).
         let mut trimmed = shard.parked.borrow_mut().trim();
         trimmed |= shard.mailboxes.trim();
         trimmed |= shard.dormant.as_ref().is_some_and(|d| d.trim());
