@@ -287,7 +287,7 @@ impl<T: Default> Slots<T> {
             self.quiet = 0;
             return false;
         }
-        self.quiet += 1;
+        self.quiet = self.quiet.saturating_add(1);
         if self.quiet < QUIET {
             return false;
         }
