@@ -33,6 +33,8 @@ pub struct Plan {
     pub api_sources: HashMap<String, serde_json::Value>,
     pub workers: usize,
     pub runtime: RuntimeKind,
+    /// The longest an epoll worker polls before sleeping (zero: never).
+    pub busy_poll: Duration,
     pub drain_timeout: Duration,
     pub listeners: Vec<ListenerPlan>,
     pub stages: Vec<StagePlan>,

@@ -211,3 +211,56 @@ fn sigterm_drains_in_flight_requests_then_exits_0() {
     // Nothing listens any more.
     assert!(std::net::TcpStream::connect(addr).is_err());
 }
+
+/// The process's CPU time so far (user + system), in clock ticks.
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the command name, which is in parentheses.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn busy_polling_is_bounded_and_gives_way_when_requests_are_sparse() {
+    // Out of range and of the wrong type: refused with the key's path.
+    let (code, out) = validate(&format!("busy_poll_us: 5000\n{}", config(MOCK_API)));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("busy_poll_us: 5000 is too long: at most 1000"),
+        "{out}"
+    );
+    let (code, out) = validate(&format!("busy_poll_us: fast\n{}", config(MOCK_API)));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("busy_poll_us"), "{out}");
+    // Off, and at the longest window: both serve. After back-to-back requests
+    // (the window grows to its longest), requests 3 ms apart are further apart
+    // than the window, so it shrinks to nothing: a worker that kept polling
+    // for 1 ms after each request would add about a quarter of a core to what
+    // the same requests cost without polling; this one sleeps.
+    let mut busy = Vec::new();
+    for us in [0, 1000] {
+        let gw = Gateway::start_with(
+            &format!("busy_poll_us: {us}\n{}", config(MOCK_API)),
+            &["--runtime", "epoll", "--workers", "1"],
+        );
+        let mut c = Client::connect(gw.addr);
+        for _ in 0..300 {
+            assert_eq!(c.get("/ping").text(), "pong");
+        }
+        let (ticks, began) = (cpu_ticks(gw.pid()), Instant::now());
+        for _ in 0..300 {
+            assert_eq!(c.get("/ping").text(), "pong");
+            std::thread::sleep(Duration::from_millis(3));
+        }
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        busy.push((cpu_ticks(gw.pid()) - ticks) as f64 / hz / began.elapsed().as_secs_f64());
+    }
+    assert!(
+        busy[1] < busy[0] + 0.1,
+        "a request every 3 ms: {:.0}% of a core without polling, {:.0}% with busy_poll_us 1000",
+        busy[0] * 100.0,
+        busy[1] * 100.0
+    );
+}

@@ -19,6 +19,13 @@ use crate::policy::keys;
 use crate::upstream::pool::PoolLimits;
 
 const DEFAULT_DRAIN_MS: u64 = 30_000;
+/// `busy_poll_us` unless the config says: how long an epoll worker polls for
+/// the next event before it sleeps (the window adapts below it). Off: polling
+/// buys latency and requests per second where a core would idle between close
+/// events, but its time counts as the gateway's CPU (`tuning/busy-poll.md`).
+pub const DEFAULT_BUSY_POLL_US: u64 = 0;
+/// Longer windows only burn the core: a sleep that short costs less.
+const MAX_BUSY_POLL_US: u64 = 1_000;
 
 fn compile_admin(cfg: &ConfigFile, errs: &mut ConfigErrors) -> Option<AdminPlan> {
     let admin = cfg.admin.as_ref()?;
@@ -325,6 +332,15 @@ pub fn compile_with(cfg: &ConfigFile, opts: &Options) -> Result<Plan, ConfigErro
             .push("listeners", "at least one listener is required");
     }
     let drain_ms = cfg.drain_timeout_ms.unwrap_or(DEFAULT_DRAIN_MS);
+    let busy_poll_us = cfg.busy_poll_us.unwrap_or(DEFAULT_BUSY_POLL_US);
+    if busy_poll_us > MAX_BUSY_POLL_US {
+        b.errs.push(
+            "busy_poll_us",
+            format!(
+                "{busy_poll_us} is too long: at most {MAX_BUSY_POLL_US} (0 switches polling off)"
+            ),
+        );
+    }
     let routes_per_stage: Vec<usize> = stages.iter().map(|s| s.routes.len()).collect();
     if opts.access_keys.is_none() {
         access_keys.publish(config_access_keys.iter().cloned());
@@ -354,6 +370,7 @@ pub fn compile_with(cfg: &ConfigFile, opts: &Options) -> Result<Plan, ConfigErro
             config_access_keys,
             workers,
             runtime: cfg.runtime,
+            busy_poll: Duration::from_micros(busy_poll_us),
             drain_timeout: Duration::from_millis(drain_ms),
             listeners,
             stages,

@@ -107,6 +107,9 @@ impl std::str::FromStr for RuntimeKind {
 pub struct ConfigFile {
     pub workers: Workers,
     pub runtime: RuntimeKind,
+    /// `busy_poll_us`: how long an epoll worker may poll before it sleeps
+    /// (`None`: `compile::gateway::DEFAULT_BUSY_POLL_US`).
+    pub busy_poll_us: Option<u64>,
     /// How long SIGTERM waits for in-flight requests before exiting.
     pub drain_timeout_ms: Option<u64>,
     /// List elements that failed to parse are `None`, so later errors keep the
@@ -779,6 +782,7 @@ pub fn parse_partial(text: &str) -> (Option<ConfigFile>, ConfigErrors) {
                 }
             }
             "drain_timeout_ms" => cfg.drain_timeout_ms = de(v, "drain_timeout_ms", &mut errs),
+            "busy_poll_us" => cfg.busy_poll_us = de(v, "busy_poll_us", &mut errs),
             "listeners" => {
                 saw_listeners = true;
                 cfg.listeners = de_list(v, "listeners", &mut errs, de);
@@ -806,7 +810,7 @@ pub fn parse_partial(text: &str) -> (Option<ConfigFile>, ConfigErrors) {
             "functions" => cfg.functions = de_list(v, "functions", &mut errs, de),
             other => errs.push(
                 other,
-                "unknown key: expected one of workers, runtime, drain_timeout_ms, listeners, \
+                "unknown key: expected one of workers, runtime, busy_poll_us, drain_timeout_ms, listeners, \
                  admin, store, apis, domains, usage_plans, api_keys, throttle, tracing, metrics, telemetry, \
                  watch, upstreams, dns_refresh_s, functions",
             ),

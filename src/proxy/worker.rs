@@ -314,6 +314,8 @@ async fn worker_main(
     };
     let shard = Rc::new(Shard::new(id, uring, plan.pool, parts, ctl.seed));
     shard.log_owner.set(Arc::as_ptr(&plan.logs) as usize);
+    // The epoll driver polls briefly before sleeping (`busy_poll_us`); io_uring's does not.
+    monoio::utils::set_busy_poll(plan.busy_poll);
     if let Some(bell) = shard.bell.borrow_mut().take() {
         monoio::spawn(ring(Rc::clone(&shard), bell));
     }
@@ -462,6 +464,7 @@ fn apply(shard: &Rc<Shard>, old: &Plan, swap: Swap, accepting: &mut Vec<Acceptin
     }
     *shard.plan.borrow_mut() = Some(Arc::clone(&new));
     crate::proxy::runtime_api::serve(shard, &new);
+    monoio::utils::set_busy_poll(new.busy_poll);
     new
 }
 

@@ -89,6 +89,27 @@ pub trait Driver {
 
 scoped_thread_local!(pub(crate) static CURRENT: Inner);
 
+/// Sets how long the current thread's epoll driver may poll before it sleeps
+/// (zero: never; the default). The window adapts below this bound (see
+/// `legacy::busy_poll`). Whether the driver polls: the io_uring driver does not.
+/// (shardgate)
+pub fn set_busy_poll(max: std::time::Duration) -> bool {
+    if !CURRENT.is_set() {
+        return false;
+    }
+    CURRENT.with(|inner| match inner {
+        #[cfg(all(target_os = "linux", feature = "iouring"))]
+        Inner::Uring(_) => false,
+        #[cfg(feature = "legacy")]
+        // SAFETY: the driver is this thread's, and no borrow of it is held
+        // outside its own calls (as in `trim_io`).
+        Inner::Legacy(this) => {
+            unsafe { (*this.get()).busy_poll.set_max(max) };
+            true
+        }
+    })
+}
+
 /// Gives back the memory a burst of sockets (epoll) or operations (io_uring)
 /// left in the current thread's driver: its slab's empty pages. The slab itself
 /// frees at most one empty page per 2,048 removals, so a burst's pages stay

@@ -13,7 +13,7 @@ pub use rand::thread_rng_n;
 pub use uring_detect::detect_uring;
 
 pub use crate::driver::op::is_legacy;
-pub use crate::driver::trim_io;
+pub use crate::driver::{set_busy_poll, trim_io};
 
 #[cfg(feature = "signal")]
 mod ctrlc;

@@ -20,6 +20,7 @@ use crate::utils::slab::Slab;
 #[cfg(windows)]
 pub(super) mod iocp;
 
+mod busy_poll;
 #[cfg(feature = "sync")]
 mod waker;
 #[cfg(feature = "sync")]
@@ -27,6 +28,8 @@ pub(crate) use waker::UnparkHandle;
 
 pub(crate) struct LegacyInner {
     pub(crate) io_dispatch: Slab<ScheduledIo>,
+    /// Polling before sleeping (shardgate: `driver::set_busy_poll`).
+    pub(crate) busy_poll: busy_poll::BusyPoll,
     #[cfg(unix)]
     events: mio::Events,
     #[cfg(unix)]
@@ -88,6 +91,7 @@ impl LegacyDriver {
 
         let inner = LegacyInner {
             io_dispatch: Slab::new(),
+            busy_poll: busy_poll::BusyPoll::default(),
             #[cfg(unix)]
             events: mio::Events::with_capacity(entries as usize),
             #[cfg(unix)]
@@ -152,10 +156,45 @@ impl LegacyDriver {
 
         // here we borrow 2 mut self, but its safe.
         let events = unsafe { &mut (*self.inner.get()).events };
-        match inner.poll.poll(events, timeout) {
-            Ok(_) => {}
-            Err(ref e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+        // shardgate: with busy polling on, poll for the window before sleeping
+        // and time the sleep (see `busy_poll`).
+        let mut polled = false;
+        #[cfg(unix)]
+        if inner.busy_poll.enabled() && timeout != Some(Duration::ZERO) {
+            let window = inner.busy_poll.window(timeout);
+            let start = std::time::Instant::now();
+            while !window.is_zero() {
+                match inner.poll.poll(events, Some(Duration::ZERO)) {
+                    Ok(_) => {}
+                    Err(ref e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+                if !events.is_empty() {
+                    polled = true;
+                    break;
+                }
+                if start.elapsed() >= window {
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+            if !polled {
+                let timeout = timeout.map(|t| t.saturating_sub(start.elapsed()));
+                match inner.poll.poll(events, timeout) {
+                    Ok(_) => {}
+                    Err(ref e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+                inner.busy_poll.idled(start.elapsed());
+                polled = true;
+            }
+        }
+        if !polled {
+            match inner.poll.poll(events, timeout) {
+                Ok(_) => {}
+                Err(ref e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
         }
         #[cfg(unix)]
         let iter = events.iter();
