@@ -42,13 +42,7 @@ fi
 ports_free '1808[0-9]|1809[0-9]'
 
 run_dir
-mkdir -p "$RUN/www/files"
-python3 - "$RUN/www/files" <<'EOF'
-import sys
-for name, n in (("1k", 1024), ("16k", 16 * 1024), ("64k", 64 * 1024)):
-    with open(f"{sys.argv[1]}/{name}", "wb") as f:
-        f.write((b"0123456789abcdef" * (n // 16 + 1))[:n])
-EOF
+bodies "$RUN/www/files"
 # One certificate for every TLS proxy: ECDSA P-256, as most public APIs now use.
 mkdir -p "$RUN/tls"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \

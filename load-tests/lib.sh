@@ -52,3 +52,14 @@ sys_ticks() { awk '{print $15}' "/proc/$1/stat"; }
 machine_tag() {
   grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs | tr 'A-Z' 'a-z' | sed 's/[^a-z0-9]\+/-/g; s/^-//; s/-$//' | cut -c1-40
 }
+
+# bodies DIR: the upstream's fixed response bodies, DIR/1k, DIR/16k and DIR/64k.
+bodies() {
+  mkdir -p "$1"
+  python3 - "$1" <<'EOF'
+import sys
+for name, n in (("1k", 1024), ("16k", 16 * 1024), ("64k", 64 * 1024)):
+    with open(f"{sys.argv[1]}/{name}", "wb") as f:
+        f.write((b"0123456789abcdef" * (n // 16 + 1))[:n])
+EOF
+}

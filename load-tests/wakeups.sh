@@ -11,7 +11,7 @@
 #   load-tests/wakeups.sh                       # ROUNDS=5 DURATION=4 URLPATH=/files/16k
 #   SG=/tmp/shardgate-old load-tests/wakeups.sh
 #
-# Writes load-tests/results/wakeups-$(nproc)core-<cpu>.txt.
+# Writes load-tests/results/wakeups-<16k|1k|64k|small>-$(nproc)core-<cpu>.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-5}
@@ -27,13 +27,7 @@ if [ -z "${SG:-}" ]; then
 fi
 REV="$(git rev-parse --short HEAD)$(git diff --quiet -- . ':!load-tests/results' || echo +changes)"
 run_dir
-mkdir -p "$RUN/www/files"
-python3 - "$RUN/www/files" <<'EOF'
-import sys
-for name, n in (("1k", 1024), ("16k", 16 * 1024), ("64k", 64 * 1024)):
-    with open(f"{sys.argv[1]}/{name}", "wb") as f:
-        f.write((b"0123456789abcdef" * (n // 16 + 1))[:n])
-EOF
+bodies "$RUN/www/files"
 for f in upstream-nginx.conf proxy-nginx.conf; do
   sed "s#__RUN__#$RUN#g" "load-tests/peers/$f" >"$RUN/$f"
 done
@@ -87,7 +81,8 @@ EOF
 done
 
 tag=$(machine_tag)
-OUT="load-tests/results/wakeups-$(nproc)core-${tag:-unknown}.txt"
+name=${URLPATH##*/}
+OUT="load-tests/results/wakeups-${name:-small}-$(nproc)core-${tag:-unknown}.txt"
 {
   echo "# load-tests/wakeups.sh, $(date -u +%Y-%m-%dT%H:%MZ), shardgate $REV"
   echo "machine: $(nproc) cores, $(lscpu | awk -F: '/Model name/ {gsub(/^ +/, "", $2); print $2; exit}'); kernel $(uname -r)"
