@@ -236,7 +236,7 @@ fn busy_polling_is_bounded_and_gives_way_when_requests_are_sparse() {
     // Off, and at the longest window: both serve. After back-to-back requests
     // (the window grows to its longest), requests 3 ms apart are further apart
     // than the window, so it shrinks to nothing: a worker that kept polling
-    // for 1 ms after each request would add about a quarter of a core to what
+    // for 1 ms after each request would add about a third of a core to what
     // the same requests cost without polling; this one sleeps.
     let mut busy = Vec::new();
     for us in [0, 1000] {
