@@ -10,7 +10,10 @@
 //! soon after the window gave up, and shrinks while sleeps were long, so an idle
 //! or lightly loaded worker does not poll at all.
 
-use std::time::Duration;
+use std::{
+    io,
+    time::{Duration, Instant},
+};
 
 /// The adaptive polling window. `max` zero: never poll.
 #[derive(Debug, Clone, Copy, Default)]
@@ -53,5 +56,44 @@ impl BusyPoll {
                 self.window = Duration::ZERO;
             }
         }
+    }
+}
+
+/// Polls for up to `busy`'s window, then sleeps for what is left of `timeout`
+/// (`None`: until an event), and lets `busy` adapt to how long it idled.
+#[cfg(unix)]
+pub(crate) fn wait(
+    poll: &mut mio::Poll,
+    events: &mut mio::Events,
+    busy: &mut BusyPoll,
+    timeout: Option<Duration>,
+) -> io::Result<()> {
+    let window = busy.window(timeout);
+    let start = Instant::now();
+    while !window.is_zero() {
+        poll_once(poll, events, Some(Duration::ZERO))?;
+        if !events.is_empty() {
+            return Ok(());
+        }
+        if start.elapsed() >= window {
+            break;
+        }
+        std::hint::spin_loop();
+    }
+    poll_once(poll, events, timeout.map(|t| t.saturating_sub(start.elapsed())))?;
+    busy.idled(start.elapsed());
+    Ok(())
+}
+
+/// One `epoll_wait`; an interrupted one found nothing.
+#[cfg(unix)]
+fn poll_once(
+    poll: &mut mio::Poll,
+    events: &mut mio::Events,
+    timeout: Option<Duration>,
+) -> io::Result<()> {
+    match poll.poll(events, timeout) {
+        Err(e) if e.kind() != io::ErrorKind::Interrupted => Err(e),
+        _ => Ok(()),
     }
 }

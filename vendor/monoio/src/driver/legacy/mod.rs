@@ -157,39 +157,16 @@ impl LegacyDriver {
         // here we borrow 2 mut self, but its safe.
         let events = unsafe { &mut (*self.inner.get()).events };
         // shardgate: with busy polling on, poll for the window before sleeping
-        // and time the sleep (see `busy_poll`).
-        let mut polled = false;
+        // (see `busy_poll`).
         #[cfg(unix)]
-        if inner.busy_poll.enabled() && timeout != Some(Duration::ZERO) {
-            let window = inner.busy_poll.window(timeout);
-            let start = std::time::Instant::now();
-            while !window.is_zero() {
-                match inner.poll.poll(events, Some(Duration::ZERO)) {
-                    Ok(_) => {}
-                    Err(ref e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
-                if !events.is_empty() {
-                    polled = true;
-                    break;
-                }
-                if start.elapsed() >= window {
-                    break;
-                }
-                std::hint::spin_loop();
-            }
-            if !polled {
-                let timeout = timeout.map(|t| t.saturating_sub(start.elapsed()));
-                match inner.poll.poll(events, timeout) {
-                    Ok(_) => {}
-                    Err(ref e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
-                inner.busy_poll.idled(start.elapsed());
-                polled = true;
-            }
+        let busy = inner.busy_poll.enabled() && timeout != Some(Duration::ZERO);
+        #[cfg(not(unix))]
+        let busy = false;
+        #[cfg(unix)]
+        if busy {
+            busy_poll::wait(&mut inner.poll, events, &mut inner.busy_poll, timeout)?;
         }
-        if !polled {
+        if !busy {
             match inner.poll.poll(events, timeout) {
                 Ok(_) => {}
                 Err(ref e) if e.kind() == io::ErrorKind::Interrupted => {}
