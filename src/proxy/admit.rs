@@ -2,9 +2,15 @@
 //! for its route and the key's plan, the stage's route, the stage, the gateway;
 //! and for a WebSocket message, its connection's API key and usage plan (`meter`).
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::http::respond::QuotaState;
+use crate::ids::Slot;
 use crate::ids::{RouteId, StageId};
 use crate::plan::{Plan, RoutePlan, StagePlan};
 use crate::policy::keys::Binding;
+use crate::policy::quota::{Admitted, NodeGrant, Quota};
 use crate::proxy::shard::Shard;
 
 /// Checks the throttles that apply, most specific first (the key's plan for this
@@ -76,24 +82,41 @@ pub fn meter(
     let Some((slot, q)) = binding.and_then(|b| b.quota.as_ref()) else {
         return Ok(());
     };
+    if spend_quota(plan, shard, *slot, q).is_err() {
+        // Cluster mode: Redis may grant more; this message is refused.
+        if let Some(g) = &q.grant {
+            ask_for_grant(plan, g);
+        }
+        return Err((429, "Limit Exceeded"));
+    }
+    Ok(())
+}
+
+/// Spends one request of a key's plan quota from this shard's lease, taking a new
+/// lease when it runs out (counted, for the store to save); `Err`: the period's
+/// quota is spent as far as this node knows.
+pub fn spend_quota(
+    plan: &Plan,
+    shard: &Shard,
+    slot: Slot,
+    quota: &Arc<Quota>,
+) -> Result<Admitted, QuotaState> {
     let admitted = shard
         .leases
         .borrow_mut()
-        .admit(*slot, q, crate::clock::unix_s());
-    match admitted {
-        Ok(a) => {
-            if a.leased {
-                plan.live.lease_taken();
-            }
-            Ok(())
-        }
-        Err(_) => {
-            // Cluster mode: Redis may grant more; this message is refused.
-            if let Some(g) = &q.grant {
-                g.wanted.store(true, std::sync::atomic::Ordering::Release);
-                plan.live.lease_taken();
-            }
-            Err((429, "Limit Exceeded"))
-        }
+        .admit(slot, quota, crate::clock::unix_s());
+    if admitted.is_ok_and(|a| a.leased) {
+        plan.live.lease_taken();
     }
+    admitted
+}
+
+/// Cluster mode: this node's grant of a quota is spent; asks the syncer for more
+/// now (Redis may grant it). Returns the count of Redis's answers seen before
+/// asking, which a request waiting for the grant watches.
+pub fn ask_for_grant(plan: &Plan, grant: &NodeGrant) -> u64 {
+    let seen = grant.answers.load(Ordering::Acquire);
+    grant.wanted.store(true, Ordering::Release);
+    plan.live.lease_taken();
+    seen
 }

@@ -16,7 +16,7 @@ use crate::plan::{Integration, ListenerPlan, Plan, RoutePlan, StagePlan};
 use crate::policy::access::{Authorizer, BodyRead, Grant, Pass, Work};
 use crate::policy::cache::Lookup;
 use crate::policy::keys::Binding;
-use crate::proxy::admit::admit;
+use crate::proxy::admit::{admit, ask_for_grant, spend_quota};
 use crate::proxy::authorize::{authorize, AuthFacts};
 use crate::proxy::client::{body_error, send_continue, Client, CONN_BUF};
 use crate::proxy::forward;
@@ -687,18 +687,10 @@ fn quota(f: &Facts<'_, '_>, binding: Option<&Binding>, tag: &mut Tag, pass: &Pas
     let Some((slot, q)) = binding.and_then(|b| b.quota.as_ref()) else {
         return Ok(());
     };
-    let admitted = f
-        .shard
-        .leases
-        .borrow_mut()
-        .admit(*slot, q, crate::clock::unix_s());
-    match admitted {
+    match spend_quota(f.plan, f.shard, *slot, q) {
         Ok(a) => {
             if q.limited {
                 tag.quota = Some(a.state);
-            }
-            if a.leased {
-                f.plan.live.lease_taken();
             }
             Ok(())
         }
@@ -708,12 +700,9 @@ fn quota(f: &Facts<'_, '_>, binding: Option<&Binding>, tag: &mut Tag, pass: &Pas
                 pass.quota_waits < crate::policy::access::MAX_QUOTA_WAITS && q.may_wait(period)
             }) {
                 // Cluster mode: this node's grant is spent, Redis may have more.
-                let seen = g.answers.load(std::sync::atomic::Ordering::Acquire);
-                g.wanted.store(true, std::sync::atomic::Ordering::Release);
-                f.plan.live.lease_taken();
                 return Err(Action::Work(Work::Quota {
                     quota: Arc::clone(q),
-                    seen,
+                    seen: ask_for_grant(f.plan, g),
                 }));
             }
             tag.quota = Some(state);
