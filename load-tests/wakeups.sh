@@ -10,13 +10,19 @@
 #
 #   load-tests/wakeups.sh                       # ROUNDS=5 DURATION=4 URLPATH=/files/16k
 #   SG=/tmp/shardgate-old load-tests/wakeups.sh
+#   POST=1 load-tests/wakeups.sh                # compare.sh's post-4k: POST /post, 4 KiB
 #
-# Writes load-tests/results/wakeups-<16k|1k|64k|small>-$(nproc)core-<cpu>.txt.
+# Writes load-tests/results/wakeups-<16k|1k|64k|small|post-4k>-$(nproc)core-<cpu>.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-4}
 URLPATH=${URLPATH:-/files/16k}
+WRK_SCRIPT=()
+if [ -n "${POST:-}" ]; then
+  URLPATH=/post
+  WRK_SCRIPT=(-s load-tests/wrk/post-4k.lua)
+fi
 [ "$(nproc)" -ge 2 ] || { echo "needs 2 or more CPUs (proxy on CPU 0, load on CPU 1)"; exit 1; }
 . load-tests/lib.sh
 need_apt wrk:wrk nginx:nginx curl:curl python3:python3
@@ -53,9 +59,9 @@ declare -A R
 for r in $(seq "$ROUNDS"); do
   for p in "${PROXIES[@]}"; do
     IFS=: read -r name port pid <<<"$p"
-    taskset -c 1 wrk -t1 -c50 -d1s "http://127.0.0.1:$port$URLPATH" >/dev/null
+    taskset -c 1 wrk -t1 -c50 -d1s "${WRK_SCRIPT[@]}" "http://127.0.0.1:$port$URLPATH" >/dev/null
     i0=$(ipis0); c0=$(cpu_ticks "$pid"); u0=$(cpu_ticks "$UPW")
-    taskset -c 1 wrk -t1 -c50 -d"${DURATION}s" --latency "http://127.0.0.1:$port$URLPATH" >"$RUN/wrk.txt" &
+    taskset -c 1 wrk -t1 -c50 -d"${DURATION}s" --latency "${WRK_SCRIPT[@]}" "http://127.0.0.1:$port$URLPATH" >"$RUN/wrk.txt" &
     W=$!
     # wrk's own CPU: read while it runs (it is gone once it exits).
     w0=$(cpu_ticks "$W"); w1=$w0
@@ -82,11 +88,12 @@ done
 
 tag=$(machine_tag)
 name=${URLPATH##*/}
+[ -z "${POST:-}" ] || name=post-4k
 OUT="load-tests/results/wakeups-${name:-small}-$(nproc)core-${tag:-unknown}.txt"
 {
   echo "# load-tests/wakeups.sh, $(date -u +%Y-%m-%dT%H:%MZ), shardgate $REV"
   echo "machine: $(nproc) cores, $(lscpu | awk -F: '/Model name/ {gsub(/^ +/, "", $2); print $2; exit}'); kernel $(uname -r)"
-  echo "wrk -t1 -c50 ${DURATION}s $URLPATH, $ROUNDS interleaved rounds, medians; per request:"
+  echo "wrk -t1 -c50 ${DURATION}s ${POST:+POST 4 KiB }$URLPATH, $ROUNDS interleaved rounds, medians; per request:"
   printf '%-18s %9s %8s %10s %9s %13s\n' proxy req/s p99_us proxy_us cpu1_us ipis_to_cpu0
   for p in "${PROXIES[@]}"; do
     name=${p%%:*}
