@@ -61,7 +61,7 @@ impl Client {
             pos: 0,
             out: shard.take_buf(Vec::new()),
             up_head: shard.take_buf(Vec::new()),
-            outcome: Outcome::at(Instant::now()),
+            outcome: Outcome::at(crate::clock::coarse_now()),
             send_timeout,
         }
     }

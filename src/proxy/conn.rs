@@ -263,7 +263,7 @@ fn park<'a>(stream: &mut Stream, shard: &'a Shard, idle: Duration) -> Park<'a> {
     match stream.tcp().readiness(true) {
         Ok(readable) => Park::Waiting {
             readable,
-            slot: crate::proxy::shard::Parking::new(shard, Instant::now() + idle),
+            slot: crate::proxy::shard::Parking::new(shard, crate::clock::coarse_now() + idle),
         },
         Err(_) => Park::Failed,
     }
@@ -511,7 +511,8 @@ async fn read_head(
                         local_port: lp.bind.port(),
                         tls: c.tls.as_deref(),
                     };
-                    let deadline = first_byte.unwrap_or_else(Instant::now) + limits.request_timeout;
+                    let deadline = first_byte.unwrap_or_else(crate::clock::coarse_now)
+                        + limits.request_timeout;
                     let facts = Facts {
                         head: &head,
                         headers: hdrs,
@@ -576,7 +577,7 @@ async fn read_head(
         match read {
             Ok(0) | Err(_) => return HeadRead::Gone,
             Ok(_) => {
-                first_byte.get_or_insert_with(Instant::now);
+                first_byte.get_or_insert_with(crate::clock::coarse_now);
             }
         }
     }

@@ -289,9 +289,11 @@ async fn connection(
     ep: &Endpoint,
     max_conns: u32,
 ) -> Result<(UpConn, bool), GatewayError> {
-    let give_up = Instant::now() + CAP_WAIT;
+    // Deadlines and pool ages: the coarse clock (`crate::clock::coarse_now`).
+    let give_up = crate::clock::coarse_now() + CAP_WAIT;
     loop {
-        if let Some(up) = shard.pool.borrow_mut().take(ep.pool_key, Instant::now()) {
+        let now = crate::clock::coarse_now();
+        if let Some(up) = shard.pool.borrow_mut().take(ep.pool_key, now) {
             return Ok((up, true));
         }
         let full = ep
@@ -311,7 +313,7 @@ async fn connection(
         // Other workers' idle connections to the target count too: they close
         // them at their next tick.
         conns.starved.store(true, Ordering::Relaxed);
-        if Instant::now() >= give_up {
+        if crate::clock::coarse_now() >= give_up {
             conns.starved.store(false, Ordering::Relaxed);
             tracing::warn!(upstream = %ep.addr, max_connections_per_target = max_conns, "target at its connection cap");
             return Err(GatewayError::Unavailable("target at its connection cap"));
@@ -333,14 +335,17 @@ pub async fn proxy(
     let inline = req.held;
     let has_body = req.framing != Framing::None && !inline;
     let may_retry = req.idempotent && !has_body;
+    // One reading serves the deadline, the first attempt's start and the first wait.
+    let start = Instant::now();
     let clock = Clock {
-        until: Cell::new(Instant::now() + target.timeout),
+        until: Cell::new(start + target.timeout),
         uploading: Cell::new(false),
     };
     let exchange = async {
         let mut retried = false;
+        let mut attempt = Some(start);
         loop {
-            c.outcome.sent = Instant::now();
+            c.outcome.sent = attempt.take().unwrap_or_else(Instant::now);
             let (mut up, reused) = match connection(shard, ep, req.max_conns).await {
                 Ok(c) => c,
                 // Nothing was sent: another target may take it.
@@ -376,21 +381,23 @@ pub async fn proxy(
     };
     let (mut up, answered) = {
         let mut exchange = std::pin::pin!(exchange);
+        let mut now = start;
         loop {
-            let left = clock.until.get().saturating_duration_since(Instant::now());
-            match monoio::time::timeout(left, exchange.as_mut()).await {
-                Ok(r) => break r?,
-                // The clock moved on (the body was sent): wait on.
-                Err(_) if clock.until.get() > Instant::now() => {}
-                Err(_) if clock.uploading.get() => {
-                    tracing::debug!(upstream = %ep.addr, "request body not received by the request deadline");
-                    return Err(Failed::Answer(GatewayError::RequestTimeout));
-                }
-                Err(_) => {
-                    tracing::warn!(upstream = %ep.addr, timeout_ms = target.timeout.as_millis() as u64, "integration timed out");
-                    return Err(Failed::Answer(GatewayError::IntegrationTimeout));
-                }
+            let left = clock.until.get().saturating_duration_since(now);
+            if let Ok(r) = monoio::time::timeout(left, exchange.as_mut()).await {
+                break r?;
             }
+            now = Instant::now();
+            if clock.until.get() > now {
+                // The clock moved on (the body was sent): wait on.
+                continue;
+            }
+            if clock.uploading.get() {
+                tracing::debug!(upstream = %ep.addr, "request body not received by the request deadline");
+                return Err(Failed::Answer(GatewayError::RequestTimeout));
+            }
+            tracing::warn!(upstream = %ep.addr, timeout_ms = target.timeout.as_millis() as u64, "integration timed out");
+            return Err(Failed::Answer(GatewayError::IntegrationTimeout));
         }
     };
     if answered.upgraded {
@@ -623,7 +630,10 @@ async fn gather(
 /// Pools the upstream connection if it can carry another request.
 fn finish(shard: &Shard, ep: &Endpoint, up: UpConn, a: &Answered) -> bool {
     if !a.upstream_close && a.framing != Framing::UntilClose {
-        shard.pool.borrow_mut().put(ep.pool_key, up, Instant::now());
+        shard
+            .pool
+            .borrow_mut()
+            .put(ep.pool_key, up, crate::clock::coarse_now());
     }
     !a.client_persist.closes()
 }
