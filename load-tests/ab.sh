@@ -24,22 +24,8 @@ URLPATH=${URLPATH:-/}
 need_apt wrk:wrk nginx:nginx curl:curl python3:python3
 ports_free '1808[1-5]'
 run_dir
-bodies "$RUN/www/files"
-for f in upstream-nginx.conf proxy-nginx.conf; do
-  sed "s#__RUN__#$RUN#g" "load-tests/peers/$f" >"$RUN/$f"
-done
-cp load-tests/peers/shardgate.yaml "$RUN/a.yaml"
 sed 's/18083/18085/' load-tests/peers/shardgate.yaml >"$RUN/b.yaml"
-taskset -c 1 nginx -c "$RUN/upstream-nginx.conf" -p "$RUN" &
-taskset -c 0 "$A" run --config "$RUN/a.yaml" --runtime epoll 2>"$RUN/a.log" &
-APID=$!
-taskset -c 0 "$B" run --config "$RUN/b.yaml" --runtime epoll 2>"$RUN/b.log" &
-BPID=$!
-taskset -c 0 nginx -c "$RUN/proxy-nginx.conf" -p "$RUN" &
-serving "http://127.0.0.1:18083$URLPATH" "$RUN/a.log"
-serving "http://127.0.0.1:18085$URLPATH" "$RUN/b.log"
-serving "http://127.0.0.1:18082$URLPATH" /dev/null
-NPID=$(pgrep -P "$(cat "$RUN/proxy-nginx.pid")" | head -1)
+side_by_side "$A" load-tests/peers/shardgate.yaml "$B" "$RUN/b.yaml" "$URLPATH"
 
 declare -A CPU
 ratios=""

@@ -63,3 +63,27 @@ for name, n in (("1k", 1024), ("16k", 16 * 1024), ("64k", 64 * 1024)):
         f.write((b"0123456789abcdef" * (n // 16 + 1))[:n])
 EOF
 }
+
+# side_by_side BIN_A YAML_A BIN_B YAML_B PATH (after run_dir): the upstream nginx
+# (CPU 1), two shardgates with one worker each on CPU 0 (YAML_A listening on
+# 18083, YAML_B on 18085) and the proxy nginx on CPU 0 (18082), each answering
+# PATH. Sets APID and BPID (the shardgates), NPID (the proxy nginx's worker) and
+# UPW (the upstream's worker); the shardgates' stderr goes to $RUN/a.log, b.log.
+side_by_side() {
+  bodies "$RUN/www/files"
+  local f
+  for f in upstream-nginx.conf proxy-nginx.conf; do
+    sed "s#__RUN__#$RUN#g" "load-tests/peers/$f" >"$RUN/$f"
+  done
+  taskset -c 1 nginx -c "$RUN/upstream-nginx.conf" -p "$RUN" &
+  taskset -c 0 "$1" run --config "$2" --runtime epoll 2>"$RUN/a.log" &
+  APID=$!
+  taskset -c 0 "$3" run --config "$4" --runtime epoll 2>"$RUN/b.log" &
+  BPID=$!
+  taskset -c 0 nginx -c "$RUN/proxy-nginx.conf" -p "$RUN" &
+  serving "http://127.0.0.1:18083$5" "$RUN/a.log"
+  serving "http://127.0.0.1:18085$5" "$RUN/b.log"
+  serving "http://127.0.0.1:18082$5" /dev/null
+  UPW=$(pgrep -P "$(cat "$RUN/upstream.pid")" | head -1)
+  NPID=$(pgrep -P "$(cat "$RUN/proxy-nginx.pid")" | head -1)
+}

@@ -33,28 +33,12 @@ if [ -z "${SG:-}" ]; then
 fi
 REV="$(git rev-parse --short HEAD)$(git diff --quiet -- . ':!load-tests/results' || echo +changes)"
 run_dir
-bodies "$RUN/www/files"
-for f in upstream-nginx.conf proxy-nginx.conf; do
-  sed "s#__RUN__#$RUN#g" "load-tests/peers/$f" >"$RUN/$f"
-done
-cp load-tests/peers/shardgate.yaml "$RUN/sg.yaml"
 { echo "busy_poll_us: 20"; sed 's/18083/18085/' load-tests/peers/shardgate.yaml; } >"$RUN/sg-poll.yaml"
-
-taskset -c 1 nginx -c "$RUN/upstream-nginx.conf" -p "$RUN" &
-taskset -c 0 "$SG" run --config "$RUN/sg.yaml" --runtime epoll 2>"$RUN/sg.log" &
-SGPID=$!
-taskset -c 0 "$SG" run --config "$RUN/sg-poll.yaml" --runtime epoll 2>"$RUN/sg-poll.log" &
-POLLPID=$!
-taskset -c 0 nginx -c "$RUN/proxy-nginx.conf" -p "$RUN" &
-serving "http://127.0.0.1:18083$URLPATH" "$RUN/sg.log"
-serving "http://127.0.0.1:18085$URLPATH" "$RUN/sg-poll.log"
-serving "http://127.0.0.1:18082$URLPATH" /dev/null
-UPW=$(pgrep -P "$(cat "$RUN/upstream.pid")" | head -1)
-NGW=$(pgrep -P "$(cat "$RUN/proxy-nginx.pid")" | head -1)
+side_by_side "$SG" load-tests/peers/shardgate.yaml "$SG" "$RUN/sg-poll.yaml" "$URLPATH"
 # IPIs CPU 0 received (function call + rescheduling).
 ipis0() { awk '/^ *(CAL|RES):/ {n += $2} END {print n}' /proc/interrupts; }
 
-PROXIES=("shardgate:18083:$SGPID" "shardgate+poll20:18085:$POLLPID" "nginx:18082:$NGW")
+PROXIES=("shardgate:18083:$APID" "shardgate+poll20:18085:$BPID" "nginx:18082:$NPID")
 declare -A R
 for r in $(seq "$ROUNDS"); do
   for p in "${PROXIES[@]}"; do
