@@ -52,6 +52,8 @@ pub fn serve(
     listener: usize,
     shard: Rc<Shard>,
 ) -> impl Future<Output = ()> {
+    // On Linux the connection has the listener's TCP_NODELAY already (`worker::reuseport_socket`).
+    #[cfg(not(target_os = "linux"))]
     let _ = stream.set_nodelay(true);
     let mut kept = Kept {
         stream: Stream::Plain(stream),

@@ -95,6 +95,8 @@ async fn accept(shard: Rc<Shard>, f: Arc<Function>, listener: std::net::TcpListe
                 if f.stopped() {
                     return;
                 }
+                // Linux: the listener's TCP_NODELAY is the connection's already.
+                #[cfg(not(target_os = "linux"))]
                 let _ = stream.set_nodelay(true);
                 monoio::spawn(runtime(Rc::clone(&shard), Arc::clone(&f), stream, peer));
             }

@@ -74,6 +74,9 @@ fn reuseport_socket(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> 
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;
     s.set_nonblocking(true)?;
+    // Linux gives each accepted connection the listener's TCP_NODELAY: set once
+    // here, not with a system call per connection (`conn::serve`).
+    s.set_tcp_nodelay(true)?;
     s.bind(&addr.into())
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot bind {addr}: {e}")))?;
     s.listen(BACKLOG)?;
@@ -524,5 +527,20 @@ async fn ring(shard: Rc<Shard>, bell: std::os::unix::net::UnixStream) {
             }
             _ => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// `conn::serve` leaves TCP_NODELAY to the listener on Linux: the kernel
+    /// copies it to every connection accepted there.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn connections_accepted_on_a_listener_have_nodelay() {
+        let l = super::reuseport_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+        l.set_nonblocking(false).unwrap();
+        let _c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (a, _) = l.accept().unwrap();
+        assert!(a.nodelay().unwrap());
     }
 }

@@ -462,6 +462,8 @@ impl Function {
                 s.set_reuse_address(true)?;
                 s.set_reuse_port(true)?;
                 s.set_nonblocking(true)?;
+                // Accepted connections inherit it on Linux (`runtime_api::accept`).
+                s.set_tcp_nodelay(true)?;
                 s.bind(&addr.into())?;
                 s.listen(1024)?;
                 Ok(s.into())

@@ -567,7 +567,10 @@ fn drop_legacy(mut fd: RawFd, idx: Option<usize>) {
             }
         })
     }
-    #[cfg(all(unix, feature = "legacy"))]
+    // shardgate (PATCHED.md): closed with the plain system call on Linux.
+    #[cfg(all(target_os = "linux", feature = "legacy"))]
+    let _ = unsafe { super::util::nocancel::close(fd) };
+    #[cfg(all(unix, not(target_os = "linux"), feature = "legacy"))]
     let _ = unsafe { std::fs::File::from_raw_fd(fd) };
     #[cfg(all(windows, feature = "legacy"))]
     let _ = unsafe { OwnedSocket::from_raw_socket(fd.socket) };

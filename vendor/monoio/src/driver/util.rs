@@ -27,6 +27,84 @@ pub(super) fn timespec(duration: std::time::Duration) -> io_uring::types::Timesp
         .nsec(duration.subsec_nanos())
 }
 
+/// shardgate (PATCHED.md): the socket calls a request makes, as plain system
+/// calls. glibc's `recv`, `send`, `writev`, `accept4`, `close` and the rest are
+/// cancellation points: in a process with more than one thread each call
+/// switches the thread's cancellation type on and off around the system call
+/// (`__pthread_enable_asynccancel`, `__pthread_disable_asynccancel`, atomic
+/// updates of the thread's cancel state). monoio's threads are never cancelled;
+/// `syscall(2)` itself is no cancellation point.
+#[cfg(target_os = "linux")]
+#[allow(clippy::missing_safety_doc)]
+pub(crate) mod nocancel {
+    use libc::{c_int, c_long, c_void, iovec, msghdr, size_t, sockaddr, socklen_t, ssize_t};
+
+    #[inline]
+    pub(crate) unsafe fn recv(fd: c_int, buf: *mut c_void, len: size_t, flags: c_int) -> ssize_t {
+        let null = std::ptr::null_mut::<c_void>();
+        libc::syscall(libc::SYS_recvfrom, fd as c_long, buf, len, flags as c_long, null, null) as ssize_t
+    }
+
+    #[inline]
+    pub(crate) unsafe fn send(fd: c_int, buf: *const c_void, len: size_t, flags: c_int) -> ssize_t {
+        let null = std::ptr::null::<c_void>();
+        libc::syscall(libc::SYS_sendto, fd as c_long, buf, len, flags as c_long, null, 0 as c_long) as ssize_t
+    }
+
+    #[inline]
+    pub(crate) unsafe fn readv(fd: c_int, iov: *const iovec, n: c_int) -> ssize_t {
+        libc::syscall(libc::SYS_readv, fd as c_long, iov, n as c_long) as ssize_t
+    }
+
+    #[inline]
+    pub(crate) unsafe fn writev(fd: c_int, iov: *const iovec, n: c_int) -> ssize_t {
+        libc::syscall(libc::SYS_writev, fd as c_long, iov, n as c_long) as ssize_t
+    }
+
+    #[inline]
+    pub(crate) unsafe fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t {
+        libc::syscall(libc::SYS_recvmsg, fd as c_long, msg, flags as c_long) as ssize_t
+    }
+
+    #[inline]
+    pub(crate) unsafe fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t {
+        libc::syscall(libc::SYS_sendmsg, fd as c_long, msg, flags as c_long) as ssize_t
+    }
+
+    #[inline]
+    pub(crate) unsafe fn accept4(
+        fd: c_int,
+        addr: *mut sockaddr,
+        len: *mut socklen_t,
+        flags: c_int,
+    ) -> c_int {
+        libc::syscall(libc::SYS_accept4, fd as c_long, addr, len, flags as c_long) as c_int
+    }
+
+    #[inline]
+    pub(crate) unsafe fn close(fd: c_int) -> c_int {
+        libc::syscall(libc::SYS_close, fd as c_long) as c_int
+    }
+}
+
+/// `syscall_u32!` for the calls in `nocancel`: the plain system call on Linux,
+/// libc's wrapper elsewhere.
+#[cfg(unix)]
+#[macro_export]
+macro_rules! syscall_nocancel_u32 {
+    ($fn: ident ( $($arg: expr),* $(,)* ) ) => {{
+        #[cfg(target_os = "linux")]
+        let res = unsafe { $crate::driver::util::nocancel::$fn($($arg, )*) };
+        #[cfg(not(target_os = "linux"))]
+        let res = unsafe { libc::$fn($($arg, )*) };
+        if res < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(res as u32)
+        }
+    }};
+}
+
 /// Do syscall and return Result<T, std::io::Error>
 #[cfg(unix)]
 #[macro_export]

@@ -19,7 +19,11 @@ use {
 use super::{super::shared_fd::SharedFd, Op, OpAble};
 #[cfg(any(feature = "legacy", feature = "poll-io"))]
 use crate::driver::ready::Direction;
-#[cfg(all(unix, any(feature = "legacy", feature = "poll-io")))]
+#[cfg(all(
+    unix,
+    not(target_os = "linux"),
+    any(feature = "legacy", feature = "poll-io")
+))]
 use crate::syscall_u32;
 
 /// Accept
@@ -102,7 +106,7 @@ impl OpAble for Accept {
             target_os = "netbsd",
             target_os = "openbsd"
         ))]
-        return syscall_u32!(accept4(
+        return crate::syscall_nocancel_u32!(accept4(
             fd,
             addr,
             len,

@@ -177,7 +177,7 @@ impl<T: IoVecBufMut> OpAble for ReadVec<T> {
 
     #[cfg(all(any(feature = "legacy", feature = "poll-io"), unix))]
     fn legacy_call(&mut self) -> io::Result<u32> {
-        syscall_u32!(readv(
+        crate::syscall_nocancel_u32!(readv(
             self.fd.raw_fd(),
             self.buf_vec.write_iovec_ptr(),
             self.buf_vec.write_iovec_len().min(i32::MAX as usize) as _

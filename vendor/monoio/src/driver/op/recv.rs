@@ -31,7 +31,13 @@ use {
     },
 };
 #[cfg(all(unix, any(feature = "legacy", feature = "poll-io")))]
-use {crate::syscall_u32, std::os::unix::prelude::AsRawFd};
+use std::os::unix::prelude::AsRawFd;
+#[cfg(all(
+    unix,
+    not(target_os = "linux"),
+    any(feature = "legacy", feature = "poll-io")
+))]
+use crate::syscall_u32;
 
 use super::{super::shared_fd::SharedFd, Op, OpAble};
 #[cfg(any(feature = "legacy", feature = "poll-io"))]
@@ -99,7 +105,7 @@ impl<T: IoBufMut> OpAble for Recv<T> {
     #[cfg(all(any(feature = "legacy", feature = "poll-io"), unix))]
     fn legacy_call(&mut self) -> io::Result<u32> {
         let fd = self.fd.as_raw_fd();
-        syscall_u32!(recv(
+        crate::syscall_nocancel_u32!(recv(
             fd,
             self.buf.write_ptr() as _,
             self.buf.bytes_total().min(u32::MAX as usize),
@@ -247,7 +253,7 @@ impl<T: IoBufMut> OpAble for RecvMsg<T> {
     #[cfg(all(any(feature = "legacy", feature = "poll-io"), unix))]
     fn legacy_call(&mut self) -> io::Result<u32> {
         let fd = self.fd.as_raw_fd();
-        syscall_u32!(recvmsg(fd, &mut *self.info.2, 0))
+        crate::syscall_nocancel_u32!(recvmsg(fd, &mut *self.info.2, 0))
     }
 
     #[cfg(all(any(feature = "legacy", feature = "poll-io"), windows))]
@@ -365,6 +371,6 @@ impl<T: IoBufMut> OpAble for RecvMsgUnix<T> {
     #[cfg(any(feature = "legacy", feature = "poll-io"))]
     fn legacy_call(&mut self) -> io::Result<u32> {
         let fd = self.fd.as_raw_fd();
-        syscall_u32!(recvmsg(fd, &mut self.info.2 as *mut _, 0))
+        crate::syscall_nocancel_u32!(recvmsg(fd, &mut self.info.2 as *mut _, 0))
     }
 }

@@ -10,7 +10,13 @@ use {
     windows_sys::Win32::Networking::WinSock::{send, WSASendMsg, SOCKET_ERROR},
 };
 #[cfg(all(unix, any(feature = "legacy", feature = "poll-io")))]
-use {crate::syscall_u32, std::os::unix::prelude::AsRawFd};
+use std::os::unix::prelude::AsRawFd;
+#[cfg(all(
+    unix,
+    not(target_os = "linux"),
+    any(feature = "legacy", feature = "poll-io")
+))]
+use crate::syscall_u32;
 
 use super::{super::shared_fd::SharedFd, Op, OpAble};
 #[cfg(any(feature = "legacy", feature = "poll-io"))]
@@ -101,7 +107,7 @@ impl<T: IoBuf> OpAble for Send<T> {
         #[cfg(not(target_os = "linux"))]
         let flags = 0;
 
-        syscall_u32!(send(
+        crate::syscall_nocancel_u32!(send(
             fd,
             self.buf.read_ptr() as _,
             self.buf.bytes_init(),
@@ -212,7 +218,7 @@ impl<T: IoBuf> OpAble for SendMsg<T> {
         #[cfg(not(target_os = "linux"))]
         const FLAGS: libc::c_int = 0;
         let fd = self.fd.as_raw_fd();
-        syscall_u32!(sendmsg(fd, &*self.info.2, FLAGS))
+        crate::syscall_nocancel_u32!(sendmsg(fd, &*self.info.2, FLAGS))
     }
 
     #[cfg(all(any(feature = "legacy", feature = "poll-io"), windows))]
@@ -316,6 +322,6 @@ impl<T: IoBuf> OpAble for SendMsgUnix<T> {
         #[cfg(not(target_os = "linux"))]
         const FLAGS: libc::c_int = 0;
         let fd = self.fd.as_raw_fd();
-        syscall_u32!(sendmsg(fd, &mut self.info.2 as *mut _, FLAGS))
+        crate::syscall_nocancel_u32!(sendmsg(fd, &mut self.info.2 as *mut _, FLAGS))
     }
 }

@@ -166,7 +166,7 @@ impl<T: IoVecBuf> OpAble for WriteVec<T> {
 
     #[cfg(all(any(feature = "legacy", feature = "poll-io"), unix))]
     fn legacy_call(&mut self) -> io::Result<u32> {
-        syscall_u32!(writev(
+        crate::syscall_nocancel_u32!(writev(
             self.fd.raw_fd(),
             self.buf_vec.read_iovec_ptr(),
             self.buf_vec.read_iovec_len().min(i32::MAX as usize) as _
