@@ -5,7 +5,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use shardgate::http::parse::{parse_request, parse_response, Chunk, ChunkedDecoder, MAX_HEADERS};
+use shardgate::http::parse::{parse_request, parse_response, Chunk, ChunkedDecoder};
 use shardgate::route::{RouteKey, Router};
 
 const REQUEST: &[u8] = b"GET /prod/pets/42?color=brown HTTP/1.1\r\nHost: api.example.com\r\nUser-Agent: wrk\r\nAccept: */*\r\nAccept-Encoding: gzip\r\nX-Request-Id: 1b9f2c\r\n\r\n";
@@ -13,7 +13,7 @@ const REQUEST: &[u8] = b"GET /prod/pets/42?color=brown HTTP/1.1\r\nHost: api.exa
 fn parse(c: &mut Criterion) {
     c.bench_function("parse_request/6_headers", |b| {
         b.iter(|| {
-            let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut h = shardgate::http::parse::headers();
             let r =
                 parse_request(black_box(REQUEST), &mut h, 16 * 1024, Default::default()).unwrap();
             black_box(r.map(|(head, _)| head.head_len))
@@ -26,7 +26,7 @@ const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Tue, 24 Nov 
 fn parse_resp(c: &mut Criterion) {
     c.bench_function("parse_response/6_headers", |b| {
         b.iter(|| {
-            let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut h = shardgate::http::parse::headers();
             let r = parse_response(black_box(RESPONSE), &mut h, false).unwrap();
             black_box(r.map(|(head, _)| head.head_len))
         })

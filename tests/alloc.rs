@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{write_config, Upstream, IO_TIMEOUT};
-use shardgate::http::parse::{parse_request, parse_response, Chunk, ChunkedDecoder, MAX_HEADERS};
+use shardgate::http::parse::{parse_request, parse_response, Chunk, ChunkedDecoder};
 use shardgate::http::respond::Persist;
 use shardgate::plan::Integration;
 use shardgate::proxy::forward::{write_request_head, write_response_head};
@@ -131,7 +131,7 @@ apis:
     let tag = shardgate::http::respond::Tag::from([b'a'; 16]);
 
     let mut one_request = || {
-        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut h = shardgate::http::parse::headers();
         let (head, hdrs) = parse_request(REQUEST, &mut h, 16 * 1024, Default::default())
             .unwrap()
             .unwrap();
@@ -160,7 +160,7 @@ apis:
             false,
         );
 
-        let mut rh = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut rh = shardgate::http::parse::headers();
         let (resp, rhdrs) = parse_response(RESPONSE, &mut rh, false).unwrap().unwrap();
         let answered = write_response_head(
             &mut out,

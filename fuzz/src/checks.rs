@@ -32,7 +32,7 @@ const RULES: [Rules; 4] = [
 /// within the input, and framing that does not contradict itself.
 pub fn head(data: &[u8]) {
     for rules in RULES {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut headers = parse::headers();
         let Ok(Some((head, hdrs))) = parse::parse_request(data, &mut headers, 16 * 1024, rules)
         else {
             continue;
@@ -50,7 +50,7 @@ pub fn head(data: &[u8]) {
         // The same bytes with more after them parse to the same head (pipelining).
         let mut longer = data[..head.head_len].to_vec();
         longer.extend_from_slice(b"GET / HTTP/1.1\r\n");
-        let mut again = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut again = parse::headers();
         let Ok(Some((h2, _))) = parse::parse_request(&longer, &mut again, 16 * 1024, rules) else {
             panic!("a complete head stopped parsing with bytes after it");
         };

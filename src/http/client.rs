@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::http::parse::{parse_response, Chunk, ChunkedDecoder, Framing, MAX_HEADERS};
+use crate::http::parse::{parse_response, Chunk, ChunkedDecoder, Framing};
 
 /// GETs `uri`; the body of a 200, at most `max` bytes, all within `timeout`.
 pub fn get(
@@ -42,7 +42,7 @@ pub fn post(
     timeout: Duration,
 ) -> Result<u16, String> {
     let raw = send(uri, tls, "POST", &[], Some(body), timeout, 64 * 1024)?;
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut headers = crate::http::parse::headers();
     match parse_response(&raw, &mut headers, false) {
         Ok(Some((head, _))) => Ok(head.status),
         Ok(None) => Err("no response head".into()),
@@ -136,7 +136,7 @@ pub fn status_at(
         timeout,
         64 * 1024,
     )?;
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut headers = crate::http::parse::headers();
     match parse_response(&raw, &mut headers, false) {
         Ok(Some((head, _))) => Ok(head.status),
         Ok(None) => Err("no response head".into()),
@@ -302,7 +302,7 @@ pub fn complete(buf: &[u8]) -> bool {
 /// while more is to come. `closed`: the peer has closed, so a body delimited by
 /// the close ends here and anything short is an error.
 fn message(raw: &[u8], closed: bool, max: usize) -> Result<Option<Answered>, String> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut headers = crate::http::parse::headers();
     let (head, fields) =
         match parse_response(raw, &mut headers, false).map_err(|e| e.to_string())? {
             Some((head, fields)) => (

@@ -14,7 +14,7 @@ use crate::http::stream::{Stream, TlsStream};
 
 use crate::http::body::{self, Encode, Source};
 use crate::http::error::GatewayError;
-use crate::http::parse::{self, Framing, MAX_HEADERS};
+use crate::http::parse::{self, Framing};
 use crate::http::respond::{self, CacheStatus, Persist, Tag};
 use crate::plan::{Integration, ListenerPlan, Plan};
 use crate::policy::access::Pass;
@@ -504,7 +504,7 @@ async fn read_head(
     let mut first_byte: Option<Instant> = None;
     loop {
         if !c.buf.is_empty() {
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut headers = parse::headers();
             match parse::parse_request(&c.buf, &mut headers, limits.max_header_bytes, limits.paths)
             {
                 Ok(Some((head, hdrs))) => {

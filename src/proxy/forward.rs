@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::encode::write_ip;
 use crate::http::body::{self, Encode, PumpError, Source};
 use crate::http::error::GatewayError;
-use crate::http::parse::{self, Framing, RequestHead, MAX_HEADERS};
+use crate::http::parse::{self, Framing, RequestHead};
 use crate::http::respond::{self, Persist, Tag};
 use crate::plan::Limits;
 use crate::proxy::client::{body_error, send_continue, Client};
@@ -421,10 +421,10 @@ pub async fn proxy(
             let end = body_start + n as usize;
             if let (true, Some(fill)) = (answered.storable, &req.fill) {
                 let vary = (!answered.vary.is_empty()).then(|| {
-                    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                    let mut r = httparse::Request::new(&mut headers);
+                    let mut headers = parse::headers();
+                    let mut r = httparse::Request::new(&mut []);
                     let mut values = Vec::new();
-                    if r.parse(&c.buf).is_ok() {
+                    if r.parse_with_uninit_headers(&c.buf, &mut headers).is_ok() {
                         crate::policy::cache::vary_values(&answered.vary, r.headers, &mut values);
                     }
                     crate::policy::cache::Vary {
@@ -710,7 +710,7 @@ async fn exchange(
         clock.until.set(Instant::now() + target.timeout);
     }
     loop {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut headers = parse::headers();
         if up.pos < up.buf.len() {
             match parse::parse_response(&up.buf[up.pos..], &mut headers, req.is_head) {
                 Ok(Some((head, hdrs))) => {

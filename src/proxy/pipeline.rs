@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::config::UnauthorizedStrategy;
 use crate::http::body::{self};
 use crate::http::error::GatewayError;
-use crate::http::parse::{self, Framing, MAX_HEADERS};
+use crate::http::parse::{self, Framing};
 use crate::http::respond::{CacheStatus, Persist, Tag};
 use crate::ids::{RouteId, StageId};
 use crate::plan::{Integration, ListenerPlan, Plan, RoutePlan, StagePlan};
@@ -124,7 +124,7 @@ pub fn look_again(
     pass: &mut Pass,
     deadline: Instant,
 ) -> Prepared {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut headers = parse::headers();
     let parsed = parse::parse_request(
         &c.buf,
         &mut headers,

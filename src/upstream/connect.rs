@@ -161,7 +161,7 @@ pub async fn exchange(
             tracing::warn!(upstream = %to.addr, error = %e, "bad answer");
             Failed::Other("bad answer")
         })?;
-        let mut heads = [httparse::EMPTY_HEADER; crate::http::parse::MAX_HEADERS];
+        let mut heads = crate::http::parse::headers();
         if let Ok(Some((head, _))) = crate::http::parse::parse_response(&buf, &mut heads, false) {
             let framed = !matches!(head.framing, crate::http::parse::Framing::UntilClose);
             if framed && !head.close && crate::http::client::complete(&buf) {

@@ -103,7 +103,7 @@ pub fn read_request(stream: &mut TcpStream) -> Result<Option<Request>, ApiError>
             return Err(ApiError::new(400, "the request ended inside its head"));
         }
         buf.extend_from_slice(&chunk[..n]);
-        let mut headers = [httparse::EMPTY_HEADER; parse::MAX_HEADERS];
+        let mut headers = parse::headers();
         let (head, headers) = match parse::parse_request(&buf, &mut headers, MAX_HEAD, paths) {
             Ok(Some(h)) => h,
             Ok(None) => continue,
