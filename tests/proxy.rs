@@ -180,6 +180,58 @@ fn dead_pooled_connection_is_retried_for_idempotent_requests() {
 }
 
 #[test]
+fn a_target_that_closed_every_pooled_connection_costs_no_request() {
+    // A target that closes a keep-alive connection after 300 ms idle (as Node's
+    // 5 s default does, against the pool's 30 s): after a burst, the worker's
+    // pool holds several connections the target has since closed. The request
+    // that finds the first one dead is retried on a new connection, not on the
+    // next dead one (which made it a 502).
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let slow = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let slow2 = std::sync::Arc::clone(&slow);
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { return };
+            let slow = std::sync::Arc::clone(&slow2);
+            std::thread::spawn(move || {
+                s.set_read_timeout(Some(Duration::from_millis(300)))
+                    .unwrap();
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                        _ => return, // idle too long, or closed: closed
+                    }
+                    if head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        head.clear();
+                        if slow.load(std::sync::atomic::Ordering::SeqCst) {
+                            std::thread::sleep(Duration::from_millis(150));
+                        }
+                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+                    }
+                }
+            });
+        }
+    });
+    let gw = Gateway::start(&proxy_config(&format!("http://{addr}"), ""));
+    // Eight requests at once: eight pooled connections over the workers.
+    let burst: Vec<_> = (0..8)
+        .map(|_| std::thread::spawn(move || get(gw.addr, "/x").status))
+        .collect();
+    for t in burst {
+        assert_eq!(t.join().unwrap(), 200);
+    }
+    slow.store(false, std::sync::atomic::Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(800)); // the target closes them all
+    for i in 0..8 {
+        let r = get(gw.addr, "/x");
+        assert_eq!((r.status, r.text().as_str()), (200, "ok"), "request {i}");
+    }
+}
+
+#[test]
 fn integration_timeout_is_504() {
     let up = Upstream::start(|_| {
         let mut r = Reply::ok("late");

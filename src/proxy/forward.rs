@@ -358,6 +358,12 @@ pub async fn proxy(
                 Ok(a) => return Ok((up, a)),
                 Err(ExchangeError::Stale) if reused && may_retry && !retried => {
                     retried = true;
+                    // The pool hands out its most recently used connection first:
+                    // the others to this target idled longer, so whatever closed
+                    // this one (the target's idle timeout, a restart) closed them
+                    // too. Dropped, so the retry opens a new connection instead of
+                    // taking the next dead one.
+                    shard.pool.borrow_mut().close_idle(&ep.pool_key);
                     tracing::debug!(upstream = %ep.addr, "pooled connection was closed; retrying on a new one");
                 }
                 Err(ExchangeError::Stale) => {

@@ -286,6 +286,14 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn start(handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> Self {
+        Self::start_idle(IO_TIMEOUT, handler)
+    }
+
+    /// Closes a connection after `idle` without a request (`start`: `IO_TIMEOUT`).
+    pub fn start_idle(
+        idle: Duration,
+        handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
@@ -297,7 +305,7 @@ impl Upstream {
                 let Ok(stream) = stream else { continue };
                 let conn = c2.fetch_add(1, Ordering::SeqCst);
                 let (h, s) = (Arc::clone(&handler), Arc::clone(&s2));
-                std::thread::spawn(move || serve_upstream(stream, conn, h, s));
+                std::thread::spawn(move || serve_upstream(stream, conn, idle, h, s));
             }
         });
         Self {
@@ -328,8 +336,14 @@ impl Upstream {
     }
 }
 
-fn serve_upstream(stream: TcpStream, conn: usize, handler: Handler, seen: Arc<Mutex<Vec<Seen>>>) {
-    stream.set_read_timeout(Some(IO_TIMEOUT)).ok();
+fn serve_upstream(
+    stream: TcpStream,
+    conn: usize,
+    idle: Duration,
+    handler: Handler,
+    seen: Arc<Mutex<Vec<Seen>>>,
+) {
+    stream.set_read_timeout(Some(idle)).ok();
     let mut writer = stream.try_clone().unwrap();
     let mut reader = BufReader::new(stream);
     loop {
