@@ -213,6 +213,25 @@ pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// A non-blocking listening socket on `addr` with `SO_REUSEPORT` (one per worker
+/// on the same address: the kernel spreads connections over them) and
+/// `TCP_NODELAY`, which Linux gives each accepted connection: set once here,
+/// not with a system call per connection.
+pub fn reuseport_listener(
+    addr: std::net::SocketAddr,
+    backlog: i32,
+) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.set_tcp_nodelay(true)?;
+    s.bind(&addr.into())?;
+    s.listen(backlog)?;
+    Ok(s.into())
+}
+
 /// Lowers the calling thread's scheduling priority to `nice` (the control plane's
 /// threads: access log writer, admin API, reloads): where one shares a core with a
 /// worker, the worker's requests go first and this work fills the gaps. A failure

@@ -52,7 +52,8 @@ pub fn serve(
     listener: usize,
     shard: Rc<Shard>,
 ) -> impl Future<Output = ()> {
-    // On Linux the connection has the listener's TCP_NODELAY already (`worker::reuseport_socket`).
+    // On Linux the connection has the listener's TCP_NODELAY already
+    // (`crate::reuseport_listener`).
     #[cfg(not(target_os = "linux"))]
     let _ = stream.set_nodelay(true);
     let mut kept = Kept {

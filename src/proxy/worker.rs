@@ -11,7 +11,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use monoio::net::TcpListener;
-use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::RuntimeKind;
 use crate::plan::Plan;
@@ -70,17 +69,8 @@ pub fn bind_listener(
 }
 
 fn reuseport_socket(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    s.set_reuse_address(true)?;
-    s.set_reuse_port(true)?;
-    s.set_nonblocking(true)?;
-    // Linux gives each accepted connection the listener's TCP_NODELAY: set once
-    // here, not with a system call per connection (`conn::serve`).
-    s.set_tcp_nodelay(true)?;
-    s.bind(&addr.into())
-        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot bind {addr}: {e}")))?;
-    s.listen(BACKLOG)?;
-    Ok(s.into())
+    crate::reuseport_listener(addr, BACKLOG)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot bind {addr}: {e}")))
 }
 
 /// A new plan for a worker, with the listener sockets it starts and the names of

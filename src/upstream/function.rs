@@ -25,7 +25,6 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 pub use crate::upstream::inbox::{Inbox, Outcome};
-use socket2::{Domain, Protocol, Socket, Type};
 
 /// The largest response or error a runtime may post (Lambda's 6 MB).
 pub const MAX_PAYLOAD: usize = 6 * 1024 * 1024;
@@ -457,17 +456,7 @@ impl Function {
     fn bind_all(&self) -> std::io::Result<Vec<TcpListener>> {
         let addr = self.spec.runtime_api;
         (0..self.idle.len())
-            .map(|_| {
-                let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-                s.set_reuse_address(true)?;
-                s.set_reuse_port(true)?;
-                s.set_nonblocking(true)?;
-                // Accepted connections inherit it on Linux (`runtime_api::accept`).
-                s.set_tcp_nodelay(true)?;
-                s.bind(&addr.into())?;
-                s.listen(1024)?;
-                Ok(s.into())
-            })
+            .map(|_| crate::reuseport_listener(addr, 1024))
             .collect()
     }
 
