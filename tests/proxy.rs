@@ -179,42 +179,64 @@ fn dead_pooled_connection_is_retried_for_idempotent_requests() {
     assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) >= 5);
 }
 
-#[test]
-fn a_target_that_closed_every_pooled_connection_costs_no_request() {
-    // A target that closes a keep-alive connection after 300 ms idle (as Node's
-    // 5 s default does, against the pool's 30 s): after a burst, the worker's
-    // pool holds several connections the target has since closed. The request
-    // that finds the first one dead is retried on a new connection, not on the
-    // next dead one (which made it a 502).
+/// A target that closes a keep-alive connection after `idle` without a request
+/// (as servers do after their own idle timeout: Node's 5 s, against the pool's
+/// 30 s). It answers each request with the length of the body it received, after
+/// 150 ms while `slow`.
+fn idle_closing_target(
+    idle: Duration,
+    slow: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let slow = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let slow2 = std::sync::Arc::clone(&slow);
     std::thread::spawn(move || {
         for s in listener.incoming() {
             let Ok(mut s) = s else { return };
-            let slow = std::sync::Arc::clone(&slow2);
+            let slow = std::sync::Arc::clone(&slow);
             std::thread::spawn(move || {
-                s.set_read_timeout(Some(Duration::from_millis(300)))
-                    .unwrap();
-                let mut head = Vec::new();
+                s.set_read_timeout(Some(idle)).unwrap();
+                let mut got = Vec::new();
                 let mut buf = [0u8; 4096];
                 loop {
                     match s.read(&mut buf) {
-                        Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                        Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
                         _ => return, // idle too long, or closed: closed
                     }
-                    if head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        head.clear();
-                        if slow.load(std::sync::atomic::Ordering::SeqCst) {
-                            std::thread::sleep(Duration::from_millis(150));
-                        }
-                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+                    let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    if got.len() < end + 4 + len {
+                        continue;
                     }
+                    got.drain(..end + 4 + len);
+                    if slow.load(std::sync::atomic::Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(150));
+                    }
+                    let body = format!("got {len}");
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = s.write_all(reply.as_bytes());
                 }
             });
         }
     });
+    addr
+}
+
+#[test]
+fn a_target_that_closed_every_pooled_connection_costs_no_request() {
+    // After a burst, the worker's pool holds several connections the target has
+    // since closed. None is used: a request neither fails on them nor is retried
+    // from one dead connection onto the next (which made it a 502).
+    let slow = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let addr = idle_closing_target(Duration::from_millis(300), std::sync::Arc::clone(&slow));
     let gw = Gateway::start(&proxy_config(&format!("http://{addr}"), ""));
     // Eight requests at once: eight pooled connections over the workers.
     let burst: Vec<_> = (0..8)
@@ -227,7 +249,14 @@ fn a_target_that_closed_every_pooled_connection_costs_no_request() {
     std::thread::sleep(Duration::from_millis(800)); // the target closes them all
     for i in 0..8 {
         let r = get(gw.addr, "/x");
-        assert_eq!((r.status, r.text().as_str()), (200, "ok"), "request {i}");
+        assert_eq!((r.status, r.text().as_str()), (200, "got 0"), "GET {i}");
+    }
+    // A POST cannot be retried once sent: it must not go out on a closed one.
+    std::thread::sleep(Duration::from_millis(800));
+    for i in 0..4 {
+        let mut c = Client::connect(gw.addr);
+        let r = c.request("POST", "/x", "gw.test", &[], b"hello");
+        assert_eq!((r.status, r.text().as_str()), (200, "got 5"), "POST {i}");
     }
 }
 

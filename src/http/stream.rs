@@ -58,6 +58,25 @@ impl Stream {
         }
     }
 
+    /// Whether the peer has sent nothing since the last read and not closed: a
+    /// one-byte `recv` with `MSG_PEEK | MSG_DONTWAIT` that would block. For an
+    /// idle keep-alive connection, a FIN (a server's idle timeout, a restart) or
+    /// any bytes at all (a TLS `close_notify`, garbage) mean it cannot carry the
+    /// next request. Nothing is consumed; the driver's readiness is untouched.
+    pub fn quiet(&self) -> bool {
+        let mut b = 0u8;
+        // SAFETY: the fd is owned by the stream and open; `b` outlives the call.
+        let n = unsafe {
+            libc::recv(
+                self.tcp().as_raw_fd(),
+                (&mut b as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
+    }
+
     /// Makes the close a reset (`SO_LINGER` 0): what is queued for a peer that
     /// stopped reading is dropped with the socket, instead of the kernel holding it
     /// (up to the send buffer, megabytes) and probing a closed window for minutes.

@@ -25,6 +25,9 @@ pub struct UpConn {
     open: Option<Arc<Conns>>,
 }
 
+/// A pooled connection idle this long is checked before reuse (`Pool::take`).
+const CHECK_IDLE: Duration = Duration::from_millis(100);
+
 /// Initial capacity of an upstream read buffer: one read takes a typical small
 /// response head and body.
 pub const UPSTREAM_BUF: usize = 16 * 1024;
@@ -102,7 +105,8 @@ impl Pool {
         self.idle.values().map(VecDeque::len).sum()
     }
 
-    /// The most recently returned live connection to `addr`, dropping expired ones.
+    /// The most recently returned live connection to `addr`, dropping expired ones
+    /// and those the upstream closed while they idled.
     pub fn take(&mut self, addr: PoolKey, now: Instant) -> Option<UpConn> {
         let list = self.idle.get_mut(&addr)?;
         // Oldest at the front: drop the expired ones.
@@ -112,7 +116,18 @@ impl Pool {
         {
             list.pop_front();
         }
-        list.pop_back().map(|i| i.conn)
+        while let Some(i) = list.pop_back() {
+            // One that idled a while is checked first (a system call): servers
+            // close idle connections after their own timeout (Node's 5 s, Apache's
+            // 5 s, against this pool's 30 s), and a request sent on one is lost
+            // (502) unless it can be retried. One back within `CHECK_IDLE` (under
+            // load, all of them) goes straight back to work.
+            if now.duration_since(i.since) < CHECK_IDLE || i.conn.stream.quiet() {
+                return Some(i.conn);
+            }
+            tracing::debug!("pooled upstream connection closed while idle; dropped");
+        }
+        None
     }
 
     /// Closes the idle connections past the idle timeout (the worker's tick): after
