@@ -249,14 +249,31 @@ pub fn copy_headers(
     headers: &[httparse::Header<'_>],
     skip: impl Fn(&[u8]) -> bool,
 ) {
-    let has_connection = headers
+    // The names `Connection` lists, gathered once (usually none, or one:
+    // `keep-alive`), not looked up again for every header.
+    let mut named: [&[u8]; 8] = [&[]; 8];
+    let mut count = 0;
+    let mut more = false;
+    for h in headers
         .iter()
-        .any(|h| h.name.eq_ignore_ascii_case("connection"));
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+    {
+        for t in crate::http::parse::tokens(h.value).filter(|t| !t.is_empty()) {
+            match named.get_mut(count) {
+                Some(slot) => {
+                    *slot = t;
+                    count += 1;
+                }
+                None => more = true,
+            }
+        }
+    }
     for h in headers {
         let name = h.name.as_bytes();
         if is_hop_by_hop(name)
             || skip(name)
-            || (has_connection && named_by_connection(headers, name))
+            || named[..count].iter().any(|t| t.eq_ignore_ascii_case(name))
+            || (more && named_by_connection(headers, name))
         {
             continue;
         }
