@@ -32,32 +32,7 @@ ports_free '1816[0-2]'
 REV="$(git rev-parse --short HEAD)$(git diff --quiet -- . ':!load-tests/results' || echo +changes)"
 cargo build --release --quiet
 run_dir
-bodies "$RUN/files"
-cat >"$RUN/up.conf" <<CONF
-master_process off; worker_processes 1; daemon off;
-error_log $RUN/up-error.log; pid $RUN/up.pid;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:18160; location / { return 200 "hello from the upstream\n"; }
-    location /files/ { alias $RUN/files/; } } }
-CONF
-cat >"$RUN/proxy.conf" <<CONF
-master_process off; worker_processes 1; daemon off;
-error_log $RUN/proxy-error.log; pid $RUN/proxy.pid;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  upstream up { server 127.0.0.1:18160; keepalive 64; }
-  server { listen 127.0.0.1:18162;
-    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
-CONF
-cat >"$RUN/sg.yaml" <<YAML
-workers: 1
-listeners: [ { name: bench, bind: "127.0.0.1:18161" } ]
-apis:
-  - name: web
-    routes: [ { route: \$default, integration: { type: http_proxy, uri: "http://127.0.0.1:18160" } } ]
-    stages: [ { name: \$default } ]
-YAML
+one_worker_confs 18160 18161 18162
 nginx -c "$RUN/up.conf" -p "$RUN" &
 serving http://127.0.0.1:18160/ "$RUN/up-error.log"
 

@@ -87,3 +87,37 @@ side_by_side() {
   UPW=$(pgrep -P "$(cat "$RUN/upstream.pid")" | head -1)
   NPID=$(pgrep -P "$(cat "$RUN/proxy-nginx.pid")" | head -1)
 }
+
+# one_worker_confs UP SG PROXY (after run_dir): the configs of one-worker
+# measurements: $RUN/up.conf (an nginx upstream on port UP answering "/" with a
+# small body and /files/ from $RUN/files, made by `bodies`), $RUN/proxy.conf (an
+# nginx proxy on PROXY with a keep-alive pool to it) and $RUN/sg.yaml (shardgate
+# on SG with a $default route to it).
+one_worker_confs() {
+  bodies "$RUN/files"
+  cat >"$RUN/up.conf" <<CONF
+master_process off; worker_processes 1; daemon off;
+error_log $RUN/up-error.log; pid $RUN/up.pid;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  server { listen 127.0.0.1:$1; location / { return 200 "hello from the upstream\n"; }
+    location /files/ { alias $RUN/files/; } } }
+CONF
+  cat >"$RUN/proxy.conf" <<CONF
+master_process off; worker_processes 1; daemon off;
+error_log $RUN/proxy-error.log; pid $RUN/proxy.pid;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  upstream up { server 127.0.0.1:$1; keepalive 64; }
+  server { listen 127.0.0.1:$3;
+    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+CONF
+  cat >"$RUN/sg.yaml" <<YAML
+workers: 1
+listeners: [ { name: bench, bind: "127.0.0.1:$2" } ]
+apis:
+  - name: web
+    routes: [ { route: \$default, integration: { type: http_proxy, uri: "http://127.0.0.1:$1" } } ]
+    stages: [ { name: \$default } ]
+YAML
+}

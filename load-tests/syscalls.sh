@@ -32,33 +32,7 @@ ports_free '1815[5-8]'
 REV="$(git rev-parse --short HEAD)$(git diff --quiet -- . ':!load-tests/results' || echo +changes)"
 cargo build --release --quiet
 run_dir
-cat >"$RUN/up.conf" <<CONF
-master_process off; worker_processes 1; daemon off;
-error_log $RUN/up-error.log; pid $RUN/up.pid;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:18155; location / { return 200 "hello from the upstream\n"; }
-    location /files/ { alias $RUN/files/; } } }
-CONF
-mkdir -p "$RUN/files"
-for n in 1 16 64; do head -c $((n * 1024)) /dev/zero | tr '\0' x >"$RUN/files/${n}k"; done
-cat >"$RUN/proxy.conf" <<CONF
-master_process off; worker_processes 1; daemon off;
-error_log $RUN/proxy-error.log; pid $RUN/proxy.pid;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  upstream up { server 127.0.0.1:18155; keepalive 64; }
-  server { listen 127.0.0.1:18156;
-    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
-CONF
-cat >"$RUN/sg.yaml" <<YAML
-workers: 1
-listeners: [ { name: bench, bind: "127.0.0.1:18157" } ]
-apis:
-  - name: web
-    routes: [ { route: \$default, integration: { type: http_proxy, uri: "http://127.0.0.1:18155" } } ]
-    stages: [ { name: \$default } ]
-YAML
+one_worker_confs 18155 18157 18156
 nginx -c "$RUN/up.conf" -p "$RUN" &
 serving http://127.0.0.1:18155/ "$RUN/up-error.log"
 declare -A CALLS TOP PERF PTOP
