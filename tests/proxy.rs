@@ -179,65 +179,25 @@ fn dead_pooled_connection_is_retried_for_idempotent_requests() {
     assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) >= 5);
 }
 
-/// A target that closes a keep-alive connection after `idle` without a request
-/// (as servers do after their own idle timeout: Node's 5 s, against the pool's
-/// 30 s). It answers each request with the length of the body it received, after
-/// 150 ms while `slow`.
-fn idle_closing_target(
-    idle: Duration,
-    slow: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> std::net::SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for s in listener.incoming() {
-            let Ok(mut s) = s else { return };
-            let slow = std::sync::Arc::clone(&slow);
-            std::thread::spawn(move || {
-                s.set_read_timeout(Some(idle)).unwrap();
-                let mut got = Vec::new();
-                let mut buf = [0u8; 4096];
-                loop {
-                    match s.read(&mut buf) {
-                        Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
-                        _ => return, // idle too long, or closed: closed
-                    }
-                    let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .map_or(0, |v| v.trim().parse().unwrap());
-                    if got.len() < end + 4 + len {
-                        continue;
-                    }
-                    got.drain(..end + 4 + len);
-                    if slow.load(std::sync::atomic::Ordering::SeqCst) {
-                        std::thread::sleep(Duration::from_millis(150));
-                    }
-                    let body = format!("got {len}");
-                    let reply = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = s.write_all(reply.as_bytes());
-                }
-            });
-        }
-    });
-    addr
-}
-
 #[test]
 fn a_target_that_closed_every_pooled_connection_costs_no_request() {
     // After a burst, the worker's pool holds several connections the target has
     // since closed. None is used: a request neither fails on them nor is retried
     // from one dead connection onto the next (which made it a 502).
+    // The target closes a keep-alive connection after 300 ms without a request
+    // (as servers do after their own idle timeout: Node's 5 s, against the
+    // pool's 30 s); it answers with the length of the body it received, after
+    // 150 ms while `slow`.
     let slow = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let addr = idle_closing_target(Duration::from_millis(300), std::sync::Arc::clone(&slow));
-    let gw = Gateway::start(&proxy_config(&format!("http://{addr}"), ""));
+    let slow2 = std::sync::Arc::clone(&slow);
+    let up = Upstream::start_idle(Duration::from_millis(300), move |s| {
+        let mut r = Reply::ok(format!("got {}", s.body.len()));
+        if slow2.load(std::sync::atomic::Ordering::SeqCst) {
+            r.delay = Duration::from_millis(150);
+        }
+        r
+    });
+    let gw = Gateway::start(&proxy_config(&up.url(), ""));
     // Eight requests at once: eight pooled connections over the workers.
     let burst: Vec<_> = (0..8)
         .map(|_| std::thread::spawn(move || get(gw.addr, "/x").status))
